@@ -1,0 +1,1 @@
+"""Quality records: the signed, hash-chained ledger and the PLC link. Never imports torch."""

@@ -1,0 +1,1 @@
+"""The lean runtime: engine runners and the Inspector. Never imports torch."""

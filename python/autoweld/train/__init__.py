@@ -1,0 +1,1 @@
+"""Training in PyTorch: backbones, PatchCore and the other model heads, calibration."""
