@@ -1,0 +1,140 @@
+import json
+
+import numpy as np
+import pytest
+
+from autoweld.bundle import BundleError, load_bundle, write_bundle
+from autoweld.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME
+
+
+def _manifest():
+    return {
+        "category": "unit",
+        "preprocess": {
+            "size": 32,
+            "clahe": True,
+            "clip_limit": 2.0,
+            "tile_grid": [8, 8],
+            "sigma": 0.0,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+            "color_order": "BGR",
+        },
+        "engine": {"onnx": "model.onnx", "input": "image", "opset": 17},
+        "models": {
+            "patchcore": {
+                "kind": "knn",
+                "output": "patchcore_embeddings",
+                "feature_map": [4, 4],
+                "calibration": {"a": -2.0, "b": 3.0},
+                "memory_bank": "memory_bank.npy",
+            }
+        },
+        "fusion": {"weights": {"patchcore": 1.0}, "threshold": 0.5},
+    }
+
+
+@pytest.fixture
+def bundle_dir(tmp_path):
+    bank = np.arange(12, dtype=np.float32).reshape(4, 3)
+    write_bundle(
+        tmp_path / "b", _manifest(), {"model.onnx": b"not really onnx", "memory_bank.npy": bank}
+    )
+    return tmp_path / "b"
+
+
+def test_roundtrip_lists_hashes_and_loads_arrays(bundle_dir):
+    bundle = load_bundle(bundle_dir, key=None)
+    assert bundle.format_version == 1
+    assert set(bundle.manifest["files"]) == {"model.onnx", "memory_bank.npy"}
+    np.testing.assert_array_equal(
+        bundle.load_array("memory_bank.npy"), np.arange(12, dtype=np.float32).reshape(4, 3)
+    )
+    head = bundle.heads["patchcore"]
+    assert (head.kind, head.feature_map, head.platt_a, head.platt_b) == ("knn", (4, 4), -2.0, 3.0)
+    assert bundle.preprocess.size == 32 and bundle.preprocess.tile_grid == (8, 8)
+    assert bundle.threshold == 0.5 and bundle.fusion_weights == {"patchcore": 1.0}
+    assert len(bundle.sha256) == 64
+    # no partial directories are left beside the bundle
+    assert [p.name for p in bundle_dir.parent.iterdir()] == ["b"]
+
+
+def test_modified_file_is_refused_with_its_name(bundle_dir):
+    path = bundle_dir / "memory_bank.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"memory_bank\.npy.*sha256"):
+        load_bundle(bundle_dir, key=None)
+
+
+def test_truncated_and_missing_files_are_refused(bundle_dir):
+    path = bundle_dir / "model.onnx"
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(BundleError, match=r"model\.onnx.*size"):
+        load_bundle(bundle_dir, key=None)
+    path.unlink()
+    with pytest.raises(BundleError, match=r"model\.onnx.*missing"):
+        load_bundle(bundle_dir, key=None)
+
+
+def test_unknown_format_version_and_broken_manifest(bundle_dir):
+    manifest_path = bundle_dir / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest["format_version"] = 99
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="format_version 99"):
+        load_bundle(bundle_dir, key=None)
+    manifest_path.write_text("{ half written")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(bundle_dir, key=None)
+    manifest_path.unlink()
+    with pytest.raises(BundleError, match="manifest.json: missing"):
+        load_bundle(bundle_dir, key=None)
+
+
+def test_manifest_edit_changes_identity(bundle_dir):
+    before = load_bundle(bundle_dir, key=None).sha256
+    manifest_path = bundle_dir / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest["fusion"]["threshold"] = 0.99
+    manifest_path.write_text(json.dumps(manifest))
+    assert load_bundle(bundle_dir, key=None).sha256 != before
+
+
+def test_signature_required_and_checked_when_key_configured(tmp_path, monkeypatch):
+    key = ("line-3", b"secret")
+    write_bundle(tmp_path / "s", _manifest(), {"model.onnx": b"x"}, sign_with=key)
+    assert load_bundle(tmp_path / "s", key=key).signed_by == "line-3"
+    monkeypatch.setenv("AUTOWELD_BUNDLE_KEY", "secret")
+    monkeypatch.setenv("AUTOWELD_BUNDLE_KEY_ID", "line-3")
+    assert load_bundle(tmp_path / "s").signed_by == "line-3"
+    with pytest.raises(BundleError, match="signed with key"):
+        load_bundle(tmp_path / "s", key=("other", b"secret"))
+    with pytest.raises(BundleError, match="signature does not match"):
+        load_bundle(tmp_path / "s", key=("line-3", b"wrong"))
+    # an edited manifest no longer matches its signature
+    manifest_path = tmp_path / "s" / MANIFEST_NAME
+    manifest_path.write_text(
+        manifest_path.read_text().replace('"threshold": 0.5', '"threshold": 0.9')
+    )
+    with pytest.raises(BundleError, match="signature does not match"):
+        load_bundle(tmp_path / "s")
+    # an unsigned bundle is refused while a key is configured
+    write_bundle(tmp_path / "u", _manifest(), {"model.onnx": b"x"})
+    assert not (tmp_path / "u" / SIGNATURE_NAME).exists()
+    with pytest.raises(BundleError, match="only signed bundles"):
+        load_bundle(tmp_path / "u")
+
+
+def test_bad_inputs_to_writer(tmp_path):
+    with pytest.raises(BundleError, match="plain file name"):
+        write_bundle(tmp_path / "x", _manifest(), {"../evil": b"x"})
+    bad = _manifest()
+    bad["models"]["patchcore"]["kind"] = "magic"
+    with pytest.raises(BundleError, match="unknown kind"):
+        write_bundle(tmp_path / "x", bad, {"model.onnx": b"x"})
+    assert not (tmp_path / "x").exists()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(BundleError, match="no bundle directory"):
+        load_bundle(tmp_path / "nothing")
