@@ -38,7 +38,9 @@ def render_heatmap(
     printed under the decision.
     """
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise ValueError(f"image: expected uint8 (H, W) or (H, W, 3), got {image.dtype} {image.shape}")
+        raise ValueError(
+            f"image: expected uint8 (H, W) or (H, W, 3), got {image.dtype} {image.shape}"
+        )
     base = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
     height, width = base.shape[:2]
     if anomaly_map is not None:
