@@ -76,7 +76,6 @@ def evaluate(
     so that every metric stays defined. Images that fail to inspect are listed under
     ``"failed"`` and left out of the metrics.
     """
-    from autoweld.data import load_category
     from autoweld.runtime.inspector import Inspector
 
     if limit is not None and limit < 2:
@@ -84,6 +83,8 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     inspector = Inspector(bundle, providers=providers, threads=threads)
+    from autoweld.data import load_category  # after the bundle check: usage errors come first
+
     category = load_category(inspector.bundle.category, data_root)
     samples = list(category.test)
     if limit is not None and limit < len(samples):
