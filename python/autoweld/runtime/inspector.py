@@ -225,11 +225,7 @@ class Inspector:
             positions.append(i)
 
         if decoded:
-            try:
-                scored = self._score(decoded, keep_head_maps)
-            except Exception as error:  # noqa: BLE001 - fail safe: engine/native/shape failures
-                log.warning("inspection failed: %s", _describe(error))
-                scored = [failed_result(_describe(error), self.threshold) for _ in decoded]
+            scored = self._score_safely(decoded, keep_head_maps)
             for j, (position, result) in enumerate(zip(positions, scored, strict=True)):
                 result.timings_ms = {"decode": decode_ms[j], **result.timings_ms}
                 results[position] = result
@@ -252,6 +248,22 @@ class Inspector:
         if isinstance(image, np.ndarray):
             return check_array(image)
         return decode_image(image, self.decode_limits)
+
+    def _score_safely(
+        self, images: list[np.ndarray], keep_head_maps: bool
+    ) -> list[InspectionResult]:
+        """_score, but a failure fails only the image that caused it, never raises."""
+        try:
+            return self._score(images, keep_head_maps)
+        except Exception as error:  # noqa: BLE001 - fail safe: engine/native/shape failures
+            if len(images) == 1:
+                log.warning("inspection failed: %s", _describe(error))
+                return [failed_result(_describe(error), self.threshold)]
+        # One image spoilt the batch: score one by one so the others still get a result.
+        results: list[InspectionResult] = []
+        for image in images:
+            results += self._score_safely([image], keep_head_maps)
+        return results
 
     def _score(self, images: list[np.ndarray], keep_head_maps: bool) -> list[InspectionResult]:
         n = len(images)
