@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -102,11 +103,16 @@ def _open_quality(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _bundle_identity(bundle_dir: Path) -> str:
-    """sha256 of manifest.json even when the bundle is refused (so the record names it)."""
+    """sha256 of manifest.json even when the bundle is refused (so the record names it).
+
+    Without a readable manifest it is the sha256 of no bytes (e3b0c442...), which names no
+    bundle; the record's error then says why.
+    """
     try:
-        return hashlib.sha256((bundle_dir / "manifest.json").read_bytes()).hexdigest()
+        data = (bundle_dir / "manifest.json").read_bytes()
     except OSError:
-        return "unknown"
+        data = b""
+    return hashlib.sha256(data).hexdigest()
 
 
 def _write_heatmap(path: str, image_path: str, result: Any, limits: Any) -> str:
@@ -125,6 +131,61 @@ def _write_heatmap(path: str, image_path: str, result: Any, limits: Any) -> str:
     )
     written = save_heatmap(path, picture)
     return hashlib.sha256(written.read_bytes()).hexdigest()
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _signal_and_record(
+    args: argparse.Namespace,
+    result: Any,
+    bundle_sha256: str,
+    heatmap_sha256: str | None,
+    ledger: Any,
+    link: Any,
+) -> tuple[bool | None, int | None]:
+    """PLC first, then the ledger (autoweld.quality.signal_and_record); returns (delivered, seq).
+
+    A failure to write the record turns the result into a FAIL with the reason.
+    """
+    if ledger is None and link is None:
+        return None, None
+    from autoweld.quality import InspectionRecord, signal_and_record
+
+    try:
+        record = InspectionRecord(
+            station_id=args.station,
+            part_id=args.part_id,
+            bundle_sha256=bundle_sha256,
+            package_version=__version__,
+            scores=result.scores,
+            probabilities=result.probabilities,
+            fused_probability=_finite_or_none(result.probability),
+            threshold=_finite_or_none(result.threshold),
+            decision=result.decision,
+            heatmap_sha256=heatmap_sha256,
+            heatmap_path=str(Path(args.heatmap).resolve()) if heatmap_sha256 else None,
+            error=result.error,
+        )
+    except ValueError as error:  # a record we cannot even build: tell the PLC FAIL, say why
+        log.error("quality record refused: %s", error)
+        result.decision = "FAIL"
+        result.error = f"quality record refused: {error}"
+        delivered = bool(link.send("FAIL")) if link is not None else None
+        return delivered, None
+    delivered = None
+    try:
+        stored = signal_and_record(record, ledger, link)
+        delivered = stored.plc_delivered
+        return delivered, (int(stored.seq) if ledger is not None else None)
+    except Exception as error:  # noqa: BLE001 - an unrecorded inspection is not a pass
+        log.error("ledger write failed: %s", error)
+        result.decision = "FAIL"
+        result.error = f"ledger write failed: {error}" + (
+            f" (after: {result.error})" if result.error else ""
+        )
+        return delivered, None
 
 
 def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
@@ -172,39 +233,9 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             except Exception as error:  # noqa: BLE001 - a missing picture must not hide a result
                 log.warning("heat-map not written: %s", error)
 
-        plc_delivered = None
-        if link is not None:
-            plc_delivered = bool(link.send(result.decision))
-
-        record_seq = None
-        if ledger is not None:
-            from autoweld.quality import InspectionRecord
-
-            try:
-                record = ledger.append(
-                    InspectionRecord(
-                        station_id=args.station,
-                        part_id=args.part_id,
-                        bundle_sha256=bundle_sha256,
-                        package_version=__version__,
-                        scores=result.scores,
-                        probabilities=result.probabilities,
-                        fused_probability=result.probability,
-                        threshold=result.threshold,
-                        decision=result.decision,
-                        heatmap_sha256=heatmap_sha256,
-                        heatmap_path=str(Path(args.heatmap).resolve()) if heatmap_sha256 else None,
-                        plc_delivered=plc_delivered,
-                        error=result.error,
-                    )
-                )
-                record_seq = int(record.seq)
-            except Exception as error:  # noqa: BLE001 - an unrecorded inspection is not a pass
-                log.error("ledger write failed: %s", error)
-                result.decision = "FAIL"
-                result.error = f"ledger write failed: {error}" + (
-                    f" (after: {result.error})" if result.error else ""
-                )
+        plc_delivered, record_seq = _signal_and_record(
+            args, result, bundle_sha256, heatmap_sha256, ledger, link
+        )
     finally:
         if link is not None:
             link.close()
