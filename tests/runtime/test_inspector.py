@@ -18,6 +18,7 @@ from tinybundle import (
     write_tiny_bundle,
 )
 
+from autoweld import native
 from autoweld.bundle import BundleError, load_bundle
 from autoweld.runtime.inspector import STAGES, Inspector, failed_result
 
@@ -25,11 +26,14 @@ pytestmark = requires_native
 
 
 def reference_scores(bundle_dir, image):
-    """numpy version of docs/bundle.md steps 1, 2, 4, 5 for the tiny graph (preprocess is mean 0,
-    std 1, no CLAHE, so the engine input is the area-resized RGB image / 255)."""
+    """numpy version of docs/bundle.md steps 1, 2, 4, 5 for the tiny graph, on the same
+    preprocessed input (mean 0.5, std 1, no CLAHE: the area-resized RGB image / 255 - 0.5)."""
     bundle = load_bundle(bundle_dir)
-    resized = cv2.resize(image, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-    rgb = resized[:, :, ::-1].astype(np.float64) / 255.0
+    chw = native.preprocess(image, SIZE, **bundle.preprocess.as_kwargs()).astype(np.float64)
+    # the preprocessing is the resized image within one grey level (native's own tests are exact)
+    resized = cv2.resize(image, (SIZE, SIZE), interpolation=cv2.INTER_AREA)[:, :, ::-1]
+    assert np.abs((chw.transpose(1, 2, 0) + 0.5) * 255 - resized).max() <= 1.0 + 1e-3
+    rgb = chw.transpose(1, 2, 0)
     pooled = rgb.reshape(FEATURE, CELL, FEATURE, CELL, 3).mean(axis=(1, 3))  # (h, w, 3)
     emb = pooled.reshape(-1, 3)
     bank = bundle.load_array("memory_bank.npy").astype(np.float64)
@@ -148,8 +152,8 @@ def test_decompression_bomb(inspector, tmp_path):
 
 
 def test_nan_from_engine_fails_that_image_only(tmp_path):
-    # map head = sqrt(mean - 0.3): NaN for dark images, finite for mid-grey ones
-    bundle = write_tiny_bundle(tmp_path / "nan", offset=0.3)
+    # map head = sqrt(mean + 0.2): NaN for dark images (about -0.42), finite for mid-grey (~0)
+    bundle = write_tiny_bundle(tmp_path / "nan", offset=-0.2)
     with Inspector(bundle, threads=1) as inspector:
         dark = np.full((40, 40, 3), 20, np.uint8)
         _assert_failed(inspector.inspect(dark), "NaN/Inf")
@@ -167,7 +171,6 @@ def test_engine_exception_and_native_value_error(inspector, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(inspector.engine, "infer", broken)
         _assert_failed(inspector.inspect(normal_image(1)), "RuntimeError: device lost")
-    from autoweld import native
 
     def rejects(*args, **kwargs):
         raise ValueError("bank_neighbours: index out of range")

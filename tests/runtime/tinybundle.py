@@ -4,7 +4,8 @@ The graph stands in for a real backbone + heads with the same contract (docs/bun
 ``image`` float32 [N, 3, S, S]; a ``knn`` head output [N, h*w, 3] of average-pooled pixels
 (4 x 4 cells, so h = w = S / 4) and a ``map`` head output [N, h, w] (the pooled mean over
 channels). ``offset`` is subtracted before a square root in the map head, so pooled values below
-``offset`` give NaN: a way to make the engine yield NaN for dark images only.
+``offset`` give NaN: a way to make the engine yield NaN for dark images only. The bundles
+normalise with mean 0.5, std 1, so a mid-grey image is about 0 after preprocessing.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def manifest(heads: tuple[str, ...] = ("patchcore", "feature_ae"), threshold: fl
             "clip_limit": 2.0,
             "tile_grid": [8, 8],
             "sigma": 0.0,
-            "mean": [0.0, 0.0, 0.0],
+            "mean": [0.5, 0.5, 0.5],
             "std": [1.0, 1.0, 1.0],
             "color_order": "BGR",
         },
@@ -150,7 +151,7 @@ def write_tiny_bundle(
     root: Path, *, offset: float | None = None, heads: tuple[str, ...] = ("patchcore", "feature_ae")
 ) -> Path:
     rng = np.random.default_rng(0)
-    bank = (0.5 + rng.normal(0, 0.02, (64, 3))).astype(np.float32)
+    bank = rng.normal(0, 0.02, (64, 3)).astype(np.float32)
     files: dict = {"model.onnx": make_graph(offset, heads=heads)}
     if "patchcore" in heads:
         files["memory_bank.npy"] = bank
