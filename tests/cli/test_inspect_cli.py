@@ -153,3 +153,100 @@ def test_console_module_runs_in_a_fresh_process(tiny_bundle, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["decision"] == "PASS"
+
+
+def _echo_plc():
+    """A one-byte TCP PLC on loopback that echoes each byte and remembers it."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    received: list[int] = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                while data := conn.recv(1):
+                    received.append(data[0])
+                    conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, received
+
+
+@requires_native
+def test_ledger_record_and_plc_signal(capsys, tiny_bundle, tmp_path, monkeypatch):
+    quality = pytest.importorskip("autoweld.quality")
+    if not hasattr(quality, "open_ledger"):
+        pytest.skip("autoweld.quality (branch ledger-plc) not merged yet")
+    monkeypatch.setenv("AUTOWELD_SECRET_KEY", "unit-test-secret")
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    server, received = _echo_plc()
+    plc_url = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    good = _image(tmp_path, normal_image(1), "good.png")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    heatmap = tmp_path / "good_map.png"
+    try:
+        common = ["--bundle", tiny_bundle, "--ledger", ledger_url, "--plc", plc_url]
+        status, first = _run_json(
+            capsys, *common, "--image", good, "--part-id", "G1", "--heatmap", heatmap
+        )
+        assert status == 0 and first["record_seq"] == 1 and first["plc_delivered"] is True
+        status, second = _run_json(capsys, *common, "--image", empty, "--part-id", "E1")
+        assert status == 1 and second["record_seq"] == 2 and second["plc_delivered"] is True
+    finally:
+        server.close()
+    assert received == [0x00, 0x01]  # PASS then FAIL on the wire
+    with quality.open_ledger(ledger_url) as ledger:
+        records = list(ledger.records())
+        assert ledger.verify().ok
+    by_part = {r.part_id: r for r in records}
+    assert by_part["G1"].decision == "PASS" and by_part["G1"].plc_delivered is True
+    assert by_part["G1"].heatmap_sha256 is not None
+    assert by_part["G1"].fused_probability == pytest.approx(first["probability"])
+    assert by_part["E1"].decision == "FAIL" and "empty" in by_part["E1"].error
+    assert by_part["E1"].fused_probability is None
+
+
+@requires_native
+def test_unreachable_plc_is_recorded_not_delivered(capsys, tiny_bundle, tmp_path, monkeypatch):
+    quality = pytest.importorskip("autoweld.quality")
+    if not hasattr(quality, "open_ledger"):
+        pytest.skip("autoweld.quality (branch ledger-plc) not merged yet")
+    monkeypatch.setenv("AUTOWELD_SECRET_KEY", "unit-test-secret")
+    import socket
+
+    with socket.socket() as probe:  # a port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    good = _image(tmp_path, normal_image(1))
+    status, payload = _run_json(
+        capsys,
+        "--bundle",
+        tiny_bundle,
+        "--image",
+        good,
+        "--part-id",
+        "P",
+        "--ledger",
+        f"sqlite:///{tmp_path / 'l.db'}",
+        "--plc",
+        f"tcp://127.0.0.1:{port}",
+    )
+    assert status == 0 and payload["plc_delivered"] is False and payload["record_seq"] == 1
+
+
+def test_ledger_without_key_is_a_usage_error(capsys, tiny_bundle, tmp_path, monkeypatch):
+    quality = pytest.importorskip("autoweld.quality")
+    if not hasattr(quality, "open_ledger"):
+        pytest.skip("autoweld.quality (branch ledger-plc) not merged yet")
+    monkeypatch.delenv("AUTOWELD_SECRET_KEY", raising=False)
+    image = _image(tmp_path, normal_image(1))
+    base = ["--bundle", str(tiny_bundle), "--image", str(image), "--part-id", "P1"]
+    assert main([*base, "--ledger", f"sqlite:///{tmp_path}/l.db"]) == 2
+    assert "--ledger" in capsys.readouterr().err
