@@ -51,7 +51,7 @@ def render_heatmap(
         level = np.clip(np.nan_to_num(anomaly_map.astype(np.float32)), 0.0, 1.0)
         colours = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
         # Opacity grows with the probability: normal areas stay readable, hot areas stand out.
-        alpha = (max_alpha * np.sqrt(level))[:, :, None]
+        alpha = (max_alpha * level)[:, :, None]
         base = (base * (1.0 - alpha) + colours * alpha).astype(np.uint8)
         region = (level >= threshold).astype(np.uint8)
         contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

@@ -99,14 +99,10 @@ def _describe(error: BaseException) -> str:
 
 
 def _platt(values: np.ndarray, a: float, b: float) -> np.ndarray:
-    """p = 1 / (1 + exp(a*s + b)), overflow-safe, for maps (the same formula native.platt uses)."""
-    z = a * values.astype(np.float64) + b
-    out = np.empty_like(z)
-    positive = z >= 0
-    ez = np.exp(-z[positive])
-    out[positive] = ez / (1.0 + ez)
-    out[~positive] = 1.0 / (1.0 + np.exp(z[~positive]))
-    return out
+    """p = 1 / (1 + exp(a*s + b)) per pixel, in float32 (maps need no more); the exponent is
+    clipped where the result is 0 or 1 to float32 precision anyway, so exp never overflows."""
+    z = np.clip(np.float32(a) * values + np.float32(b), -88.0, 88.0)
+    return 1.0 / (1.0 + np.exp(z, dtype=np.float32))
 
 
 class Inspector:
@@ -366,13 +362,13 @@ class Inspector:
                 continue
             start = time.perf_counter()
             height, width = image.shape[:2]
-            fused_map = np.zeros((size, size), dtype=np.float64)
+            fused_map = np.zeros((size, size), dtype=np.float32)
             for weight, name in zip(self.fusion_weights, self.fused_heads, strict=True):
                 head = self.heads[name]
-                fused_map += weight * _platt(full_maps[name][i], head.platt_a, head.platt_b)
-            anomaly_map = cv2.resize(
-                fused_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR
-            )
+                fused_map += np.float32(weight) * _platt(
+                    full_maps[name][i], head.platt_a, head.platt_b
+                )
+            anomaly_map = cv2.resize(fused_map, (width, height), interpolation=cv2.INTER_LINEAR)
             head_maps = {}
             if keep_head_maps:
                 head_maps = {
