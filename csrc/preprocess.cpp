@@ -124,6 +124,43 @@ AxisFilter make_axis_filter(int in, int out, double sigma, bool area) {
     return f;
 }
 
+void gaussian_blur_u8(const std::uint8_t* image, int height, int width, int channels,
+                      double sigma, std::uint8_t* out, int threads) {
+    const std::vector<int> g = gaussian_kernel_q8(sigma);
+    const int radius = static_cast<int>(g.size() / 2);
+    const std::size_t row_len = static_cast<std::size_t>(width) * channels;
+    // Horizontal: exact integer sums in units of 1/256 (OpenCV's ufixedpoint16 row filter).
+    std::vector<std::uint32_t> horizontal(static_cast<std::size_t>(height) * row_len);
+    parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
+        for (std::size_t y = b; y < e; ++y) {
+            const std::uint8_t* src = image + y * row_len;
+            std::uint32_t* dst = horizontal.data() + y * row_len;
+            for (int x = 0; x < width; ++x)
+                for (int ch = 0; ch < channels; ++ch) {
+                    std::uint32_t acc = 0;
+                    for (int t = -radius; t <= radius; ++t)
+                        acc += static_cast<std::uint32_t>(g[t + radius]) *
+                               src[reflect101(x + t, width) * channels + ch];
+                    dst[x * channels + ch] = acc;
+                }
+        }
+    });
+    // Vertical: units of 1/65536, rounded half up to 8 bits as ufixedpoint32 -> uint8.
+    parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
+        for (std::size_t y = b; y < e; ++y) {
+            std::uint8_t* dst = out + y * row_len;
+            for (std::size_t k = 0; k < row_len; ++k) {
+                std::uint64_t acc = 0;
+                for (int t = -radius; t <= radius; ++t)
+                    acc += static_cast<std::uint64_t>(g[t + radius]) *
+                           horizontal[static_cast<std::size_t>(reflect101(static_cast<int>(y) + t, height)) * row_len + k];
+                const std::uint64_t v = (acc + 32768) >> 16;
+                dst[k] = static_cast<std::uint8_t>(v > 255 ? 255 : v);
+            }
+        }
+    });
+}
+
 void preprocess(const std::uint8_t* image, int height, int width, int channels,
                 const PreprocessConfig& c, float* out) {
     require(image != nullptr && out != nullptr, "image and out must not be null");
@@ -144,8 +181,12 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
 
     // OpenCV takes INTER_AREA's averaging branch only when neither axis upscales.
     const bool area = size <= width && size <= height;
-    const AxisFilter fx = make_axis_filter(width, size, c.sigma, area);
-    const AxisFilter fy = make_axis_filter(height, size, c.sigma, area);
+    // Upscaling: OpenCV's bilinear branch truncates in fixed point, so smoothing is done apart
+    // and rounded to 8 bits exactly as GaussianBlur does, to stay within one grey level.
+    const bool separate_blur = !area && c.sigma > 0.0;
+    const double fused_sigma = separate_blur ? 0.0 : c.sigma;
+    const AxisFilter fx = make_axis_filter(width, size, fused_sigma, area);
+    const AxisFilter fy = make_axis_filter(height, size, fused_sigma, area);
 
     // CLAHE tables (for colour: of OpenCV's 8-bit Lab lightness).
     ClaheTables tables;
@@ -168,21 +209,56 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
         }
     }
 
+    std::vector<std::uint8_t> blurred;
+    bool use_clahe = c.clahe;
+    if (separate_blur) {
+        std::vector<std::uint8_t> enhanced_image(pixels * channels);
+        if (c.clahe) {
+            parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
+                ClaheRowApplier applier(tables);
+                std::vector<std::uint8_t> light_row(width);
+                for (std::size_t y = b; y < e; ++y) {
+                    std::uint8_t* dst = enhanced_image.data() + y * width * channels;
+                    if (channels == 1) {
+                        applier.apply(static_cast<int>(y), image + y * width, dst);
+                        continue;
+                    }
+                    applier.apply(static_cast<int>(y), lightness.data() + y * width,
+                                  light_row.data());
+                    const std::uint8_t* lab_row = lab.data() + y * width * 3;
+                    for (int x = 0; x < width; ++x) {
+                        dst[x * 3] = light_row[x];
+                        dst[x * 3 + 1] = lab_row[x * 3 + 1];
+                        dst[x * 3 + 2] = lab_row[x * 3 + 2];
+                    }
+                    detail::lab8_to_bgr(dst, static_cast<std::size_t>(width), dst);
+                }
+            });
+        } else {
+            std::copy(image, image + pixels * channels, enhanced_image.begin());
+        }
+        blurred.resize(pixels * channels);
+        gaussian_blur_u8(enhanced_image.data(), height, width, channels, c.sigma,
+                         blurred.data(), threads);
+        image = blurred.data();
+        use_clahe = false;
+    }
+
     // Horizontal pass: every source row -> `channels` planes of `size` floats.
     const std::size_t hrow = static_cast<std::size_t>(channels) * size;
     std::vector<float> horizontal(static_cast<std::size_t>(height) * hrow);
     parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
         std::vector<std::uint8_t> enhanced(static_cast<std::size_t>(width) * channels);
-        std::vector<std::uint8_t> light_row(c.clahe && channels == 3 ? width : 0);
+        std::vector<std::uint8_t> light_row(use_clahe && channels == 3 ? width : 0);
         std::vector<float> planes(static_cast<std::size_t>(width) * channels);
         std::unique_ptr<ClaheRowApplier> applier;
-        if (c.clahe) applier = std::make_unique<ClaheRowApplier>(tables);
+        if (use_clahe) applier = std::make_unique<ClaheRowApplier>(tables);
         for (std::size_t y = b; y < e; ++y) {
             const std::uint8_t* row = image + y * width * channels;
-            if (c.clahe && channels == 1) {
+            if (use_clahe && channels == 1) {
                 applier->apply(static_cast<int>(y), row, enhanced.data());
                 row = enhanced.data();
-            } else if (c.clahe) {
+            } else if (use_clahe) {
                 const std::uint8_t* lab_row = lab.data() + y * width * 3;
                 applier->apply(static_cast<int>(y), lightness.data() + y * width,
                                light_row.data());

@@ -44,6 +44,11 @@ std::vector<int> gaussian_kernel_q8(double sigma);
 // bilinear branch (taken by OpenCV for both axes as soon as either upscales).
 AxisFilter make_axis_filter(int in, int out, double sigma, bool area);
 
+// cv2.GaussianBlur(image, (0, 0), sigma) on 8-bit images, bit-exact (fixed-point taps,
+// reflect-101 borders, rounding half up). Used before upscaling.
+void gaussian_blur_u8(const std::uint8_t* image, int height, int width, int channels,
+                      double sigma, std::uint8_t* out, int threads);
+
 // image: height x width x channels (1 or 3, BGR) uint8; out: 3 x size x size float32,
 // caller-allocated. Throws std::invalid_argument naming the bad argument.
 void preprocess(const std::uint8_t* image, int height, int width, int channels,
