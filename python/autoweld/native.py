@@ -205,9 +205,7 @@ def anomaly_map(
     ``(N, H, W)``. Non-contiguous input is copied.
     """
     if not isinstance(patch_scores, np.ndarray):
-        raise ValueError(
-            f"patch_scores must be a numpy array, got {type(patch_scores).__name__}"
-        )
+        raise ValueError(f"patch_scores must be a numpy array, got {type(patch_scores).__name__}")
     if patch_scores.dtype != np.float32:
         raise ValueError(f"patch_scores must have dtype float32, got {patch_scores.dtype}")
     if patch_scores.ndim not in (2, 3):
@@ -226,7 +224,6 @@ def anomaly_map(
     batched = scores.reshape((-1, *scores.shape[-2:]))
     result = _native.anomaly_map(batched, out_h, out_w, _sigma(sigma), _threads(threads))
     return result if scores.ndim == 3 else result[0]
-
 
 
 # ---- numeric kernels: knn, coreset, scoring -------------------------------------------
