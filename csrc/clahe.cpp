@@ -93,39 +93,75 @@ inline std::uint8_t clamp_u8(int v) { return static_cast<std::uint8_t>(v < 0 ? 0
 
 namespace detail {
 
-void bgr_to_lab8(const std::uint8_t* bgr, std::size_t n, std::uint8_t* lab) {
+const LabTables& lab_tables_i32() {
+    static const LabTables tables = [] {
+        using namespace lab_tables;
+        LabTables t;
+        t.gamma.assign(std::begin(kGamma), std::end(kGamma));
+        t.cbrt.assign(std::begin(kCbrt), std::end(kCbrt));
+        t.inv_gamma.assign(std::begin(kInvGamma), std::end(kInvGamma));
+        t.y.resize(256);
+        t.ify.resize(256);
+        for (int i = 0; i < 256; ++i) {
+            t.y[i] = kLToYF[2 * i];
+            t.ify[i] = kLToYF[2 * i + 1];
+        }
+        t.ab_to_xz = ab_to_xz();
+        return t;
+    }();
+    return tables;
+}
+
+void bgr_to_lab_planes_scalar(const std::uint8_t* bgr, std::size_t n, std::uint8_t* l,
+                              std::uint8_t* a, std::uint8_t* b) {
     using namespace lab_tables;
     constexpr int l_scale = (116 * 255 + 50) / 100;
     constexpr int l_shift = -((16 * 255 * (1 << 15) + 50) / 100);
-    for (std::size_t i = 0; i < n; ++i, bgr += 3, lab += 3) {
-        const int b = kGamma[bgr[0]], g = kGamma[bgr[1]], r = kGamma[bgr[2]];
-        const int fx = kCbrt[descale(b * kFwd[0] + g * kFwd[1] + r * kFwd[2], 12)];
-        const int fy = kCbrt[descale(b * kFwd[3] + g * kFwd[4] + r * kFwd[5], 12)];
-        const int fz = kCbrt[descale(b * kFwd[6] + g * kFwd[7] + r * kFwd[8], 12)];
-        lab[0] = clamp_u8(descale(l_scale * fy + l_shift, 15));
-        lab[1] = clamp_u8(descale(500 * (fx - fy) + 128 * (1 << 15), 15));
-        lab[2] = clamp_u8(descale(200 * (fy - fz) + 128 * (1 << 15), 15));
+    for (std::size_t i = 0; i < n; ++i) {
+        const int cb = kGamma[bgr[3 * i]], cg = kGamma[bgr[3 * i + 1]], cr = kGamma[bgr[3 * i + 2]];
+        const int fx = kCbrt[descale(cb * kFwd[0] + cg * kFwd[1] + cr * kFwd[2], 12)];
+        const int fy = kCbrt[descale(cb * kFwd[3] + cg * kFwd[4] + cr * kFwd[5], 12)];
+        const int fz = kCbrt[descale(cb * kFwd[6] + cg * kFwd[7] + cr * kFwd[8], 12)];
+        l[i] = clamp_u8(descale(l_scale * fy + l_shift, 15));
+        a[i] = clamp_u8(descale(500 * (fx - fy) + 128 * (1 << 15), 15));
+        b[i] = clamp_u8(descale(200 * (fy - fz) + 128 * (1 << 15), 15));
     }
 }
 
-void lab8_to_bgr(const std::uint8_t* lab, std::size_t n, std::uint8_t* bgr) {
+void lab_planes_to_bgr_scalar(const std::uint8_t* l, const std::uint8_t* a,
+                              const std::uint8_t* b, std::size_t n, std::uint8_t* out_b,
+                              std::uint8_t* out_g, std::uint8_t* out_r) {
     using namespace lab_tables;
     const int* xz = ab_to_xz().data();
-    for (std::size_t i = 0; i < n; ++i, lab += 3, bgr += 3) {
-        const int y = kLToYF[lab[0] * 2], ify = kLToYF[lab[0] * 2 + 1];
-        const int adiv = ((5 * lab[1] * 53687 + (1 << 7)) >> 13) - 128 * kBase / 500;
-        const int bdiv = ((lab[2] * 41943 + (1 << 4)) >> 9) - 128 * kBase / 200 + 1;
+    for (std::size_t i = 0; i < n; ++i) {
+        const int y = kLToYF[l[i] * 2], ify = kLToYF[l[i] * 2 + 1];
+        const int adiv = ((5 * a[i] * 53687 + (1 << 7)) >> 13) - 128 * kBase / 500;
+        const int bdiv = ((b[i] * 41943 + (1 << 4)) >> 9) - 128 * kBase / 200 + 1;
         const int x = xz[ify + adiv - kMinAB], z = xz[ify - bdiv - kMinAB];
-        int ro = descale(kInv[0] * x + kInv[1] * y + kInv[2] * z, 14);
-        int go = descale(kInv[3] * x + kInv[4] * y + kInv[5] * z, 14);
-        int bo = descale(kInv[6] * x + kInv[7] * y + kInv[8] * z, 14);
-        ro = std::clamp(ro, 0, 4095);
-        go = std::clamp(go, 0, 4095);
-        bo = std::clamp(bo, 0, 4095);
-        bgr[0] = clamp_u8(kInvGamma[bo]);
-        bgr[1] = clamp_u8(kInvGamma[go]);
-        bgr[2] = clamp_u8(kInvGamma[ro]);
+        const int ro = std::clamp(descale(kInv[0] * x + kInv[1] * y + kInv[2] * z, 14), 0, 4095);
+        const int go = std::clamp(descale(kInv[3] * x + kInv[4] * y + kInv[5] * z, 14), 0, 4095);
+        const int bo = std::clamp(descale(kInv[6] * x + kInv[7] * y + kInv[8] * z, 14), 0, 4095);
+        out_b[i] = clamp_u8(kInvGamma[bo]);
+        out_g[i] = clamp_u8(kInvGamma[go]);
+        out_r[i] = clamp_u8(kInvGamma[ro]);
     }
+}
+
+void bgr_to_lab_planes(const std::uint8_t* bgr, std::size_t n, std::uint8_t* l, std::uint8_t* a,
+                       std::uint8_t* b) {
+    if (cpu_has_avx2_fma())
+        bgr_to_lab_planes_avx2(bgr, n, l, a, b);
+    else
+        bgr_to_lab_planes_scalar(bgr, n, l, a, b);
+}
+
+void lab_planes_to_bgr(const std::uint8_t* l, const std::uint8_t* a, const std::uint8_t* b,
+                       std::size_t n, std::uint8_t* out_b, std::uint8_t* out_g,
+                       std::uint8_t* out_r) {
+    if (cpu_has_avx2_fma())
+        lab_planes_to_bgr_avx2(l, a, b, n, out_b, out_g, out_r);
+    else
+        lab_planes_to_bgr_scalar(l, a, b, n, out_b, out_g, out_r);
 }
 
 }  // namespace detail
@@ -318,18 +354,35 @@ void clahe_bgr(const std::uint8_t* image, int height, int width, double clip_lim
     require(out != nullptr, "out must not be null");
     check_clahe_args(image, height, width, clip_limit, tiles_x, tiles_y);
     const std::size_t n = static_cast<std::size_t>(height) * width;
-    std::vector<std::uint8_t> lab(n * 3), lightness(n), equalised(n);
-    parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
-        const std::size_t p0 = b * width, p1 = e * width;
-        detail::bgr_to_lab8(image + p0 * 3, p1 - p0, lab.data() + p0 * 3);
-        for (std::size_t p = p0; p < p1; ++p) lightness[p] = lab[p * 3];
+    std::vector<std::uint8_t> planes(n * 3);
+    std::uint8_t* l = planes.data();
+    std::uint8_t* a = l + n;
+    std::uint8_t* b = a + n;
+    parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t r0, std::size_t r1) {
+        const std::size_t p0 = r0 * width, p1 = r1 * width;
+        detail::bgr_to_lab_planes(image + p0 * 3, p1 - p0, l + p0, a + p0, b + p0);
     });
-    clahe_gray(lightness.data(), height, width, clip_limit, tiles_x, tiles_y, equalised.data(),
-               threads);
-    parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
-        const std::size_t p0 = b * width, p1 = e * width;
-        for (std::size_t p = p0; p < p1; ++p) lab[p * 3] = equalised[p];
-        detail::lab8_to_bgr(lab.data() + p0 * 3, p1 - p0, out + p0 * 3);
+    ClaheTables tables;
+    clahe_build_tables(l, height, width, clip_limit, tiles_x, tiles_y, threads, tables);
+    parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t r0, std::size_t r1) {
+        ClaheRowApplier applier(tables);
+        std::vector<std::uint8_t> row(static_cast<std::size_t>(width) * 4);
+        std::uint8_t* lr = row.data();
+        std::uint8_t* bo = lr + width;
+        std::uint8_t* go = bo + width;
+        std::uint8_t* ro = go + width;
+        for (std::size_t y = r0; y < r1; ++y) {
+            const std::size_t p0 = y * width;
+            applier.apply(static_cast<int>(y), l + p0, lr);
+            detail::lab_planes_to_bgr(lr, a + p0, b + p0, static_cast<std::size_t>(width), bo, go,
+                                      ro);
+            std::uint8_t* dst = out + p0 * 3;
+            for (int x = 0; x < width; ++x) {
+                dst[3 * x] = bo[x];
+                dst[3 * x + 1] = go[x];
+                dst[3 * x + 2] = ro[x];
+            }
+        }
     });
 }
 

@@ -68,9 +68,28 @@ void clahe_pack_band(const ClaheTables& tables, int band, std::uint32_t* packed)
 // The exact float interpolation of OpenCV for one row, scalar and AVX2 flavours.
 void clahe_row_scalar(const ClaheTables& tables, const std::uint32_t* packed, float ya,
                       float ya1, const std::uint8_t* src, std::uint8_t* dst);
-// OpenCV's 8-bit BGR <-> Lab conversions (cvtColor COLOR_BGR2Lab / COLOR_Lab2BGR), bit-exact.
-void bgr_to_lab8(const std::uint8_t* bgr, std::size_t n, std::uint8_t* lab);
-void lab8_to_bgr(const std::uint8_t* lab, std::size_t n, std::uint8_t* bgr);
+// OpenCV's 8-bit BGR <-> Lab conversions (cvtColor COLOR_BGR2Lab / COLOR_Lab2BGR), bit-exact,
+// on planes: interleaved BGR in, L/a/b planes out; L/a/b planes in, B/G/R planes out.
+void bgr_to_lab_planes(const std::uint8_t* bgr, std::size_t n, std::uint8_t* l, std::uint8_t* a,
+                       std::uint8_t* b);
+void lab_planes_to_bgr(const std::uint8_t* l, const std::uint8_t* a, const std::uint8_t* b,
+                       std::size_t n, std::uint8_t* out_b, std::uint8_t* out_g,
+                       std::uint8_t* out_r);
+void bgr_to_lab_planes_scalar(const std::uint8_t* bgr, std::size_t n, std::uint8_t* l,
+                              std::uint8_t* a, std::uint8_t* b);
+void lab_planes_to_bgr_scalar(const std::uint8_t* l, const std::uint8_t* a,
+                              const std::uint8_t* b, std::size_t n, std::uint8_t* out_b,
+                              std::uint8_t* out_g, std::uint8_t* out_r);
+void bgr_to_lab_planes_avx2(const std::uint8_t* bgr, std::size_t n, std::uint8_t* l,
+                            std::uint8_t* a, std::uint8_t* b);
+void lab_planes_to_bgr_avx2(const std::uint8_t* l, const std::uint8_t* a, const std::uint8_t* b,
+                            std::size_t n, std::uint8_t* out_b, std::uint8_t* out_g,
+                            std::uint8_t* out_r);
+// The Lab tables widened to int32 for gathers.
+struct LabTables {
+    std::vector<std::int32_t> gamma, cbrt, inv_gamma, y, ify, ab_to_xz;
+};
+const LabTables& lab_tables_i32();
 void clahe_row_avx2(const ClaheTables& tables, const std::uint32_t* packed, float ya, float ya1,
                     const std::uint8_t* src, std::uint8_t* dst);
 }  // namespace detail

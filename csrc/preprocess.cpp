@@ -196,47 +196,62 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
             clahe_build_tables(image, height, width, c.clip_limit, c.tiles_x, c.tiles_y, threads,
                                tables);
         } else {
-            lab.resize(pixels * 3);
+            lab.resize(pixels * 2);  // a plane, then b plane
             lightness.resize(pixels);
             parallel_for(static_cast<std::size_t>(height), threads,
                          [&](std::size_t b, std::size_t e) {
                              const std::size_t p0 = b * width, p1 = e * width;
-                             detail::bgr_to_lab8(image + p0 * 3, p1 - p0, lab.data() + p0 * 3);
-                             for (std::size_t p = p0; p < p1; ++p) lightness[p] = lab[p * 3];
+                             detail::bgr_to_lab_planes(image + p0 * 3, p1 - p0,
+                                                       lightness.data() + p0, lab.data() + p0,
+                                                       lab.data() + pixels + p0);
                          });
             clahe_build_tables(lightness.data(), height, width, c.clip_limit, c.tiles_x,
                                c.tiles_y, threads, tables);
         }
     }
 
+    // Row y of the enhanced image as `channels` uint8 planes of `width` (B, G, R for colour).
+    // `light` is scratch of `width` bytes. The applier is per thread.
+    auto enhanced_planes = [&](std::size_t y, const std::uint8_t* src_image, bool with_clahe,
+                               ClaheRowApplier* applier, std::uint8_t* planes,
+                               std::uint8_t* light) {
+        if (channels == 1) {
+            if (with_clahe)
+                applier->apply(static_cast<int>(y), src_image + y * width, planes);
+            else
+                std::copy(src_image + y * width, src_image + (y + 1) * width, planes);
+        } else if (with_clahe) {
+            applier->apply(static_cast<int>(y), lightness.data() + y * width, light);
+            detail::lab_planes_to_bgr(light, lab.data() + y * width,
+                                      lab.data() + pixels + y * width,
+                                      static_cast<std::size_t>(width), planes, planes + width,
+                                      planes + 2 * width);
+        } else {
+            const std::uint8_t* row = src_image + y * width * 3;
+            for (int x = 0; x < width; ++x) {
+                planes[x] = row[3 * x];
+                planes[width + x] = row[3 * x + 1];
+                planes[2 * width + x] = row[3 * x + 2];
+            }
+        }
+    };
+
     std::vector<std::uint8_t> blurred;
     bool use_clahe = c.clahe;
     if (separate_blur) {
         std::vector<std::uint8_t> enhanced_image(pixels * channels);
-        if (c.clahe) {
-            parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
-                ClaheRowApplier applier(tables);
-                std::vector<std::uint8_t> light_row(width);
-                for (std::size_t y = b; y < e; ++y) {
-                    std::uint8_t* dst = enhanced_image.data() + y * width * channels;
-                    if (channels == 1) {
-                        applier.apply(static_cast<int>(y), image + y * width, dst);
-                        continue;
-                    }
-                    applier.apply(static_cast<int>(y), lightness.data() + y * width,
-                                  light_row.data());
-                    const std::uint8_t* lab_row = lab.data() + y * width * 3;
-                    for (int x = 0; x < width; ++x) {
-                        dst[x * 3] = light_row[x];
-                        dst[x * 3 + 1] = lab_row[x * 3 + 1];
-                        dst[x * 3 + 2] = lab_row[x * 3 + 2];
-                    }
-                    detail::lab8_to_bgr(dst, static_cast<std::size_t>(width), dst);
-                }
-            });
-        } else {
-            std::copy(image, image + pixels * channels, enhanced_image.begin());
-        }
+        parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
+            std::unique_ptr<ClaheRowApplier> applier;
+            if (c.clahe) applier = std::make_unique<ClaheRowApplier>(tables);
+            std::vector<std::uint8_t> planes(static_cast<std::size_t>(width) * channels), light(width);
+            for (std::size_t y = b; y < e; ++y) {
+                enhanced_planes(y, image, c.clahe, applier.get(), planes.data(), light.data());
+                std::uint8_t* dst = enhanced_image.data() + y * width * channels;
+                for (int x = 0; x < width; ++x)
+                    for (int ch = 0; ch < channels; ++ch)
+                        dst[x * channels + ch] = planes[static_cast<std::size_t>(ch) * width + x];
+            }
+        });
         blurred.resize(pixels * channels);
         gaussian_blur_u8(enhanced_image.data(), height, width, channels, c.sigma,
                          blurred.data(), threads);
@@ -248,34 +263,13 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
     const std::size_t hrow = static_cast<std::size_t>(channels) * size;
     std::vector<float> horizontal(static_cast<std::size_t>(height) * hrow);
     parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
-        std::vector<std::uint8_t> enhanced(static_cast<std::size_t>(width) * channels);
-        std::vector<std::uint8_t> light_row(use_clahe && channels == 3 ? width : 0);
+        std::vector<std::uint8_t> bytes(static_cast<std::size_t>(width) * channels), light(width);
         std::vector<float> planes(static_cast<std::size_t>(width) * channels);
         std::unique_ptr<ClaheRowApplier> applier;
         if (use_clahe) applier = std::make_unique<ClaheRowApplier>(tables);
         for (std::size_t y = b; y < e; ++y) {
-            const std::uint8_t* row = image + y * width * channels;
-            if (use_clahe && channels == 1) {
-                applier->apply(static_cast<int>(y), row, enhanced.data());
-                row = enhanced.data();
-            } else if (use_clahe) {
-                const std::uint8_t* lab_row = lab.data() + y * width * 3;
-                applier->apply(static_cast<int>(y), lightness.data() + y * width,
-                               light_row.data());
-                // Reuse `enhanced` as the Lab row with the equalised lightness, then convert.
-                std::vector<std::uint8_t>& buf = enhanced;
-                for (int x = 0; x < width; ++x) {
-                    buf[x * 3] = light_row[x];
-                    buf[x * 3 + 1] = lab_row[x * 3 + 1];
-                    buf[x * 3 + 2] = lab_row[x * 3 + 2];
-                }
-                detail::lab8_to_bgr(buf.data(), static_cast<std::size_t>(width), buf.data());
-                row = buf.data();
-            }
-            for (int ch = 0; ch < channels; ++ch) {
-                float* p = planes.data() + static_cast<std::size_t>(ch) * width;
-                for (int x = 0; x < width; ++x) p[x] = row[x * channels + ch];
-            }
+            enhanced_planes(y, image, use_clahe, applier.get(), bytes.data(), light.data());
+            for (std::size_t k = 0; k < bytes.size(); ++k) planes[k] = bytes[k];
             float* dst = horizontal.data() + y * hrow;
             for (int ch = 0; ch < channels; ++ch) {
                 const float* p = planes.data() + static_cast<std::size_t>(ch) * width;
