@@ -6,6 +6,7 @@ numpy + OpenCV only: ``autoweld-eval`` uses this package on stations without tor
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 from autoweld.data.defects import (
@@ -53,26 +54,35 @@ logger = logging.getLogger(__name__)
 WELD = "weld"
 
 
-def load_category(name: str, data_root: str | Path | None = None, *, seed: int = 0) -> Category:
+def load_category(
+    name: str,
+    data_root: str | Path | None = None,
+    *,
+    seed: int = 0,
+    weld_params: WeldParams | None = None,
+) -> Category:
     """Load a dataset category.
 
     ``"weld"`` is the built-in synthetic category: ``DATA_ROOT/weld`` is generated first when it
     is missing or was generated with another seed, size or generator version. Any other name is
     read from ``DATA_ROOT/NAME`` in the MVTec AD layout. ``data_root`` defaults to
-    ``$AUTOWELD_DATA`` or ``~/.cache/autoweld/data``.
+    ``$AUTOWELD_DATA`` or ``~/.cache/autoweld/data``. ``weld_params`` changes the generated
+    sizes (default ``WeldParams()``); it is ignored for other categories.
     """
     if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
         raise ValueError(f"name must be a category folder name, got {name!r}")
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     if name != WELD:
         return read_mvtec(root / name, name)
-    params = WeldParams()
+    params = weld_params if weld_params is not None else WeldParams()
+    if not isinstance(params, WeldParams):
+        raise ValueError(f"weld_params must be a WeldParams or None, got {params!r}")
     folder = ensure_weld(root, seed=seed, params=params)
     category = read_mvtec(folder, name)
     expected_test = params.n_test_good + params.n_test_per_defect * len(WELD_DEFECT_TYPES)
     if len(category.train) != params.n_train or len(category.test) != expected_test:
         # Files were removed or added behind the stamp's back: rebuild rather than train on it.
         logger.warning("%s does not match its stamp; regenerating", folder)
-        folder = generate_weld(root, seed=seed, **params.__dict__)
+        folder = generate_weld(root, seed=seed, **asdict(params))
         category = read_mvtec(folder, name)
     return category

@@ -118,48 +118,56 @@ def _noise1d(rng: np.random.Generator, s: np.ndarray, span: float, scale: float)
 def estimate_bead(image: np.ndarray) -> BeadGeometry:
     """Estimate where the bead lies in a weld image (a horizontal-ish textured band).
 
-    Ripples and glare make the bead the band with the most fine structure; the band's centre is
-    found in vertical strips and a line is fitted through them.
+    Two passes over vertical strips: ripples and glare make the bead the band with the most
+    horizontal structure (a rough centre line); then the toes, where the bright bead meets its
+    shadow, give the edges, from which centre line and half width are refitted.
     """
     _check_image(image)
     h, w = image.shape[:2]
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
-    gx = np.abs(cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3))
-    gx = cv2.GaussianBlur(gx, (0, 0), 2.0)
+    gx = cv2.GaussianBlur(np.abs(cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)), (0, 0), 2.0)
+    gy = cv2.GaussianBlur(cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3), (0, 0), w / 40, 1.0)
     n_strips = 8
-    xs, cs, hws = [], [], []
-    for k in range(n_strips):
-        x0, x1 = k * w // n_strips, (k + 1) * w // n_strips
-        profile = gx[:, x0:x1].mean(axis=1)
-        profile = cv2.GaussianBlur(profile.reshape(-1, 1), (0, 0), max(2.0, h / 64)).ravel()
-        peak = int(np.argmax(profile))
-        floor = float(np.median(profile))
-        level = floor + 0.5 * (float(profile[peak]) - floor)
-        above = profile > level
-        lo = peak
-        while lo > 0 and above[lo - 1]:
-            lo -= 1
-        hi = peak
-        while hi < h - 1 and above[hi + 1]:
-            hi += 1
-        weights = np.clip(profile[lo : hi + 1] - level, 0, None) + 1e-6
-        center = float((np.arange(lo, hi + 1) * weights).sum() / weights.sum())
-        xs.append((x0 + x1) / 2.0)
-        cs.append(center)
-        hws.append((hi - lo + 1) / 2.0)
-    xs_a, cs_a = np.array(xs), np.array(cs)
-    # Robust line fit: fit, drop the strips furthest off, refit.
-    slope, intercept = np.polyfit(xs_a, cs_a, 1)
-    resid = np.abs(cs_a - (slope * xs_a + intercept))
-    keep = resid <= max(np.median(resid) * 3.0, 2.0)
-    if keep.sum() >= 3:
-        slope, intercept = np.polyfit(xs_a[keep], cs_a[keep], 1)
+    bounds = [(k * w // n_strips, (k + 1) * w // n_strips) for k in range(n_strips)]
+    xs = np.array([(x0 + x1) / 2.0 for x0, x1 in bounds])
+    rough = []
+    for x0, x1 in bounds:
+        profile = cv2.GaussianBlur(gx[:, x0:x1].mean(axis=1).reshape(-1, 1), (0, 0), h / 64)
+        rough.append(float(np.argmax(profile.ravel())))
+    slope, intercept = _robust_line(xs, np.array(rough))
+    centres, halves = [], []
+    near, far = max(2, int(0.03 * h)), max(4, int(0.35 * h))
+    for (x0, x1), x in zip(bounds, xs, strict=True):
+        c = int(round(slope * x + intercept))
+        profile = gy[:, x0:x1].mean(axis=1)
+        up_lo, up_hi = max(0, c - far), max(1, c - near)
+        dn_lo, dn_hi = min(h - 2, c + near), min(h, c + far)
+        if up_hi - up_lo < 2 or dn_hi - dn_lo < 2:
+            continue
+        top = up_lo + int(np.argmax(profile[up_lo:up_hi]))  # dark above, bright bead below
+        bottom = dn_lo + int(np.argmin(profile[dn_lo:dn_hi]))  # bright bead above, dark below
+        centres.append((x, (top + bottom) / 2.0))
+        halves.append((bottom - top) / 2.0)
+    if len(centres) >= 3:
+        cx, cy = np.array(centres).T
+        slope, intercept = _robust_line(cx, cy)
+        half_width = float(np.median(halves))
+    else:
+        half_width = 0.15 * h
     angle = float(np.clip(math.atan(slope), -math.radians(25), math.radians(25)))
-    center_y = float(slope * (w / 2.0) + intercept)
-    half_width = float(np.clip(np.median(hws) * math.cos(angle), h * 0.05, h * 0.3))
-    return BeadGeometry(
-        center_y=float(np.clip(center_y, 0, h - 1)), angle=angle, half_width=half_width
-    )
+    center_y = float(np.clip(slope * (w / 2.0) + intercept, 0, h - 1))
+    half_width = float(np.clip(half_width * math.cos(angle), h * 0.04, h * 0.35))
+    return BeadGeometry(center_y=center_y, angle=angle, half_width=half_width)
+
+
+def _robust_line(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float]:
+    """Least-squares line, refitted without the points furthest off."""
+    slope, intercept = np.polyfit(xs, ys, 1)
+    resid = np.abs(ys - (slope * xs + intercept))
+    keep = resid <= max(float(np.median(resid)) * 3.0, 2.0)
+    if keep.sum() >= 3 and not keep.all():
+        slope, intercept = np.polyfit(xs[keep], ys[keep], 1)
+    return float(slope), float(intercept)
 
 
 # ---- weld defects ----------------------------------------------------------------------------
