@@ -194,7 +194,7 @@ def _porosity(img, geom, rng, s, d):
         pd = float(np.clip(d0 + rng.normal(0, spread * 0.5), -0.8, 0.8) * 1.0)
         pd = float(np.clip(pd, -0.8 * geom.half_width, 0.8 * geom.half_width))
         x0, y0 = geom.to_image(np.float32(ps), np.float32(pd), w)
-        radius = rng.uniform(2.5, r_max) * scale
+        radius = rng.uniform(3.0, r_max) * scale
         a = _disk_alpha(xx, yy, float(x0), float(y0), radius)
         r = np.sqrt((xx - x0) ** 2 + (yy - y0) ** 2) / radius
         # A pore is a dark cup: darkest at its centre, a faint lit lip on the lower side.
@@ -257,67 +257,51 @@ def _crack(img, geom, rng, s, d):
     return paint, alpha
 
 
-def _groove(img, geom, rng, s, d, *, center_d, width, length, s0, darkness, soft):
-    """A dark channel along the bead between s0 and s0+length, centred on d=center_d."""
-    span = float(img.shape[1]) * 1.5
-    width_var = 1.0 + 0.35 * _noise1d(rng, s, span, 10.0)
-    center_var = center_d + 1.2 * _noise1d(rng, s, span, 14.0)
+def _groove_alpha(rng, s, d, *, center_d, width, length, s0, soft, scale):
+    """Opacity of a channel along the bead from s0 to s0+length, centred on d=center_d, with a
+    ragged width and a slightly meandering centre."""
+    span = float(s.shape[1]) * 1.5
+    width_var = 1.0 + 0.3 * _noise1d(rng, s, span, 10.0 * scale)
+    center_var = center_d + 1.0 * scale * _noise1d(rng, s, span, 14.0 * scale)
     across = np.abs(d - center_var) / (width * 0.5 * width_var)
-    profile = np.clip(1.0 - across**soft, 0, 1)
+    profile = np.clip(1.0 - across**soft, 0, 1) * 1.4
     t = (s - s0) / length
-    taper = np.clip(np.minimum(t, 1 - t) * 8.0, 0, 1)
-    alpha = (profile * taper).astype(np.float32)
-    base = img.astype(np.float32) / 255.0
-    paint = base * darkness
-    return paint.astype(np.float32), alpha
+    taper = np.clip(np.minimum(t, 1 - t) * 10.0, 0, 1)
+    return np.clip(profile * taper, 0, 1).astype(np.float32)
 
 
 def _undercut(img, geom, rng, s, d):
     h, w = img.shape[:2]
     scale = h / 256.0
     side = rng.choice([-1.0, 1.0])
-    length = rng.uniform(0.25, 0.6) * w
+    length = rng.uniform(0.3, 0.65) * w
     s0 = rng.uniform(-1, 1) * _visible_s(geom, w, length) - length / 2
-    width = rng.uniform(4.0, 7.0) * scale
-    paint, alpha = _groove(
-        img,
-        geom,
-        rng,
-        s,
-        d,
-        center_d=side * (geom.half_width + 0.3 * width),
-        width=width,
-        length=length,
-        s0=s0,
-        darkness=rng.uniform(0.25, 0.4),
-        soft=2.0,
+    width = rng.uniform(5.0, 9.0) * scale
+    center = side * (geom.half_width + 0.35 * width)
+    alpha = _groove_alpha(
+        rng, s, d, center_d=center, width=width, length=length, s0=s0, soft=2.0, scale=scale
     )
-    # Shade the groove: the wall facing the light is lighter than the one in shadow.
-    wall = np.clip((d - side * geom.half_width) * side / width, -1, 1)
-    paint = paint * (1.0 + 0.35 * wall[..., None])
-    return paint, alpha
+    # A groove melted into the plate beside the toe: dark floor, the far wall catching light.
+    across = np.clip((d - center) * side / (0.5 * width), -1, 1)
+    floor = rng.uniform(0.1, 0.2)
+    tone = floor + 0.22 * np.clip(across, 0, 1) ** 2
+    paint = tone[..., None] * np.array([1.0, 0.97, 0.95], np.float32)
+    return paint.astype(np.float32), alpha
 
 
 def _lack_of_fusion(img, geom, rng, s, d):
     h, w = img.shape[:2]
     scale = h / 256.0
     side = rng.choice([-1.0, 1.0])
-    length = rng.uniform(0.3, 0.7) * w
+    length = rng.uniform(0.35, 0.75) * w
     s0 = rng.uniform(-1, 1) * _visible_s(geom, w, length) - length / 2
-    width = rng.uniform(2.2, 3.5) * scale
-    paint, alpha = _groove(
-        img,
-        geom,
-        rng,
-        s,
-        d,
-        center_d=side * geom.half_width * rng.uniform(0.85, 0.97),
-        width=width,
-        length=length,
-        s0=s0,
-        darkness=rng.uniform(0.08, 0.18),
-        soft=4.0,
+    width = rng.uniform(2.5, 4.0) * scale
+    center = side * geom.half_width * rng.uniform(0.72, 0.86)
+    alpha = _groove_alpha(
+        rng, s, d, center_d=center, width=width, length=length, s0=s0, soft=4.0, scale=scale
     )
+    # An unfused seam: a crisp near-black gap between the bead and the plate edge.
+    paint = np.full((h, w, 3), rng.uniform(0.03, 0.1), np.float32)
     return paint, alpha
 
 
@@ -336,7 +320,7 @@ def _spatter(img, geom, rng, s, d):
         pd = sd * geom.half_width * rng.uniform(1.12, 2.1)
         x0, y0 = geom.to_image(np.float32(ps), np.float32(pd), w)
         x0, y0 = float(np.clip(x0, 4, w - 5)), float(np.clip(y0, 4, h - 5))
-        radius = rng.uniform(2.0, 4.5) * scale
+        radius = rng.uniform(2.5, 5.0) * scale
         a = _disk_alpha(xx, yy, x0, y0, radius)
         # A droplet is a little sphere: a specular spot up-left, a dark rim.
         r = np.sqrt((xx - x0) ** 2 + (yy - y0) ** 2) / radius

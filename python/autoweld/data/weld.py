@@ -39,7 +39,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump whenever the pictures change, so cached trees are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 STAMP_NAME = "autoweld_weld.json"
 CATEGORY = "weld"
 
@@ -134,7 +134,7 @@ def render_weld(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, 
     fine = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 0.7 * scale)
     mottle = _smooth_field(rng, w, 4)
     metal_level = rng.uniform(0.45, 0.58)
-    lum = metal_level + 0.035 * brushed + 0.02 * fine + 0.035 * mottle
+    lum = metal_level + 0.025 * brushed + 0.015 * fine + 0.035 * mottle
     steel = np.array([1.03, 1.0, 0.96], np.float32) * rng.uniform(0.97, 1.03, 3).astype(np.float32)
     base = lum[..., None] * steel
 
@@ -147,15 +147,19 @@ def render_weld(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, 
             + 0.5 * np.sin(2 * np.pi * s / rng.uniform(30, 60) / scale)
         )
     )
-    edge = 0.05 * _noise_along(rng, s, span, 12 * scale) + 0.03 * _noise_along(
-        rng, s, span, 5 * scale
+    edge = 0.04 * _noise_along(rng, s, span, 16 * scale) + 0.012 * _noise_along(
+        rng, s, span, 6 * scale
     )
     local_hw = half_width * (1.0 + edge)
     dd = d - wobble
     u = dd / local_hw
     tint_width = np.where(dd < 0, rng.uniform(0.16, 0.26), rng.uniform(0.16, 0.26)) * h
-    t = (np.abs(dd) - local_hw) / tint_width + 0.12 * _smooth_field(rng, w, 6)
+    t = (np.abs(dd) - local_hw) / tint_width
+    t = t + 0.15 * _smooth_field(rng, w, 5) + 0.06 * _noise_along(rng, s, span, 20 * scale)
     tint_rgb = np.stack([np.interp(t, _TINT_T, _TINT_BGR[:, c]) for c in range(3)], -1)
+    # Oxide colours differ with alloy and shielding gas: vary the saturation per image.
+    grey = tint_rgb.mean(axis=-1, keepdims=True)
+    tint_rgb = grey + rng.uniform(0.45, 1.0) * (tint_rgb - grey)
     tint_rgb = tint_rgb.astype(np.float32) * (lum / metal_level)[..., None]
     tint_alpha = (np.clip(1.0 - t / 1.1, 0, 1) ** 0.8 * rng.uniform(0.45, 0.85)).astype(np.float32)
     img = base * (1 - tint_alpha[..., None]) + tint_rgb * tint_alpha[..., None]
@@ -165,13 +169,15 @@ def render_weld(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, 
     height = np.sqrt(inside)
     period = rng.uniform(9.0, 15.0) * scale
     chevron = rng.uniform(0.5, 1.1) * half_width
-    phase = (s + chevron * u**2) / period + rng.uniform(0, 1)
+    # Travel speed is never quite constant: the ripple spacing drifts along the bead.
+    drift = 0.35 * _noise_along(rng, s, span, 40 * scale)
+    phase = (s + chevron * u**2) / period + drift + rng.uniform(0, 1)
     saw = phase - np.floor(phase)
     ripple = saw**1.6  # slow rise, sharp drop: overlapping solidified puddles
     slope = -u / np.maximum(height, 0.15)  # across-bead slope; light comes from above
     bead_lum = (
         rng.uniform(0.5, 0.62)
-        + 0.12 * height
+        + 0.18 * height
         - 0.08 * slope * rng.uniform(0.6, 1.2)
         + 0.13 * (ripple - 0.5) * (0.4 + height)
     )
