@@ -56,7 +56,7 @@ def test_defects_sit_where_they_belong_on_the_weld(kind: str) -> None:
         elif kind == "spatter":
             assert np.median(rel) > 1.05, (kind, np.median(rel))
         elif kind in ("undercut", "lack_of_fusion"):
-            assert 0.75 < np.median(rel) < 1.3, (kind, np.median(rel))
+            assert 0.65 < np.median(rel) < 1.5, (kind, np.median(rel))
         # Every defect is mostly inside the image and not the whole image.
         assert mask.mean() < 0.1
 

@@ -188,13 +188,13 @@ def _porosity(img, geom, rng, s, d):
     d0 = rng.uniform(-0.5, 0.5) * geom.half_width
     alpha = np.zeros((h, w), np.float32)
     paint = np.zeros((h, w, 3), np.float32)
-    r_max = 7.5 if n == 1 else 5.5
+    r_max = 8.0 if n == 1 else 6.0
     for _ in range(n):
         ps = s0 + rng.normal(0, spread)
         pd = float(np.clip(d0 + rng.normal(0, spread * 0.5), -0.8, 0.8) * 1.0)
         pd = float(np.clip(pd, -0.8 * geom.half_width, 0.8 * geom.half_width))
         x0, y0 = geom.to_image(np.float32(ps), np.float32(pd), w)
-        radius = rng.uniform(3.0, r_max) * scale
+        radius = rng.uniform(3.5, r_max) * scale
         a = _disk_alpha(xx, yy, float(x0), float(y0), radius)
         r = np.sqrt((xx - x0) ** 2 + (yy - y0) ** 2) / radius
         # A pore is a dark cup: darkest at its centre, a faint lit lip on the lower side.
@@ -276,15 +276,15 @@ def _undercut(img, geom, rng, s, d):
     side = rng.choice([-1.0, 1.0])
     length = rng.uniform(0.3, 0.65) * w
     s0 = rng.uniform(-1, 1) * _visible_s(geom, w, length) - length / 2
-    width = rng.uniform(5.0, 9.0) * scale
-    center = side * (geom.half_width + 0.35 * width)
+    width = rng.uniform(7.0, 11.0) * scale
+    center = side * (geom.half_width + 0.45 * width)
     alpha = _groove_alpha(
         rng, s, d, center_d=center, width=width, length=length, s0=s0, soft=2.0, scale=scale
     )
     # A groove melted into the plate beside the toe: dark floor, the far wall catching light.
     across = np.clip((d - center) * side / (0.5 * width), -1, 1)
-    floor = rng.uniform(0.1, 0.2)
-    tone = floor + 0.22 * np.clip(across, 0, 1) ** 2
+    floor = rng.uniform(0.08, 0.16)
+    tone = floor + 0.3 * np.clip(across, 0, 1) ** 2
     paint = tone[..., None] * np.array([1.0, 0.97, 0.95], np.float32)
     return paint.astype(np.float32), alpha
 
@@ -296,7 +296,7 @@ def _lack_of_fusion(img, geom, rng, s, d):
     length = rng.uniform(0.35, 0.75) * w
     s0 = rng.uniform(-1, 1) * _visible_s(geom, w, length) - length / 2
     width = rng.uniform(2.5, 4.0) * scale
-    center = side * geom.half_width * rng.uniform(0.72, 0.86)
+    center = side * geom.half_width * rng.uniform(0.74, 0.88)
     alpha = _groove_alpha(
         rng, s, d, center_d=center, width=width, length=length, s0=s0, soft=4.0, scale=scale
     )

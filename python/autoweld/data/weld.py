@@ -39,7 +39,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump whenever the pictures change, so cached trees are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 STAMP_NAME = "autoweld_weld.json"
 CATEGORY = "weld"
 
@@ -176,17 +176,17 @@ def render_weld(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, 
     ripple = saw**1.6  # slow rise, sharp drop: overlapping solidified puddles
     slope = -u / np.maximum(height, 0.15)  # across-bead slope; light comes from above
     bead_lum = (
-        rng.uniform(0.5, 0.62)
+        rng.uniform(0.42, 0.55)
         + 0.18 * height
         - 0.08 * slope * rng.uniform(0.6, 1.2)
         + 0.13 * (ripple - 0.5) * (0.4 + height)
     )
     bead_lum = bead_lum + 0.03 * fine + 0.02 * mottle
     glare_u = rng.uniform(-0.45, -0.1)
-    glare_w = rng.uniform(0.08, 0.16)
+    glare_w = rng.uniform(0.06, 0.12)
     glare_along = 0.6 + 0.4 * _noise_along(rng, s, span, 25 * scale)
     glare = np.exp(-(((u - glare_u) / glare_w) ** 2)) * glare_along * (0.35 + 0.65 * ripple)
-    glare = glare * rng.uniform(0.5, 0.9)
+    glare = glare * rng.uniform(0.45, 0.8)
     bead_tint = np.array([1.0, 1.0, 0.98], np.float32) * rng.uniform(0.97, 1.03, 3).astype(
         np.float32
     )
