@@ -97,7 +97,8 @@ class VerifyReport:
     """Outcome of :meth:`Ledger.verify`.
 
     ``first_bad_seq`` and ``station_id`` name the first record that failed (``None`` when
-    ``ok``); ``checked`` counts records whose MAC and chain link were checked.
+    ``ok``; with several failing stations, the first by station id — all are in ``problems``);
+    ``checked`` counts records whose MAC and chain link were checked.
     """
 
     ok: bool
@@ -106,6 +107,8 @@ class VerifyReport:
     reason: str | None = None
     station_id: str | None = None
     stations: int = 0
+    #: every failing station's first problem: (station_id, seq, reason), by station id
+    problems: tuple[tuple[str, int, str], ...] = ()
 
 
 Head = tuple[int, str]
@@ -277,12 +280,10 @@ class Ledger:
         expected = self._normalise_expect(expect_head)
         checked = 0
         stations: set[str] = set()
-        problem: tuple[str, int, str] | None = None
+        problems: dict[str, tuple[int, str]] = {}  # the first problem of each station
 
         def fail(station: str, seq: int, reason: str) -> None:
-            nonlocal problem
-            if problem is None:
-                problem = (station, seq, reason)
+            problems.setdefault(station, (seq, reason))
 
         state: dict[str, Any] = {}
 
@@ -341,10 +342,11 @@ class Ledger:
             close_station(current)
         for station in sorted(set(expected) - stations):
             fail(station, 1, f"station {station!r} has no records but a head was expected")
-        if problem is None:
+        if not problems:
             return VerifyReport(ok=True, checked=checked, stations=len(stations))
-        station, seq, reason = problem
-        return VerifyReport(False, checked, seq, reason, station, len(stations))
+        listed = tuple((station, *problems[station]) for station in sorted(problems))
+        station, seq, reason = listed[0]
+        return VerifyReport(False, checked, seq, reason, station, len(stations), listed)
 
     def _normalise_expect(self, expect_head: ExpectHead) -> dict[str, Head]:
         if expect_head is None:
@@ -368,7 +370,9 @@ class Ledger:
                 seq, mac = head
                 seq = int(seq)
             except (TypeError, ValueError):
-                raise ValueError(f"expect_head for {station!r} must be (seq, mac), got {head!r}")
+                raise ValueError(
+                    f"expect_head for {station!r} must be (seq, mac), got {head!r}"
+                ) from None
             if seq < 0 or not isinstance(mac, str):
                 raise ValueError(f"expect_head for {station!r} must be (seq >= 0, mac str)")
             if seq > 0:
@@ -573,7 +577,7 @@ def sqlite_path(url: str) -> Path:
                 f"ledger url {url!r}: expected sqlite:///relative/path.db or "
                 "sqlite:////absolute/path.db"
             )
-        return Path(url[len("sqlite:///"):])
+        return Path(url[len("sqlite:///") :])
     return Path(url)
 
 
@@ -596,7 +600,7 @@ def open_ledger(url: str | Path, keys: KeyRing | None = None) -> Ledger:
         return PostgresLedger(url, keys)
     if scheme in ("", "sqlite", "file") or len(scheme) == 1:  # len 1: a Windows drive letter
         if scheme == "file":
-            url = url[len("file://"):]
+            url = url[len("file://") :]
         return SQLiteLedger(sqlite_path(url), keys, url)
     raise ValueError(
         f"ledger url {_redact(url)!r}: unknown scheme {scheme!r} (use sqlite:///path.db, a file "

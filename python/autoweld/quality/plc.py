@@ -71,7 +71,8 @@ class PlcLink(ABC):
             except Exception as error:  # noqa: BLE001 - a PLC problem must never stop inspection
                 self._drop()
                 elapsed = (time.monotonic() - start) * 1000
-                self._state = f"NOT delivered {decision} after {elapsed:.1f} ms: {error or type(error).__name__}"
+                why = str(error) or type(error).__name__
+                self._state = f"NOT delivered {decision} after {elapsed:.1f} ms: {why}"
                 logger.warning("PLC %s: %s", self.url, self._state)
                 self.last_delivered = False
                 return False
@@ -211,12 +212,16 @@ def _query_int(url: str, query: dict[str, list[str]], name: str, default: int, h
 def open_plc(url: str, timeout: float = DEFAULT_TIMEOUT_S) -> PlcLink:
     """Open the PLC link named by ``url`` (see the module docstring). Connects lazily, on the
     first ``send``, so a PLC that is down at start-up does not stop the station."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
-        math.isfinite(timeout) and 0 < timeout <= 10
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not (math.isfinite(timeout) and 0 < timeout <= 10)
     ):
         raise ValueError(f"timeout must be a number of seconds in (0, 10], got {timeout!r}")
     if not isinstance(url, str) or "://" not in url:
-        raise ValueError(f"plc url must look like tcp://host:port or modbus://host:port, got {url!r}")
+        raise ValueError(
+            f"plc url must look like tcp://host:port or modbus://host:port, got {url!r}"
+        )
     parts = urlsplit(url)
     try:
         port = _port(url, parts.port)

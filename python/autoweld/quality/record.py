@@ -98,7 +98,8 @@ class InspectionRecord:
         set_(self, "scores", _model_map("scores", self.scores, unit_interval=False))
         set_(self, "probabilities", _model_map("probabilities", self.probabilities, True))
         if self.fused_probability is not None:
-            set_(self, "fused_probability", _finite("fused_probability", self.fused_probability, True))
+            fused = _finite("fused_probability", self.fused_probability, True)
+            set_(self, "fused_probability", fused)
         if self.threshold is not None:
             set_(self, "threshold", _finite("threshold", self.threshold))
         if self.heatmap_sha256 is not None and not _HEX64.match(str(self.heatmap_sha256)):
@@ -107,7 +108,9 @@ class InspectionRecord:
             )
         _text("heatmap_path", self.heatmap_path, optional=True)
         if self.plc_delivered is not None and not isinstance(self.plc_delivered, bool):
-            raise ValueError(f"plc_delivered must be True, False or None, got {self.plc_delivered!r}")
+            raise ValueError(
+                f"plc_delivered must be True, False or None, got {self.plc_delivered!r}"
+            )
         if self.seq is not None and (
             isinstance(self.seq, bool) or not isinstance(self.seq, int) or self.seq < 1
         ):
@@ -134,8 +137,9 @@ def canonical_bytes(record: InspectionRecord) -> bytes:
     """The exact bytes the MAC covers: every field except ``mac``, as canonical JSON."""
     data = record.to_dict()
     del data["mac"]
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    text = json.dumps(
+        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
     return MAC_DOMAIN + text.encode("utf-8")
 
 
