@@ -157,7 +157,7 @@ def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
 class ModbusServer:
     """A real pymodbus TCP server (asyncio, in its own thread) with 16 holding registers."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         from pymodbus.datastore import (
             ModbusDeviceContext,
             ModbusSequentialDataBlock,
@@ -165,8 +165,10 @@ class ModbusServer:
         )
         from pymodbus.server import ModbusTcpServer
 
-        self.port = free_port()
-        device = ModbusDeviceContext(hr=ModbusSequentialDataBlock(0, [0] * 16))
+        self.port = port or free_port()
+        self._stopped = False
+        # pymodbus quirk: a block starting at address 1 holds protocol register 0
+        device = ModbusDeviceContext(hr=ModbusSequentialDataBlock(1, [0] * 16))
         self.context = ModbusServerContext(devices={1: device}, single=False)
         self.loop = asyncio.new_event_loop()
         self._server_cls = ModbusTcpServer
@@ -208,6 +210,9 @@ class ModbusServer:
             return list(response.registers)
 
     def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         if self._server is not None:
             asyncio.run_coroutine_threadsafe(self._server.shutdown(), self.loop).result(10)
         self._thread.join(10)

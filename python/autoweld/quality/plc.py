@@ -177,6 +177,9 @@ class ModbusLink(PlcLink):
 
     def _send(self, decision: str, deadline: float) -> None:
         counter = self._next_counter()  # every attempt counts: a lost reply may hide a delivery
+        sock = self._client.socket
+        if sock is not None and select.select([sock], [], [], 0)[0]:
+            self._drop()  # the PLC closed the kept connection (or sent junk): start afresh
         params = self._client.comm_params
         params.timeout_connect = _remaining(deadline)
         if not self._client.connect():
