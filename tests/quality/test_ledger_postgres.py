@@ -4,7 +4,7 @@ import multiprocessing
 import threading
 
 import pytest
-from autoweld.quality import GENESIS_MAC, KeyRing, open_ledger
+from autoweld.quality import GENESIS_MAC, KeyRing, LedgerError, open_ledger
 from autoweld.quality.ledger import PostgresLedger
 
 from .conftest import SECRET, make_record
@@ -56,6 +56,40 @@ def test_tampering_by_the_database_owner_is_named(pg_url, keys):
     with open_ledger(pg_url, keys) as ledger:
         report = ledger.verify(expect_head=kept)
         assert (report.ok, report.first_bad_seq) == (False, 2)
+
+
+def test_station_role_with_select_and_insert_only(pg_url, keys):
+    """Least privilege: the ledger owner creates the schema, stations may only read and append."""
+    with open_ledger(pg_url, keys) as ledger:
+        ledger.append(make_record(0))
+    role = "station_" + pg_url.rsplit("_", 1)[-1]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT, INSERT ON ledger_records, ledger_meta TO {role}")
+    station_url = pg_url.replace("postgresql://postgres@", f"postgresql://{role}@")
+    try:
+        with open_ledger(station_url, keys) as ledger:
+            assert ledger.append(make_record(1)).seq == 2
+            assert ledger.verify().ok
+        with psycopg.connect(station_url, autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("DELETE FROM ledger_records")
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"REVOKE ALL ON ledger_records, ledger_meta FROM {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+def test_a_dropped_connection_fails_one_call_then_reconnects(pg_url, keys):
+    with open_ledger(pg_url, keys) as ledger:
+        ledger.append(make_record(0))
+        pid = ledger._conn.info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(LedgerError, match="append failed"):
+            ledger.append(make_record(1))  # not acknowledged: the caller knows
+        assert ledger.append(make_record(2)).seq == 2
+        assert ledger.verify().checked == 2
 
 
 def test_no_url_password_in_messages(postgres_server, keys):

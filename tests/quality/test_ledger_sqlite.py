@@ -387,3 +387,21 @@ def test_sigkill_loses_no_acknowledged_record(db, key_env):
         report = ledger.verify()
         assert report.ok, report
         assert report.checked == len(stored)
+
+
+def test_whole_ledger_walk_is_batched(db, keys, tmp_path):
+    with open_ledger(db, keys) as ledger:
+        ledger.batch_rows = 3  # many small pages across the station boundary
+        fill(ledger, 7, "st-a")
+        fill(ledger, 5, "st-b")
+        assert ledger.count() == 12 and ledger.count("st-b") == 5
+        walked = [(r.station_id, r.seq) for r in ledger.iter_records()]
+        assert walked == [("st-a", i) for i in range(1, 8)] + [("st-b", i) for i in range(1, 6)]
+        assert [r.seq for r in ledger.iter_records("st-b")] == [1, 2, 3, 4, 5]
+        assert ledger.verify(progress=True).checked == 12
+        assert ledger.export(tmp_path / "all.json", progress=True) == 12
+    tamper(db, "UPDATE ledger_records SET part_id = 'X' WHERE station_id = 'st-a' AND seq = 7")
+    with open_ledger(db, keys) as ledger:
+        ledger.batch_rows = 3
+        report = ledger.verify()
+        assert (report.station_id, report.first_bad_seq, report.checked) == ("st-a", 7, 11)

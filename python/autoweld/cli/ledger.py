@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if None in expected and len(expected) > 1:
                     raise ValueError("mix of SEQ:MAC and STATION:SEQ:MAC in --expect-head")
                 expect = expected.get(None) if None in expected else (expected or None)
-                report = ledger.verify(expect_head=expect)
+                report = ledger.verify(expect_head=expect, progress=True)
                 if args.json:
                     print(json.dumps(report.__dict__, sort_keys=True))
                 elif report.ok:
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for station, (seq, mac) in heads.items():
                         print(f"{station}:{seq}:{mac}")
                 return 0
-            count = ledger.export(args.out, args.format)
+            count = ledger.export(args.out, args.format, progress=True)
             print(f"exported {count} records to {args.out}")
             return 0
     except (MissingKeyError, ValueError, LedgerError, OSError) as error:

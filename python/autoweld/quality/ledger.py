@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tqdm import tqdm
+
 from autoweld.quality.keys import KeyRing, load_keyring
 from autoweld.quality.record import GENESIS_MAC, InspectionRecord, compute_mac
 
@@ -45,6 +47,13 @@ COLUMNS = (
     "heatmap_sha256", "heatmap_path", "plc_delivered", "error", "key_id", "prev_mac", "mac",
 )  # fmt: skip
 RECORD_FIELDS = tuple(f.name for f in fields(InspectionRecord))
+#: CSV column order: chain position first, then what was inspected, then the signature
+EXPORT_FIELDS = (
+    "station_id", "seq", "record_id", "utc_time", "part_id", "decision", "fused_probability",
+    "threshold", "scores", "probabilities", "error", "plc_delivered", "bundle_sha256",
+    "package_version", "heatmap_sha256", "heatmap_path", "key_id", "prev_mac", "mac",
+)  # fmt: skip
+assert sorted(EXPORT_FIELDS) == sorted(RECORD_FIELDS)
 
 # One DDL for both backends (SQLite accepts the PostgreSQL type names).
 _CREATE_TABLE = f"""
@@ -150,6 +159,10 @@ class Ledger:
     """Base class of the two backends; open one with :func:`open_ledger`."""
 
     placeholder = "?"
+    #: the backend's exception base classes, turned into LedgerError
+    db_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    #: rows fetched per query when walking the whole ledger
+    batch_rows = 5000
 
     def __init__(self, keys: KeyRing, url: str) -> None:
         self.keys = keys
@@ -178,9 +191,25 @@ class Ledger:
         if self._closed:
             raise LedgerError(f"ledger {self.url!r} is closed")
 
+    def _guarded(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` under the ledger's lock; database errors become :class:`LedgerError`."""
+        with self._lock:
+            self._check_open()
+            try:
+                return fn(*args)
+            except self.db_errors as error:
+                raise LedgerError(f"ledger {self.url!r}: {what} failed: {error}") from error
+
+    def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self._guarded("query", lambda: list(self._query(self._sql(sql), params)))
+
     def append(self, record: InspectionRecord) -> InspectionRecord:
         """Sign, chain and store ``record``; returns the stored record (seq, record_id, utc_time,
-        key_id, prev_mac and mac filled in). Durable (committed) when it returns."""
+        key_id, prev_mac and mac filled in). Durable (committed) when it returns.
+
+        Raises :class:`LedgerError` when the database fails; then the record may or may not have
+        been committed (a connection lost during COMMIT cannot tell) and is not acknowledged.
+        """
         if not isinstance(record, InspectionRecord):
             raise ValueError(f"record must be an InspectionRecord, got {type(record).__name__}")
         filled = [n for n in ("seq", "record_id", "utc_time", "key_id", "prev_mac", "mac")
@@ -199,9 +228,7 @@ class Ledger:
             )
             return replace(unsigned, mac=compute_mac(self.keys.signing_key, unsigned))
 
-        with self._lock:
-            self._check_open()
-            stored = self._append_locked(record.station_id, build)
+        stored = self._guarded("append", self._append_locked, record.station_id, build)
         logger.debug("appended %s seq %d", stored.station_id, stored.seq)
         return stored
 
@@ -210,9 +237,7 @@ class Ledger:
         sql = f"""SELECT r.station_id, r.seq, r.mac FROM {TABLE} r
                   JOIN (SELECT station_id, MAX(seq) AS seq FROM {TABLE} GROUP BY station_id) h
                   ON r.station_id = h.station_id AND r.seq = h.seq ORDER BY r.station_id"""
-        with self._lock:
-            self._check_open()
-            return {row[0]: (int(row[1]), row[2]) for row in self._query(sql)}
+        return {row[0]: (int(row[1]), row[2]) for row in self._fetch(sql)}
 
     def head(self, station_id: str | None = None) -> Head:
         """Latest ``(seq, mac)`` of ``station_id`` — keep it elsewhere, then
@@ -233,17 +258,30 @@ class Ledger:
         for row in self._rows(station_id):
             yield _row_to_record(row)
 
-    def _rows(self, station_id: str | None = None) -> Iterator[tuple[Any, ...]]:
-        cols = ", ".join(COLUMNS)
+    def count(self, station_id: str | None = None) -> int:
+        """Number of stored records (of one station, or all)."""
         if station_id is None:
-            sql, params = f"SELECT {cols} FROM {TABLE} ORDER BY station_id, seq", ()
-        else:
-            sql = f"SELECT {cols} FROM {TABLE} WHERE station_id = ? ORDER BY seq"
-            params = (station_id,)
-        with self._lock:
-            self._check_open()
-            rows = list(self._query(self._sql(sql), params))
-        yield from rows
+            return int(self._fetch(f"SELECT COUNT(*) FROM {TABLE}")[0][0])
+        sql = f"SELECT COUNT(*) FROM {TABLE} WHERE station_id = ?"
+        return int(self._fetch(sql, (station_id,))[0][0])
+
+    def _rows(self, station_id: str | None = None) -> Iterator[tuple[Any, ...]]:
+        """Raw rows in (station_id, seq) order, fetched in batches (keyset pagination), so a
+        ledger of millions of records is walked in bounded memory."""
+        cols = ", ".join(COLUMNS)
+        only = "" if station_id is None else " AND station_id = ?"
+        sql = (
+            f"SELECT {cols} FROM {TABLE} WHERE (station_id > ? OR (station_id = ? AND seq > ?))"
+            f"{only} ORDER BY station_id, seq LIMIT {int(self.batch_rows)}"
+        )
+        last_station, last_seq = "", -(2**62)
+        while True:
+            params: tuple[Any, ...] = (last_station, last_station, last_seq)
+            rows = self._fetch(sql, params if station_id is None else (*params, station_id))
+            yield from rows
+            if len(rows) < self.batch_rows:
+                return
+            last_station, last_seq = rows[-1][0], int(rows[-1][1])
 
     def records(
         self, part_id: str | None = None, station_id: str | None = None, limit: int | None = 100
@@ -265,17 +303,15 @@ class Ledger:
         sql += " ORDER BY utc_time DESC, station_id, seq DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        with self._lock:
-            self._check_open()
-            rows = list(self._query(self._sql(sql), tuple(params)))
-        return [_row_to_record(row) for row in rows]
+        return [_row_to_record(row) for row in self._fetch(sql, tuple(params))]
 
-    def verify(self, expect_head: ExpectHead = None) -> VerifyReport:
+    def verify(self, expect_head: ExpectHead = None, progress: bool = False) -> VerifyReport:
         """Prove the ledger whole: every record's MAC, every chain link, no gap in seq.
 
         ``expect_head`` is a head kept elsewhere — ``(seq, mac)`` for a single-station ledger,
         or ``{station_id: (seq, mac)}`` — and makes a truncated tail (or a rewritten one) fail.
         Returns a :class:`VerifyReport` naming the first bad seq; it does not raise on tampering.
+        ``progress`` shows a progress bar (on a terminal).
         """
         expected = self._normalise_expect(expect_head)
         checked = 0
@@ -299,7 +335,10 @@ class Ledger:
                          f"record {exp_seq} does not carry the expected head MAC")  # fmt: skip
 
         current: str | None = None
-        for row in self._rows():
+        rows = self._rows()
+        if progress:
+            rows = tqdm(rows, total=self.count(), unit="rec", desc="verify", disable=None)
+        for row in rows:
             station = row[0]
             if station != current:
                 if current is not None:
@@ -379,37 +418,43 @@ class Ledger:
                 out[station] = (seq, mac)
         return out
 
-    def export(self, path: str | Path, fmt: str | None = None) -> int:
+    def export(self, path: str | Path, fmt: str | None = None, progress: bool = False) -> int:
         """Write every record (chain order) to ``path`` as ``csv`` or ``json`` (by default from
         the suffix). Returns the number of records written."""
         path = Path(path)
         fmt = (fmt or path.suffix.lstrip(".")).lower()
         if fmt not in ("csv", "json"):
             raise ValueError(f"fmt must be 'csv' or 'json' (or a .csv/.json path), got {fmt!r}")
-        records = list(self.iter_records())
+        heads = self.heads()
+        records = self.iter_records()
+        if progress:
+            records = tqdm(records, total=self.count(), unit="rec", desc="export", disable=None)
+        written = 0
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8", newline="") as out:
             if fmt == "csv":
-                writer = csv.DictWriter(out, fieldnames=RECORD_FIELDS)
+                writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
                 writer.writeheader()
                 for record in records:
                     row = record.to_dict()
                     row["scores"] = _json(row["scores"])
                     row["probabilities"] = _json(row["probabilities"])
                     writer.writerow(row)
+                    written += 1
             else:
-                json.dump(
-                    {
-                        "format": "autoweld-ledger-export-v1",
-                        "exported_utc": datetime.now(timezone.utc).isoformat(),
-                        "heads": {s: {"seq": q, "mac": m} for s, (q, m) in self.heads().items()},
-                        "records": [record.to_dict() for record in records],
-                    },
-                    out,
-                    indent=1,
-                )
+                header = {
+                    "format": "autoweld-ledger-export-v1",
+                    "exported_utc": datetime.now(timezone.utc).isoformat(),
+                    "heads": {s: {"seq": q, "mac": m} for s, (q, m) in heads.items()},
+                }
+                # streamed: {"format": ..., "heads": ..., "records": [ ... ]}
+                out.write(json.dumps(header, indent=1)[:-2] + ',\n "records": [')
+                for record in records:
+                    out.write(("," if written else "") + "\n  " + json.dumps(record.to_dict()))
+                    written += 1
+                out.write("\n ]\n}\n")
         tmp.replace(path)
-        return len(records)
+        return written
 
     def close(self) -> None:
         """Close the database connection (idempotent)."""
@@ -492,7 +537,8 @@ class SQLiteLedger(Ledger):
 
 
 class PostgresLedger(Ledger):
-    """PostgreSQL backend for many stations (psycopg 3)."""
+    """PostgreSQL backend for many stations (psycopg 3). A connection the server dropped (a
+    restart, a network blip) is re-opened on the next call; the call that saw it fail raises."""
 
     placeholder = "%s"
 
@@ -505,28 +551,50 @@ class PostgresLedger(Ledger):
                 "the PostgreSQL ledger needs psycopg: pip install 'autoweld[station]'"
             ) from error
         self._psycopg = psycopg
+        self.db_errors = (psycopg.Error,)
+        self._dsn = url
+        self._connect_timeout = max(1, int(connect_timeout))
         try:
-            self._conn = psycopg.connect(
-                url, autocommit=True, connect_timeout=max(1, int(connect_timeout))
-            )
-            with self._conn.transaction():
-                # concurrent first opens would race on CREATE ... IF NOT EXISTS: serialise them
-                self._conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_PG_LOCK_CLASS,))
-                for sql in (_CREATE_TABLE, _CREATE_META, *_PG_TRIGGERS):
-                    self._conn.execute(sql)
-                self._conn.execute(
-                    "INSERT INTO ledger_meta VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
-                    (str(SCHEMA_VERSION),),
-                )
+            self._conn = self._connect()
+            self._create_schema()
         except psycopg.Error as error:
             raise LedgerError(f"cannot open PostgreSQL ledger {self.url!r}: {error}") from error
         _check_schema_version(self._query("SELECT value FROM ledger_meta "
                                           "WHERE name = 'schema_version'"), self.url)  # fmt: skip
 
+    def _connect(self) -> Any:
+        return self._psycopg.connect(
+            self._dsn, autocommit=True, connect_timeout=self._connect_timeout
+        )
+
+    def _connection(self) -> Any:
+        if self._conn.closed or self._conn.broken:
+            logger.warning("ledger %s: connection lost, reconnecting", self.url)
+            self._conn.close()
+            self._conn = self._connect()
+        return self._conn
+
+    def _create_schema(self) -> None:
+        exists = self._conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AND to_regclass('ledger_meta') IS NOT NULL",
+            (TABLE,),
+        ).fetchone()[0]
+        if exists:  # stations may run as a role that can only SELECT and INSERT
+            return
+        with self._conn.transaction():
+            # concurrent first opens would race on CREATE ... IF NOT EXISTS: serialise them
+            self._conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_PG_LOCK_CLASS,))
+            for sql in (_CREATE_TABLE, _CREATE_META, *_PG_TRIGGERS):
+                self._conn.execute(sql)
+            self._conn.execute(
+                "INSERT INTO ledger_meta VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
+                (str(SCHEMA_VERSION),),
+            )
+
     def _append_locked(
         self, station_id: str, build: Callable[[int, str], InspectionRecord]
     ) -> InspectionRecord:
-        conn = self._conn
+        conn = self._connection()
         with conn.transaction():
             # one writer per station at a time; released at commit/rollback
             conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
@@ -544,7 +612,7 @@ class PostgresLedger(Ledger):
         return record
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-        return iter(self._conn.execute(sql, params).fetchall())
+        return iter(self._connection().execute(sql, params).fetchall())
 
     def _close(self) -> None:
         self._conn.close()
