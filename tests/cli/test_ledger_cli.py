@@ -115,3 +115,10 @@ def test_console_script_exit_codes(ledger_url):
     _edit(ledger_url, "DELETE FROM ledger_records WHERE seq = 2")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert done.returncode == 1 and "first bad seq 2" in done.stdout
+
+
+def test_verify_of_a_missing_ledger_is_an_error_not_ok(tmp_path, env, capsys):
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    assert main(["verify", "--ledger", url]) == 2
+    assert "no ledger file" in capsys.readouterr().err
+    assert not (tmp_path / "typo.db").exists()

@@ -92,6 +92,19 @@ def test_a_dropped_connection_fails_one_call_then_reconnects(pg_url, keys):
         assert ledger.verify().checked == 2
 
 
+def test_read_only_refuses_an_empty_database_and_appends(pg_url, keys):
+    with pytest.raises(LedgerError, match="no AutoWeld ledger"):
+        open_ledger(pg_url, keys, read_only=True)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT to_regclass('ledger_records')").fetchone()[0] is None
+    with open_ledger(pg_url, keys) as ledger:
+        ledger.append(make_record(0))
+    with open_ledger(pg_url, keys, read_only=True) as ledger:
+        assert ledger.verify().ok
+        with pytest.raises(LedgerError, match="read-only"):
+            ledger.append(make_record(1))
+
+
 def test_no_url_password_in_messages(postgres_server, keys):
     url = f"postgresql://postgres:hunter2secret@127.0.0.1:{postgres_server.port}/nosuchdb"
     with pytest.raises(Exception) as caught:  # noqa: PT011 - the message is what matters

@@ -405,3 +405,32 @@ def test_whole_ledger_walk_is_batched(db, keys, tmp_path):
         ledger.batch_rows = 3
         report = ledger.verify()
         assert (report.station_id, report.first_bad_seq, report.checked) == ("st-a", 7, 11)
+
+
+def test_read_only_open_changes_nothing(db, keys, tmp_path, make_record):
+    with pytest.raises(ValueError, match="no ledger file"):
+        open_ledger(db, keys, read_only=True)
+    assert not db.exists()  # a typo never becomes a new, empty ledger that "verifies"
+    with open_ledger(db, keys) as ledger:
+        fill(ledger, 3)
+    os.chmod(db, 0o444)
+    with open_ledger(f"sqlite:///{db}", keys, read_only=True) as ledger:
+        assert ledger.verify().checked == 3
+        with pytest.raises(LedgerError, match="read-only"):
+            ledger.append(make_record(3))
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(LedgerError, match="not an AutoWeld ledger"):
+        open_ledger(other, keys, read_only=True)
+
+
+def test_unknown_schema_version_is_refused(db, keys):
+    with open_ledger(db, keys) as ledger:
+        fill(ledger, 1)
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE ledger_meta SET value = '99'")
+    conn.commit()
+    conn.close()
+    for read_only in (False, True):
+        with pytest.raises(LedgerError, match="schema version"):
+            open_ledger(db, keys, read_only=read_only)

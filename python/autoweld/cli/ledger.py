@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for text in getattr(args, "expect_head", []):
             station, head = parse_head(text)
             expected[station] = head
-        with open_ledger(args.ledger) as ledger:
+        with open_ledger(args.ledger, read_only=True) as ledger:
             if args.command == "verify":
                 if None in expected and len(expected) > 1:
                     raise ValueError("mix of SEQ:MAC and STATION:SEQ:MAC in --expect-head")

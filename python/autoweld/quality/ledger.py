@@ -164,9 +164,10 @@ class Ledger:
     #: rows fetched per query when walking the whole ledger
     batch_rows = 5000
 
-    def __init__(self, keys: KeyRing, url: str) -> None:
+    def __init__(self, keys: KeyRing, url: str, read_only: bool = False) -> None:
         self.keys = keys
         self.url = url
+        self.read_only = read_only
         self._lock = threading.Lock()
         self._closed = False
 
@@ -216,6 +217,8 @@ class Ledger:
                   if getattr(record, n) is not None]  # fmt: skip
         if filled:
             raise ValueError(f"record fields {filled} are set by the ledger and must be None")
+        if self.read_only:
+            raise LedgerError(f"ledger {self.url!r} was opened read-only")
 
         def build(last_seq: int, last_mac: str) -> InspectionRecord:
             unsigned = replace(
@@ -476,8 +479,11 @@ class Ledger:
 class SQLiteLedger(Ledger):
     """The embedded backend: one SQLite file, WAL journal, ``synchronous=FULL``."""
 
-    def __init__(self, path: Path, keys: KeyRing, url: str) -> None:
-        super().__init__(keys, url)
+    def __init__(self, path: Path, keys: KeyRing, url: str, read_only: bool = False) -> None:
+        super().__init__(keys, url, read_only)
+        if read_only:
+            self._open_read_only(path)
+            return
         if not path.parent.is_dir():
             raise ValueError(f"ledger url {url!r}: directory {str(path.parent)!r} does not exist")
         try:
@@ -501,10 +507,36 @@ class SQLiteLedger(Ledger):
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
-        except sqlite3.DatabaseError as error:
-            raise LedgerError(f"cannot open SQLite ledger {str(path)!r}: {error}") from error
-        _check_schema_version(self._query("SELECT value FROM ledger_meta "
-                                          "WHERE name = 'schema_version'"), url)  # fmt: skip
+            versions = self._query("SELECT value FROM ledger_meta WHERE name = 'schema_version'")
+            _check_schema_version(versions, url)
+        except BaseException as error:
+            if hasattr(self, "_conn"):
+                self._conn.close()
+            if isinstance(error, sqlite3.DatabaseError):
+                raise LedgerError(f"cannot open SQLite ledger {str(path)!r}: {error}") from error
+            raise
+
+    def _open_read_only(self, path: Path) -> None:
+        """Open without creating or changing anything (auditors, copies of a ledger)."""
+        if not path.is_file():
+            raise ValueError(f"ledger url {self.url!r}: no ledger file at {str(path)!r}")
+        try:
+            self._conn = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0,
+                isolation_level=None, check_same_thread=False,
+            )  # fmt: skip
+            tables = {row[0] for row in self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}  # fmt: skip
+            if not {TABLE, "ledger_meta"} <= tables:
+                raise LedgerError(f"{str(path)!r} is not an AutoWeld ledger (no {TABLE} table)")
+            versions = self._query("SELECT value FROM ledger_meta WHERE name = 'schema_version'")
+            _check_schema_version(versions, self.url)
+        except BaseException as error:
+            if hasattr(self, "_conn"):
+                self._conn.close()
+            if isinstance(error, sqlite3.DatabaseError):
+                raise LedgerError(f"cannot open SQLite ledger {str(path)!r}: {error}") from error
+            raise
 
     def _append_locked(
         self, station_id: str, build: Callable[[int, str], InspectionRecord]
@@ -542,8 +574,10 @@ class PostgresLedger(Ledger):
 
     placeholder = "%s"
 
-    def __init__(self, url: str, keys: KeyRing, connect_timeout: float = 10.0) -> None:
-        super().__init__(keys, _redact(url))
+    def __init__(
+        self, url: str, keys: KeyRing, read_only: bool = False, connect_timeout: float = 10.0
+    ) -> None:
+        super().__init__(keys, _redact(url), read_only)
         try:
             import psycopg
         except ImportError as error:  # pragma: no cover - depends on the install
@@ -556,16 +590,25 @@ class PostgresLedger(Ledger):
         self._connect_timeout = max(1, int(connect_timeout))
         try:
             self._conn = self._connect()
-            self._create_schema()
         except psycopg.Error as error:
             raise LedgerError(f"cannot open PostgreSQL ledger {self.url!r}: {error}") from error
-        _check_schema_version(self._query("SELECT value FROM ledger_meta "
-                                          "WHERE name = 'schema_version'"), self.url)  # fmt: skip
+        try:
+            self._create_schema()  # in read-only mode: only checks that it exists
+            versions = self._query("SELECT value FROM ledger_meta WHERE name = 'schema_version'")
+            _check_schema_version(versions, self.url)
+        except BaseException as error:
+            self._conn.close()
+            if isinstance(error, psycopg.Error):
+                raise LedgerError(f"cannot open PostgreSQL ledger {self.url!r}: {error}") from error
+            raise
 
     def _connect(self) -> Any:
-        return self._psycopg.connect(
+        conn = self._psycopg.connect(
             self._dsn, autocommit=True, connect_timeout=self._connect_timeout
         )
+        if self.read_only:
+            conn.execute("SET default_transaction_read_only = on")
+        return conn
 
     def _connection(self) -> Any:
         if self._conn.closed or self._conn.broken:
@@ -581,6 +624,8 @@ class PostgresLedger(Ledger):
         ).fetchone()[0]
         if exists:  # stations may run as a role that can only SELECT and INSERT
             return
+        if self.read_only:
+            raise LedgerError(f"no AutoWeld ledger (table {TABLE}) in {self.url!r}")
         with self._conn.transaction():
             # concurrent first opens would race on CREATE ... IF NOT EXISTS: serialise them
             self._conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_PG_LOCK_CLASS,))
@@ -649,12 +694,14 @@ def sqlite_path(url: str) -> Path:
     return Path(url)
 
 
-def open_ledger(url: str | Path, keys: KeyRing | None = None) -> Ledger:
+def open_ledger(url: str | Path, keys: KeyRing | None = None, read_only: bool = False) -> Ledger:
     """Open (creating if needed) the ledger at ``url``.
 
     ``url``: ``sqlite:///path.db`` / a plain path (SQLite) or ``postgresql://...``.
     ``keys``: the key ring; by default read from the environment (:func:`load_keyring`), which
     raises :class:`~autoweld.quality.keys.MissingKeyError` when ``AUTOWELD_SECRET_KEY`` is unset.
+    ``read_only``: create and change nothing (verify, head, export); a missing ledger is an
+    error instead of a new empty one — an auditor's typo must never verify "OK".
     """
     if isinstance(url, Path):
         url = str(url)
@@ -665,11 +712,11 @@ def open_ledger(url: str | Path, keys: KeyRing | None = None) -> Ledger:
         raise ValueError(f"keys must be a KeyRing, got {type(keys).__name__}")
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
     if scheme in ("postgresql", "postgres"):
-        return PostgresLedger(url, keys)
+        return PostgresLedger(url, keys, read_only)
     if scheme in ("", "sqlite", "file") or len(scheme) == 1:  # len 1: a Windows drive letter
         if scheme == "file":
             url = url[len("file://") :]
-        return SQLiteLedger(sqlite_path(url), keys, url)
+        return SQLiteLedger(sqlite_path(url), keys, url, read_only)
     raise ValueError(
         f"ledger url {_redact(url)!r}: unknown scheme {scheme!r} (use sqlite:///path.db, a file "
         "path, or postgresql://...)"
