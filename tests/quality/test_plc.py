@@ -157,3 +157,24 @@ def test_modbus_reconnects_after_the_plc_dropped_the_connection(modbus_server):
             assert restarted.read(0, 1) == [2]
         finally:
             restarted.stop()
+
+
+def test_concurrent_sends_to_a_hung_plc_each_stay_within_budget(byte_server_factory):
+    import threading
+
+    server = byte_server_factory("silent")
+    results = []
+    with open_plc(f"tcp://127.0.0.1:{server.port}", timeout=0.05) as link:
+
+        def worker():
+            results.append(timed_send(link, "FAIL"))
+
+        threads = [
+            threading.Thread(target=worker) for _ in range(12)
+        ]  # 12 x 50 ms serialised > budget
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(results) == 12
+    assert all(delivered is False and elapsed < BUDGET_S for delivered, elapsed in results)

@@ -63,13 +63,21 @@ class PlcLink(ABC):
         """Signal ``decision`` (``"PASS"``/``"FAIL"``); ``True`` only when the PLC confirmed it.
         Never raises for PLC trouble; returns within ``timeout`` plus a small overhead."""
         _check_decision(decision)
-        with self._lock:
-            start = time.monotonic()
+        start = time.monotonic()
+        # another thread's send in progress counts against this one's budget too
+        if not self._lock.acquire(timeout=self.timeout):
+            self._state = f"NOT delivered {decision}: link busy for {self.timeout * 1000:.0f} ms"
+            logger.warning("PLC %s: %s", self.url, self._state)
+            return False
+        try:
             self.sent += 1
             try:
                 self._send(decision, start + self.timeout)
             except Exception as error:  # noqa: BLE001 - a PLC problem must never stop inspection
-                self._drop()
+                try:
+                    self._drop()
+                except Exception:  # noqa: BLE001 - closing a broken socket may fail too
+                    pass
                 elapsed = (time.monotonic() - start) * 1000
                 why = str(error) or type(error).__name__
                 self._state = f"NOT delivered {decision} after {elapsed:.1f} ms: {why}"
@@ -81,6 +89,8 @@ class PlcLink(ABC):
             self.last_delivered = True
             self._state = f"delivered {decision} in {elapsed:.1f} ms"
             return True
+        finally:
+            self._lock.release()
 
     @abstractmethod
     def _send(self, decision: str, deadline: float) -> None:
