@@ -213,7 +213,9 @@ def resolve_recipe(
         head_settings={name: heads.get(name, {}) for name in chosen_models},
     )
     if not 0.0 < result.calibration["val_fraction"] < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {result.calibration['val_fraction']}")
+        raise ValueError(
+            f"val_fraction must be in (0, 1), got {result.calibration['val_fraction']}"
+        )
     if any(s <= 0 for s in result.std):
         raise ValueError(f"std must be positive, got {result.std}")
     return result
