@@ -73,7 +73,7 @@ def test_fit_builds_a_coreset_bank_of_the_configured_size():
     extractor = build_backbone("efficientnet_lite0")
     head = build_head(
         "patchcore",
-        HeadContext(extractor, 64, {"coreset_ratio": 0.25, "coreset_max": 40, "batch_size": 2}),
+        HeadContext(extractor, 64, {"coreset_ratio": 0.25, "coreset_max": 40}),
     )
     torch.manual_seed(0)
     batches = [torch.randn(2, 3, 64, 64) for _ in range(2)]  # 4 images x 64 patches = 256
