@@ -259,56 +259,70 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
         use_clahe = false;
     }
 
-    // Horizontal pass: every source row -> `channels` planes of `size` floats.
-    const std::size_t hrow = static_cast<std::size_t>(channels) * size;
-    std::vector<float> horizontal(static_cast<std::size_t>(height) * hrow);
-    parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
-        std::vector<std::uint8_t> bytes(static_cast<std::size_t>(width) * channels), light(width);
-        std::vector<float> planes(static_cast<std::size_t>(width) * channels);
-        std::unique_ptr<ClaheRowApplier> applier;
-        if (use_clahe) applier = std::make_unique<ClaheRowApplier>(tables);
-        for (std::size_t y = b; y < e; ++y) {
-            enhanced_planes(y, image, use_clahe, applier.get(), bytes.data(), light.data());
-            for (std::size_t k = 0; k < bytes.size(); ++k) planes[k] = bytes[k];
-            float* dst = horizontal.data() + y * hrow;
-            for (int ch = 0; ch < channels; ++ch) {
-                const float* p = planes.data() + static_cast<std::size_t>(ch) * width;
-                for (int j = 0; j < size; ++j) {
-                    const float* w = fx.weight.data() + static_cast<std::size_t>(j) * fx.max_taps;
-                    const float* s = p + fx.first[j];
-                    float acc = 0.f;
-                    for (int t = 0; t < fx.taps[j]; ++t) acc += w[t] * s[t];
-                    dst[static_cast<std::size_t>(ch) * size + j] = acc;
-                }
-            }
-        }
-    });
+    // Stage 1: the enhanced image as planes per row (row y: channel planes of `width` bytes),
+    // produced once per source row. Gray without CLAHE is read in place.
+    const std::size_t erow = static_cast<std::size_t>(width) * channels;
+    std::vector<std::uint8_t> enhanced;
+    const std::uint8_t* planes_image = image;
+    if (use_clahe || channels == 3) {
+        enhanced.resize(static_cast<std::size_t>(height) * erow);
+        parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
+            std::vector<std::uint8_t> light(width);
+            std::unique_ptr<ClaheRowApplier> applier;
+            if (use_clahe) applier = std::make_unique<ClaheRowApplier>(tables);
+            for (std::size_t y = b; y < e; ++y)
+                enhanced_planes(y, image, use_clahe, applier.get(), enhanced.data() + y * erow,
+                                light.data());
+        });
+        planes_image = enhanced.data();
+    }
 
-    // Vertical pass + normalisation, written as RGB planes.
+    // Stage 2, per output row: vertical filter over whole source rows (contiguous, vectorised),
+    // then the horizontal filter of that one row, normalised and written as RGB planes.
     float scale[3], bias[3];  // per output (RGB) channel
     for (int k = 0; k < 3; ++k) {
         scale[k] = static_cast<float>(1.0 / (255.0 * c.std[k]));
         bias[k] = static_cast<float>(-c.mean[k] / c.std[k]);
     }
     const std::size_t plane = static_cast<std::size_t>(size) * size;
+    const bool simd = cpu_has_avx2_fma();
     parallel_for(static_cast<std::size_t>(size), threads, [&](std::size_t b, std::size_t e) {
-        std::vector<float> acc(hrow);
+        std::vector<float> acc(erow);
         for (std::size_t i = b; i < e; ++i) {
-            std::fill(acc.begin(), acc.end(), 0.f);
             const float* w = fy.weight.data() + i * fy.max_taps;
-            for (int t = 0; t < fy.taps[i]; ++t) {
-                const float wt = w[t];
-                const float* src = horizontal.data() + (fy.first[i] + t) * hrow;
-                for (std::size_t k = 0; k < hrow; ++k) acc[k] += wt * src[k];
-            }
+            const std::uint8_t* first = planes_image + static_cast<std::size_t>(fy.first[i]) * erow;
+            if (simd)
+                detail::weighted_rows_avx2(first, erow, w, fy.taps[i], erow, acc.data());
+            else
+                detail::weighted_rows_scalar(first, erow, w, fy.taps[i], erow, acc.data());
             for (int k = 0; k < 3; ++k) {
-                // Output channel k is RGB; source channel is BGR (2 - k), or the gray one.
-                const float* v = acc.data() + (channels == 1 ? 0 : (2 - k)) * size;
+                // Output channel k is RGB; the source planes are BGR (2 - k), or the gray one.
+                const float* v = acc.data() + static_cast<std::size_t>(channels == 1 ? 0 : 2 - k) * width;
                 float* o = out + k * plane + i * size;
-                for (int j = 0; j < size; ++j) o[j] = v[j] * scale[k] + bias[k];
+                for (int j = 0; j < size; ++j) {
+                    const float* wx = fx.weight.data() + static_cast<std::size_t>(j) * fx.max_taps;
+                    const float* s = v + fx.first[j];
+                    float sum = 0.f;
+                    for (int t = 0; t < fx.taps[j]; ++t) sum += wx[t] * s[t];
+                    o[j] = sum * scale[k] + bias[k];
+                }
             }
         }
     });
 }
+
+namespace detail {
+
+void weighted_rows_scalar(const std::uint8_t* rows, std::size_t stride, const float* weights,
+                          int count, std::size_t n, float* out) {
+    std::fill(out, out + n, 0.f);
+    for (int t = 0; t < count; ++t) {
+        const float w = weights[t];
+        const std::uint8_t* r = rows + static_cast<std::size_t>(t) * stride;
+        for (std::size_t k = 0; k < n; ++k) out[k] += w * static_cast<float>(r[k]);
+    }
+}
+
+}  // namespace detail
 
 }  // namespace autoweld
