@@ -100,12 +100,8 @@ const LabTables& lab_tables_i32() {
         t.gamma.assign(std::begin(kGamma), std::end(kGamma));
         t.cbrt.assign(std::begin(kCbrt), std::end(kCbrt));
         t.inv_gamma.assign(std::begin(kInvGamma), std::end(kInvGamma));
-        t.y.resize(256);
-        t.ify.resize(256);
-        for (int i = 0; i < 256; ++i) {
-            t.y[i] = kLToYF[2 * i];
-            t.ify[i] = kLToYF[2 * i + 1];
-        }
+        t.y_ify.resize(256);
+        for (int i = 0; i < 256; ++i) t.y_ify[i] = kLToYF[2 * i] | (kLToYF[2 * i + 1] << 16);
         t.ab_to_xz = ab_to_xz();
         return t;
     }();

@@ -87,7 +87,7 @@ void lab_planes_to_bgr_avx2(const std::uint8_t* l, const std::uint8_t* a, const 
                             std::uint8_t* out_r);
 // The Lab tables widened to int32 for gathers.
 struct LabTables {
-    std::vector<std::int32_t> gamma, cbrt, inv_gamma, y, ify, ab_to_xz;
+    std::vector<std::int32_t> gamma, cbrt, inv_gamma, y_ify, ab_to_xz;  // y_ify: y | f(y) << 16
 };
 const LabTables& lab_tables_i32();
 void clahe_row_avx2(const ClaheTables& tables, const std::uint32_t* packed, float ya, float ya1,
