@@ -3,8 +3,12 @@
 #pragma once
 
 #include <cstddef>
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <vector>
+
+#include "common.hpp"
 
 namespace autoweld {
 
@@ -61,6 +65,27 @@ void clahe_bgr(const std::uint8_t* image, int height, int width, double clip_lim
                int tiles_y, std::uint8_t* out, int threads);
 
 namespace detail {
+// parallel_for over [0, n) in chunks of `grain` handed out from an atomic counter: a thread that
+// starts late (a busy machine) finds the work already done instead of holding everyone up, and
+// uneven chunks balance. No more threads than chunks; one thread runs inline.
+template <class Fn>
+void dynamic_parallel_for(std::size_t n, int threads, std::size_t grain, Fn&& fn) {
+    if (n == 0) return;
+    grain = std::max<std::size_t>(grain, 1);
+    const std::size_t chunks = (n + grain - 1) / grain;
+    const std::size_t workers =
+        std::min(static_cast<std::size_t>(resolve_threads(threads)), chunks);
+    if (workers <= 1) {
+        fn(std::size_t{0}, n);
+        return;
+    }
+    std::atomic<std::size_t> next{0};
+    parallel_for(workers, static_cast<int>(workers), [&](std::size_t, std::size_t) {
+        for (std::size_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1))
+            fn(c * grain, std::min(n, (c + 1) * grain));
+    });
+}
+
 // One band of interpolation: rows whose two nearest tile rows are (ty1, ty2). Packs for every
 // segment s (0..tiles_x) and grey value v the four LUT entries (ty1,tx1) (ty1,tx2) (ty2,tx1)
 // (ty2,tx2) into one 32-bit word, so a pixel needs one lookup instead of four.

@@ -131,7 +131,7 @@ void gaussian_blur_u8(const std::uint8_t* image, int height, int width, int chan
     const std::size_t row_len = static_cast<std::size_t>(width) * channels;
     // Horizontal: exact integer sums in units of 1/256 (OpenCV's ufixedpoint16 row filter).
     std::vector<std::uint32_t> horizontal(static_cast<std::size_t>(height) * row_len);
-    parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
+    detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
         for (std::size_t y = b; y < e; ++y) {
             const std::uint8_t* src = image + y * row_len;
             std::uint32_t* dst = horizontal.data() + y * row_len;
@@ -146,7 +146,7 @@ void gaussian_blur_u8(const std::uint8_t* image, int height, int width, int chan
         }
     });
     // Vertical: units of 1/65536, rounded half up to 8 bits as ufixedpoint32 -> uint8.
-    parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
+    detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
         for (std::size_t y = b; y < e; ++y) {
             std::uint8_t* dst = out + y * row_len;
             for (std::size_t k = 0; k < row_len; ++k) {
@@ -175,7 +175,9 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
         require(std::isfinite(c.mean[k]), "mean must be finite");
         require(std::isfinite(c.std[k]) && c.std[k] != 0.0, "std must be finite and non-zero");
     }
-    const int threads = c.threads;
+    // Below ~64k pixels a second thread costs more to start than it saves.
+    const int threads =
+        static_cast<long long>(height) * width * channels < (1LL << 16) ? 1 : c.threads;
     const int size = c.size;
     const std::size_t pixels = static_cast<std::size_t>(height) * width;
 
@@ -198,7 +200,7 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
         } else {
             lab.resize(pixels * 2);  // a plane, then b plane
             lightness.resize(pixels);
-            parallel_for(static_cast<std::size_t>(height), threads,
+            detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16,
                          [&](std::size_t b, std::size_t e) {
                              const std::size_t p0 = b * width, p1 = e * width;
                              detail::bgr_to_lab_planes(image + p0 * 3, p1 - p0,
@@ -240,7 +242,7 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
     bool use_clahe = c.clahe;
     if (separate_blur) {
         std::vector<std::uint8_t> enhanced_image(pixels * channels);
-        parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
+        detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
             std::unique_ptr<ClaheRowApplier> applier;
             if (c.clahe) applier = std::make_unique<ClaheRowApplier>(tables);
             std::vector<std::uint8_t> planes(static_cast<std::size_t>(width) * channels), light(width);
@@ -266,7 +268,7 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
     const std::uint8_t* planes_image = image;
     if (use_clahe || channels == 3) {
         enhanced.resize(static_cast<std::size_t>(height) * erow);
-        parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
+        detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
             std::vector<std::uint8_t> light(width);
             std::unique_ptr<ClaheRowApplier> applier;
             if (use_clahe) applier = std::make_unique<ClaheRowApplier>(tables);
@@ -286,7 +288,7 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
     }
     const std::size_t plane = static_cast<std::size_t>(size) * size;
     const bool simd = cpu_has_avx2_fma();
-    parallel_for(static_cast<std::size_t>(size), threads, [&](std::size_t b, std::size_t e) {
+    detail::dynamic_parallel_for(static_cast<std::size_t>(size), threads, 4, [&](std::size_t b, std::size_t e) {
         std::vector<float> acc(erow);
         for (std::size_t i = b; i < e; ++i) {
             const float* w = fy.weight.data() + i * fy.max_taps;
