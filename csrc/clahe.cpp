@@ -51,9 +51,9 @@ void check_clahe_args(const void* image, int height, int width, double clip_limi
     require(tiles_x >= 1 && tiles_y >= 1, "tile_grid must be >= 1 in each direction (got " +
                                               std::to_string(tiles_x) + ", " +
                                               std::to_string(tiles_y) + ")");
-    // The LUT table and the padded tile geometry must stay within int.
-    require(static_cast<long long>(tiles_x) * tiles_y <= (1LL << 20),
-            "tile_grid is too large (at most 2^20 tiles)");
+    // 256 LUT bytes per tile: 2^16 tiles (e.g. 256 x 256) is already 16 MB.
+    require(static_cast<long long>(tiles_x) * tiles_y <= (1LL << 16),
+            "tile_grid is too large (at most 65536 tiles)");
     require(static_cast<long long>(height) * width <= (1LL << 31) - 1, "image is too large");
 }
 

@@ -109,7 +109,8 @@ def test_bad_images_raise_value_error(image, match):
         ({"tile_grid": (8, -1)}, "tile_grid"),
         ({"tile_grid": (8,)}, "tile_grid"),
         ({"tile_grid": (2.5, 2)}, "tile_grid"),
-        ({"tile_grid": (2048, 2048)}, "tile_grid"),
+        ({"tile_grid": (257, 256)}, "tile_grid"),
+        ({"tile_grid": "88"}, "tile_grid"),
     ],
 )
 def test_bad_parameters_raise_value_error(kwargs, match):
