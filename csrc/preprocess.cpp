@@ -297,16 +297,22 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
                 detail::weighted_rows_avx2(first, erow, w, fy.taps[i], erow, acc.data());
             else
                 detail::weighted_rows_scalar(first, erow, w, fy.taps[i], erow, acc.data());
-            for (int k = 0; k < 3; ++k) {
-                // Output channel k is RGB; the source planes are BGR (2 - k), or the gray one.
-                const float* v = acc.data() + static_cast<std::size_t>(channels == 1 ? 0 : 2 - k) * width;
-                float* o = out + k * plane + i * size;
+            // Output channel k is RGB; the source planes are BGR (2 - k). A gray source is
+            // filtered once and written to all three planes.
+            for (int src_ch = 0; src_ch < channels; ++src_ch) {
+                const float* v = acc.data() + static_cast<std::size_t>(src_ch) * width;
                 for (int j = 0; j < size; ++j) {
                     const float* wx = fx.weight.data() + static_cast<std::size_t>(j) * fx.max_taps;
                     const float* s = v + fx.first[j];
                     float sum = 0.f;
                     for (int t = 0; t < fx.taps[j]; ++t) sum += wx[t] * s[t];
-                    o[j] = sum * scale[k] + bias[k];
+                    if (channels == 1) {
+                        for (int k = 0; k < 3; ++k)
+                            out[k * plane + i * size + j] = sum * scale[k] + bias[k];
+                    } else {
+                        const int k = 2 - src_ch;
+                        out[k * plane + i * size + j] = sum * scale[k] + bias[k];
+                    }
                 }
             }
         }
