@@ -261,24 +261,12 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
         use_clahe = false;
     }
 
-    // Stage 1: the enhanced image as planes per row (row y: channel planes of `width` bytes),
-    // produced once per source row. Gray without CLAHE is read in place.
+    // Enhanced rows (CLAHE, Lab round trip, deinterleave) are produced on demand, per thread,
+    // into a small cache of the most recent ones, and never stored as a whole image: each
+    // source row is made about once (again only at the edge of a thread's chunk). Gray without
+    // CLAHE is read in place.
     const std::size_t erow = static_cast<std::size_t>(width) * channels;
-    std::vector<std::uint8_t> enhanced;
-    const std::uint8_t* planes_image = image;
-    if (use_clahe || channels == 3) {
-        enhanced.resize(static_cast<std::size_t>(height) * erow);
-        detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
-            std::vector<std::uint8_t> light(width);
-            std::unique_ptr<ClaheRowApplier> applier;
-            if (use_clahe) applier = std::make_unique<ClaheRowApplier>(tables);
-            for (std::size_t y = b; y < e; ++y)
-                enhanced_planes(y, image, use_clahe, applier.get(), enhanced.data() + y * erow,
-                                light.data());
-        });
-        planes_image = enhanced.data();
-    }
-
+    const bool in_place = !use_clahe && channels == 1;
     // Stage 2, per output row: vertical filter over whole source rows (contiguous, vectorised),
     // then the horizontal filter of that one row, normalised and written as RGB planes.
     float scale[3], bias[3];  // per output (RGB) channel
@@ -290,13 +278,32 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
     const bool simd = cpu_has_avx2_fma();
     detail::dynamic_parallel_for(static_cast<std::size_t>(size), threads, 4, [&](std::size_t b, std::size_t e) {
         std::vector<float> acc(erow);
+        const std::size_t slots = static_cast<std::size_t>(fy.max_taps) + 1;
+        std::vector<std::uint8_t> cache(in_place ? 0 : slots * erow), light(width);
+        std::vector<long long> cached_row(slots, -1);  // source row held by each slot
+        std::vector<const std::uint8_t*> rows(static_cast<std::size_t>(fy.max_taps));
+        std::unique_ptr<ClaheRowApplier> applier;
+        if (use_clahe) applier = std::make_unique<ClaheRowApplier>(tables);
         for (std::size_t i = b; i < e; ++i) {
             const float* w = fy.weight.data() + i * fy.max_taps;
-            const std::uint8_t* first = planes_image + static_cast<std::size_t>(fy.first[i]) * erow;
+            for (int t = 0; t < fy.taps[i]; ++t) {
+                const std::size_t y = static_cast<std::size_t>(fy.first[i] + t);
+                if (in_place) {
+                    rows[t] = image + y * width;
+                    continue;
+                }
+                const std::size_t slot = y % slots;  // rows of one output never collide
+                std::uint8_t* dst = cache.data() + slot * erow;
+                if (cached_row[slot] != static_cast<long long>(y)) {
+                    enhanced_planes(y, image, use_clahe, applier.get(), dst, light.data());
+                    cached_row[slot] = static_cast<long long>(y);
+                }
+                rows[t] = dst;
+            }
             if (simd)
-                detail::weighted_rows_avx2(first, erow, w, fy.taps[i], erow, acc.data());
+                detail::weighted_rows_avx2(rows.data(), w, fy.taps[i], erow, acc.data());
             else
-                detail::weighted_rows_scalar(first, erow, w, fy.taps[i], erow, acc.data());
+                detail::weighted_rows_scalar(rows.data(), w, fy.taps[i], erow, acc.data());
             // Output channel k is RGB; the source planes are BGR (2 - k). A gray source is
             // filtered once and written to all three planes.
             for (int src_ch = 0; src_ch < channels; ++src_ch) {
@@ -321,12 +328,12 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
 
 namespace detail {
 
-void weighted_rows_scalar(const std::uint8_t* rows, std::size_t stride, const float* weights,
-                          int count, std::size_t n, float* out) {
+void weighted_rows_scalar(const std::uint8_t* const* rows, const float* weights, int count,
+                          std::size_t n, float* out) {
     std::fill(out, out + n, 0.f);
     for (int t = 0; t < count; ++t) {
         const float w = weights[t];
-        const std::uint8_t* r = rows + static_cast<std::size_t>(t) * stride;
+        const std::uint8_t* r = rows[t];
         for (std::size_t k = 0; k < n; ++k) out[k] += w * static_cast<float>(r[k]);
     }
 }

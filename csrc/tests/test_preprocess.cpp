@@ -52,7 +52,9 @@ int main() {
         for (std::size_t k = 0; k < rows.size(); ++k) rows[k] = static_cast<std::uint8_t>(k * 37);
         const float w[5] = {0.1f, 0.2f, 0.4f, 0.2f, 0.1f};
         std::vector<float> a(n), b(n);
-        autoweld::detail::weighted_rows_scalar(rows.data(), stride, w, 5, n, a.data());
+        const std::uint8_t* ptrs[5];
+        for (int t = 0; t < 5; ++t) ptrs[t] = rows.data() + t * stride;
+        autoweld::detail::weighted_rows_scalar(ptrs, w, 5, n, a.data());
         bool ok = true;
         for (std::size_t k = 0; k < n; ++k) {
             double direct = 0;
@@ -61,7 +63,7 @@ int main() {
         }
         CHECK(ok);
         if (autoweld::cpu_has_avx2_fma()) {
-            autoweld::detail::weighted_rows_avx2(rows.data(), stride, w, 5, n, b.data());
+            autoweld::detail::weighted_rows_avx2(ptrs, w, 5, n, b.data());
             bool same = true;
             for (std::size_t k = 0; k < n; ++k) same = same && std::fabs(a[k] - b[k]) < 1e-4;
             CHECK(same);
