@@ -115,6 +115,10 @@ def _noise1d(rng: np.random.Generator, s: np.ndarray, span: float, scale: float)
 # ---- bead estimation -------------------------------------------------------------------------
 
 
+# Smallest Sobel response (gray levels per pixel, times the kernel's gain of 4) taken for a toe.
+_MIN_EDGE = 10.0
+
+
 def estimate_bead(image: np.ndarray) -> BeadGeometry:
     """Estimate where the bead lies in a weld image (a horizontal-ish textured band).
 
@@ -133,7 +137,9 @@ def estimate_bead(image: np.ndarray) -> BeadGeometry:
     rough = []
     for x0, x1 in bounds:
         profile = cv2.GaussianBlur(gx[:, x0:x1].mean(axis=1).reshape(-1, 1), (0, 0), h / 64)
-        rough.append(float(np.argmax(profile.ravel())))
+        profile = profile.ravel()
+        # No structure at all (a blank strip): assume the bead is centred.
+        rough.append(float(np.argmax(profile)) if np.ptp(profile) > 0.5 else (h - 1) / 2.0)
     slope, intercept = _robust_line(xs, np.array(rough))
     centres, halves = [], []
     near, far = max(2, int(0.03 * h)), max(4, int(0.35 * h))
@@ -146,6 +152,8 @@ def estimate_bead(image: np.ndarray) -> BeadGeometry:
             continue
         top = up_lo + int(np.argmax(profile[up_lo:up_hi]))  # dark above, bright bead below
         bottom = dn_lo + int(np.argmin(profile[dn_lo:dn_hi]))  # bright bead above, dark below
+        if profile[top] < _MIN_EDGE or -profile[bottom] < _MIN_EDGE:
+            continue  # no toe edge in this strip
         centres.append((x, (top + bottom) / 2.0))
         halves.append((bottom - top) / 2.0)
     if len(centres) >= 3:
