@@ -182,7 +182,8 @@ def _robust_line(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float]:
 
 
 def _visible_s(geom: BeadGeometry, w: int, length: float) -> float:
-    """A random-free bound: |s0| such that a feature of ``length`` stays inside the image."""
+    """How far from the image centre (along the bead) a feature of ``length`` may be centred
+    and still lie inside the image."""
     return max(0.0, 0.45 * w - length / 2.0)
 
 
@@ -199,7 +200,7 @@ def _porosity(img, geom, rng, s, d):
     r_max = 8.0 if n == 1 else 6.0
     for _ in range(n):
         ps = s0 + rng.normal(0, spread)
-        pd = float(np.clip(d0 + rng.normal(0, spread * 0.5), -0.8, 0.8) * 1.0)
+        pd = d0 + rng.normal(0, spread * 0.5)
         pd = float(np.clip(pd, -0.8 * geom.half_width, 0.8 * geom.half_width))
         x0, y0 = geom.to_image(np.float32(ps), np.float32(pd), w)
         radius = rng.uniform(3.5, r_max) * scale
@@ -425,9 +426,9 @@ def _cut_paste(image, rng):
     side = int(rng.uniform(0.12, 0.25) * min(h, w))
     half = side // 2
     tx, ty = (int(rng.integers(half, w - half)), int(rng.integers(half, h - half)))
-    while True:
+    for _ in range(20):  # take the patch from somewhere else, if there is room
         sx, sy = int(rng.integers(half, w - half)), int(rng.integers(half, h - half))
-        if abs(sx - tx) + abs(sy - ty) > side or min(h, w) < 4 * side:
+        if abs(sx - tx) + abs(sy - ty) > side:
             break
     patch = image[sy - half : sy + half, sx - half : sx + half].astype(np.float32) / 255.0
     patch = np.rot90(patch, int(rng.integers(0, 4)))

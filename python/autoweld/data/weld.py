@@ -39,7 +39,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump whenever the pictures change, so cached trees are regenerated.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 STAMP_NAME = "autoweld_weld.json"
 CATEGORY = "weld"
 
