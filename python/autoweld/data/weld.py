@@ -34,6 +34,7 @@ __all__ = [
     "ensure_weld",
     "generate_weld",
     "render_weld",
+    "stamp_matches",
 ]
 
 logger = logging.getLogger(__name__)
