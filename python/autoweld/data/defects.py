@@ -283,16 +283,16 @@ def _undercut(img, geom, rng, s, d):
     h, w = img.shape[:2]
     scale = h / 256.0
     side = rng.choice([-1.0, 1.0])
-    length = rng.uniform(0.35, 0.7) * w
+    length = rng.uniform(0.4, 0.75) * w
     s0 = rng.uniform(-1, 1) * _visible_s(geom, w, length) - length / 2
-    width = rng.uniform(8.0, 12.0) * scale
+    width = rng.uniform(9.0, 13.0) * scale
     center = side * (geom.half_width + 0.45 * width)
     alpha = _groove_alpha(
         rng, s, d, center_d=center, width=width, length=length, s0=s0, soft=2.0, scale=scale
     )
     # A groove melted into the plate beside the toe: dark floor, the far wall catching light.
     across = np.clip((d - center) * side / (0.5 * width), -1, 1)
-    floor = rng.uniform(0.08, 0.16)
+    floor = rng.uniform(0.06, 0.13)
     tone = floor + 0.45 * np.clip(across, 0, 1) ** 2
     paint = tone[..., None] * np.array([1.0, 0.97, 0.95], np.float32)
     return paint.astype(np.float32), alpha
@@ -302,9 +302,9 @@ def _lack_of_fusion(img, geom, rng, s, d):
     h, w = img.shape[:2]
     scale = h / 256.0
     side = rng.choice([-1.0, 1.0])
-    length = rng.uniform(0.35, 0.75) * w
+    length = rng.uniform(0.4, 0.8) * w
     s0 = rng.uniform(-1, 1) * _visible_s(geom, w, length) - length / 2
-    width = rng.uniform(2.5, 4.0) * scale
+    width = rng.uniform(3.5, 5.0) * scale
     center = side * geom.half_width * rng.uniform(0.74, 0.88)
     alpha = _groove_alpha(
         rng, s, d, center_d=center, width=width, length=length, s0=s0, soft=4.0, scale=scale

@@ -40,7 +40,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump whenever the pictures change, so cached trees are regenerated.
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6
 STAMP_NAME = "autoweld_weld.json"
 CATEGORY = "weld"
 
