@@ -156,7 +156,9 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def _settle(future: Future[Outcome], outcome: Outcome | None = None, error: BaseException | None = None) -> None:
+def _settle(
+    future: Future[Outcome], outcome: Outcome | None = None, error: BaseException | None = None
+) -> None:
     """Complete a job's future unless whoever waited has given up on it."""
     try:
         if error is not None:
@@ -511,9 +513,7 @@ class Station:
         # under 10 s of history a rate means little; show it over at least 10 s
         counts["rate_per_min"] = round(recent * 60.0 / max(span, 10.0), 1) if recent else 0.0
         counts["rate_window_s"] = RATE_WINDOW_S
-        counts["yield"] = (
-            round(counts["pass"] / counts["total"], 4) if counts["total"] else None
-        )
+        counts["yield"] = round(counts["pass"] / counts["total"], 4) if counts["total"] else None
         counts["since_utc"] = self.started_utc
         counts["pending"] = self.pending
         return counts
