@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -174,3 +175,49 @@ def terminal_factory(tmp_path: Path) -> Iterator[object]:
     yield factory
     for terminal in started:
         stop_terminal(terminal)
+
+
+class EchoPlc:
+    """A one-byte PLC on loopback: reads each signal byte, keeps it and echoes it back."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.1)
+        self.port = self._server.getsockname()[1]
+        self.url = f"tcp://127.0.0.1:{self.port}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(0.1)
+                while not self._stop.is_set():
+                    try:
+                        data = conn.recv(16)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    self.received += list(data)
+                    conn.sendall(data)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._server.close()
+
+
+@pytest.fixture
+def echo_plc() -> Iterator[EchoPlc]:
+    plc = EchoPlc()
+    yield plc
+    plc.stop()

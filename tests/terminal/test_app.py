@@ -223,3 +223,28 @@ def test_missing_key_is_refused(monkeypatch, tiny_bundle, tmp_path):
     with pytest.raises(MissingKeyError):
         Station(StationConfig(tiny_bundle, f"sqlite:///{tmp_path / 'l.db'}", "st-1"))
     assert not Path(tmp_path / "l.db").exists()
+
+
+@requires_native
+def test_plc_is_told_first_and_its_state_shown(key_env, tiny_bundle, tmp_path, echo_plc):
+    config = StationConfig(
+        tiny_bundle, f"sqlite:///{tmp_path / 'l.db'}", "st-1", plc_url=echo_plc.url,
+        plc_timeout_s=1.0,
+    )  # fmt: skip
+    with Station(config) as station, TestClient(create_app(station)) as client:
+        assert client.get("/api/status").json()["plc"]["last_delivered"] is None
+        good = inspect(client, "P1", png(normal_image(1)))
+        bad = inspect(client, "P2", png(defect_image(2)))
+        assert (good["decision"], bad["decision"]) == ("PASS", "FAIL")
+        assert good["plc_delivered"] is True and bad["plc_delivered"] is True
+        assert echo_plc.received == [0x00, 0x01]  # PASS, FAIL on the one-byte protocol
+        plc = client.get("/api/status").json()["plc"]
+        assert plc["configured"] and plc["last_delivered"] is True and plc["delivered"] == 2
+        echo_plc.stop()  # the PLC goes away
+        station.plc.close()  # drop the open connection so the next send must reconnect
+        lost = inspect(client, "P3", png(normal_image(3)))
+        assert lost["plc_delivered"] is False and lost["record_seq"] == 3
+        plc = client.get("/api/status").json()["plc"]
+        assert plc["last_delivered"] is False and "NOT delivered" in plc["state"]
+        rows = client.get("/api/records").json()["records"]
+        assert [r["plc_delivered"] for r in rows] == [False, True, True]

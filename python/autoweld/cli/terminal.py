@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("AUTOWELD_STATION_ID") or socket.gethostname(),
         help="station id for the records (default: $AUTOWELD_STATION_ID or the host name)",
     )
+    parser.add_argument(
+        "--plc-timeout",
+        type=_positive_float,
+        default=0.05,
+        help="seconds the PLC may take to confirm a signal (0.05)",
+    )
     parser.add_argument("--heatmap-dir", help="also save every heat-map picture here (recorded)")
     parser.add_argument(
         "--providers", nargs="+", default=["cpu"], help="execution providers (cpu, cuda, ...)"
@@ -125,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ledger_url=args.ledger,
             station_id=args.station,
             plc_url=args.plc,
+            plc_timeout_s=args.plc_timeout,
             heatmap_dir=Path(args.heatmap_dir) if args.heatmap_dir else None,
             providers=tuple(args.providers),
             threads=args.threads,

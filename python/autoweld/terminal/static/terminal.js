@@ -33,6 +33,7 @@ function renderLatest(latest) {
   if (!latest) {
     showDecision("none", "WAITING", "–");
     err.hidden = true;
+    $("plc-alarm").hidden = true;
     return;
   }
   if (isPass(latest)) {
@@ -54,11 +55,13 @@ function renderLatest(latest) {
     .map(([name, p]) => `${name} ${fmt(p, 4)}`).join(" · ");
   text("models", models || "n/a");
   text("record", latest.record_seq === null ? "NOT WRITTEN" : "#" + latest.record_seq);
+  $("plc-alarm").hidden = latest.plc_delivered !== false;
   text("plc-delivered", latest.plc_delivered === null ? "no PLC" :
        (latest.plc_delivered ? "delivered" : "NOT delivered"));
   if (latest.number !== lastNumber) {
     lastNumber = latest.number;
     const img = $("overlay");
+    img.onload = () => img.classList.toggle("small", img.naturalWidth < 400);
     img.src = "/api/latest.png?n=" + latest.number;
     img.hidden = false;
     $("no-picture").hidden = true;
@@ -161,7 +164,12 @@ async function loadRecords() {
       cell(tr, rec.utc_time);
       cell(tr, rec.part_id);
       const decision = rec.decision === "PASS" && !rec.error ? "PASS" : "FAIL";
-      cell(tr, decision, decision);
+      if (rec.signature === "valid") {
+        cell(tr, decision, decision);
+      } else {
+        // a record whose signature does not hold proves nothing: never show it as a pass
+        cell(tr, `${decision}? NOT TRUSTED`, "untrusted");
+      }
       cell(tr, fmt(rec.fused_probability, 4));
       cell(tr, rec.plc_delivered === null ? "–" : (rec.plc_delivered ? "delivered" : "NOT delivered"));
       cell(tr, rec.signature === "valid" ? "✔ valid" : "✖ " + rec.signature,
@@ -188,7 +196,8 @@ async function verify() {
     const v = await r.json();
     if (r.ok && v.ok === true) {
       box.dataset.state = "ok";
-      box.textContent = `✔ Chain intact: ${v.checked} record(s), ${v.stations} station(s) verified`;
+      box.textContent = `✔ Chain intact: ${v.checked} record(s), ${v.stations} station(s) ` +
+        `verified at ${localTime(v.utc_time)}`;
     } else {
       box.dataset.state = "bad";
       const where = v.station_id ? ` at station ${v.station_id} record ${v.first_bad_seq}` : "";
