@@ -230,17 +230,26 @@ class Station:
 
         self.config = config
         self.started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self._ledger = ledger if ledger is not None else open_ledger(config.ledger_url)
+        # The PLC link first: it connects lazily, so a bad URL fails here before a ledger
+        # file is created.
+        self.plc = plc
+        if plc is None and config.plc_url:
+            self.plc = open_plc(config.plc_url, timeout=config.plc_timeout_s)
+        try:
+            self._ledger = ledger if ledger is not None else open_ledger(config.ledger_url)
+        except BaseException:
+            if self.plc is not None:
+                self.plc.close()
+            raise
         try:
             # The page's connection: read-only, so nothing served to the page can write.
             self.reader = (
                 reader if reader is not None else open_ledger(config.ledger_url, read_only=True)
             )
-            self.plc = plc
-            if plc is None and config.plc_url:
-                self.plc = open_plc(config.plc_url, timeout=config.plc_timeout_s)
         except BaseException:
             self._ledger.close()
+            if self.plc is not None:
+                self.plc.close()
             raise
         self.inspector: Inspector | None = None
         self.bundle = self._load_bundle()
