@@ -107,6 +107,17 @@ def test_done_files_move_to_inspected_and_same_name_again_is_a_new_part(camera):
     assert len(recorder.calls) == 3
 
 
+def test_file_not_inspected_stays_for_the_next_start(camera):
+    recorder = Recorder()
+    watcher = watcher_for(camera, recorder)
+    (camera / "LATE.png").write_bytes(b"l")
+    watcher.poll(now=0.0)
+    assert watcher.poll(now=1.0) == ["LATE.png"]
+    recorder.futures[0].set_exception(RuntimeError("terminal shut down before inspection"))
+    assert (camera / "LATE.png").exists()
+    assert not (camera / INSPECTED / "LATE.png").exists()
+
+
 def test_empty_file_waits_longer_then_counts(camera):
     recorder = Recorder()
     watcher = watcher_for(camera, recorder, empty_s=5.0)

@@ -327,10 +327,11 @@ class Station:
             raise ValueError("give exactly one of data (encoded image bytes) or path")
         if data is not None and not isinstance(data, (bytes, bytearray)):
             raise ValueError(f"data must be bytes, got {type(data).__name__}")
-        if self._closed:
-            raise ValueError("the station is closed")
         job = Job(part_id=part_id, source=source, data=bytes(data) if data else data, path=path)
-        self._queue.put(job)
+        with self._lock:  # no job can slip in behind close()'s stop sentinel
+            if self._closed:
+                raise ValueError("the station is closed")
+            self._queue.put(job)
         return job.future
 
     @property
@@ -593,9 +594,10 @@ class Station:
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the worker after the job in hand; fail queued jobs; close everything."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         leftover: list[Job] = []
         while True:
             try:

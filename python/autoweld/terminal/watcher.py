@@ -157,11 +157,19 @@ class FolderWatcher:
             except ValueError as error:
                 log.error("%s not inspected: %s", path, error)
                 continue
-            future.add_done_callback(lambda _f, n=name, s=signature: self._finished(n, s))
+            future.add_done_callback(lambda f, n=name, s=signature: self._finished(f, n, s))
         return [name for name, _ in ready]
 
-    def _finished(self, name: str, signature: tuple[int, int]) -> None:
-        """Move an inspected file out of the way; if that fails, remember not to redo it."""
+    def _finished(self, future: Future[Any], name: str, signature: tuple[int, int]) -> None:
+        """Move an inspected file out of the way; if that fails, remember not to redo it.
+
+        A job that was never inspected (the terminal shut down first) leaves its file where it
+        is, so the next start inspects it."""
+        if future.cancelled() or future.exception() is not None:
+            log.warning("%s was not inspected; left in place for the next start", name)
+            with self._lock:
+                self._submitted.pop(name, None)
+            return
         if not self.config.move_done:
             return
         source = self.folder / name
