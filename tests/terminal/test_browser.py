@@ -2,7 +2,8 @@
 loopback with a small exported weld bundle; weld images are dropped into its camera folder and
 uploaded through the page; the test reads what an operator would see (decisions, counts, ledger
 rows, verify), tampers with the SQLite ledger and sees verify fail, and stops the server to see
-that a lost connection never leaves a PASS on screen. Screenshots go to the artefacts folder.
+that a lost connection never leaves a PASS on screen. Screenshots go to the artefacts folder
+(conftest.artifacts_dir).
 """
 
 from __future__ import annotations
@@ -190,6 +191,8 @@ def test_operator_runs_a_shift(weld_bundle, terminal_factory, page, echo_plc):
     expect(page.locator("#connection")).to_have_attribute("data-state", "offline")
     expect(page.locator("#decision")).not_to_have_class("decision pass")
     expect(page.locator("#decision-word")).to_have_text("NO CONNECTION")
+    expect(page.locator("#overlay")).to_be_hidden()  # its banner said PASS
+    page.screenshot(path=str(artifacts_dir() / "terminal_offline.png"), full_page=True)
 
 
 def test_refused_bundle_is_shown_and_fails(weld_bundle, terminal_factory, page, tmp_path):

@@ -108,6 +108,10 @@ function renderStatus(s) {
   text("yield", c.yield === null ? "–" : (100 * c.yield).toFixed(1) + " %");
   text("pending", c.pending);
   text("since", "(" + localTime(c.since_utc) + ")");
+  // the decision on screen belongs to the part named under it, not to one still in the queue
+  $("busy").hidden = !(c.pending > 0);
+  const shown = s.latest ? "part " + s.latest.part_id : "no part yet";
+  text("busy", c.pending > 0 ? `Inspecting ${c.pending} part(s)… the result shown is for ${shown}` : "");
   renderLatest(s.latest);
 }
 
@@ -117,9 +121,14 @@ function setConnection(ok, why) {
   el.dataset.state = ok ? "online" : "offline";
   el.textContent = ok ? "online" : "OFFLINE";
   el.title = why || "";
+  document.body.classList.toggle("offline", !ok);
   if (!ok) {
-    // never leave an old decision on screen when we cannot confirm it is current
+    // never leave an old decision on screen when we cannot confirm it is current: not in the
+    // panel, and not in the picture's banner either
     showDecision("none", "NO CONNECTION", "?");
+    $("overlay").hidden = true;
+    $("no-picture").hidden = false;
+    text("no-picture", "No connection to the terminal: the last result is not shown.");
     lastNumber = null;
   }
 }
