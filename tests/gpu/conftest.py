@@ -1,4 +1,4 @@
-"""GPU tests: marked ``gpu`` (tests/conftest.py skips them on machines without an NVIDIA GPU)
+"""GPU tests: each module is marked ``gpu`` (tests/conftest.py skips them on machines without an NVIDIA GPU)
 and skipped with a stated reason when this build lacks CUDA, or CuPy / TensorRT are missing."""
 
 import sys
@@ -9,13 +9,6 @@ import pytest
 from autoweld import native
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))  # tinybundle
-
-
-def pytest_collection_modifyitems(config, items):
-    here = Path(__file__).parent
-    for item in items:
-        if Path(str(item.fspath)).parent == here:
-            item.add_marker(pytest.mark.gpu)
 
 
 @pytest.fixture

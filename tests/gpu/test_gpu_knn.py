@@ -5,6 +5,8 @@ import pytest
 
 from autoweld import native
 
+pytestmark = pytest.mark.gpu
+
 
 def rng_matrix(rows, cols, seed):
     return np.random.default_rng(seed).standard_normal((rows, cols), dtype=np.float32)

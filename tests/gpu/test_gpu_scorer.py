@@ -6,6 +6,8 @@ import pytest
 
 from autoweld import native
 
+pytestmark = pytest.mark.gpu
+
 
 def cpu_reference(emb, maps, bank, neighbours, heads, size, sigma):
     n, (fh, fw) = emb.shape[0], heads[0].feature_map

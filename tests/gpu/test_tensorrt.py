@@ -9,6 +9,8 @@ from autoweld.bundle import load_bundle
 from autoweld.export.tensorrt import TrtBuildOptions, build_tensorrt_plan
 from autoweld.runtime.engine import OnnxRunner, TensorRTRunner, open_engine
 
+pytestmark = pytest.mark.gpu
+
 
 @pytest.mark.slow
 def test_build_plan_and_run_it(tensorrt, cupy, tmp_path):
