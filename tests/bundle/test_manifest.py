@@ -1,10 +1,13 @@
 import json
+import re
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from autoweld.bundle import BundleError, load_bundle, write_bundle
-from autoweld.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME
+from autoweld.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, canonical_json
 
 
 def _manifest():
@@ -138,3 +141,69 @@ def test_bad_inputs_to_writer(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(BundleError, match="no bundle directory"):
         load_bundle(tmp_path / "nothing")
+
+
+def _set(manifest, path, value):
+    node = manifest
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+
+
+# (path into the manifest, bad value, text the error must contain: the field it names)
+BAD_DECISION_FIELDS = [
+    (("fusion", "threshold"), float("nan"), "threshold"),
+    (("fusion", "threshold"), float("inf"), "threshold"),
+    (("fusion", "threshold"), 1.5, "threshold"),
+    (("fusion", "threshold"), 0.0, "threshold"),
+    (("fusion", "threshold"), -0.2, "threshold"),
+    (("fusion", "threshold"), "0.5", "threshold"),
+    (("fusion", "weights", "patchcore"), float("nan"), "fusion weight 'patchcore'"),
+    (("fusion", "weights", "patchcore"), -1.0, "fusion weight 'patchcore'"),
+    (("fusion", "weights", "patchcore"), 0.7, "sum to"),
+    (("fusion", "weights"), {}, "fusion weights"),
+    (("models", "patchcore", "calibration", "a"), float("nan"), "calibration.a"),
+    (("models", "patchcore", "calibration", "b"), float("-inf"), "calibration.b"),
+    (("models", "patchcore", "calibration", "a"), None, "calibration.a"),
+    (("models", "patchcore", "feature_map"), [4], "feature_map"),
+    (("models", "patchcore", "feature_map"), [4, 0], "feature_map"),
+    (("models", "patchcore", "feature_map"), [4, 2.5], "feature_map"),
+    (("models", "patchcore", "feature_map"), [True, 4], "feature_map"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "names"), BAD_DECISION_FIELDS)
+def test_writer_refuses_bad_decision_fields(tmp_path, path, value, names):
+    manifest = _manifest()
+    _set(manifest, path, value)
+    with pytest.raises(BundleError, match=re.escape(names)):
+        write_bundle(tmp_path / "b", manifest, {"model.onnx": b"x"})
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(("path", "value", "names"), BAD_DECISION_FIELDS)
+def test_loader_refuses_bad_decision_fields(bundle_dir, path, value, names):
+    """A manifest edited on disk (json.dumps writes NaN/Infinity) is refused on load too."""
+    manifest_path = bundle_dir / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    _set(manifest, path, value)
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=re.escape(names)):
+        load_bundle(bundle_dir, key=None)
+
+
+def test_good_edge_values_are_accepted(tmp_path):
+    manifest = _manifest()
+    manifest["fusion"]["threshold"] = 1.0
+    manifest["fusion"]["weights"] = {"patchcore": 1.0 - 5e-7}
+    bundle = write_bundle(tmp_path / "b", manifest, {"model.onnx": b"x"})
+    assert bundle.threshold == 1.0
+
+
+def test_canonical_json_refuses_nan():
+    with pytest.raises(ValueError):
+        canonical_json({"x": float("nan")})
+    manifest = _manifest()
+    manifest["trained_on"] = {"f1": float("nan")}  # NaN outside the checked fields
+    with pytest.raises(BundleError, match="not serialisable"):
+        write_bundle(Path(tempfile.mkdtemp()) / "b", manifest, {"model.onnx": b"x"})

@@ -20,7 +20,7 @@ from tinybundle import (
 
 from autoweld import native
 from autoweld.bundle import BundleError, load_bundle
-from autoweld.runtime.inspector import STAGES, Inspector, failed_result
+from autoweld.runtime.inspector import STAGES, Inspector, decide, failed_result
 
 pytestmark = requires_native
 
@@ -265,3 +265,36 @@ def test_inspection_never_imports_torch(tiny_bundle):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["PASS", "0"]
+
+
+@pytest.mark.parametrize(
+    ("probability", "threshold"),
+    [
+        (float("nan"), 0.5),
+        (0.1, float("nan")),
+        (float("nan"), float("nan")),
+        (0.1, float("inf")),
+        (0.1, 1.5),
+        (0.1, 0.0),
+        (float("-inf"), 0.5),
+    ],
+)
+def test_decide_never_passes_on_nan_or_impossible_threshold(probability, threshold):
+    assert decide(probability, threshold) == "FAIL"
+
+
+def test_decide_compares_fail_at_or_above_threshold():
+    assert decide(0.49, 0.5) == "PASS"
+    assert decide(0.5, 0.5) == "FAIL"
+    assert decide(0.999, 1.0) == "PASS"
+
+
+def test_inspector_with_nan_threshold_fails_a_good_part(tiny_bundle):
+    """Defence in depth: even if a NaN threshold got past the bundle checks, no PASS."""
+    with Inspector(tiny_bundle) as inspector:
+        good = inspector.inspect(normal_image(1))
+        assert good.decision == "PASS"  # the part itself is fine
+        inspector.threshold = float("nan")
+        assert inspector.inspect(normal_image(1)).decision == "FAIL"
+        inspector.threshold = 1.5
+        assert inspector.inspect(normal_image(1)).decision == "FAIL"

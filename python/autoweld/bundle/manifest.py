@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ DEFAULT_BUNDLE_KEY_ID = "bundle-k1"
 HEAD_KINDS = ("knn", "map")
 _REQUIRED_KEYS = ("format_version", "category", "preprocess", "engine", "models", "fusion", "files")
 _CHUNK = 1 << 20
+_WEIGHT_SUM_TOLERANCE = 1e-6
 
 
 class BundleError(ValueError):
@@ -151,8 +153,12 @@ def sha256_file(path: Path) -> str:
 
 
 def canonical_json(obj: Any) -> bytes:
-    """The one serialisation of the manifest: sorted keys, two-space indent, UTF-8, newline."""
-    return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    """The one serialisation of the manifest: sorted keys, two-space indent, UTF-8, newline.
+
+    NaN and infinities are refused (``ValueError``): they are not JSON, and a NaN threshold
+    would pass every part."""
+    text = json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
+    return (text + "\n").encode("utf-8")
 
 
 def bundle_key_from_env() -> tuple[str, bytes] | None:
@@ -208,7 +214,10 @@ def write_bundle(
         full.setdefault("format_version", FORMAT_VERSION)
         full["files"] = listed
         _check_manifest(full, staging / MANIFEST_NAME)
-        manifest_bytes = canonical_json(full)
+        try:
+            manifest_bytes = canonical_json(full)
+        except ValueError as error:  # NaN/Infinity somewhere the checks above do not look
+            raise BundleError(f"{out_dir / MANIFEST_NAME}: not serialisable ({error})") from None
         (staging / MANIFEST_NAME).write_bytes(manifest_bytes)
         if sign_with is not None:
             key_id, key = sign_with
@@ -254,13 +263,55 @@ def _check_manifest(manifest: Mapping[str, Any], where: Path) -> None:
                 raise BundleError(f"{where}: model {name!r} lacks {key!r}")
         if spec["kind"] not in HEAD_KINDS:
             raise BundleError(f"{where}: model {name!r} has unknown kind {spec['kind']!r}")
-    weights = manifest["fusion"].get("weights", {})
+        _check_feature_map(spec["feature_map"], f"{where}: model {name!r} feature_map")
+        calibration = spec["calibration"]
+        if not isinstance(calibration, Mapping):
+            raise BundleError(f"{where}: model {name!r} calibration must be an object")
+        for key in ("a", "b"):
+            _finite_number(calibration.get(key), f"{where}: model {name!r} calibration.{key}")
+    fusion = manifest["fusion"]
+    if not isinstance(fusion, Mapping):
+        raise BundleError(f"{where}: fusion must be an object")
+    weights = fusion.get("weights", {})
+    if not isinstance(weights, Mapping) or not weights:
+        raise BundleError(f"{where}: fusion weights must be a non-empty object")
     if set(weights) - set(models):
         raise BundleError(
             f"{where}: fusion weights name unknown models {sorted(set(weights) - set(models))}"
         )
-    if "threshold" not in manifest["fusion"]:
+    total = 0.0
+    for name, weight in weights.items():
+        value = _finite_number(weight, f"{where}: fusion weight {name!r}")
+        if value < 0.0:
+            raise BundleError(f"{where}: fusion weight {name!r} is negative ({value!r})")
+        total += value
+    if abs(total - 1.0) > _WEIGHT_SUM_TOLERANCE:
+        raise BundleError(f"{where}: fusion weights sum to {total!r}, not 1")
+    if "threshold" not in fusion:
         raise BundleError(f"{where}: fusion lacks 'threshold'")
+    threshold = _finite_number(fusion["threshold"], f"{where}: fusion threshold")
+    if not 0.0 < threshold <= 1.0:
+        # fused probabilities lie in [0, 1]: a threshold above 1 would pass every part
+        raise BundleError(f"{where}: fusion threshold {threshold!r} is outside (0, 1]")
+
+
+def _finite_number(value: Any, what: str) -> float:
+    """``value`` as a float if it is a finite JSON number (not a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BundleError(f"{what} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise BundleError(f"{what} must be finite, got {value!r}")
+    return number
+
+
+def _check_feature_map(value: Any, what: str) -> None:
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
+    ):
+        raise BundleError(f"{what} must be two positive integers, got {value!r}")
 
 
 def load_bundle(

@@ -25,7 +25,14 @@ from autoweld.bundle import Bundle, HeadSpec, load_bundle
 from autoweld.runtime.decode import DecodeLimits, check_array, decode_image
 from autoweld.runtime.engine import OnnxRunner, open_engine
 
-__all__ = ["STAGES", "ImageInput", "InspectionResult", "Inspector", "failed_result"]
+__all__ = [
+    "STAGES",
+    "ImageInput",
+    "InspectionResult",
+    "Inspector",
+    "decide",
+    "failed_result",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +98,22 @@ def failed_result(
         timings_ms=dict(timings_ms or {}),
         error=error,
     )
+
+
+def decide(probability: float, threshold: float) -> str:
+    """``"PASS"`` only for a finite probability strictly below a finite threshold in (0, 1].
+
+    Written so that NaN anywhere gives FAIL: ``nan >= t`` is False, so the obvious
+    ``"FAIL" if p >= t else "PASS"`` would pass a part on a NaN probability or threshold.
+    """
+    if (
+        math.isfinite(probability)
+        and math.isfinite(threshold)
+        and 0.0 < threshold <= 1.0
+        and probability < threshold
+    ):
+        return "PASS"
+    return "FAIL"
 
 
 def _describe(error: BaseException) -> str:
@@ -388,7 +411,7 @@ class Inspector:
                 continue
             results.append(
                 InspectionResult(
-                    decision="FAIL" if probability >= self.threshold else "PASS",
+                    decision=decide(probability, self.threshold),
                     probability=probability,
                     scores=scores_i,
                     probabilities=probs_i,
