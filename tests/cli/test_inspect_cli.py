@@ -250,3 +250,20 @@ def test_ledger_without_key_is_a_usage_error(capsys, tiny_bundle, tmp_path, monk
     base = ["--bundle", str(tiny_bundle), "--image", str(image), "--part-id", "P1"]
     assert main([*base, "--ledger", f"sqlite:///{tmp_path}/l.db"]) == 2
     assert "--ledger" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--part-id", " "), ("--part-id", "VIN\x07"), ("--part-id", "P" * 201), ("--station", "  ")],
+)
+def test_bad_part_or_station_id_is_a_usage_error(
+    capsys, tiny_bundle, tmp_path, monkeypatch, flag, value
+):
+    """Checked before inspecting: exit 2, and neither a record nor a ledger file appears."""
+    monkeypatch.setenv("AUTOWELD_SECRET_KEY", "unit-test-secret")
+    image = _image(tmp_path, normal_image(1))
+    argv = ["--bundle", str(tiny_bundle), "--image", str(image), "--part-id", "P1"]
+    argv += ["--station", "cell-1", "--ledger", f"sqlite:///{tmp_path}/l.db", flag, value]
+    assert main(argv) == 2
+    assert flag in capsys.readouterr().err
+    assert not (tmp_path / "l.db").exists()

@@ -2,10 +2,17 @@
 ledger and a real TCP PLC on loopback."""
 
 import sqlite3
+from dataclasses import dataclass, field
 
 import pytest
 
-from autoweld.quality import LedgerError, open_ledger, open_plc, signal_and_record
+from autoweld.quality import (
+    LedgerError,
+    open_ledger,
+    open_plc,
+    record_inspection,
+    signal_and_record,
+)
 from autoweld.quality.plc import TCP_CODES
 
 from .conftest import make_record
@@ -56,3 +63,105 @@ def test_written_pass_is_signalled_once_and_recorded(db, byte_server_factory):
         assert (stored.decision, stored.plc_delivered, stored.seq) == ("PASS", True, 2)
         assert plc.wait_received(1, timeout=0.2) == [PASS]
         assert ledger.verify().ok
+
+
+@dataclass
+class Result:
+    """The fields record_inspection reads from the runtime's InspectionResult."""
+
+    decision: str = "PASS"
+    probability: float = 0.2
+    scores: dict = field(default_factory=lambda: {"patchcore": 1.5})
+    probabilities: dict = field(default_factory=lambda: {"patchcore": 0.2})
+    threshold: float = 0.5
+    error: str | None = None
+
+
+def _record(result, ledger, link=None, part_id="VIN-1", station_id="cell-1"):
+    return record_inspection(
+        result,
+        part_id=part_id,
+        station_id=station_id,
+        bundle_sha256="ab" * 32,
+        package_version="0.1.0",
+        ledger=ledger,
+        link=link,
+    )
+
+
+def test_record_inspection_writes_and_signals_a_pass(db, byte_server_factory):
+    plc = byte_server_factory("echo")
+    with open_ledger(db) as ledger, open_plc(f"tcp://127.0.0.1:{plc.port}", timeout=1.0) as link:
+        outcome = _record(Result(), ledger, link)
+    assert (outcome.decision, outcome.error, outcome.plc_delivered) == ("PASS", None, True)
+    assert outcome.record_seq == 1 and outcome.record.fused_probability == 0.2
+    assert plc.wait_received(1, timeout=0.2) == [PASS]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "part_id", "station_id", "reason"),
+    [
+        ({"probability": 1.5, "decision": "FAIL"}, "VIN-1", "cell-1", "fused_probability"),
+        ({"probabilities": {"patchcore": -0.3}}, "VIN-1", "cell-1", "probabilities"),
+        ({}, "   ", "cell-1", "part_id"),
+        ({}, "VIN-1", " ", "station_id"),
+        ({}, "VIN\x00", "cell-1", "part_id"),
+    ],
+)
+def test_refused_record_becomes_a_minimal_recorded_fail(
+    db, byte_server_factory, overrides, part_id, station_id, reason
+):
+    plc = byte_server_factory("echo")
+    with open_ledger(db) as ledger, open_plc(f"tcp://127.0.0.1:{plc.port}", timeout=1.0) as link:
+        outcome = _record(Result(**overrides), ledger, link, part_id, station_id)
+        assert ledger.verify().ok
+        assert ledger.count() == 2  # the inspection did not go unrecorded
+    assert outcome.decision == "FAIL" and outcome.record_seq == 1
+    assert "quality record refused" in outcome.error and reason in outcome.error
+    stored = outcome.record
+    assert stored.decision == "FAIL" and stored.error == outcome.error
+    assert stored.fused_probability is None and dict(stored.probabilities) == {}
+    if part_id.strip() and part_id.isprintable():
+        assert stored.part_id == part_id
+    else:
+        assert stored.part_id == "INVALID-PART-ID"
+    assert plc.wait_received(1, timeout=0.2) == [FAIL]
+
+
+def test_probability_round_off_is_clamped_not_refused(db):
+    with open_ledger(db) as ledger:
+        outcome = _record(
+            Result(decision="FAIL", probability=1.0 + 1e-9, probabilities={"patchcore": -1e-9}),
+            ledger,
+        )
+    assert outcome.error is None and outcome.record.fused_probability == 1.0
+    assert outcome.record.probabilities == {"patchcore": 0.0}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"error": "engine crashed"},
+        {"probability": float("nan")},
+        {"threshold": float("nan")},
+        {"probability": 0.7},  # a "PASS" above its threshold
+        {"decision": "MAYBE"},
+    ],
+)
+def test_inconsistent_pass_is_recorded_as_fail(db, overrides):
+    with open_ledger(db) as ledger:
+        outcome = _record(Result(**overrides), ledger)
+    assert outcome.decision == "FAIL" and outcome.record.decision == "FAIL"
+    assert outcome.error and outcome.record.error == outcome.error
+
+
+def test_unwritable_record_is_a_fail_and_corrected_on_the_plc(db, byte_server_factory):
+    plc = byte_server_factory("echo")
+    with open_ledger(db) as ledger, open_plc(f"tcp://127.0.0.1:{plc.port}", timeout=1.0) as link:
+        break_ledger(db)
+        outcome = _record(Result(), ledger, link)
+        received = plc.wait_received(2)
+    assert outcome.decision == "FAIL" and outcome.record is None
+    assert outcome.error.startswith("ledger write failed")
+    assert outcome.plc_delivered is True  # the FAIL that now stands was delivered
+    assert received == [PASS, FAIL]

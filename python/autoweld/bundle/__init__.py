@@ -8,6 +8,7 @@ from autoweld.bundle.manifest import (
     PreprocessSpec,
     bundle_key_from_env,
     load_bundle,
+    manifest_identity,
     sha256_file,
     write_bundle,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "PreprocessSpec",
     "bundle_key_from_env",
     "load_bundle",
+    "manifest_identity",
     "sha256_file",
     "write_bundle",
 ]

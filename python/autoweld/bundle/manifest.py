@@ -152,6 +152,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def manifest_identity(bundle_dir: str | Path) -> str:
+    """sha256 of ``manifest.json`` even for a bundle that is refused, so a record can name it.
+
+    Without a readable manifest it is the sha256 of no bytes (e3b0c442...), which names no
+    bundle; the record's error then says why.
+    """
+    try:
+        data = (Path(bundle_dir) / MANIFEST_NAME).read_bytes()
+    except OSError:
+        data = b""
+    return hashlib.sha256(data).hexdigest()
+
+
 def canonical_json(obj: Any) -> bytes:
     """The one serialisation of the manifest: sorted keys, two-space indent, UTF-8, newline.
 

@@ -8,8 +8,10 @@ provider, a ledger/PLC URL that cannot be opened), where no inspection took plac
 Order of work: inspect -> heat-map (if asked) -> PLC signal (if ``--plc``) -> ledger record (if
 ``--ledger``). The PLC is told first so it never waits on the database; the record then holds
 whether the PLC got the signal. If the record cannot be written the result becomes a FAIL with
-the reason (an inspection without its record does not count as a pass), although the PLC may
-already have been told the original decision.
+the reason (an inspection without its record does not count as a pass) and a PASS already told
+to the PLC is corrected with a FAIL; a record that is refused is replaced by a minimal FAIL record
+carrying the reason (see ``autoweld.quality.record_inspection`` and docs/ledger.md). The part and
+station ids are checked before anything is inspected (exit 2).
 
 ``--json`` prints exactly one JSON object on stdout with the keys ``decision``, ``probability``,
 ``scores``, ``probabilities``, ``threshold``, ``timings_ms``, ``record_seq``, ``plc_delivered`` and
@@ -22,7 +24,6 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import os
 import socket
 import sys
@@ -102,19 +103,6 @@ def _open_quality(args: argparse.Namespace) -> tuple[Any, Any]:
     return ledger, link
 
 
-def _bundle_identity(bundle_dir: Path) -> str:
-    """sha256 of manifest.json even when the bundle is refused (so the record names it).
-
-    Without a readable manifest it is the sha256 of no bytes (e3b0c442...), which names no
-    bundle; the record's error then says why.
-    """
-    try:
-        data = (bundle_dir / "manifest.json").read_bytes()
-    except OSError:
-        data = b""
-    return hashlib.sha256(data).hexdigest()
-
-
 def _write_heatmap(path: str, image_path: str, result: Any, limits: Any) -> str:
     """Render and save the heat-map; returns its sha256."""
     from autoweld.runtime.decode import decode_image
@@ -133,11 +121,7 @@ def _write_heatmap(path: str, image_path: str, result: Any, limits: Any) -> str:
     return hashlib.sha256(written.read_bytes()).hexdigest()
 
 
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
-
-
-def _signal_and_record(
+def _record_and_signal(
     args: argparse.Namespace,
     result: Any,
     bundle_sha256: str,
@@ -145,58 +129,46 @@ def _signal_and_record(
     ledger: Any,
     link: Any,
 ) -> tuple[bool | None, int | None]:
-    """PLC first, then the ledger (autoweld.quality.signal_and_record); returns (delivered, seq).
-
-    A failure to write the record turns the result into a FAIL with the reason.
-    """
+    """PLC and ledger through :func:`autoweld.quality.record_inspection`; returns (delivered,
+    seq). The result's decision and error are updated: a record that could not be written, or
+    was refused (then a minimal FAIL record stands for it), makes the inspection a FAIL."""
     if ledger is None and link is None:
         return None, None
-    from autoweld.quality import InspectionRecord, signal_and_record
+    from autoweld.quality import record_inspection
 
-    try:
-        record = InspectionRecord(
-            station_id=args.station,
-            part_id=args.part_id,
-            bundle_sha256=bundle_sha256,
-            package_version=__version__,
-            scores=result.scores,
-            probabilities=result.probabilities,
-            fused_probability=_finite_or_none(result.probability),
-            threshold=_finite_or_none(result.threshold),
-            decision=result.decision,
-            heatmap_sha256=heatmap_sha256,
-            heatmap_path=str(Path(args.heatmap).resolve()) if heatmap_sha256 else None,
-            error=result.error,
-        )
-    except ValueError as error:  # a record we cannot even build: tell the PLC FAIL, say why
-        log.error("quality record refused: %s", error)
-        result.decision = "FAIL"
-        result.error = f"quality record refused: {error}"
-        delivered = bool(link.send("FAIL")) if link is not None else None
-        return delivered, None
-    delivered = None
-    try:
-        stored = signal_and_record(record, ledger, link)
-        delivered = stored.plc_delivered
-        return delivered, (int(stored.seq) if ledger is not None else None)
-    except Exception as error:  # noqa: BLE001 - an unrecorded inspection is not a pass
-        log.error("ledger write failed: %s", error)
-        result.decision = "FAIL"
-        result.error = f"ledger write failed: {error}" + (
-            f" (after: {result.error})" if result.error else ""
-        )
-        return delivered, None
+    outcome = record_inspection(
+        result,
+        part_id=args.part_id,
+        station_id=args.station,
+        bundle_sha256=bundle_sha256,
+        package_version=__version__,
+        ledger=ledger,
+        link=link,
+        heatmap_sha256=heatmap_sha256,
+        heatmap_path=str(Path(args.heatmap).resolve()) if heatmap_sha256 else None,
+    )
+    result.decision, result.error = outcome.decision, outcome.error
+    return outcome.plc_delivered, outcome.record_seq
 
 
 def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     """Do one inspection; returns (exit status, the JSON object)."""
-    from autoweld.bundle import BundleError
+    from autoweld.bundle import BundleError, manifest_identity
+    from autoweld.quality.record import check_part_id, check_station_id
     from autoweld.runtime.decode import DecodeLimits
     from autoweld.runtime.engine import resolve_providers
     from autoweld.runtime.inspector import Inspector, failed_result
 
     # Usage errors first: nothing is inspected or recorded for them.
     resolve_providers(args.providers)
+    try:
+        args.part_id = check_part_id(args.part_id)
+    except ValueError as error:
+        raise ValueError(f"--part-id: {error}") from None
+    try:
+        args.station = check_station_id(args.station)
+    except ValueError as error:
+        raise ValueError(f"--station: {error}") from None
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if not args.max_megapixels > 0:
@@ -208,7 +180,7 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
 
     try:
         bundle_dir = Path(args.bundle)
-        bundle_sha256 = _bundle_identity(bundle_dir)
+        bundle_sha256 = manifest_identity(bundle_dir)
         start = time.perf_counter()
         inspector = None
         try:
@@ -233,7 +205,7 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             except Exception as error:  # noqa: BLE001 - a missing picture must not hide a result
                 log.warning("heat-map not written: %s", error)
 
-        plc_delivered, record_seq = _signal_and_record(
+        plc_delivered, record_seq = _record_and_signal(
             args, result, bundle_sha256, heatmap_sha256, ledger, link
         )
     finally:

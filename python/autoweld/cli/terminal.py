@@ -116,11 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as error:
         return usage(f"the terminal needs its extra: pip install 'autoweld[terminal]' ({error})")
     from autoweld.runtime.engine import resolve_providers
-    from autoweld.terminal.station import Station, StationConfig, check_part_id
+    from autoweld.quality.record import check_station_id
+    from autoweld.terminal.station import Station, StationConfig
     from autoweld.terminal.watcher import FolderWatcher, WatchConfig
 
     try:
-        check_part_id(args.station)  # same rules: printable, non-empty
+        args.station = check_station_id(args.station)  # printable, non-empty, <= 200
         resolve_providers(args.providers)
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")

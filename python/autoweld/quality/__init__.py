@@ -3,8 +3,18 @@
 from autoweld.quality.keys import KeyRing, MissingKeyError, load_keyring
 from autoweld.quality.ledger import Ledger, LedgerError, VerifyReport, open_ledger
 from autoweld.quality.plc import PlcLink, open_plc
-from autoweld.quality.record import GENESIS_MAC, InspectionRecord
-from autoweld.quality.station import signal_and_record
+from autoweld.quality.record import (
+    GENESIS_MAC,
+    InspectionRecord,
+    check_part_id,
+    check_station_id,
+)
+from autoweld.quality.station import (
+    RecordedInspection,
+    finite_or_none,
+    record_inspection,
+    signal_and_record,
+)
 
 __all__ = [
     "GENESIS_MAC",
@@ -14,9 +24,14 @@ __all__ = [
     "LedgerError",
     "MissingKeyError",
     "PlcLink",
+    "RecordedInspection",
     "VerifyReport",
+    "check_part_id",
+    "check_station_id",
+    "finite_or_none",
     "load_keyring",
     "open_ledger",
     "open_plc",
+    "record_inspection",
     "signal_and_record",
 ]

@@ -44,6 +44,31 @@ def _text(name: str, value: Any, optional: bool = False) -> str | None:
     return value
 
 
+#: Longest part or station id the stations accept (a VIN is 17 characters).
+MAX_ID_LENGTH = 200
+
+
+def _check_id(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_ID_LENGTH or not value.isprintable():
+        raise ValueError(
+            f"{name} must be printable and at most {MAX_ID_LENGTH} characters, got {value!r}"
+        )
+    return value.strip()
+
+
+def check_part_id(part_id: object) -> str:
+    """A part id as the stations take it: a non-empty, printable string of at most
+    :data:`MAX_ID_LENGTH` characters, without surrounding white space. ``ValueError`` otherwise."""
+    return _check_id("part_id", part_id)
+
+
+def check_station_id(station_id: object) -> str:
+    """A station id, checked like :func:`check_part_id`."""
+    return _check_id("station_id", station_id)
+
+
 def _model_map(name: str, values: Any, unit_interval: bool) -> dict[str, float]:
     if not isinstance(values, Mapping):
         raise ValueError(f"{name} must be a mapping of model name to number, got {values!r}")

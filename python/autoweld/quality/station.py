@@ -1,19 +1,50 @@
-"""The order of the two outputs of one inspection: PLC first, then the ledger record
-(docs/ledger.md, "Why this order")."""
+"""One inspection's two outputs, the PLC signal and the ledger record, in a fail-safe order
+(docs/ledger.md, "Why this order").
+
+:func:`record_inspection` is what ``autoweld-inspect`` and the terminal call after inspecting: it
+builds the record (or, if the record is refused, a minimal FAIL record carrying the reason, so no
+inspection goes unrecorded), signals the PLC and appends the record through
+:func:`signal_and_record`. See docs/ledger.md, "Why this order".
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from autoweld.quality.ledger import Ledger
 from autoweld.quality.plc import PlcLink
-from autoweld.quality.record import InspectionRecord
+from autoweld.quality.record import InspectionRecord, check_part_id, check_station_id
+
+__all__ = [
+    "CORRECTIVE_FAIL_ATTEMPTS",
+    "RecordedInspection",
+    "finite_or_none",
+    "record_inspection",
+    "signal_and_record",
+]
 
 log = logging.getLogger(__name__)
 
 #: How often a corrective FAIL is tried when a PASS was signalled but its record not written.
 CORRECTIVE_FAIL_ATTEMPTS = 3
+#: Round-off allowance when a probability is clamped into [0, 1] for the record.
+PROBABILITY_SLACK = 1e-6
+#: What the record says instead of a part or station id it could not take.
+INVALID_PART_ID = "INVALID-PART-ID"
+INVALID_STATION_ID = "INVALID-STATION-ID"
+#: The minimal record's error is cut here (the refused value may be long).
+MAX_ERROR_CHARS = 1000
+
+
+def finite_or_none(value: object) -> float | None:
+    """``float(value)`` when it is a finite real number, else ``None`` (JSON has no NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def signal_and_record(
@@ -25,7 +56,7 @@ def signal_and_record(
     If the append raises after a PASS was signalled, a corrective FAIL is sent at once (up to
     :data:`CORRECTIVE_FAIL_ATTEMPTS` tries) before the error propagates: a part whose record could
     not be written never keeps PASS as the last signal the PLC received. The caller must then
-    treat the inspection as a FAIL. Why this order: docs/ledger.md.
+    treat the inspection as a FAIL (``record_inspection`` does). Why this order: docs/ledger.md.
     Returns the stored record (or the record with ``plc_delivered`` set, without a ledger).
     """
     delivered = link.send(record.decision) if link is not None else None
@@ -52,3 +83,170 @@ def _corrective_fail(link: PlcLink, part_id: str) -> bool:
         part_id,
     )
     return False
+
+
+class InspectionLike(Protocol):
+    """What :func:`record_inspection` reads from an inspection result (the runtime's
+    ``InspectionResult`` fits; quality does not import the runtime)."""
+
+    decision: str
+    probability: float
+    scores: Mapping[str, float]
+    probabilities: Mapping[str, float]
+    threshold: float
+    error: str | None
+
+
+@dataclass(frozen=True)
+class RecordedInspection:
+    """What became of one inspection: the stored record (``None`` without a ledger or when it
+    could not be written), the final decision, whether the PLC got it, and the error (``None``
+    only for a clean inspection whose record, if a ledger is configured, was written).
+    ``decision`` is ``"PASS"`` only if the inspection passed *and* its record was written."""
+
+    record: InspectionRecord | None
+    decision: str
+    plc_delivered: bool | None
+    error: str | None
+
+    @property
+    def record_seq(self) -> int | None:
+        return int(self.record.seq) if self.record is not None and self.record.seq else None
+
+
+def _probability(value: object) -> float | None:
+    """A probability for the record: None when not finite; values within round-off of [0, 1]
+    are clamped; anything further out is kept, so the record refuses it with the reason."""
+    number = finite_or_none(value)
+    if number is None:
+        return None
+    if -PROBABILITY_SLACK <= number <= 1.0 + PROBABILITY_SLACK:
+        return min(1.0, max(0.0, number))
+    return number
+
+
+def _joined(error: str, before: str | None) -> str:
+    return error + (f" (after: {before})" if before else "")
+
+
+def _decision_of(result: InspectionLike) -> tuple[str, str | None]:
+    """The result's decision, with anything inconsistent turned into a FAIL and a reason."""
+    error = result.error
+    if result.decision not in ("PASS", "FAIL"):
+        return "FAIL", _joined(f"unknown decision {result.decision!r}", error)
+    if result.decision == "PASS":
+        if error is not None:
+            return "FAIL", error
+        probability, threshold = (
+            finite_or_none(result.probability),
+            finite_or_none(result.threshold),
+        )
+        if probability is None or threshold is None or not probability < threshold:
+            return "FAIL", (
+                f"PASS refused: probability {result.probability!r} is not finite and below "
+                f"threshold {result.threshold!r}"
+            )
+    return result.decision, error
+
+
+def record_inspection(
+    result: InspectionLike,
+    *,
+    part_id: str,
+    station_id: str,
+    bundle_sha256: str,
+    package_version: str,
+    ledger: Ledger | None = None,
+    link: PlcLink | None = None,
+    heatmap_sha256: str | None = None,
+    heatmap_path: str | None = None,
+) -> RecordedInspection:
+    """Record and signal one inspection result; never raises for ledger, PLC or record trouble.
+
+    * The record is built from the result; if it is refused (a whitespace part id, a fused
+      probability outside [0, 1], ...), a minimal FAIL record is written instead that carries the
+      reason and drops the offending values — placeholders stand in for an unusable part or
+      station id — so no inspection goes unrecorded.
+    * :func:`signal_and_record` then signals the PLC and appends the record. FAIL is always
+      signalled at once; a PASS whose record cannot be written is corrected with a FAIL.
+    * Without a ledger and a PLC link nothing is signalled or recorded.
+    """
+    decision, error = _decision_of(result)
+    if ledger is None and link is None:
+        return RecordedInspection(None, decision, None, error)
+    try:
+        record = InspectionRecord(
+            station_id=check_station_id(station_id),
+            part_id=check_part_id(part_id),
+            bundle_sha256=bundle_sha256,
+            package_version=package_version,
+            scores=dict(result.scores),
+            probabilities={k: _probability(v) for k, v in result.probabilities.items()},
+            fused_probability=_probability(result.probability),
+            threshold=finite_or_none(result.threshold),
+            decision=decision,
+            heatmap_sha256=heatmap_sha256,
+            heatmap_path=heatmap_path,
+            error=error,
+        )
+    except ValueError as refused:
+        log.error("quality record refused for part %r: %s", part_id, refused)
+        decision, error = "FAIL", _joined(f"quality record refused: {refused}", error)
+        record = _minimal_record(part_id, station_id, bundle_sha256, package_version, error)
+        if record is None:  # pragma: no cover - the minimal record takes only checked values
+            delivered = link.send("FAIL") if link is not None else None
+            return RecordedInspection(None, decision, delivered, error)
+        error = record.error
+    try:
+        stored = signal_and_record(record, ledger, link)
+    except Exception as failure:  # noqa: BLE001 - an unrecorded inspection is not a pass
+        log.error("ledger write failed for part %r: %s", part_id, failure)
+        delivered = link.last_delivered if link is not None else None
+        return RecordedInspection(
+            None, "FAIL", delivered, _joined(f"ledger write failed: {failure}", error)
+        )
+    return RecordedInspection(
+        stored if ledger is not None else None,
+        stored.decision,
+        stored.plc_delivered,
+        error,
+    )
+
+
+def _minimal_record(
+    part_id: str, station_id: str, bundle_sha256: str, package_version: str, error: str
+) -> InspectionRecord | None:
+    """A FAIL record with only values that are known to be acceptable."""
+    notes = []
+    try:
+        part = check_part_id(part_id)
+    except ValueError:
+        part = INVALID_PART_ID
+        notes.append("part id replaced by " + INVALID_PART_ID)
+    try:
+        station = check_station_id(station_id)
+    except ValueError:
+        station = INVALID_STATION_ID
+        notes.append("station id replaced by " + INVALID_STATION_ID)
+    bundle = bundle_sha256 if isinstance(bundle_sha256, str) else ""
+    if len(bundle) != 64 or any(c not in "0123456789abcdef" for c in bundle):
+        bundle = "0" * 64
+        notes.append("bundle sha256 replaced by zeros")
+    version = package_version
+    if not isinstance(version, str) or not version.strip():
+        version = "unknown"
+    if len(error) > MAX_ERROR_CHARS:
+        error = error[: MAX_ERROR_CHARS - 3] + "..."
+    text = error + (f" [{'; '.join(notes)}]" if notes else "")
+    try:
+        return InspectionRecord(
+            station_id=station,
+            part_id=part,
+            bundle_sha256=bundle,
+            package_version=version,
+            decision="FAIL",
+            error=text,
+        )
+    except ValueError as still:  # pragma: no cover - see the checks above
+        log.critical("even the minimal record was refused: %s", still)
+        return None

@@ -4,9 +4,10 @@ Every image, whether it came from the watched folder or was uploaded from the pa
 :class:`Job` on one queue. A single worker thread takes jobs in arrival order and, for each one:
 inspects it (the :class:`~autoweld.runtime.inspector.Inspector` never raises: a bad image is a
 FAIL with the reason), renders the heat-map overlay for the page, tells the PLC and writes the
-signed ledger record (:func:`autoweld.quality.signal_and_record`: PLC first, then the record).
-If the record cannot be written the result becomes a FAIL with the reason, as in
-``autoweld-inspect``: an inspection without its record never counts as a pass.
+signed ledger record (:func:`autoweld.quality.record_inspection`, shared with
+``autoweld-inspect``: PLC first, then the record; a PASS whose record cannot be written is
+corrected with a FAIL, and a refused record is replaced by a minimal FAIL record). An inspection
+without its record never counts as a pass.
 
 Threads and the ledger: the worker owns the ledger connection that writes. Everything the web
 page reads (records, verify) goes through a second connection opened **read-only**, shared by the
@@ -19,7 +20,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
-import math
 import queue
 import threading
 import time
@@ -33,6 +33,9 @@ import cv2
 import numpy as np
 
 from autoweld import __version__
+from autoweld.bundle import manifest_identity
+from autoweld.quality.record import check_part_id, check_station_id
+from autoweld.quality.station import finite_or_none
 from autoweld.runtime.decode import DecodeLimits, decode_image
 from autoweld.runtime.heatmap import render_heatmap
 from autoweld.runtime.inspector import InspectionResult, Inspector, failed_result
@@ -45,18 +48,6 @@ log = logging.getLogger(__name__)
 OVERLAY_MAX_SIDE = 1024
 #: How far back the "parts per minute" rate looks.
 RATE_WINDOW_S = 300.0
-_MAX_PART_ID = 200
-
-
-def check_part_id(part_id: object) -> str:
-    """A part id as the ledger takes it: a non-empty, printable string of at most 200 chars."""
-    if not isinstance(part_id, str) or not part_id.strip():
-        raise ValueError(f"part_id must be a non-empty string, got {part_id!r}")
-    if len(part_id) > _MAX_PART_ID or not part_id.isprintable():
-        raise ValueError(
-            f"part_id must be printable and at most {_MAX_PART_ID} characters, got {part_id!r}"
-        )
-    return part_id.strip()
 
 
 @dataclass(frozen=True)
@@ -152,10 +143,6 @@ class Outcome:
         }
 
 
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
 def _settle(
     future: Future[Outcome], outcome: Outcome | None = None, error: BaseException | None = None
 ) -> None:
@@ -167,15 +154,6 @@ def _settle(
             future.set_result(outcome)  # type: ignore[arg-type]
     except InvalidStateError:
         pass
-
-
-def _bundle_identity(bundle_dir: Path) -> str:
-    """sha256 of manifest.json even when the bundle is refused, so the record names it."""
-    try:
-        data = (bundle_dir / "manifest.json").read_bytes()
-    except OSError:
-        data = b""
-    return hashlib.sha256(data).hexdigest()
 
 
 def _placeholder_image() -> np.ndarray:
@@ -228,6 +206,7 @@ class Station:
     ) -> None:
         from autoweld.quality import open_ledger, open_plc
 
+        check_station_id(config.station_id)  # before anything is opened or inspected
         self.config = config
         self.started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
         # The PLC link first: it connects lazily, so a bad URL fails here before a ledger
@@ -295,7 +274,7 @@ class Station:
         log.error("%s: every inspection will FAIL", reason)
         return BundleInfo(
             path=str(bundle_dir),
-            sha256=_bundle_identity(bundle_dir),
+            sha256=manifest_identity(bundle_dir),
             category=None,
             threshold=None,
             threshold_method=None,
@@ -405,10 +384,10 @@ class Station:
             part_id=job.part_id,
             source=job.source,
             decision="PASS" if result.decision == "PASS" and result.error is None else "FAIL",
-            probability=_finite_or_none(result.probability),
+            probability=finite_or_none(result.probability),
             probabilities=dict(result.probabilities),
             scores=dict(result.scores),
-            threshold=_finite_or_none(result.threshold),
+            threshold=finite_or_none(result.threshold),
             error=result.error,
             utc_time=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             record_seq=record_seq,
@@ -467,42 +446,24 @@ class Station:
         heatmap_sha256: str | None,
         heatmap_path: str | None,
     ) -> tuple[int | None, bool | None]:
-        """PLC first, then the ledger; a record that cannot be written turns the result into a
-        FAIL with the reason (the PLC may already have been told the original decision)."""
-        from autoweld.quality import InspectionRecord, signal_and_record
+        """PLC and ledger through :func:`autoweld.quality.record_inspection`: a record that
+        cannot be written turns the result into a FAIL with the reason (a PASS already signalled
+        is corrected with a FAIL); a refused record is replaced by a minimal FAIL record."""
+        from autoweld.quality import record_inspection
 
-        try:
-            record = InspectionRecord(
-                station_id=self.config.station_id,
-                part_id=job.part_id,
-                bundle_sha256=self.bundle.sha256,
-                package_version=__version__,
-                scores=result.scores,
-                probabilities=result.probabilities,
-                fused_probability=_finite_or_none(result.probability),
-                threshold=_finite_or_none(result.threshold),
-                decision=result.decision,
-                heatmap_sha256=heatmap_sha256,
-                heatmap_path=heatmap_path,
-                error=result.error,
-            )
-        except ValueError as error:
-            log.error("quality record refused for %s: %s", job.part_id, error)
-            result.decision = "FAIL"
-            result.error = f"quality record refused: {error}"
-            delivered = bool(self.plc.send("FAIL")) if self.plc is not None else None
-            return None, delivered
-        try:
-            stored = signal_and_record(record, self._ledger, self.plc)
-        except Exception as error:  # noqa: BLE001 - an unrecorded inspection is not a pass
-            log.error("ledger write failed for %s: %s", job.part_id, error)
-            result.decision = "FAIL"
-            result.error = f"ledger write failed: {error}" + (
-                f" (after: {result.error})" if result.error else ""
-            )
-            delivered = self.plc.last_delivered if self.plc is not None else None
-            return None, delivered
-        return int(stored.seq), stored.plc_delivered
+        outcome = record_inspection(
+            result,
+            part_id=job.part_id,
+            station_id=self.config.station_id,
+            bundle_sha256=self.bundle.sha256,
+            package_version=__version__,
+            ledger=self._ledger,
+            link=self.plc,
+            heatmap_sha256=heatmap_sha256,
+            heatmap_path=heatmap_path,
+        )
+        result.decision, result.error = outcome.decision, outcome.error
+        return outcome.record_seq, outcome.plc_delivered
 
     # ---- what the page reads ----------------------------------------------------------------
 

@@ -1,0 +1,61 @@
+"""The terminal's Station without the web layer: the shared record-and-signal path
+(autoweld.quality.record_inspection) as the worker uses it, with a real SQLite ledger and a real
+TCP PLC."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import cv2
+import pytest
+from tinybundle import normal_image, requires_native
+
+from autoweld.terminal.station import Station, StationConfig
+
+
+def _png(image) -> bytes:
+    ok, encoded = cv2.imencode(".png", image)
+    assert ok
+    return encoded.tobytes()
+
+
+@pytest.mark.parametrize("station_id", ["  ", "cell\x07", "c" * 201])
+def test_bad_station_id_is_refused_before_anything_opens(
+    key_env, tiny_bundle, tmp_path, station_id
+):
+    config = StationConfig(
+        bundle_dir=tiny_bundle, ledger_url=f"sqlite:///{tmp_path / 'l.db'}", station_id=station_id
+    )
+    with pytest.raises(ValueError, match="station_id"):
+        Station(config)
+    assert not (tmp_path / "l.db").exists()
+
+
+@requires_native
+def test_unwritable_record_is_a_fail_and_the_plc_ends_on_fail(
+    key_env, tiny_bundle, tmp_path, echo_plc
+):
+    db = tmp_path / "l.db"
+    config = StationConfig(
+        bundle_dir=tiny_bundle,
+        ledger_url=f"sqlite:///{db}",
+        station_id="st-9",
+        plc_url=echo_plc.url,
+        plc_timeout_s=1.0,
+        threads=1,
+    )
+    with Station(config) as station:
+        first = station.submit("VIN-1", data=_png(normal_image(1))).result(60)
+        assert first.decision == "PASS" and first.record_seq == 1
+        conn = sqlite3.connect(db)  # the table vanishes under the writer: a real DB error
+        conn.execute("ALTER TABLE ledger_records RENAME TO moved_away")
+        conn.commit()
+        conn.close()
+        second = station.submit("VIN-2", data=_png(normal_image(1))).result(60)
+    assert second.decision == "FAIL" and second.record_seq is None
+    assert second.error.startswith("ledger write failed")
+    deadline = time.monotonic() + 2
+    while len(echo_plc.received) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert echo_plc.received == [0x00, 0x00, 0x01]  # PASS, PASS, corrective FAIL
