@@ -12,6 +12,7 @@ import pytest
 from tinybundle import normal_image, requires_native
 
 from autoweld.terminal.station import Station, StationConfig
+from autoweld.terminal.watcher import INSPECTED, INVALID_NAME_PREFIX, FolderWatcher, WatchConfig
 
 
 def _png(image) -> bytes:
@@ -59,3 +60,32 @@ def test_unwritable_record_is_a_fail_and_the_plc_ends_on_fail(
     while len(echo_plc.received) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert echo_plc.received == [0x00, 0x00, 0x01]  # PASS, PASS, corrective FAIL
+
+
+@requires_native
+def test_camera_file_with_a_bad_name_becomes_a_recorded_fail(key_env, tiny_bundle, tmp_path):
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    name = "VIN\x07" + "9" * 5 + ".png"
+    (camera / name).write_bytes(_png(normal_image(1)))  # a good part, but an unusable name
+    config = StationConfig(
+        bundle_dir=tiny_bundle, ledger_url=f"sqlite:///{tmp_path / 'l.db'}", station_id="st-3"
+    )
+    with Station(config) as station:
+        watcher = FolderWatcher(WatchConfig(camera, settle_s=0.01), station.submit)
+        watcher.done_dir.mkdir()
+        watcher.poll(now=0.0)
+        assert watcher.poll(now=1.0) == [name]
+        deadline = time.monotonic() + 60
+        while station.latest() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        outcome = station.latest()
+        [row] = station.records()
+    assert outcome.decision == "FAIL" and outcome.record_seq == 1
+    assert outcome.part_id.startswith(INVALID_NAME_PREFIX)
+    assert row["part_id"] == outcome.part_id and row["decision"] == "FAIL"
+    assert "not a valid part id" in row["error"] and row["signature"] == "valid"
+    deadline = time.monotonic() + 5
+    while not (camera / INSPECTED / name).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (camera / INSPECTED / name).exists()

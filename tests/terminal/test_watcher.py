@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from autoweld.terminal.watcher import INSPECTED, FolderWatcher, WatchConfig, is_candidate
+from autoweld.terminal.watcher import (
+    INSPECTED,
+    INVALID_NAME_PREFIX,
+    FolderWatcher,
+    WatchConfig,
+    is_candidate,
+    part_id_for,
+)
 
 
 class Recorder:
@@ -18,13 +25,18 @@ class Recorder:
 
     def __init__(self, refuse: set[str] | None = None) -> None:
         self.calls: list[tuple[str, Path, str]] = []
+        self.errors: dict[str, str] = {}
         self.futures: list[Future] = []
         self.refuse = refuse or set()
 
-    def __call__(self, part_id: str, *, path: Path, source: str) -> Future:
+    def __call__(
+        self, part_id: str, *, path: Path, source: str, error: str | None = None
+    ) -> Future:
         if part_id in self.refuse:
             raise ValueError(f"part_id refused: {part_id}")
         self.calls.append((part_id, path, source))
+        if error is not None:
+            self.errors[part_id] = error
         future: Future = Future()
         self.futures.append(future)
         return future
@@ -160,3 +172,26 @@ def test_thread_submits_and_stops(camera):
         watcher.stop()
     assert [c[0] for c in recorder.calls] == ["T-1"]
     assert not watcher._thread.is_alive()
+
+
+@pytest.mark.parametrize("stem", ["V" * 230, "VIN\x07BELL", "VIN\tTAB"])
+def test_file_name_that_is_no_part_id_is_submitted_as_a_failure(camera, stem):
+    """Not dropped: submitted under a placeholder id, with the reason, so it is a recorded FAIL."""
+    recorder = Recorder()
+    watcher = watcher_for(camera, recorder)
+    (camera / f"{stem}.png").write_bytes(b"x")
+    watcher.poll(now=0.0)
+    assert watcher.poll(now=1.0) == [f"{stem}.png"]
+    [(part_id, path, source)] = recorder.calls
+    assert part_id.startswith(INVALID_NAME_PREFIX) and path == camera / f"{stem}.png"
+    assert len(part_id) <= 200 and part_id.isprintable()
+    error = recorder.errors[part_id]
+    assert "not a valid part id" in error and part_id in error
+    recorder.finish_all()
+    assert (camera / INSPECTED / f"{stem}.png").exists()  # moved away like any inspected file
+
+
+def test_valid_names_get_no_error():
+    assert part_id_for("VIN-00042.png") == ("VIN-00042", None)
+    first, second = part_id_for("A" * 230 + ".png"), part_id_for("A" * 231 + ".png")
+    assert first[0] != second[0]  # distinct files get distinct placeholders

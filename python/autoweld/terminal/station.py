@@ -99,6 +99,7 @@ class Job:
     source: str  # "camera" (watched folder) or "upload"
     data: bytes | None = None
     path: Path | None = None
+    error: str | None = None  # set: a recorded FAIL for this reason, the image is not inspected
     future: Future[Outcome] = field(default_factory=Future)
     queued_at: float = field(default_factory=time.time)
 
@@ -299,14 +300,26 @@ class Station:
         data: bytes | None = None,
         path: Path | None = None,
         source: str = "upload",
+        error: str | None = None,
     ) -> Future[Outcome]:
-        """Queue one image (encoded ``data`` or a file ``path``) for inspection."""
+        """Queue one image (encoded ``data`` or a file ``path``) for inspection.
+
+        ``error``: do not inspect; record and signal a FAIL with this reason (the watcher uses it
+        for a camera file whose name is not a valid part id)."""
         part_id = check_part_id(part_id)
+        if error is not None and (not isinstance(error, str) or not error.strip()):
+            raise ValueError(f"error must be a non-empty string or None, got {error!r}")
         if (data is None) == (path is None):
             raise ValueError("give exactly one of data (encoded image bytes) or path")
         if data is not None and not isinstance(data, (bytes, bytearray)):
             raise ValueError(f"data must be bytes, got {type(data).__name__}")
-        job = Job(part_id=part_id, source=source, data=bytes(data) if data else data, path=path)
+        job = Job(
+            part_id=part_id,
+            source=source,
+            data=bytes(data) if data else data,
+            path=path,
+            error=error,
+        )
         with self._lock:  # no job can slip in behind close()'s stop sentinel
             if self._closed:
                 raise ValueError("the station is closed")
@@ -345,15 +358,10 @@ class Station:
     def _process(self, job: Job) -> Outcome:
         start = time.perf_counter()
         image: np.ndarray | None = None
-        try:
-            data = self._read(job)
-        except OSError as error:
-            result = failed_result(
-                f"{job.path}: cannot be read ({error.strerror or error})",
-                self._threshold(),
-            )
+        if job.error is not None:
+            result = failed_result(job.error, self._threshold())
         else:
-            result, image = self._inspect(data)
+            result, image = self._read_and_inspect(job)
         try:
             overlay = render_overlay(image, result)
         except Exception as error:  # noqa: BLE001 - a missing picture must not hide a result
@@ -406,6 +414,14 @@ class Station:
             delivered,
         )
         return outcome
+
+    def _read_and_inspect(self, job: Job) -> tuple[InspectionResult, np.ndarray | None]:
+        try:
+            data = self._read(job)
+        except OSError as error:
+            reason = f"{job.path}: cannot be read ({error.strerror or error})"
+            return failed_result(reason, self._threshold()), None
+        return self._inspect(data)
 
     def _threshold(self) -> float:
         return self.inspector.threshold if self.inspector is not None else float("nan")

@@ -2,6 +2,9 @@
 
 A camera (or the program that fetches its pictures) writes files into the folder; each new image
 is inspected once, with the file name's stem as the part id (``VIN-00042.png`` -> ``VIN-00042``).
+A stem that is not a valid part id (too long, not printable) is not dropped: the file is recorded
+as a FAIL under a placeholder id (``INVALID-FILE-NAME-<hash>:<readable part>``), and the record's
+error names the file.
 
 Half-written files are never inspected, by two rules (use the first where you can):
 
@@ -21,6 +24,7 @@ network shares, and costs one directory listing per ``poll_s``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -32,12 +36,16 @@ from pathlib import Path
 from typing import Any
 
 from autoweld.data.mvtec import IMAGE_SUFFIXES
+from autoweld.quality.record import check_part_id
 
-__all__ = ["FolderWatcher", "WatchConfig", "is_candidate"]
+__all__ = ["FolderWatcher", "WatchConfig", "is_candidate", "part_id_for"]
 
 log = logging.getLogger(__name__)
 
 INSPECTED = "inspected"
+#: Part ids for camera files whose name is not a valid part id start with this.
+INVALID_NAME_PREFIX = "INVALID-FILE-NAME-"
+_PLACEHOLDER_KEEP = 100
 _IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 
 
@@ -47,6 +55,23 @@ def is_candidate(name: str) -> bool:
     if name.startswith(".") or lower.endswith(_IGNORED_SUFFIXES):
         return False
     return Path(lower).suffix in IMAGE_SUFFIXES and bool(Path(name).stem.strip())
+
+
+def part_id_for(name: str) -> tuple[str, str | None]:
+    """``(part_id, error)`` for a camera file: its stem when that is a valid part id (error
+    ``None``), else a sanitised placeholder and the reason, so the file still becomes a recorded
+    FAIL under a traceable id instead of being dropped."""
+    stem = Path(name).stem.strip()
+    try:
+        return check_part_id(stem), None
+    except ValueError as error:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+        readable = "".join(c if c.isprintable() else "?" for c in stem)[:_PLACEHOLDER_KEEP]
+        placeholder = f"{INVALID_NAME_PREFIX}{digest}" + (f":{readable}" if readable else "")
+        return placeholder, (
+            f"camera file name {name!r} is not a valid part id ({error}); "
+            f"recorded as a FAIL under part id {placeholder!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -152,8 +177,12 @@ class FolderWatcher:
         ready.sort()  # a camera's file names usually sort in shot order
         for name, signature in ready:
             path = self.folder / name
+            part_id, refused = part_id_for(name)
+            extra = {} if refused is None else {"error": refused}
+            if refused is not None:
+                log.error("%s", refused)
             try:
-                future = self._submit(Path(name).stem.strip(), path=path, source="camera")
+                future = self._submit(part_id, path=path, source="camera", **extra)
             except ValueError as error:
                 log.error("%s not inspected: %s", path, error)
                 continue
