@@ -2,10 +2,18 @@
 
 import multiprocessing
 import threading
+import time
 
 import pytest
-from autoweld.quality import GENESIS_MAC, KeyRing, LedgerError, open_ledger
-from autoweld.quality.ledger import PostgresLedger
+from autoweld.quality import (
+    GENESIS_MAC,
+    KeyRing,
+    LedgerError,
+    open_ledger,
+    open_plc,
+    record_inspection,
+)
+from autoweld.quality.ledger import _PG_LOCK_CLASS, PgTimeouts, PostgresLedger, pg_timeouts
 
 from .conftest import SECRET, make_record
 
@@ -177,3 +185,92 @@ def test_many_concurrent_writers_lose_nothing_and_keep_chains(pg_url, keys):
         assert report.ok, report
         assert report.checked == sum(expected_counts.values()) * per_writer
         assert report.stations == 4
+
+
+def _hold_station_lock(url, station):
+    """A second connection holding the advisory lock an append of ``station`` needs."""
+    conn = psycopg.connect(url)  # not autocommit: the xact lock lives until rollback
+    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_PG_LOCK_CLASS, station))
+    return conn
+
+
+def test_lock_timeout_bounds_an_append_waiting_on_another_writer(pg_url, keys):
+    with open_ledger(f"{pg_url}?lock_timeout=0.3&statement_timeout=2", keys) as ledger:
+        assert ledger.timeouts == PgTimeouts(statement_s=2.0, lock_s=0.3)
+        ledger.append(make_record(0, "st-lock"))
+        holder = _hold_station_lock(pg_url, "st-lock")
+        try:
+            start = time.monotonic()
+            with pytest.raises(LedgerError, match="lock timeout"):
+                ledger.append(make_record(1, "st-lock"))
+            assert time.monotonic() - start < 1.5  # not forever, and not the 2 s statement cap
+            other = ledger.append(make_record(1, "st-free"))  # other stations are not held up
+            assert other.seq == 1
+        finally:
+            holder.rollback()
+            holder.close()
+        assert ledger.append(make_record(2, "st-lock")).seq == 2  # the connection is still good
+        assert ledger.verify().ok
+
+
+def test_statement_timeout_and_defaults_reach_the_server(pg_url, keys):
+    with open_ledger(pg_url, keys) as ledger:
+        conn = ledger._connection()
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "5s"
+        assert conn.execute("SHOW lock_timeout").fetchone()[0] == "5s"
+        client = conn.info.get_parameters()  # libpq's side of the socket
+        assert client["tcp_user_timeout"] == "10000" and client["keepalives_idle"] == "5"
+    with open_ledger(f"{pg_url}?statement_timeout=0.25", keys) as ledger:
+        with pytest.raises(LedgerError, match="statement timeout"):
+            ledger._guarded("sleep", lambda: ledger._connection().execute("SELECT pg_sleep(2)"))
+    with open_ledger(pg_url, keys, read_only=True) as reader:
+        assert reader._connection().execute("SHOW statement_timeout").fetchone()[0] == "2min"
+
+
+def test_timed_out_append_is_a_recorded_fail_path(pg_url, keys, byte_server_factory):
+    """record_inspection turns the lock timeout into a FAIL; the PLC ends on FAIL."""
+    plc = byte_server_factory("echo")
+    with (
+        open_ledger(f"{pg_url}?lock_timeout=0.2", keys) as ledger,
+        open_plc(f"tcp://127.0.0.1:{plc.port}", timeout=1.0) as link,
+    ):
+        holder = _hold_station_lock(pg_url, "st-fail")
+        try:
+            outcome = record_inspection(
+                _PassingResult(),
+                part_id="VIN-9",
+                station_id="st-fail",
+                bundle_sha256="ab" * 32,
+                package_version="0.1.0",
+                ledger=ledger,
+                link=link,
+            )
+        finally:
+            holder.rollback()
+            holder.close()
+        received = plc.wait_received(2)
+    assert outcome.decision == "FAIL" and outcome.record is None
+    assert "ledger write failed" in outcome.error and "lock timeout" in outcome.error
+    assert received == [0x00, 0x01]
+
+
+class _PassingResult:
+    decision = "PASS"
+    probability = 0.1
+    scores = {"patchcore": 1.0}
+    probabilities = {"patchcore": 0.1}
+    threshold = 0.5
+    error = None
+
+
+@pytest.mark.parametrize("query", ["lock_timeout=abc", "statement_timeout=0", "lock_timeout=nan"])
+def test_bad_timeouts_in_the_url_are_refused(keys, query):
+    with pytest.raises(ValueError, match=query.split("=")[0]):
+        open_ledger(f"postgresql://nobody@127.0.0.1:1/x?{query}", keys)
+
+
+def test_pg_timeouts_leaves_libpq_parameters_alone():
+    dsn, timeouts = pg_timeouts("postgresql://u@h/db?sslmode=require&lock_timeout=1.5")
+    assert dsn == "postgresql://u@h/db?sslmode=require"
+    assert timeouts == PgTimeouts(statement_s=5.0, lock_s=1.5)
+    assert pg_timeouts("postgresql://u@h/db")[0] == "postgresql://u@h/db"

@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from tqdm import tqdm
 
@@ -577,7 +577,8 @@ class PostgresLedger(Ledger):
     def __init__(
         self, url: str, keys: KeyRing, read_only: bool = False, connect_timeout: float = 10.0
     ) -> None:
-        super().__init__(keys, _redact(url), read_only)
+        dsn, self.timeouts = pg_timeouts(url, read_only)
+        super().__init__(keys, _redact(dsn), read_only)
         try:
             import psycopg
         except ImportError as error:  # pragma: no cover - depends on the install
@@ -586,7 +587,7 @@ class PostgresLedger(Ledger):
             ) from error
         self._psycopg = psycopg
         self.db_errors = (psycopg.Error,)
-        self._dsn = url
+        self._dsn = dsn
         self._connect_timeout = max(1, int(connect_timeout))
         try:
             self._conn = self._connect()
@@ -603,9 +604,22 @@ class PostgresLedger(Ledger):
             raise
 
     def _connect(self) -> Any:
-        conn = self._psycopg.connect(
-            self._dsn, autocommit=True, connect_timeout=self._connect_timeout
+        from psycopg.conninfo import conninfo_to_dict
+
+        params = conninfo_to_dict(self._dsn)
+        # the server gives up on a statement or a lock wait (pg_advisory_xact_lock included)
+        # after these; the append then raises LedgerError and the part is a FAIL
+        ours = (
+            f"-c statement_timeout={round(self.timeouts.statement_s * 1000)} "
+            f"-c lock_timeout={round(self.timeouts.lock_s * 1000)}"
         )
+        params["options"] = f"{params['options']} {ours}" if params.get("options") else ours
+        # a half-open TCP connection (cable pulled, server host gone) must not block a call
+        # forever: keepalives while waiting for an answer, tcp_user_timeout for unacked sends
+        for name, value in _PG_TCP_DEFAULTS.items():
+            params.setdefault(name, value)
+        params.setdefault("connect_timeout", self._connect_timeout)
+        conn = self._psycopg.connect(autocommit=True, **params)
         if self.read_only:
             conn.execute("SET default_transaction_read_only = on")
         return conn
@@ -661,6 +675,66 @@ class PostgresLedger(Ledger):
 
     def _close(self) -> None:
         self._conn.close()
+
+
+#: libpq TCP settings used unless the URL gives its own: a dead peer is noticed in ~10 s.
+_PG_TCP_DEFAULTS = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10000,  # ms
+}
+#: Default server-side timeouts in seconds (URL query ``statement_timeout`` / ``lock_timeout``).
+PG_STATEMENT_TIMEOUT_S = 5.0
+PG_LOCK_TIMEOUT_S = 5.0
+#: Read-only use (verify, export of a large ledger) gets longer statements by default.
+PG_READ_ONLY_STATEMENT_TIMEOUT_S = 120.0
+_PG_MAX_TIMEOUT_S = 3600.0
+
+
+@dataclass(frozen=True)
+class PgTimeouts:
+    """Server-side limits of one PostgreSQL ledger connection, in seconds."""
+
+    statement_s: float
+    lock_s: float
+
+
+def pg_timeouts(url: str, read_only: bool = False) -> tuple[str, PgTimeouts]:
+    """Split AutoWeld's own query parameters off a ``postgresql://`` URL.
+
+    ``statement_timeout`` and ``lock_timeout`` (seconds, > 0, at most 3600) are not libpq
+    parameters, so they are removed from the URL that goes to libpq. Defaults: 5 s each (a
+    read-only ledger: 120 s for statements). Returns ``(url for libpq, timeouts)``.
+    """
+    parts = urlsplit(url)
+    kept: list[tuple[str, str]] = []
+    found: dict[str, float] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in ("statement_timeout", "lock_timeout"):
+            kept.append((name, value))
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = float("nan")
+        if not 0.0 < seconds <= _PG_MAX_TIMEOUT_S:  # NaN fails this too
+            raise ValueError(
+                f"ledger url {_redact(url)!r}: {name} must be seconds in (0, "
+                f"{_PG_MAX_TIMEOUT_S:g}], got {value!r}"
+            )
+        found[name] = seconds
+    timeouts = PgTimeouts(
+        statement_s=found.get(
+            "statement_timeout",
+            PG_READ_ONLY_STATEMENT_TIMEOUT_S if read_only else PG_STATEMENT_TIMEOUT_S,
+        ),
+        lock_s=found.get("lock_timeout", PG_LOCK_TIMEOUT_S),
+    )
+    if not found:
+        return url, timeouts
+    return parts._replace(query=urlencode(kept)).geturl(), timeouts
 
 
 def _check_schema_version(rows: Iterator[tuple[Any, ...]], url: str) -> None:
