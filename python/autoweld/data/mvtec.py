@@ -55,14 +55,17 @@ def _decode(path: Path, flags: int) -> np.ndarray:
         buffer = np.fromfile(str(path), dtype=np.uint8)
     except OSError as error:
         raise FileNotFoundError(f"cannot read image file {path}: {error}") from error
-    image = cv2.imdecode(buffer, flags) if buffer.size else None
+    # EXIF orientation is ignored, as the station's decoder does (autoweld.runtime.decode):
+    # both work on the sensor's pixels, so training and inspection see the same picture.
+    image = cv2.imdecode(buffer, flags | cv2.IMREAD_IGNORE_ORIENTATION) if buffer.size else None
     if image is None:
         raise ValueError(f"cannot decode image file {path} (corrupt or unsupported format)")
     return image
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as BGR uint8 ``(H, W, 3)``; gray, 16-bit and alpha files are converted."""
+    """Read an image file as BGR uint8 ``(H, W, 3)``; gray, 16-bit and alpha files are converted.
+    EXIF orientation is ignored (as at the station)."""
     image = _decode(Path(path), cv2.IMREAD_COLOR)
     return np.ascontiguousarray(image)
 

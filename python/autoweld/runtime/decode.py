@@ -10,7 +10,9 @@ A station must never be taken down by one bad file, so every way an image can be
   claims 10000 x 10000 pixels never allocates 300 MB; files above ``max_bytes`` are not read at all;
 - truncated or corrupt: PNG chunks are walked and their CRCs checked up to ``IEND``; a JPEG must
   reach its end-of-image marker; anything OpenCV cannot decode is refused;
-- channels: 1 (grey, replicated to BGR by the preprocessing) and 3 (BGR) are inspected. Images
+- channels: 1 (grey) and 3 (BGR) are inspected; the Inspector expands grey to BGR with
+  :func:`as_bgr` exactly as training's ``cv2.IMREAD_COLOR`` does, so CLAHE (on Lab L for colour)
+  sees the same pixels in both. Images
   with an alpha channel (grey+alpha, BGRA) are **refused**: a camera does not produce alpha, so
   one means the image was composited or exported wrongly, and dropping it could hide that;
 - bit depth: only 8-bit images are inspected. 16-bit images are **refused**, not scaled: the
@@ -18,6 +20,10 @@ A station must never be taken down by one bad file, so every way an image can be
   choice the station must make explicitly before handing the image over.
 
 Decoded images are ``uint8`` arrays, ``(H, W)`` grey or ``(H, W, 3)`` BGR, C-contiguous.
+
+**EXIF orientation is ignored, here and in training** (``autoweld.data.mvtec`` reads with
+``cv2.IMREAD_IGNORE_ORIENTATION`` too): the pixels are the sensor's, in both, so a camera that
+writes an orientation tag cannot make the station see a rotated picture the bundle never saw.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ import numpy as np
 
 __all__ = [
     "DecodeLimits",
+    "as_bgr",
+    "image_for_inspection",
     "ImageError",
     "ImageHeader",
     "check_array",
@@ -225,6 +233,14 @@ def check_array(image: np.ndarray, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """Grey ``(H, W)`` as BGR ``(H, W, 3)``, pixel for pixel what ``cv2.IMREAD_COLOR`` (the
+    training reader) makes of a grey file; a BGR image is returned unchanged."""
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return image
+
+
 def decode_image(
     source: str | os.PathLike[str] | bytes | bytearray | memoryview,
     limits: DecodeLimits | None = None,
@@ -280,3 +296,14 @@ def decode_image(
             f"{header.width}x{header.height} (corrupt)"
         )
     return check_array(image, name)
+
+
+def image_for_inspection(
+    source: np.ndarray | str | os.PathLike[str] | bytes | bytearray | memoryview,
+    limits: DecodeLimits | None = None,
+) -> np.ndarray:
+    """What the Inspector preprocesses: a decoded file or a checked array, grey expanded to BGR
+    with :func:`as_bgr` (as training's reader does). Raises :class:`ImageError`."""
+    if isinstance(source, np.ndarray):
+        return as_bgr(check_array(source))
+    return as_bgr(decode_image(source, limits))

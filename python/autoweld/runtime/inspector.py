@@ -22,7 +22,7 @@ import numpy as np
 
 from autoweld import native
 from autoweld.bundle import Bundle, HeadSpec, load_bundle
-from autoweld.runtime.decode import DecodeLimits, check_array, decode_image
+from autoweld.runtime.decode import DecodeLimits, image_for_inspection
 from autoweld.runtime.engine import OnnxRunner, open_engine
 
 __all__ = [
@@ -264,9 +264,9 @@ class Inspector:
     # ---- stages ------------------------------------------------------------------------------
 
     def _decode(self, image: ImageInput) -> np.ndarray:
-        if isinstance(image, np.ndarray):
-            return check_array(image)
-        return decode_image(image, self.decode_limits)
+        """The image as the bundle was trained on it: checked, decoded, grey expanded to BGR
+        (training reads every file with cv2.IMREAD_COLOR)."""
+        return image_for_inspection(image, self.decode_limits)
 
     def _score_safely(
         self, images: list[np.ndarray], keep_head_maps: bool
