@@ -298,3 +298,15 @@ def test_inspector_with_nan_threshold_fails_a_good_part(tiny_bundle):
         assert inspector.inspect(normal_image(1)).decision == "FAIL"
         inspector.threshold = 1.5
         assert inspector.inspect(normal_image(1)).decision == "FAIL"
+
+
+@pytest.mark.parametrize("name", ["memory_bank.npy", "model.onnx"])
+def test_file_replaced_after_load_bundle_is_refused(tiny_bundle, name):
+    """No window between the hash check and the use: the Inspector uses the bytes it checks."""
+    bundle = load_bundle(tiny_bundle)
+    path = tiny_bundle / name
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # same size, other content: a re-export racing with the station
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=rf"{name.replace('.', '[.]')}: sha256"):
+        Inspector(bundle)

@@ -139,9 +139,37 @@ class Bundle:
             raise BundleError(f"{self.root}: {name!r} is not a file of this bundle")
         return self.root / name
 
+    def read_verified(self, name: str) -> bytes:
+        """The bytes of a bundle file, checked against the manifest's size and sha256 *as read*.
+
+        Use these bytes rather than re-opening the path: a file replaced after
+        :func:`load_bundle` checked it (a concurrent re-export) is refused here instead of being
+        used unchecked. Not cached: each call reads the file again (the bank can be ~100 MB).
+        """
+        path = self.path(name)
+        entry = self.manifest["files"][name]
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise BundleError(f"{path}: cannot be read ({error.strerror or error})") from None
+        if len(data) != entry.get("bytes"):
+            raise BundleError(
+                f"{path}: size {len(data)} bytes, manifest says {entry.get('bytes')} "
+                "(changed since the bundle was loaded)"
+            )
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise BundleError(
+                f"{path}: sha256 does not match the manifest (changed since the bundle was loaded)"
+            )
+        return data
+
     def load_array(self, name: str, *, mmap: bool = False) -> np.ndarray:
-        """Load a ``.npy`` file of the bundle (never with pickle)."""
-        return np.load(self.path(name), allow_pickle=False, mmap_mode="r" if mmap else None)
+        """Load a ``.npy`` file of the bundle (never with pickle) from bytes checked by
+        :meth:`read_verified`. ``mmap=True`` maps the file instead, which cannot be re-checked:
+        use it only for tools that read large banks and trust the directory."""
+        if mmap:
+            return np.load(self.path(name), allow_pickle=False, mmap_mode="r")
+        return np.load(io.BytesIO(self.read_verified(name)), allow_pickle=False)
 
 
 def sha256_file(path: Path) -> str:

@@ -525,5 +525,7 @@ def open_engine(
             warnings.warn(f"{bundle.root}: {message}", RuntimeWarning, stacklevel=2)
     if choice.engine == "tensorrt":
         assert choice.plan is not None
-        return TensorRTRunner(bundle.path(choice.plan))
-    return OnnxRunner(bundle.onnx_path, providers=list(choice.providers), threads=threads)
+        return TensorRTRunner(bundle.read_verified(choice.plan))
+    # from the bytes checked against the manifest, not the path (which may have changed since)
+    onnx_bytes = bundle.read_verified(bundle.manifest["engine"]["onnx"])
+    return OnnxRunner(onnx_bytes, providers=list(choice.providers), threads=threads)
