@@ -10,14 +10,6 @@
 namespace autoweld {
 namespace {
 
-// torch 'reflect' padding (== OpenCV BORDER_REFLECT_101), folded again when the pad is longer
-// than the signal (torch refuses that case; we stay defined).
-int reflect101(int p, int len) {
-    if (len == 1) return 0;
-    while (p < 0 || p >= len) p = p < 0 ? -p : 2 * len - 2 - p;
-    return p;
-}
-
 // One axis of torch's bilinear (align_corners=False): source indices and weights per output.
 struct LinearAxis {
     std::vector<int> i0, i1;
@@ -48,6 +40,7 @@ LinearAxis linear_axis(int in, int out) {
 
 std::vector<float> anomaly_gaussian_kernel(double sigma) {
     require(std::isfinite(sigma) && sigma >= 0.0, "sigma must be finite and >= 0");
+    require(sigma <= kMaxSigma, "sigma must be <= 1000, got " + std::to_string(sigma));
     if (sigma == 0.0) return {1.0f};
     const int radius = static_cast<int>(4.0 * sigma + 0.5);
     const int size = 2 * radius + 1;

@@ -226,11 +226,15 @@ static void bind_numeric_kernels(py::module_& m) {
             require_2d(features, "features");
             autoweld::require(n >= 1, "n must be at least 1");
             autoweld::require(projection_dim >= 0, "projection_dim must be >= 0");
+            const auto rows = static_cast<std::size_t>(features.shape(0));
+            const auto dim = static_cast<std::size_t>(features.shape(1));
+            // checked before the output is allocated: a huge n must not allocate first
+            autoweld::require(static_cast<std::size_t>(n) <= rows,
+                              "n must be <= the number of feature rows (" + std::to_string(rows) +
+                                  "), got " + std::to_string(n));
             I64 out(static_cast<std::size_t>(n));
             std::int64_t* o = out.mutable_data();
             const float* f = features.data();
-            const auto rows = static_cast<std::size_t>(features.shape(0));
-            const auto dim = static_cast<std::size_t>(features.shape(1));
             py::gil_scoped_release release;
             autoweld::coreset(f, rows, dim, static_cast<std::size_t>(n),
                               static_cast<std::size_t>(projection_dim), seed, o, threads);
@@ -278,11 +282,15 @@ static void bind_numeric_kernels(py::module_& m) {
             autoweld::require(n >= 1, "n must be at least 1");
             autoweld::require(start >= 0, "start must be >= 0");
             const auto kp = kernel_path(path);
+            const auto rows = static_cast<std::size_t>(x.shape(0));
+            const auto dim = static_cast<std::size_t>(x.shape(1));
+            // checked before the output is allocated: a huge n must not allocate first
+            autoweld::require(static_cast<std::size_t>(n) <= rows,
+                              "n must be <= the number of feature rows (" + std::to_string(rows) +
+                                  "), got " + std::to_string(n));
             I64 out(static_cast<std::size_t>(n));
             std::int64_t* o = out.mutable_data();
             const float* p = x.data();
-            const auto rows = static_cast<std::size_t>(x.shape(0));
-            const auto dim = static_cast<std::size_t>(x.shape(1));
             py::gil_scoped_release release;
             autoweld::coreset_select(p, rows, dim, static_cast<std::size_t>(n),
                                      static_cast<std::size_t>(start), o, threads, kp);

@@ -22,20 +22,6 @@
 namespace autoweld {
 namespace {
 
-// OpenCV's borderInterpolate for BORDER_REFLECT_101 (gfedcb|abcdefgh|gfedcba), also when the
-// pad is longer than the image.
-int reflect101(int p, int len) {
-    if (static_cast<unsigned>(p) < static_cast<unsigned>(len)) return p;
-    if (len == 1) return 0;
-    do {
-        if (p < 0)
-            p = -p;
-        else
-            p = 2 * len - 2 - p;
-    } while (static_cast<unsigned>(p) >= static_cast<unsigned>(len));
-    return p;
-}
-
 // cvRound then saturate to uint8 (OpenCV's saturate_cast<uchar>(float)).
 inline std::uint8_t round_to_u8(float v) {
     long r = std::lrint(v);

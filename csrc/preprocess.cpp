@@ -12,12 +12,6 @@
 namespace autoweld {
 namespace {
 
-int reflect101(int p, int len) {
-    if (len == 1) return 0;
-    while (p < 0 || p >= len) p = p < 0 ? -p : 2 * len - 2 - p;
-    return p;
-}
-
 // Sparse row of a 1-D resize matrix: (source index, weight) pairs.
 using SparseRow = std::vector<std::pair<int, double>>;
 
@@ -62,6 +56,7 @@ std::vector<SparseRow> area_linear_rows(int in, int out) {
 
 std::vector<int> gaussian_kernel_q8(double sigma) {
     require(std::isfinite(sigma) && sigma >= 0.0, "sigma must be finite and >= 0");
+    require(sigma <= kMaxSigma, "sigma must be <= 1000, got " + std::to_string(sigma));
     if (sigma == 0.0) return {256};
     const int n = static_cast<int>(std::lrint(sigma * 6 + 1)) | 1;
     // getGaussianKernelBitExact: symmetric, the centre tap is exp(0) = 1 before normalising.

@@ -96,12 +96,18 @@ def _tile_grid(tile_grid: object) -> tuple[int, int]:
     return tiles_x, tiles_y
 
 
+#: Largest Gaussian sigma in pixels (csrc/common.hpp kMaxSigma).
+MAX_SIGMA = 1000.0
+
+
 def _sigma(sigma: object) -> float:
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.number)):
         raise ValueError(f"sigma must be a number, got {sigma!r}")
     value = float(sigma)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"sigma must be finite and >= 0, got {sigma!r}")
+    if value > MAX_SIGMA:  # the C++ kernels refuse it too (kernel radius would overflow)
+        raise ValueError(f"sigma must be <= {MAX_SIGMA:g}, got {sigma!r}")
     return value
 
 

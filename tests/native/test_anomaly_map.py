@@ -75,6 +75,7 @@ def test_small_output_with_large_kernel_is_defined():
         (np.zeros((4, 4), np.float32), {"out_size": (4,)}, "out_size"),
         (np.zeros((4, 4), np.float32), {"sigma": -1.0}, "sigma"),
         (np.zeros((4, 4), np.float32), {"sigma": float("nan")}, "sigma"),
+        (np.zeros((4, 4), np.float32), {"sigma": 1e12}, "sigma must be <= 1000"),
         (np.zeros((4, 4), np.float32), {"threads": -2}, "threads"),
     ],
 )
@@ -116,3 +117,13 @@ def test_property_bad_input_never_crashes(dtype, shape):
     except ValueError:
         return
     assert out.shape[-2:] == (5, 5)
+
+
+def test_binding_refuses_absurd_sigma():
+    """C++ checks sigma itself (int(4*sigma+0.5) would overflow), not only the Python wrapper."""
+    from autoweld import _native
+
+    scores = np.zeros((1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="sigma must be <= 1000"):
+        _native.anomaly_map(scores, 8, 8, 1e12, 1)
+    assert _native.anomaly_map(scores, 8, 8, 1000.0, 1).shape == (1, 8, 8)

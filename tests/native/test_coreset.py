@@ -127,3 +127,16 @@ def test_coreset_200k_by_1536():
     f = np.random.default_rng(0).standard_normal((200_000, 1536), dtype=np.float32)
     got = native.coreset(f, 200, seed=0, threads=2)
     assert len(np.unique(got)) == 200
+
+
+@pytest.mark.parametrize("entry", ["coreset", "coreset_select"])
+def test_binding_checks_n_before_allocating(entry):
+    """The raw bindings (behind native.coreset's own checks) refuse n > rows before they
+    allocate n outputs: a huge n is a ValueError, not a MemoryError or a crash."""
+    from autoweld import _native
+
+    features = np.zeros((5, 3), np.float32)
+    huge = 1 << 60  # 8 EiB of int64 if allocated first
+    args = (features, huge, 0, 0) if entry == "coreset" else (features, huge, 0, 1, "portable")
+    with pytest.raises(ValueError, match="n must be <= the number of feature rows"):
+        getattr(_native, entry)(*args)

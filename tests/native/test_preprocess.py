@@ -111,6 +111,7 @@ def test_batch_stacks_single_results():
         (np.zeros((8, 8), np.uint8), {"size": 2.5}, "size"),
         (np.zeros((8, 8), np.uint8), {"sigma": -1.0}, "sigma"),
         (np.zeros((8, 8), np.uint8), {"sigma": float("nan")}, "sigma"),
+        (np.zeros((8, 8), np.uint8), {"sigma": 5e9}, "sigma must be <= 1000"),
         (np.zeros((8, 8), np.uint8), {"clip_limit": float("inf")}, "clip_limit"),
         (np.zeros((8, 8), np.uint8), {"tile_grid": (0, 1)}, "tile_grid"),
         (np.zeros((8, 8), np.uint8), {"std": (1, 0, 1)}, "std"),
