@@ -115,8 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from autoweld.terminal.app import create_app
     except ImportError as error:
         return usage(f"the terminal needs its extra: pip install 'autoweld[terminal]' ({error})")
-    from autoweld.runtime.engine import resolve_providers
     from autoweld.quality.record import check_station_id
+    from autoweld.runtime.engine import resolve_providers
     from autoweld.terminal.station import Station, StationConfig
     from autoweld.terminal.watcher import FolderWatcher, WatchConfig
 
