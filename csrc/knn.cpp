@@ -29,7 +29,8 @@ bool resolve_avx2(KernelPath path) {
     }
 }
 
-using PanelDots = void (*)(const float*, const float*, std::size_t, std::size_t, float*, bool);
+using PanelDots = void (*)(const float*, const float*, std::size_t, std::size_t, float*, bool,
+                           const float*, const float*, std::uint8_t*);
 
 std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
 
@@ -126,22 +127,28 @@ void pack_bank_block(const float* bank, std::size_t dim, std::size_t kc0, std::s
     const std::size_t kc = kc1 - kc0;
     for (std::size_t t = j0; t < j1; t += kBankTile) {
         const std::size_t rows = std::min(kBankTile, j1 - t);
-        for (std::size_t r = 0; r < kBankTile; ++r) {
-            if (r < rows) {
-                const float* src = bank + (t + r) * dim + kc0;
-                for (std::size_t k = 0; k < kc; ++k) dst[k * kBankTile + r] = src[k];
-            } else {
-                for (std::size_t k = 0; k < kc; ++k) dst[k * kBankTile + r] = 0.0f;
+        if (rows == kBankTile) {
+            // Sequential writes, six sequential reads.
+            const float* s0 = bank + t * dim + kc0;
+            for (std::size_t k = 0; k < kc; ++k) {
+                float* o = dst + k * kBankTile;
+                for (std::size_t r = 0; r < kBankTile; ++r) o[r] = s0[r * dim + k];
             }
+        } else {
+            for (std::size_t k = 0; k < kc; ++k)
+                for (std::size_t r = 0; r < kBankTile; ++r)
+                    dst[k * kBankTile + r] = r < rows ? bank[(t + r) * dim + kc0 + k] : 0.0f;
         }
         dst += kc * kBankTile;
     }
 }
 
 void panel_dots_portable(const float* qpack, const float* bpack, std::size_t kc,
-                         std::size_t rows, float* out, bool accumulate) {
+                         std::size_t rows, float* out, bool accumulate, const float* norms,
+                         const float*, std::uint8_t* hits) {
     const std::size_t tiles = (rows + kBankTile - 1) / kBankTile;
     for (std::size_t t = 0; t < tiles; ++t) {
+        if (norms != nullptr && hits != nullptr) hits[t] = (1u << kBankTile) - 1;
         const float* b = bpack + t * kc * kBankTile;
         for (std::size_t r = 0; r < kBankTile; ++r) {
             float acc[kPanel];
@@ -198,36 +205,46 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
         }
         for (std::size_t q = 0; q < np * kPanel; ++q)
             TopK{heap_v.data() + q * k, heap_i.data() + q * k, k}.reset();
-        float thr[kPanel];
+        alignas(32) float thr[kPanel];
+        std::uint8_t hits[kNc / detail::kBankTile];
+        float block_norms[kNc];
         for (std::size_t j0 = 0; j0 < nb; j0 += kNc) {
             const std::size_t j1 = std::min(nb, j0 + kNc);
+            // Padding rows get +Inf norms; the scan below never looks past j1 anyway.
+            std::fill(block_norms, block_norms + kNc, std::numeric_limits<float>::infinity());
+            std::copy(bn + j0, bn + j1, block_norms);
             for (std::size_t kc0 = 0; kc0 < dim; kc0 += kKc) {
                 const std::size_t kc1 = std::min(dim, kc0 + kKc);
                 const bool last = kc1 == dim;
                 detail::pack_bank_block(bank, dim, kc0, kc1, j0, j1, bpack.data);
                 for (std::size_t p = 0; p < np; ++p) {
                     float* out = block.data() + p * kNc * kPanel;
-                    dots(qpack.data + p * kPanel * dim + kc0 * kPanel, bpack.data, kc1 - kc0,
-                         j1 - j0, out, kc0 > 0);
-                    if (!last) continue;
                     const std::size_t row0 = (p0 + p) * kPanel;
                     const std::size_t lanes = std::min(kPanel, nq - row0);
-                    for (std::size_t l = 0; l < kPanel; ++l)
-                        thr[l] = l < lanes ? heap_v[(p * kPanel + l) * k]
-                                           : -std::numeric_limits<float>::infinity();
-                    for (std::size_t j = j0; j < j1; ++j) {
-                        const float* d = out + (j - j0) * kPanel;
-                        const float b = bn[j];
-                        bool any = false;
-                        for (std::size_t l = 0; l < kPanel; ++l) any |= (b - 2.0f * d[l]) <= thr[l];
-                        if (!any) continue;
-                        for (std::size_t l = 0; l < lanes; ++l) {
-                            const float v = b - 2.0f * d[l];
-                            if (v <= thr[l]) {
-                                TopK h{heap_v.data() + (p * kPanel + l) * k,
-                                       heap_i.data() + (p * kPanel + l) * k, k};
-                                h.push(v, static_cast<std::int64_t>(j));
-                                thr[l] = h.threshold();
+                    if (last)
+                        for (std::size_t l = 0; l < kPanel; ++l)
+                            thr[l] = l < lanes ? heap_v[(p * kPanel + l) * k]
+                                               : -std::numeric_limits<float>::infinity();
+                    dots(qpack.data + p * kPanel * dim + kc0 * kPanel, bpack.data, kc1 - kc0,
+                         j1 - j0, out, kc0 > 0, last ? block_norms : nullptr, thr, hits);
+                    if (!last) continue;
+                    const std::size_t tiles = (j1 - j0 + detail::kBankTile - 1) / detail::kBankTile;
+                    for (std::size_t t = 0; t < tiles; ++t) {
+                        if (hits[t] == 0) continue;
+                        for (std::size_t r = 0; r < detail::kBankTile; ++r) {
+                            if (!((hits[t] >> r) & 1u)) continue;
+                            const std::size_t j = j0 + t * detail::kBankTile + r;
+                            if (j >= j1) break;
+                            const float* d = out + (j - j0) * kPanel;
+                            const float b = bn[j];
+                            for (std::size_t l = 0; l < lanes; ++l) {
+                                const float v = b - 2.0f * d[l];
+                                if (v <= thr[l]) {
+                                    TopK h{heap_v.data() + (p * kPanel + l) * k,
+                                           heap_i.data() + (p * kPanel + l) * k, k};
+                                    h.push(v, static_cast<std::int64_t>(j));
+                                    thr[l] = h.threshold();
+                                }
                             }
                         }
                     }
@@ -321,7 +338,7 @@ void matmul_abt(const float* a, std::size_t n, const float* b, std::size_t m, st
             detail::pack_panel(a, row0, rows, dim, qpack.data);
             for (std::size_t kc0 = 0, c = 0; kc0 < dim; kc0 += kKc, ++c)
                 dots(qpack.data + kc0 * kPanel, bpacks[c].data, std::min(dim, kc0 + kKc) - kc0,
-                     m, out.data(), kc0 > 0);
+                     m, out.data(), kc0 > 0, nullptr, nullptr, nullptr);
             for (std::size_t l = 0; l < rows; ++l)
                 for (std::size_t j = 0; j < m; ++j) c[(row0 + l) * m + j] = out[j * kPanel + l];
         }

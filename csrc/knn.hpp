@@ -75,10 +75,16 @@ void pack_bank_block(const float* bank, std::size_t dim, std::size_t kc0, std::s
 
 // out[(j - j0) * 16 + lane] (+)= sum over the kc columns of qpack[kc][16] x bpack rows, for the
 // `rows` packed bank rows (out holds whole tiles: ceil(rows / 6) * 6 * 16 floats).
+// When norms (the rows' squared norms, padded to whole tiles) is given, hits[tile] gets a bit
+// per row for which some lane has norms[j] - 2 * dot <= thr[lane] (16 thresholds); the portable
+// kernel sets every bit (the caller checks each candidate exactly anyway).
 void panel_dots_avx2(const float* qpack, const float* bpack, std::size_t kc, std::size_t rows,
-                     float* out, bool accumulate);
+                     float* out, bool accumulate, const float* norms = nullptr,
+                     const float* thr = nullptr, std::uint8_t* hits = nullptr);
 void panel_dots_portable(const float* qpack, const float* bpack, std::size_t kc,
-                         std::size_t rows, float* out, bool accumulate);
+                         std::size_t rows, float* out, bool accumulate,
+                         const float* norms = nullptr, const float* thr = nullptr,
+                         std::uint8_t* hits = nullptr);
 }  // namespace detail
 
 }  // namespace autoweld

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 
 #include "coreset.hpp"
 #include "knn.hpp"
@@ -16,8 +17,10 @@ namespace {
 // 16 queries (two 8-lane vectors, packed as qpack[k][16]) x 6 bank rows (packed as
 // bpack[k][6], broadcast). 12 accumulators + 2 query vectors + 1 broadcast = 15 of the 16 ymm
 // registers.
-inline void micro_16x6(const float* qpack, const float* bpack, std::size_t kc, float* out,
-                       bool accumulate) {
+// With `norms` (the 6 rows' squared norms) it also returns a 6-bit mask of the rows for which
+// some lane has |b|^2 - 2 q.b <= thr[lane]: the rows the top-k update must look at.
+inline int micro_16x6(const float* qpack, const float* bpack, std::size_t kc, float* out,
+                      bool accumulate, const float* norms, const float* thr) {
     __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
     if (accumulate) {
         c00 = _mm256_loadu_ps(out + 0);
@@ -83,16 +86,41 @@ inline void micro_16x6(const float* qpack, const float* bpack, std::size_t kc, f
     _mm256_storeu_ps(out + 72, c41);
     _mm256_storeu_ps(out + 80, c50);
     _mm256_storeu_ps(out + 88, c51);
+    if (norms == nullptr) return 0;
+    const __m256 t0 = _mm256_loadu_ps(thr), t1 = _mm256_loadu_ps(thr + 8);
+    // n - (a + a) rounds exactly like the exact check's b - 2 * d (doubling is exact), so the
+    // filter never drops a row that check would take.
+    int mask = 0;
+#define AUTOWELD_HIT(R, A0, A1)                                                              \
+    {                                                                                        \
+        const __m256 n = _mm256_broadcast_ss(norms + (R));                                   \
+        const __m256 h = _mm256_or_ps(                                                       \
+            _mm256_cmp_ps(_mm256_sub_ps(n, _mm256_add_ps(A0, A0)), t0, _CMP_LE_OQ),          \
+            _mm256_cmp_ps(_mm256_sub_ps(n, _mm256_add_ps(A1, A1)), t1, _CMP_LE_OQ));         \
+        mask |= (_mm256_movemask_ps(h) != 0) << (R);                                         \
+    }
+    AUTOWELD_HIT(0, c00, c01)
+    AUTOWELD_HIT(1, c10, c11)
+    AUTOWELD_HIT(2, c20, c21)
+    AUTOWELD_HIT(3, c30, c31)
+    AUTOWELD_HIT(4, c40, c41)
+    AUTOWELD_HIT(5, c50, c51)
+#undef AUTOWELD_HIT
+    return mask;
 }
 
 }  // namespace
 
 void panel_dots_avx2(const float* qpack, const float* bpack, std::size_t kc, std::size_t rows,
-                     float* out, bool accumulate) {
+                     float* out, bool accumulate, const float* norms, const float* thr,
+                     std::uint8_t* hits) {
     const std::size_t tiles = (rows + kBankTile - 1) / kBankTile;
-    for (std::size_t t = 0; t < tiles; ++t)
-        micro_16x6(qpack, bpack + t * kc * kBankTile, kc, out + t * kBankTile * kPanel,
-                   accumulate);
+    for (std::size_t t = 0; t < tiles; ++t) {
+        const int mask =
+            micro_16x6(qpack, bpack + t * kc * kBankTile, kc, out + t * kBankTile * kPanel,
+                       accumulate, norms ? norms + t * kBankTile : nullptr, thr);
+        if (hits) hits[t] = static_cast<std::uint8_t>(mask);
+    }
 }
 
 // Squared distances of rows [begin, end) of x (n x dim, norms xn) to the centre c (norm cn),
