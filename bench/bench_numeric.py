@@ -212,7 +212,14 @@ def bench_coreset(rows_count: int, dim: int, fractions, repeats: int, torch_step
     return results
 
 
-def write_report(rows: list[Row], path_stem: Path, repeats: int) -> None:
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def write_report(rows: list[Row], path_stem: Path, repeats: int, load_before: str) -> None:
     import faiss
     import torch
 
@@ -227,6 +234,8 @@ def write_report(rows: list[Row], path_stem: Path, repeats: int) -> None:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "repeats": repeats,
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }
     data = {
@@ -241,7 +250,8 @@ def write_report(rows: list[Row], path_stem: Path, repeats: int) -> None:
         f"{THREADS} threads for every contender (faiss.omp_set_num_threads, "
         f"torch.set_num_threads, threads=). AVX2+FMA path: {machine['avx2_fma']}. "
         f"faiss {machine['faiss']}, torch {machine['torch']}, numpy {machine['numpy']}. "
-        f"Median of {repeats} runs, {machine['date_utc']} UTC.",
+        f"Median of {repeats} runs, {machine['date_utc']} UTC. Load average (1/5/15 min) "
+        f"before: {machine['load_average_before']}, after: {machine['load_average_after']}.",
         "",
         "`python bench/bench_numeric.py` — ratio = ours / peer (goal for kNN <= 1.0); speedup "
         "= peer / ours (goal for coreset >= 5).",
@@ -275,8 +285,13 @@ def main() -> int:
     parser.add_argument("--skip-coreset", action="store_true")
     parser.add_argument("--skip-knn", action="store_true")
     parser.add_argument("--torch-steps", type=int, default=100)
+    parser.add_argument(
+        "--threads", type=int, default=THREADS, help="threads per contender (the goal: 2)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    global THREADS
+    THREADS = args.threads
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.quick:
         knn_shapes = [(64, 500, 152), (50, 600, 1536)]
@@ -291,12 +306,15 @@ def main() -> int:
         ]
         coreset_args = (100_000, 152, (0.01, 0.1), min(args.repeats, 3), args.torch_steps)
         stem = RESULTS / "native_numeric_cpu"
+    if THREADS != 2:
+        stem = stem.with_name(f"{stem.name}_{THREADS}threads")
+    load_before = load_average()
     rows: list[Row] = []
     if not args.skip_knn:
         rows += bench_knn(knn_shapes, (1, 9), args.repeats)
     if not args.skip_coreset:
         rows += bench_coreset(*coreset_args)
-    write_report(rows, stem, args.repeats)
+    write_report(rows, stem, args.repeats, load_before)
     return 0
 
 

@@ -16,6 +16,8 @@ namespace {
 // L1 while kNc bank rows x kKc (240 KiB) stay in L2.
 constexpr std::size_t kKc = 256;
 constexpr std::size_t kNc = 240;  // a multiple of kBankTile
+// Queries handled per pass over the bank by one thread: 64 panels = 1024 queries.
+constexpr std::size_t kGroupPanels = 64;
 
 bool resolve_avx2(KernelPath path) {
     switch (path) {
@@ -191,7 +193,9 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
     std::vector<float> qn(nq);
     squared_norms(queries, nq, dim, qn.data(), threads);
     require_finite(qn.data(), nq, "queries (squared row norms overflow float32)");
-    parallel_for(panels, threads, [&](std::size_t p0, std::size_t p1) {
+    // One pass over the bank per group of at most kGroupPanels panels bounds the workspace
+    // (packed queries, dot-product block, heaps) whatever the number of queries.
+    auto run_group = [&](std::size_t p0, std::size_t p1) {
         const std::size_t np = p1 - p0;
         AlignedFloats qpack(np * kPanel * dim);
         std::vector<float> block(np * kNc * kPanel);
@@ -270,6 +274,9 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
                 }
             }
         }
+    };
+    parallel_for(panels, threads, [&](std::size_t p0, std::size_t p1) {
+        for (std::size_t g = p0; g < p1; g += kGroupPanels) run_group(g, std::min(p1, g + kGroupPanels));
     });
 }
 
