@@ -279,6 +279,7 @@ def write_report(rows: list[Row], path_stem: Path, repeats: int, load_before: st
 
 
 def main() -> int:
+    global THREADS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small shapes (smoke test)")
@@ -290,7 +291,6 @@ def main() -> int:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    global THREADS
     THREADS = args.threads
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.quick:
