@@ -1,0 +1,220 @@
+"""PatchCore (Roth et al., 2022): locally aware patch embeddings + a coreset memory bank.
+
+Embedding (exported in the ONNX graph): each feature tap gets a 3x3 local average (stride 1,
+padding 1), the deeper tap is upsampled bilinearly to the shallower tap's size, the two are
+concatenated along channels and, optionally, projected to a fixed ``embedding_dim`` by adaptive
+average pooling over channels (the paper implementation's projection; written here as a constant
+matrix product so it exports as one ``MatMul``). Output ``[N, h*w, D]``, row-major over h, w.
+
+Fitting: embeddings of every fit image (progress bar) -> greedy coreset with
+``autoweld.native.coreset`` -> memory bank; then ``autoweld.native.bank_neighbours`` precomputes
+each bank row's ``b`` nearest bank rows for the score re-weighting at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from autoweld import native
+from autoweld.train.backbones import FeatureExtractor
+from autoweld.train.heads import ExportHead, HeadContext, register_head
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PatchCoreHead", "PatchCoreSettings", "adaptive_pool_matrix"]
+
+MEMORY_BANK_FILE = "memory_bank.npy"
+BANK_NEIGHBOURS_FILE = "bank_neighbours.npy"
+
+
+@dataclass(frozen=True)
+class PatchCoreSettings:
+    """The recipe's ``[<profile>.patchcore]`` table."""
+
+    coreset_ratio: float = 0.1
+    coreset_max: int = 10_000
+    embedding_dim: int = 0  # 0: no projection, D = C1 + C2
+    reweight_neighbours: int = 9
+    projection_dim: int = 128  # random projection used inside the coreset search
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.coreset_ratio <= 1.0:
+            raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio!r}")
+        if self.coreset_max < 1:
+            raise ValueError(f"coreset_max must be >= 1, got {self.coreset_max!r}")
+        if self.embedding_dim < 0:
+            raise ValueError(f"embedding_dim must be >= 0 (0 = off), got {self.embedding_dim!r}")
+        if self.reweight_neighbours < 1:
+            raise ValueError(f"reweight_neighbours must be >= 1, got {self.reweight_neighbours!r}")
+        if self.projection_dim < 1:
+            raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> PatchCoreSettings:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(
+                f"patchcore settings: unknown key(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
+        return cls(**values)
+
+
+def adaptive_pool_matrix(in_dim: int, out_dim: int) -> np.ndarray:
+    """[in_dim, out_dim] matrix M with ``x @ M == adaptive_avg_pool1d(x, out_dim)``."""
+    if in_dim < 1 or out_dim < 1:
+        raise ValueError(f"adaptive_pool_matrix needs positive sizes, got {in_dim}, {out_dim}")
+    matrix = np.zeros((in_dim, out_dim), dtype=np.float32)
+    for j in range(out_dim):
+        start = (j * in_dim) // out_dim
+        end = -((-(j + 1) * in_dim) // out_dim)  # ceil
+        matrix[start:end, j] = 1.0 / (end - start)
+    return matrix
+
+
+class PatchCoreHead(ExportHead):
+    """PatchCore: patch embeddings in the graph, memory bank beside it."""
+
+    name = "patchcore"
+    kind = "knn"
+    output_name = "patchcore_embeddings"
+
+    def __init__(self, channels: tuple[int, int], settings: PatchCoreSettings, seed: int = 0):
+        super().__init__()
+        self.settings = settings
+        self.seed = seed
+        self.in_dim = int(sum(channels))
+        self.local_pool = nn.AvgPool2d(3, stride=1, padding=1)
+        if settings.embedding_dim and settings.embedding_dim != self.in_dim:
+            self.embedding_dim = settings.embedding_dim
+            self.register_buffer(
+                "projection",
+                torch.from_numpy(adaptive_pool_matrix(self.in_dim, settings.embedding_dim)),
+            )
+        else:
+            self.embedding_dim = self.in_dim
+            self.projection = None
+        # Fitted state: numpy, not parameters — it lives in the bundle, not in the graph.
+        self.memory_bank: np.ndarray | None = None
+        self.bank_neighbours: np.ndarray | None = None
+        self.n_patches_seen = 0
+        self._feature_map: tuple[int, int] | None = None
+
+    def forward(self, image: Tensor, features: list[Tensor]) -> Tensor:
+        shallow, deep = (self.local_pool(f) for f in features[:2])
+        h, w = int(shallow.shape[-2]), int(shallow.shape[-1])
+        deep = F.interpolate(deep, size=(h, w), mode="bilinear", align_corners=False)
+        patches = torch.cat([shallow, deep], dim=1)  # [N, C, h, w]
+        patches = patches.permute(0, 2, 3, 1).reshape(patches.shape[0], h * w, self.in_dim)
+        if self.projection is not None:
+            patches = patches @ self.projection
+        return patches
+
+    def feature_map_size(self, image_size: int) -> tuple[int, int]:
+        # The shallow tap has stride 8 (verified by the backbone tests); SAME/odd padding rounds up.
+        side = -(-image_size // 8)
+        return (side, side)
+
+    @torch.no_grad()
+    def embed(self, extractor: FeatureExtractor, batches: Sequence[Tensor]) -> np.ndarray:
+        """Patch embeddings of every image, stacked: float32 [sum(n)*h*w, D]."""
+        chunks: list[np.ndarray] = []
+        for batch in tqdm(batches, desc="patchcore: features", unit="batch", leave=False):
+            out = self.forward(batch, extractor(batch))
+            self._feature_map = self._map_from_output(batch, out)
+            chunks.append(out.reshape(-1, self.embedding_dim).cpu().numpy())
+        if not chunks:
+            raise ValueError("batches: no fit images")
+        return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+
+    def _map_from_output(self, batch: Tensor, out: Tensor) -> tuple[int, int]:
+        h, w = self.feature_map_size(int(batch.shape[-1]))
+        if h * w != out.shape[1]:
+            raise ValueError(f"patchcore: {out.shape[1]} patches do not form a {h}x{w} map")
+        return (h, w)
+
+    def fit(self, extractor: FeatureExtractor, batches: Sequence[Tensor]) -> None:
+        embeddings = self.embed(extractor, batches)
+        total = embeddings.shape[0]
+        n = int(min(max(round(total * self.settings.coreset_ratio), 1), self.settings.coreset_max))
+        n = min(n, total)
+        logger.info(
+            "patchcore: coreset of %d rows from %d patch embeddings (D=%d)",
+            n,
+            total,
+            self.embedding_dim,
+        )
+        if n < total:
+            with tqdm(total=1, desc=f"patchcore: coreset {n}/{total}", leave=False) as bar:
+                index = native.coreset(
+                    embeddings,
+                    n,
+                    projection_dim=min(self.settings.projection_dim, self.embedding_dim),
+                    seed=self.seed,
+                )
+                bar.update(1)
+            bank = np.ascontiguousarray(embeddings[np.asarray(index, dtype=np.int64)])
+        else:
+            bank = embeddings
+        b = min(self.settings.reweight_neighbours, bank.shape[0])
+        self.memory_bank = bank
+        self.bank_neighbours = np.asarray(native.bank_neighbours(bank, b), dtype=np.int64)
+        self.n_patches_seen = total
+
+    def _require_fitted(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.memory_bank is None or self.bank_neighbours is None:
+            raise ValueError("patchcore head is not fitted (call fit() or set_bank() first)")
+        return self.memory_bank, self.bank_neighbours
+
+    def set_bank(self, memory_bank: np.ndarray, bank_neighbours: np.ndarray) -> None:
+        """Install a bank (e.g. the one read back from a bundle)."""
+        memory_bank = np.ascontiguousarray(memory_bank, dtype=np.float32)
+        bank_neighbours = np.ascontiguousarray(bank_neighbours, dtype=np.int64)
+        if memory_bank.ndim != 2 or memory_bank.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"memory_bank: expected (M, {self.embedding_dim}), got {memory_bank.shape}"
+            )
+        if bank_neighbours.ndim != 2 or bank_neighbours.shape[0] != memory_bank.shape[0]:
+            raise ValueError(
+                f"bank_neighbours: expected ({memory_bank.shape[0]}, b), got {bank_neighbours.shape}"
+            )
+        self.memory_bank, self.bank_neighbours = memory_bank, bank_neighbours
+
+    def manifest_entry(self) -> dict[str, Any]:
+        bank, neighbours = self._require_fitted()
+        return {
+            "memory_bank": MEMORY_BANK_FILE,
+            "bank_neighbours": BANK_NEIGHBOURS_FILE,
+            "embedding_dim": self.embedding_dim,
+            "bank_size": int(bank.shape[0]),
+            "num_neighbours": 1,
+            "reweight_neighbours": int(neighbours.shape[1]),
+            "coreset_ratio": self.settings.coreset_ratio,
+            "coreset_max": self.settings.coreset_max,
+            "n_patches_fitted": int(self.n_patches_seen),
+        }
+
+    def bundle_files(self) -> dict[str, np.ndarray]:
+        bank, neighbours = self._require_fitted()
+        return {MEMORY_BANK_FILE: bank, BANK_NEIGHBOURS_FILE: neighbours}
+
+
+@register_head("patchcore")
+def _build_patchcore(context: HeadContext) -> ExportHead:
+    return PatchCoreHead(
+        context.channels,
+        PatchCoreSettings.from_mapping(dict(context.settings)),
+        seed=context.seed,
+    )
