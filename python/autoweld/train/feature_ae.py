@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,12 +24,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from autoweld.train.feature_maps import (
-    aggregate_in_batches,
     aggregate_taps,
     batch_order,
     channel_statistics,
-    check_fit_inputs,
+    collect_features,
 )
+from autoweld.train.heads import ExportHead, HeadContext, register_head
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,13 @@ THRESHOLD_RULE = "mean+3sigma"
 
 @dataclass(frozen=True)
 class FeatureAEConfig:
-    """Training settings of the feature autoencoder (recipe section ``[feature_ae]``)."""
+    """Training settings of the feature autoencoder (the recipe's ``[<profile>.feature_ae]``)."""
 
     latent_dim: int = 50
     steps: int = 400
     batch_size: int = 8
     learning_rate: float = 1e-3
     weight_decay: float = 1e-5
-    seed: int = 0
 
     def __post_init__(self) -> None:
         for field in ("latent_dim", "steps", "batch_size"):
@@ -56,6 +55,16 @@ class FeatureAEConfig:
             raise ValueError(f"feature_ae.learning_rate must be > 0, got {self.learning_rate!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"feature_ae.weight_decay must be >= 0, got {self.weight_decay!r}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> FeatureAEConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(
+                f"feature_ae settings: unknown key(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
+        return cls(**values)
 
 
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -89,7 +98,7 @@ class FeatureAutoencoder(nn.Module):
         return self.decoder(self.encoder(features))
 
 
-class FeatureAEHead(nn.Module):
+class FeatureAEHead(ExportHead):
     """Map head ``feature_ae``: per-location mean squared reconstruction error ``[N, h, w]``."""
 
     name = "feature_ae"
@@ -97,27 +106,24 @@ class FeatureAEHead(nn.Module):
     output_name = "feature_ae_map"
 
     def __init__(
-        self,
-        channels: int,
-        latent_dim: int = 50,
-        *,
-        feature_mean: Tensor | None = None,
-        feature_std: Tensor | None = None,
+        self, channels: int | Sequence[int], config: FeatureAEConfig | None = None, seed: int = 0
     ) -> None:
         super().__init__()
-        self.autoencoder = FeatureAutoencoder(channels, latent_dim)
-        self.channels = channels
-        self.latent_dim = latent_dim
-        mean = torch.zeros(channels) if feature_mean is None else feature_mean.float()
-        std = torch.ones(channels) if feature_std is None else feature_std.float()
-        if mean.shape != (channels,) or std.shape != (channels,):
-            raise ValueError(f"feature_mean and feature_std must have shape ({channels},)")
-        self.register_buffer("feature_mean", mean.view(1, channels, 1, 1).clone())
-        self.register_buffer("feature_std", std.view(1, channels, 1, 1).clone())
-        # set by train_feature_ae from held-out normal images
+        self.config = config or FeatureAEConfig()
+        self.seed = seed
+        self.channels = int(channels) if isinstance(channels, int) else int(sum(channels))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.autoencoder = FeatureAutoencoder(self.channels, self.config.latent_dim)
+        self.register_buffer("feature_mean", torch.zeros(1, self.channels, 1, 1))
+        self.register_buffer("feature_std", torch.ones(1, self.channels, 1, 1))
+        self.fitted = False
+        # set by fit_validation from held-out normal images
         self.threshold: float | None = None
         self.threshold_stats: dict[str, float] = {}
         self.training_summary: dict[str, Any] = {}
+        self.loss_history: list[float] = []
+        self.eval()
 
     def standardise(self, aggregated: Tensor) -> Tensor:
         return (aggregated - self.feature_mean) / self.feature_std
@@ -131,108 +137,110 @@ class FeatureAEHead(nn.Module):
         del image  # this head reads the backbone features only
         return self.error_map(self.standardise(aggregate_taps(features)))
 
+    def feature_map_size(self, image_size: int) -> tuple[int, int]:
+        side = -(-image_size // 8)  # the stride-8 tap, SAME padding rounds up
+        return (side, side)
+
+    def fit(self, extractor: nn.Module, batches: Sequence[Tensor]) -> None:
+        """Standardise with the fit set's channel statistics, then train with MSE (Adam,
+        ``config.steps`` mini-batches of whole images, seeded)."""
+        _, features = collect_features(
+            extractor, batches, keep_images=False, desc="feature_ae: features"
+        )
+        if features.shape[1] != self.channels:
+            raise ValueError(
+                f"feature_ae: built for {self.channels} channels, the backbone gives "
+                f"{features.shape[1]}"
+            )
+        count = features.shape[0]
+        if count * features.shape[2] * features.shape[3] < 2:
+            raise ValueError("feature_ae: batch norm needs more than one feature vector to fit")
+        mean, std = channel_statistics(features)
+        self.feature_mean.copy_(mean.view_as(self.feature_mean))
+        self.feature_std.copy_(std.view_as(self.feature_std))
+        standardised = self.standardise(features)
+        del features
+
+        config = self.config
+        optimiser = torch.optim.Adam(
+            self.autoencoder.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        batches_idx = batch_order(count, config.batch_size, config.steps, self.seed)
+        self.train()
+        losses: list[float] = []
+        started = time.perf_counter()
+        bar = tqdm(batches_idx, desc="feature_ae: training", unit="step", leave=False)
+        for indices in bar:
+            batch = standardised[torch.from_numpy(indices)]
+            loss = (self.autoencoder(batch) - batch).pow(2).mean()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+        seconds = time.perf_counter() - started
+        self.eval()
+        self.loss_history = losses
+        tail = max(1, len(losses) // 10)
+        self.training_summary = {
+            "steps": config.steps,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "seed": self.seed,
+            "n_fit": int(count),
+            "first_loss": losses[0],
+            "final_loss": float(np.mean(losses[-tail:])),
+            "seconds": round(seconds, 2),
+        }
+        self.fitted = True
+        log.info(
+            "feature_ae: %d steps in %.1f s, MSE %.4f -> %.4f",
+            config.steps,
+            seconds,
+            losses[0],
+            self.training_summary["final_loss"],
+        )
+
+    def fit_validation(self, extractor: nn.Module, batches: Sequence[Tensor]) -> None:
+        """Threshold = mean + 3 sigma of the image scores (map maxima) of held-out normals."""
+        if not self.fitted:
+            raise ValueError("feature_ae: fit() must run before fit_validation()")
+        _, features = collect_features(
+            extractor, batches, keep_images=False, desc="feature_ae: validation"
+        )
+        scores = []
+        with torch.no_grad():
+            for start in range(0, features.shape[0], self.config.batch_size):
+                chunk = self.standardise(features[start : start + self.config.batch_size])
+                scores.append(self.error_map(chunk).flatten(1).amax(dim=1))
+        values = torch.cat(scores).double().numpy()
+        self.threshold = float(values.mean() + 3.0 * values.std())
+        self.threshold_stats = {
+            "mean": float(values.mean()),
+            "std": float(values.std()),
+            "n_normal": int(values.size),
+        }
+        log.info(
+            "feature_ae: threshold %.4f (mean+3sigma on %d normals)", self.threshold, values.size
+        )
+
     def manifest_entry(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {
+        if self.threshold is None:
+            raise ValueError("feature_ae head has no threshold yet (run fit and fit_validation)")
+        return {
             "channels": self.channels,
-            "latent_dim": self.latent_dim,
+            "latent_dim": self.config.latent_dim,
             "threshold": self.threshold,
             "threshold_rule": THRESHOLD_RULE,
+            "threshold_stats": dict(self.threshold_stats),
+            "training": dict(self.training_summary),
         }
-        if self.threshold_stats:
-            entry["threshold_stats"] = dict(self.threshold_stats)
-        if self.training_summary:
-            entry["training"] = dict(self.training_summary)
-        return entry
 
     def bundle_files(self) -> dict[str, np.ndarray]:
         return {}
 
 
-def _image_scores(head: FeatureAEHead, standardised: Tensor, batch_size: int) -> np.ndarray:
-    head.eval()
-    scores = []
-    with torch.no_grad():
-        for start in range(0, standardised.shape[0], batch_size):
-            maps = head.error_map(standardised[start : start + batch_size])
-            scores.append(maps.flatten(1).amax(dim=1))
-    return torch.cat(scores).double().numpy()
-
-
-def train_feature_ae(
-    fit_taps: Sequence[Tensor],
-    val_taps: Sequence[Tensor],
-    config: FeatureAEConfig | None = None,
-    *,
-    progress: bool = True,
-) -> FeatureAEHead:
-    """Fit the feature autoencoder on normal images' taps and set its mean + 3 sigma threshold.
-
-    ``fit_taps`` / ``val_taps``: the backbone taps of the fit split and of the held-out normal
-    validation images (``[N, C_i, h_i, w_i]`` each). Adam, MSE, ``config.steps`` mini-batches of
-    whole images, seeded; the model's global RNG use happens inside ``torch.random.fork_rng`` so a
-    caller's random state is left alone.
-    """
-    config = config or FeatureAEConfig()
-    n_fit = check_fit_inputs("feature_ae fit set", None, fit_taps)
-    n_val = check_fit_inputs("feature_ae validation set", None, val_taps)
-    if n_fit < 2:
-        raise ValueError(f"feature_ae needs at least 2 fit images for batch norm, got {n_fit}")
-    fit_features = aggregate_in_batches(list(fit_taps))
-    val_features = aggregate_in_batches(list(val_taps))
-    if fit_features.shape[1:] != val_features.shape[1:]:
-        raise ValueError(
-            f"feature_ae: fit and validation taps differ in shape: {tuple(fit_features.shape[1:])}"
-            f" vs {tuple(val_features.shape[1:])}"
-        )
-    mean, std = channel_statistics(fit_features)
-    channels = fit_features.shape[1]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        head = FeatureAEHead(channels, config.latent_dim, feature_mean=mean, feature_std=std)
-    fit_std = head.standardise(fit_features)
-    val_std = head.standardise(val_features)
-
-    optimiser = torch.optim.Adam(
-        head.autoencoder.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+@register_head("feature_ae")
+def _build_feature_ae(context: HeadContext) -> ExportHead:
+    return FeatureAEHead(
+        context.channels, FeatureAEConfig.from_mapping(dict(context.settings)), seed=context.seed
     )
-    batches = batch_order(n_fit, config.batch_size, config.steps, config.seed)
-    # batch norm cannot train on a single sample at a 1x1 map; whole images give h*w samples
-    head.train()
-    losses: list[float] = []
-    started = time.perf_counter()
-    for indices in tqdm(batches, desc="feature_ae", unit="step", disable=not progress):
-        batch = fit_std[torch.from_numpy(indices)]
-        loss = (head.autoencoder(batch) - batch).pow(2).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss.detach()))
-    seconds = time.perf_counter() - started
-    head.eval()
-
-    scores = _image_scores(head, val_std, config.batch_size)
-    head.threshold = float(scores.mean() + 3.0 * scores.std())
-    head.threshold_stats = {
-        "mean": float(scores.mean()),
-        "std": float(scores.std()),
-        "n_normal": int(n_val),
-    }
-    head.training_summary = {
-        "steps": config.steps,
-        "batch_size": config.batch_size,
-        "learning_rate": config.learning_rate,
-        "seed": config.seed,
-        "first_loss": losses[0],
-        "final_loss": float(np.mean(losses[-max(1, len(losses) // 10) :])),
-        "seconds": round(seconds, 2),
-    }
-    log.info(
-        "feature_ae: %d steps in %.1f s, loss %.4f -> %.4f, threshold %.4f (mean+3sigma on %d)",
-        config.steps,
-        seconds,
-        losses[0],
-        head.training_summary["final_loss"],
-        head.threshold,
-        n_val,
-    )
-    return head

@@ -7,12 +7,13 @@ size, concatenated), so what they see is what PatchCore's memory bank is built f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 
 def aggregate_taps(taps: Sequence[Tensor]) -> Tensor:
@@ -37,15 +38,40 @@ def aggregate_taps(taps: Sequence[Tensor]) -> Tensor:
     return torch.cat(parts, dim=1)
 
 
-def aggregate_in_batches(taps: Sequence[Tensor], batch_size: int = 32) -> Tensor:
-    """``aggregate_taps`` over a whole data set of taps, a batch at a time, without gradients."""
-    count = taps[0].shape[0]
+def collect_features(
+    extractor: nn.Module,
+    batches: Iterable[Tensor],
+    *,
+    keep_images: bool,
+    desc: str,
+) -> tuple[Tensor | None, Tensor]:
+    """Run the frozen backbone over ``batches`` once: (images or None, aggregated features).
+
+    ``batches`` are preprocessed ``[n, 3, S, S]`` tensors; the aggregated features are
+    ``[N, C, h, w]`` (see :func:`aggregate_taps`). Checks shapes and finiteness so a bad batch is
+    a ``ValueError`` naming it, not a crash deep inside training.
+    """
+    images: list[Tensor] = []
+    features: list[Tensor] = []
     with torch.no_grad():
-        chunks = [
-            aggregate_taps([tap[start : start + batch_size] for tap in taps])
-            for start in range(0, count, batch_size)
-        ]
-    return torch.cat(chunks, dim=0)
+        for index, batch in enumerate(tqdm(batches, desc=desc, unit="batch", leave=False)):
+            if not isinstance(batch, Tensor) or batch.dim() != 4 or batch.shape[1] != 3:
+                shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+                raise ValueError(f"batches[{index}] must be a [n, 3, S, S] tensor, got {shape}")
+            if batch.shape[0] == 0:
+                continue
+            if not torch.isfinite(batch).all():
+                raise ValueError(f"batches[{index}] holds NaN or Inf")
+            batch = batch.float()
+            features.append(aggregate_taps(extractor(batch)))
+            if keep_images:
+                images.append(batch)
+    if not features:
+        raise ValueError(f"batches: no images to {desc}")
+    shapes = {tuple(f.shape[1:]) for f in features}
+    if len(shapes) != 1:
+        raise ValueError(f"batches: images of different sizes ({sorted(shapes)})")
+    return (torch.cat(images) if keep_images else None), torch.cat(features)
 
 
 def channel_statistics(features: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
@@ -60,30 +86,6 @@ def channel_statistics(features: Tensor, eps: float = 1e-6) -> tuple[Tensor, Ten
     mean = flat.mean(dim=1)
     std = flat.std(dim=1, unbiased=False).clamp_min(eps)
     return mean.float(), std.float()
-
-
-def check_fit_inputs(name: str, images: Tensor | None, taps: Sequence[Tensor]) -> int:
-    """Check a data set handed to a head's trainer; returns its image count."""
-    if len(taps) == 0:
-        raise ValueError(f"{name}: taps must hold the backbone feature maps, got none")
-    count = taps[0].shape[0]
-    if count == 0:
-        raise ValueError(f"{name}: needs at least one image, got an empty set")
-    for index, tap in enumerate(taps):
-        if tap.dim() != 4 or tap.shape[0] != count:
-            raise ValueError(
-                f"{name}: taps[{index}] must be [N={count}, C, h, w], got {tuple(tap.shape)}"
-            )
-        if not torch.isfinite(tap).all():
-            raise ValueError(f"{name}: taps[{index}] holds NaN or Inf")
-    if images is not None:
-        if images.dim() != 4 or images.shape[0] != count or images.shape[1] != 3:
-            raise ValueError(
-                f"{name}: images must be [N={count}, 3, S, S], got {tuple(images.shape)}"
-            )
-        if not torch.isfinite(images).all():
-            raise ValueError(f"{name}: images hold NaN or Inf")
-    return count
 
 
 def batch_order(count: int, batch_size: int, steps: int, seed: int) -> list[np.ndarray]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +33,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from autoweld.train.feature_maps import (
-    aggregate_in_batches,
     aggregate_taps,
     batch_order,
     channel_statistics,
-    check_fit_inputs,
+    collect_features,
 )
+from autoweld.train.heads import ExportHead, HeadContext, register_head
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,6 @@ class StudentTeacherConfig:
     ae_latent: int = 64
     quantile_a: float = 0.9
     quantile_b: float = 0.995
-    seed: int = 0
 
     def __post_init__(self) -> None:
         for field in ("steps", "batch_size", "student_channels", "ae_channels", "ae_latent"):
@@ -82,6 +81,17 @@ class StudentTeacherConfig:
                 f"{self.quantile_a!r}, {self.quantile_b!r}"
             )
 
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> StudentTeacherConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(
+                f"student_teacher settings: unknown key(s) {sorted(unknown)}; known: "
+                f"{sorted(known)}"
+            )
+        return cls(**values)
+
 
 class PatchDescriptionNetwork(nn.Module):
     """The student: a small PDN, stride 8, ``[N, 3, S, S] -> [N, out_channels, h, w]``.
@@ -90,7 +100,9 @@ class PatchDescriptionNetwork(nn.Module):
     PDN, with the first convolution strided so the full-resolution work stays cheap on a CPU.
     """
 
-    def __init__(self, out_channels: int, width: int = 64) -> None:
+    def __init__(
+        self, out_channels: int, image_size: int, output_size: tuple[int, int], width: int = 64
+    ) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(3, width // 2, kernel_size=4, stride=2, padding=1),
@@ -105,11 +117,15 @@ class PatchDescriptionNetwork(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(2 * width, out_channels, kernel_size=1),
         )
+        self.output_size = (int(output_size[0]), int(output_size[1]))
+        # the body gives floor(S/8); a SAME-padded backbone tap can be one larger. Decided once
+        # here, so the exported graph holds no shape test.
+        self.resize = (image_size // 8, image_size // 8) != self.output_size
 
-    def forward(self, image: Tensor, size: tuple[int, int]) -> Tensor:
+    def forward(self, image: Tensor) -> Tensor:
         out = self.body(image)
-        if tuple(out.shape[-2:]) != tuple(size):
-            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        if self.resize:
+            out = F.interpolate(out, size=self.output_size, mode="bilinear", align_corners=False)
         return out
 
 
@@ -166,7 +182,7 @@ def hard_feature_loss(teacher: Tensor, student: Tensor, quantile: float) -> Tens
     return squared.topk(keep, sorted=False).values.mean()
 
 
-class StudentTeacherHead(nn.Module):
+class StudentTeacherHead(ExportHead):
     """Map head ``student_teacher``: 0.5 * normalised local + 0.5 * normalised global map."""
 
     name = "student_teacher"
@@ -175,39 +191,53 @@ class StudentTeacherHead(nn.Module):
 
     def __init__(
         self,
-        channels: int,
+        channels: int | Sequence[int],
         image_size: int,
-        feature_size: tuple[int, int],
         config: StudentTeacherConfig | None = None,
-        *,
-        teacher_mean: Tensor | None = None,
-        teacher_std: Tensor | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
-        config = config or StudentTeacherConfig()
-        self.config = config
-        self.channels = channels
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
+            raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
+        self.config = config or StudentTeacherConfig()
+        self.seed = seed
+        self.channels = int(channels) if isinstance(channels, int) else int(sum(channels))
         self.image_size = image_size
-        self.feature_size = (int(feature_size[0]), int(feature_size[1]))
-        self.student = PatchDescriptionNetwork(2 * channels, config.student_channels)
-        self.autoencoder = ImageAutoencoder(
-            image_size, self.feature_size, channels, config.ae_channels, config.ae_latent
-        )
-        mean = torch.zeros(channels) if teacher_mean is None else teacher_mean.float()
-        std = torch.ones(channels) if teacher_std is None else teacher_std.float()
-        self.register_buffer("teacher_mean", mean.view(1, channels, 1, 1).clone())
-        self.register_buffer("teacher_std", std.view(1, channels, 1, 1).clone())
-        # [q_a, q_b] of the local and global maps on validation normals (set by training)
+        self.feature_size = self.feature_map_size(image_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.student = PatchDescriptionNetwork(
+                2 * self.channels, image_size, self.feature_size, self.config.student_channels
+            )
+            self.autoencoder = ImageAutoencoder(
+                image_size,
+                self.feature_size,
+                self.channels,
+                self.config.ae_channels,
+                self.config.ae_latent,
+            )
+        c = self.channels
+        self.register_buffer("teacher_mean", torch.zeros(1, c, 1, 1))
+        self.register_buffer("teacher_std", torch.ones(1, c, 1, 1))
+        # [q_a, q_b] of the local and global maps on validation normals (set by fit_validation)
         self.register_buffer("local_quantiles", torch.tensor([0.0, 1.0]))
         self.register_buffer("global_quantiles", torch.tensor([0.0, 1.0]))
+        self.fitted = False
+        self.validated = False
         self.training_summary: dict[str, Any] = {}
+        self.loss_history: list[tuple[float, float, float]] = []
+        self.eval()
 
-    def teacher(self, features: list[Tensor]) -> Tensor:
-        return (aggregate_taps(features) - self.teacher_mean) / self.teacher_std
+    def feature_map_size(self, image_size: int) -> tuple[int, int]:
+        side = -(-image_size // 8)  # the stride-8 tap, SAME padding rounds up
+        return (side, side)
+
+    def standardise(self, aggregated: Tensor) -> Tensor:
+        return (aggregated - self.teacher_mean) / self.teacher_std
 
     def raw_maps(self, image: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
-        """Un-normalised (local, global) maps, each ``[N, h, w]``."""
-        student = self.student(image, tuple(teacher.shape[-2:]))
+        """Un-normalised (local, global) maps, each ``[N, h, w]``; ``teacher`` standardised."""
+        student = self.student(image)
         reconstruction = self.autoencoder(image)
         c = self.channels
         local = (teacher - student[:, :c]).pow(2).mean(dim=1)
@@ -219,13 +249,144 @@ class StudentTeacherHead(nn.Module):
         return 0.1 * (raw - quantiles[0]) / (quantiles[1] - quantiles[0])
 
     def forward(self, image: Tensor, features: list[Tensor]) -> Tensor:
-        local, global_ = self.raw_maps(image, self.teacher(features))
+        local, global_ = self.raw_maps(image, self.standardise(aggregate_taps(features)))
         return 0.5 * self._normalise(local, self.local_quantiles) + 0.5 * self._normalise(
             global_, self.global_quantiles
         )
 
+    def fit(self, extractor: nn.Module, batches: Sequence[Tensor]) -> None:
+        """Train student + autoencoder on the fit normals.
+
+        Teacher features are computed once (no augmentation) and standardised with the fit set's
+        channel statistics. Adam for ``config.steps`` steps on ``loss_hard + loss_ae +
+        loss_student_ae`` (EfficientAD's objective without its ImageNet penalty: no ImageNet
+        offline), learning rate x0.1 for the last 5 %. Seeded.
+        """
+        images, raw = collect_features(
+            extractor, batches, keep_images=True, desc="student_teacher: teacher"
+        )
+        assert images is not None
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            raise ValueError(
+                f"student_teacher: built for {self.image_size}px images, got "
+                f"{tuple(images.shape[-2:])}"
+            )
+        if raw.shape[1] != self.channels:
+            raise ValueError(
+                f"student_teacher: built for {self.channels} channels, the backbone gives "
+                f"{raw.shape[1]}"
+            )
+        mean, std = channel_statistics(raw)
+        self.teacher_mean.copy_(mean.view_as(self.teacher_mean))
+        self.teacher_std.copy_(std.view_as(self.teacher_std))
+        teacher_all = self.standardise(raw)
+        del raw
+        count = images.shape[0]
+        c = self.channels
+        if tuple(teacher_all.shape[-2:]) != self.feature_size:
+            raise ValueError(
+                f"student_teacher: expected a stride-8 tap of {self.feature_size}, the backbone "
+                f"gives {tuple(teacher_all.shape[-2:])}"
+            )
+
+        config = self.config
+        parameters = list(self.student.parameters()) + list(self.autoencoder.parameters())
+        optimiser = torch.optim.Adam(
+            parameters, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimiser, step_size=max(1, int(0.95 * config.steps)), gamma=0.1
+        )
+        order = batch_order(count, config.batch_size, config.steps, self.seed)
+        self.train()
+        history: list[tuple[float, float, float]] = []
+        started = time.perf_counter()
+        bar = tqdm(order, desc="student_teacher: training", unit="step", leave=False)
+        for indices in bar:
+            index = torch.from_numpy(indices)
+            image, teacher = images[index], teacher_all[index]
+            student = self.student(image)
+            reconstruction = self.autoencoder(image)
+            loss_hard = hard_feature_loss(teacher, student[:, :c], config.hard_quantile)
+            loss_ae = (teacher - reconstruction).pow(2).mean()
+            loss_student_ae = (reconstruction - student[:, c:]).pow(2).mean()
+            loss = loss_hard + loss_ae + loss_student_ae
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            history.append(
+                (
+                    float(loss_hard.detach()),
+                    float(loss_ae.detach()),
+                    float(loss_student_ae.detach()),
+                )
+            )
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+        seconds = time.perf_counter() - started
+        self.eval()
+        self.loss_history = history
+        tail = max(1, len(history) // 10)
+        first, last = np.asarray(history[0]), np.asarray(history[-tail:]).mean(axis=0)
+        names = ("hard", "ae", "student_ae")
+        self.training_summary = {
+            "steps": config.steps,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "seed": self.seed,
+            "n_fit": int(count),
+            "first_losses": {n: float(v) for n, v in zip(names, first, strict=True)},
+            "final_losses": {n: float(v) for n, v in zip(names, last, strict=True)},
+            "seconds": round(seconds, 2),
+        }
+        self.fitted = True
+        log.info(
+            "student_teacher: %d steps in %.1f s; hard loss %.3f -> %.3f, ae %.3f -> %.3f",
+            config.steps,
+            seconds,
+            first[0],
+            last[0],
+            first[1],
+            last[1],
+        )
+
+    def fit_validation(self, extractor: nn.Module, batches: Sequence[Tensor]) -> None:
+        """Quantiles q_a, q_b of the raw local and global maps over held-out normal images."""
+        if not self.fitted:
+            raise ValueError("student_teacher: fit() must run before fit_validation()")
+        local_maps, global_maps = [], []
+        with torch.no_grad():
+            for index, batch in enumerate(batches):
+                images, raw = collect_features(
+                    extractor, [batch], keep_images=True, desc="student_teacher: validation"
+                )
+                assert images is not None
+                if images.shape[-1] != self.image_size:
+                    raise ValueError(
+                        f"batches[{index}]: built for {self.image_size}px images, got "
+                        f"{tuple(images.shape[-2:])}"
+                    )
+                local, global_ = self.raw_maps(images, self.standardise(raw))
+                local_maps.append(local.flatten())
+                global_maps.append(global_.flatten())
+        if not local_maps:
+            raise ValueError("batches: no validation images for student_teacher")
+        q_a, q_b = self.config.quantile_a, self.config.quantile_b
+        local_q = _quantile_pair(torch.cat(local_maps).numpy(), q_a, q_b)
+        global_q = _quantile_pair(torch.cat(global_maps).numpy(), q_a, q_b)
+        self.local_quantiles.copy_(torch.tensor(local_q))
+        self.global_quantiles.copy_(torch.tensor(global_q))
+        self.validated = True
+        log.info(
+            "student_teacher: map quantiles local %s, global %s", _fmt(local_q), _fmt(global_q)
+        )
+
     def manifest_entry(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {
+        if not self.validated:
+            raise ValueError(
+                "student_teacher head has no map quantiles yet (run fit and fit_validation)"
+            )
+        return {
             "channels": self.channels,
             "quantiles": {
                 "q_a": self.config.quantile_a,
@@ -233,13 +394,15 @@ class StudentTeacherHead(nn.Module):
                 "local": [float(v) for v in self.local_quantiles],
                 "global": [float(v) for v in self.global_quantiles],
             },
+            "training": dict(self.training_summary),
         }
-        if self.training_summary:
-            entry["training"] = dict(self.training_summary)
-        return entry
 
     def bundle_files(self) -> dict[str, np.ndarray]:
         return {}
+
+
+def _fmt(pair: tuple[float, float]) -> str:
+    return f"[{pair[0]:.4g}, {pair[1]:.4g}]"
 
 
 def _quantile_pair(values: np.ndarray, q_a: float, q_b: float) -> tuple[float, float]:
@@ -248,116 +411,11 @@ def _quantile_pair(values: np.ndarray, q_a: float, q_b: float) -> tuple[float, f
     return low, max(high, low + 1e-6)
 
 
-def train_student_teacher(
-    fit_images: Tensor,
-    fit_taps: Sequence[Tensor],
-    val_images: Tensor,
-    val_taps: Sequence[Tensor],
-    config: StudentTeacherConfig | None = None,
-    *,
-    progress: bool = True,
-) -> StudentTeacherHead:
-    """Train student + autoencoder on normal images; fit the map quantiles on validation normals.
-
-    ``*_images``: preprocessed batches ``[N, 3, S, S]``; ``*_taps``: the backbone taps of the same
-    images. Adam for ``config.steps`` steps on ``loss_hard + loss_ae + loss_student_ae`` (as
-    EfficientAD, without its ImageNet penalty: no ImageNet offline). Seeded; the global RNG is
-    used only inside ``torch.random.fork_rng``.
-    """
-    config = config or StudentTeacherConfig()
-    n_fit = check_fit_inputs("student_teacher fit set", fit_images, fit_taps)
-    n_val = check_fit_inputs("student_teacher validation set", val_images, val_taps)
-    if fit_images.shape[1:] != val_images.shape[1:]:
-        raise ValueError(
-            f"student_teacher: fit and validation images differ: {tuple(fit_images.shape[1:])} vs "
-            f"{tuple(val_images.shape[1:])}"
-        )
-    if fit_images.shape[-1] != fit_images.shape[-2]:
-        raise ValueError(f"student_teacher: images must be square, got {tuple(fit_images.shape)}")
-    fit_raw = aggregate_in_batches(list(fit_taps))
-    val_raw = aggregate_in_batches(list(val_taps))
-    mean, std = channel_statistics(fit_raw)
-    channels, h, w = fit_raw.shape[1:]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        head = StudentTeacherHead(
-            channels,
-            int(fit_images.shape[-1]),
-            (h, w),
-            config,
-            teacher_mean=mean,
-            teacher_std=std,
-        )
-    fit_teacher = (fit_raw - head.teacher_mean) / head.teacher_std
-    val_teacher = (val_raw - head.teacher_mean) / head.teacher_std
-    del fit_raw, val_raw
-
-    parameters = list(head.student.parameters()) + list(head.autoencoder.parameters())
-    optimiser = torch.optim.Adam(
-        parameters, lr=config.learning_rate, weight_decay=config.weight_decay
+@register_head("student_teacher")
+def _build_student_teacher(context: HeadContext) -> ExportHead:
+    return StudentTeacherHead(
+        context.channels,
+        context.image_size,
+        StudentTeacherConfig.from_mapping(dict(context.settings)),
+        seed=context.seed,
     )
-    # step the learning rate down for the last 5 % of steps, as EfficientAD does at 95 %
-    scheduler = torch.optim.lr_scheduler.StepLR(
-        optimiser, step_size=max(1, int(0.95 * config.steps)), gamma=0.1
-    )
-    batches = batch_order(n_fit, config.batch_size, config.steps, config.seed)
-    head.train()
-    history: list[tuple[float, float, float]] = []
-    started = time.perf_counter()
-    bar = tqdm(batches, desc="student_teacher", unit="step", disable=not progress)
-    for indices in bar:
-        index = torch.from_numpy(indices)
-        image, teacher = fit_images[index], fit_teacher[index]
-        student = head.student(image, (h, w))
-        reconstruction = head.autoencoder(image)
-        loss_hard = hard_feature_loss(teacher, student[:, :channels], config.hard_quantile)
-        loss_ae = (teacher - reconstruction).pow(2).mean()
-        loss_student_ae = (reconstruction - student[:, channels:]).pow(2).mean()
-        loss = loss_hard + loss_ae + loss_student_ae
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        scheduler.step()
-        history.append(
-            (float(loss_hard.detach()), float(loss_ae.detach()), float(loss_student_ae.detach()))
-        )
-        bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
-    seconds = time.perf_counter() - started
-    head.eval()
-
-    local_maps, global_maps = [], []
-    with torch.no_grad():
-        for start in range(0, n_val, config.batch_size):
-            stop = start + config.batch_size
-            local, global_ = head.raw_maps(val_images[start:stop], val_teacher[start:stop])
-            local_maps.append(local.flatten())
-            global_maps.append(global_.flatten())
-    local_q = _quantile_pair(torch.cat(local_maps).numpy(), config.quantile_a, config.quantile_b)
-    global_q = _quantile_pair(torch.cat(global_maps).numpy(), config.quantile_a, config.quantile_b)
-    head.local_quantiles.copy_(torch.tensor(local_q))
-    head.global_quantiles.copy_(torch.tensor(global_q))
-
-    tail = max(1, len(history) // 10)
-    first, last = np.asarray(history[0]), np.asarray(history[-tail:]).mean(axis=0)
-    names = ("hard", "ae", "student_ae")
-    head.training_summary = {
-        "steps": config.steps,
-        "batch_size": config.batch_size,
-        "learning_rate": config.learning_rate,
-        "seed": config.seed,
-        "first_losses": {n: float(v) for n, v in zip(names, first, strict=True)},
-        "final_losses": {n: float(v) for n, v in zip(names, last, strict=True)},
-        "seconds": round(seconds, 2),
-        "n_fit": int(n_fit),
-        "n_val": int(n_val),
-    }
-    log.info(
-        "student_teacher: %d steps in %.1f s; hard loss %.3f -> %.3f, ae %.3f -> %.3f",
-        config.steps,
-        seconds,
-        first[0],
-        last[0],
-        first[1],
-        last[1],
-    )
-    return head
