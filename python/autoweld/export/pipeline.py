@@ -41,7 +41,7 @@ from autoweld.train.calibration import (
     fit_platt,
     platt,
 )
-from autoweld.train.heads import HeadContext, InspectionGraph, build_head
+from autoweld.train.heads import HeadContext, InspectionGraph, available_heads, build_head
 from autoweld.train.reference import TorchReference, save_reference
 
 logger = logging.getLogger(__name__)
@@ -229,6 +229,12 @@ def export_category(options: ExportOptions) -> ExportResult:
         seed=options.seed,
         head_overrides=head_overrides,
     )
+    missing = [m for m in recipe.models if m not in available_heads()]
+    if missing:
+        raise ValueError(
+            f"models: {', '.join(missing)} not implemented in this autoweld "
+            f"(available: {', '.join(available_heads())})"
+        )
     if "patchcore" in head_overrides and "patchcore" not in recipe.models:
         raise ValueError("--coreset-ratio/--coreset-max need the patchcore model in --models")
     seed = recipe.seed

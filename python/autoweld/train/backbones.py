@@ -426,6 +426,8 @@ def build_backbone(
                 "state dict), or --random-weights for timing runs only"
             )
     if weights_path is not None:
+        if not weights_path.is_file():
+            raise ValueError(f"weights: {weights_path} is not a file (backbone {name!r})")
         digest = _sha256(weights_path)
         described = str(weights_path)
         if name == "efficientnet_lite0" and weights is None:

@@ -45,7 +45,6 @@ class PatchCoreSettings:
     embedding_dim: int = 0  # 0: no projection, D = C1 + C2
     reweight_neighbours: int = 9
     projection_dim: int = 128  # random projection used inside the coreset search
-    batch_size: int = 8
 
     def __post_init__(self) -> None:
         if not 0.0 < self.coreset_ratio <= 1.0:
@@ -58,8 +57,6 @@ class PatchCoreSettings:
             raise ValueError(f"reweight_neighbours must be >= 1, got {self.reweight_neighbours!r}")
         if self.projection_dim < 1:
             raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> PatchCoreSettings:
