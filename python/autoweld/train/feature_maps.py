@@ -44,6 +44,7 @@ def collect_features(
     *,
     keep_images: bool,
     desc: str,
+    progress: bool = True,
 ) -> tuple[Tensor | None, Tensor]:
     """Run the frozen backbone over ``batches`` once: (images or None, aggregated features).
 
@@ -54,7 +55,9 @@ def collect_features(
     images: list[Tensor] = []
     features: list[Tensor] = []
     with torch.no_grad():
-        for index, batch in enumerate(tqdm(batches, desc=desc, unit="batch", leave=False)):
+        for index, batch in enumerate(
+            tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress)
+        ):
             if not isinstance(batch, Tensor) or batch.dim() != 4 or batch.shape[1] != 3:
                 shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
                 raise ValueError(f"batches[{index}] must be a [n, 3, S, S] tensor, got {shape}")

@@ -356,9 +356,10 @@ class StudentTeacherHead(ExportHead):
             raise ValueError("student_teacher: fit() must run before fit_validation()")
         local_maps, global_maps = [], []
         with torch.no_grad():
-            for index, batch in enumerate(batches):
+            bar = tqdm(batches, desc="student_teacher: validation", unit="batch", leave=False)
+            for index, batch in enumerate(bar):
                 images, raw = collect_features(
-                    extractor, [batch], keep_images=True, desc="student_teacher: validation"
+                    extractor, [batch], keep_images=True, desc="", progress=False
                 )
                 assert images is not None
                 if images.shape[-1] != self.image_size:
