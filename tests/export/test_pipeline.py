@@ -41,6 +41,7 @@ def weld_export(tiny_weld, tmp_path_factory):
         data_root=root,
         out_dir=out,
         image_size=SIZE,
+        coreset_ratio=0.5,
         coreset_max=60,
         weld_params=params,
     )
