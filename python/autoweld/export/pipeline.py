@@ -279,7 +279,10 @@ def export_category(options: ExportOptions) -> ExportResult:
     # -- fit -------------------------------------------------------------------------------
     t0 = time.perf_counter()
     extractor = build_backbone(
-        recipe.backbone, weights=options.weights, random_weights=options.random_weights
+        recipe.backbone,
+        weights=options.weights,
+        random_weights=options.random_weights,
+        layers=recipe.layers,
     )
     heads = [
         build_head(
