@@ -80,6 +80,7 @@ class ExportOptions:
     recipe: str | Path | None = None
     opset: int = DEFAULT_OPSET
     save_reference: bool = True
+    weld_params: Any = None  # autoweld.data.WeldParams for the built-in weld set (tests: tiny)
 
 
 @dataclass
@@ -243,7 +244,10 @@ def export_category(options: ExportOptions) -> ExportResult:
 
     # -- data ------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    category = data.load_category(options.category, data_root=options.data_root, seed=seed)
+    load_kwargs: dict[str, Any] = {"seed": seed}
+    if options.weld_params is not None:
+        load_kwargs["weld_params"] = options.weld_params
+    category = data.load_category(options.category, data_root=options.data_root, **load_kwargs)
     val_fraction = recipe.calibration["val_fraction"]
     if options.val_root is not None:
         fit_samples = list(category.train)
@@ -275,7 +279,10 @@ def export_category(options: ExportOptions) -> ExportResult:
     # -- fit -------------------------------------------------------------------------------
     t0 = time.perf_counter()
     extractor = build_backbone(
-        recipe.backbone, weights=options.weights, random_weights=options.random_weights
+        recipe.backbone,
+        weights=options.weights,
+        random_weights=options.random_weights,
+        layers=recipe.layers,
     )
     heads = [
         build_head(
