@@ -106,9 +106,14 @@ class FeatureAEHead(ExportHead):
     output_name = "feature_ae_map"
 
     def __init__(
-        self, channels: int | Sequence[int], config: FeatureAEConfig | None = None, seed: int = 0
+        self,
+        channels: int | Sequence[int],
+        config: FeatureAEConfig | None = None,
+        seed: int = 0,
+        stride: int = 8,
     ) -> None:
         super().__init__()
+        self.stride = int(stride)  # of the shallower backbone tap: sets the map grid
         self.config = config or FeatureAEConfig()
         self.seed = seed
         self.channels = int(channels) if isinstance(channels, int) else int(sum(channels))
@@ -138,7 +143,7 @@ class FeatureAEHead(ExportHead):
         return self.error_map(self.standardise(aggregate_taps(features)))
 
     def feature_map_size(self, image_size: int) -> tuple[int, int]:
-        side = -(-image_size // 8)  # the stride-8 tap, SAME padding rounds up
+        side = -(-image_size // self.stride)  # the shallower tap's grid; SAME padding rounds up
         return (side, side)
 
     def fit(self, extractor: nn.Module, batches: Sequence[Tensor]) -> None:
@@ -242,5 +247,8 @@ class FeatureAEHead(ExportHead):
 @register_head("feature_ae")
 def _build_feature_ae(context: HeadContext) -> ExportHead:
     return FeatureAEHead(
-        context.channels, FeatureAEConfig.from_mapping(dict(context.settings)), seed=context.seed
+        context.channels,
+        FeatureAEConfig.from_mapping(dict(context.settings)),
+        seed=context.seed,
+        stride=context.strides[0],
     )

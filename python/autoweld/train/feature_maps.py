@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 
 def aggregate_taps(taps: Sequence[Tensor]) -> Tensor:
-    """Aggregate backbone taps into one map at the first (stride-8) tap's size.
+    """Aggregate backbone taps into one map at the first (shallower, by default stride-8) tap's size.
 
     Each tap gets a 3x3 local average (stride 1, zero padding counted, as PatchCore does); deeper
     taps are bilinearly upsampled (half-pixel centres) to the first tap's h x w; the results are

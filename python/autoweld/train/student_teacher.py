@@ -1,7 +1,7 @@
 """Student-teacher head in the manner of EfficientAD (Batzner et al., 2024), shrunk for CPU.
 
 - **Teacher**: the frozen backbone's two taps aggregated as PatchCore aggregates them, at the
-  stride-8 tap's h x w, standardised with the fit set's per-channel mean and std. There is no
+  shallower (by default stride-8) tap's h x w, standardised with the fit set's per-channel mean and std. There is no
   distilled teacher offline, so the pretrained backbone plays that part directly.
 - **Student**: a small patch-description network (PDN) on the image — four convolutions with
   average pooling, stride 8 overall — with 2C output channels. The first C regress the teacher
@@ -94,7 +94,7 @@ class StudentTeacherConfig:
 
 
 class PatchDescriptionNetwork(nn.Module):
-    """The student: a small PDN, stride 8, ``[N, 3, S, S] -> [N, out_channels, h, w]``.
+    """The student: a small PDN, stride 8 (resized to the teacher grid if that differs).
 
     Receptive field about 50 px at stride 8 — a local patch descriptor, like EfficientAD's small
     PDN, with the first convolution strided so the full-resolution work stays cheap on a CPU.
@@ -195,8 +195,10 @@ class StudentTeacherHead(ExportHead):
         image_size: int,
         config: StudentTeacherConfig | None = None,
         seed: int = 0,
+        stride: int = 8,
     ) -> None:
         super().__init__()
+        self.stride = int(stride)  # of the shallower backbone tap: sets the map grid
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
             raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
         self.config = config or StudentTeacherConfig()
@@ -229,7 +231,7 @@ class StudentTeacherHead(ExportHead):
         self.eval()
 
     def feature_map_size(self, image_size: int) -> tuple[int, int]:
-        side = -(-image_size // 8)  # the stride-8 tap, SAME padding rounds up
+        side = -(-image_size // self.stride)  # the shallower tap's grid; SAME padding rounds up
         return (side, side)
 
     def standardise(self, aggregated: Tensor) -> Tensor:
@@ -285,7 +287,7 @@ class StudentTeacherHead(ExportHead):
         c = self.channels
         if tuple(teacher_all.shape[-2:]) != self.feature_size:
             raise ValueError(
-                f"student_teacher: expected a stride-8 tap of {self.feature_size}, the backbone "
+                f"student_teacher: expected a shallow tap of {self.feature_size}, the backbone "
                 f"gives {tuple(teacher_all.shape[-2:])}"
             )
 
@@ -419,4 +421,5 @@ def _build_student_teacher(context: HeadContext) -> ExportHead:
         context.image_size,
         StudentTeacherConfig.from_mapping(dict(context.settings)),
         seed=context.seed,
+        stride=context.strides[0],
     )
