@@ -172,8 +172,8 @@ def test_cli_reports_bad_requests_clearly(tiny_weld, tmp_path, capsys):
     data_root = _mvtec_folder(tiny_weld, tmp_path)
     out = tmp_path / "bundles"
     common = ["--category", "parts", "--data-root", str(data_root), "--out", str(out)]
-    assert main([*common, "--models", "patchcore,student_teacher"]) == 2
-    assert "student_teacher not implemented" in capsys.readouterr().err
+    assert main([*common, "--models", "patchcore,no_such_head"]) == 2
+    assert "no_such_head not implemented" in capsys.readouterr().err
     assert main([*common, "--backbone", "wide_resnet50_2"]) == 2
     assert "needs weights" in capsys.readouterr().err
     assert main([*common, "--val-root", str(tmp_path / "nowhere")]) == 2
