@@ -337,8 +337,11 @@ static void bind_numeric_kernels(py::module_& m) {
         "platt",
         [](const F64& scores, double a, double b) {
             F64 out(scores.size());
-            autoweld::platt(scores.data(), static_cast<std::size_t>(scores.size()), a, b,
-                            out.mutable_data());
+            const double* s = scores.data();
+            double* o = out.mutable_data();
+            const auto n = static_cast<std::size_t>(scores.size());
+            py::gil_scoped_release release;
+            autoweld::platt(s, n, a, b, o);
             return out;
         },
         py::arg("scores"), py::arg("a"), py::arg("b"));
@@ -351,9 +354,13 @@ static void bind_numeric_kernels(py::module_& m) {
             autoweld::require(probabilities.shape(1) == weights.shape(0),
                               "probabilities must have one column per weight");
             const auto rows = static_cast<std::size_t>(probabilities.shape(0));
+            const auto m = static_cast<std::size_t>(weights.shape(0));
             F64 out(rows);
-            autoweld::fuse(probabilities.data(), rows, static_cast<std::size_t>(weights.shape(0)),
-                           weights.data(), out.mutable_data());
+            const double* p = probabilities.data();
+            const double* w = weights.data();
+            double* o = out.mutable_data();
+            py::gil_scoped_release release;
+            autoweld::fuse(p, rows, m, w, o);
             return out;
         },
         py::arg("probabilities"), py::arg("weights"));

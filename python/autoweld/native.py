@@ -301,7 +301,6 @@ def _queries(queries: object, dim: int) -> np.ndarray:
         raise ValueError(
             f"queries have {queries.shape[1]} features but the bank has {dim}: they must match"
         )
-    _finite(queries, "queries")
     return queries
 
 
@@ -323,7 +322,7 @@ def knn(
     bank = _bank(bank)
     queries = _queries(queries, bank.shape[1])
     k = _count(k, "k", 1, bank.shape[0])
-    _finite(bank, "bank")
+    # NaN/Inf in queries or bank: checked by the core (one vectorised pass), ValueError.
     return _native.knn(queries, bank, k, _threads(threads))
 
 
@@ -336,7 +335,6 @@ class KnnIndex:
 
     def __init__(self, bank: np.ndarray, threads: int | None = None) -> None:
         bank = _bank(bank)
-        _finite(bank, "bank")
         self._index = _native.KnnIndex(bank, _threads(threads))
 
     @property
@@ -365,7 +363,6 @@ def bank_neighbours(bank: np.ndarray, b: int, threads: int | None = None) -> np.
     """
     bank = _bank(bank)
     b = _count(b, "b", 1, bank.shape[0])
-    _finite(bank, "bank")
     return _native.bank_neighbours(bank, b, _threads(threads))
 
 
@@ -375,7 +372,6 @@ def _features(features: object) -> np.ndarray:
         raise ValueError("features: no rows")
     if features.shape[1] == 0:
         raise ValueError("features: feature dimension must be at least 1")
-    _finite(features, "features")
     return features
 
 
@@ -461,9 +457,8 @@ def patchcore_score(
         raise ValueError(f"indices must have the shape of distances {distances.shape}")
     if bank_neighbours.shape[0] != bank.shape[0] or bank_neighbours.shape[1] == 0:
         raise ValueError("bank_neighbours must have one row per bank row, at least one column")
-    _finite(embeddings, "embeddings")
-    _finite(distances, "distances")
-    _finite(bank, "bank")
+    # NaN/Inf: the core checks distances, and the embedding and bank rows it uses (the bank
+    # was checked when it was built; a full pass here would cost more than the score).
     return float(_native.patchcore_score(embeddings, distances, indices, bank, bank_neighbours))
 
 

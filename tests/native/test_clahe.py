@@ -3,9 +3,10 @@
 import cv2
 import numpy as np
 import pytest
-from autoweld import native
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from autoweld import native
 
 
 def _textured(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
