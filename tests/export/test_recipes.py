@@ -69,7 +69,7 @@ def test_cli_values_override_the_recipe():
     assert recipe.image_size == 128
     assert recipe.seed == 7
     assert recipe.head_settings["patchcore"]["coreset_ratio"] == 0.5
-    assert recipe.head_settings["patchcore"]["coreset_max"] == 10000  # None leaves it alone
+    assert recipe.head_settings["patchcore"]["coreset_max"] == 16000  # None leaves it alone
 
 
 def test_backbone_without_a_profile_gets_its_own_normalisation():
