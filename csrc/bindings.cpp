@@ -4,7 +4,20 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "anomaly_map.hpp"
+#include "clahe.hpp"
 #include "common.hpp"
+#include "coreset.hpp"
+#include "knn.hpp"
+#include "preprocess.hpp"
+#include "scoring.hpp"
 
 namespace py = pybind11;
 
@@ -13,13 +26,325 @@ namespace py = pybind11;
 #endif
 
 // ---- image kernels: clahe, preprocess, anomaly map -------------------------------------
+using U8Array = py::array_t<std::uint8_t, py::array::c_style>;
+using F32Array = py::array_t<float, py::array::c_style>;
+
 static void bind_image_kernels(py::module_& m) {
-    (void)m;
+    m.def(
+        "clahe",
+        [](const U8Array& image, double clip_limit, int tiles_x, int tiles_y, int threads) {
+            autoweld::require(image.ndim() == 2 || (image.ndim() == 3 && image.shape(2) == 3),
+                              "image must be HxW or HxWx3");
+            const int h = static_cast<int>(image.shape(0)), w = static_cast<int>(image.shape(1));
+            std::vector<py::ssize_t> shape(image.shape(), image.shape() + image.ndim());
+            U8Array out(shape);
+            const std::uint8_t* src = image.data();
+            std::uint8_t* dst = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                if (image.ndim() == 2)
+                    autoweld::clahe_gray(src, h, w, clip_limit, tiles_x, tiles_y, dst, threads);
+                else
+                    autoweld::clahe_bgr(src, h, w, clip_limit, tiles_x, tiles_y, dst, threads);
+            }
+            return out;
+        },
+        py::arg("image"), py::arg("clip_limit"), py::arg("tiles_x"), py::arg("tiles_y"),
+        py::arg("threads"));
+    m.def(
+        "preprocess",
+        [](const U8Array& image, int size, bool clahe, double clip_limit, int tiles_x,
+           int tiles_y, double sigma, std::array<double, 3> mean, std::array<double, 3> std,
+           int threads) {
+            autoweld::require(image.ndim() == 2 || (image.ndim() == 3 && image.shape(2) == 3),
+                              "image must be HxW or HxWx3");
+            autoweld::require(size >= 1, "size must be >= 1");
+            autoweld::PreprocessConfig config;
+            config.size = size;
+            config.clahe = clahe;
+            config.clip_limit = clip_limit;
+            config.tiles_x = tiles_x;
+            config.tiles_y = tiles_y;
+            config.sigma = sigma;
+            config.mean = mean;
+            config.std = std;
+            config.threads = threads;
+            F32Array out({py::ssize_t{3}, py::ssize_t{size}, py::ssize_t{size}});
+            const int h = static_cast<int>(image.shape(0)), w = static_cast<int>(image.shape(1));
+            const int channels = image.ndim() == 2 ? 1 : 3;
+            const std::uint8_t* src = image.data();
+            float* dst = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                autoweld::preprocess(src, h, w, channels, config, dst);
+            }
+            return out;
+        },
+        py::arg("image"), py::arg("size"), py::arg("clahe"), py::arg("clip_limit"),
+        py::arg("tiles_x"), py::arg("tiles_y"), py::arg("sigma"), py::arg("mean"),
+        py::arg("std"), py::arg("threads"));
+    m.def(
+        "anomaly_map",
+        [](const F32Array& scores, int out_h, int out_w, double sigma, int threads) {
+            autoweld::require(scores.ndim() == 3, "patch_scores must be (N, h, w)");
+            const int n = static_cast<int>(scores.shape(0)), h = static_cast<int>(scores.shape(1)),
+                      w = static_cast<int>(scores.shape(2));
+            F32Array out({py::ssize_t{n}, py::ssize_t{out_h}, py::ssize_t{out_w}});
+            const float* src = scores.data();
+            float* dst = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                autoweld::anomaly_map(src, n, h, w, out_h, out_w, sigma, dst, threads);
+            }
+            return out;
+        },
+        py::arg("scores"), py::arg("out_h"), py::arg("out_w"), py::arg("sigma"),
+        py::arg("threads"));
 }
 
 // ---- numeric kernels: knn, coreset, scoring --------------------------------------------
+// Arrays arrive C-contiguous with the exact dtype (the Python wrapper in autoweld.native checks
+// dtype, shape and contiguity first and names the argument); nothing is converted silently.
+using F32 = py::array_t<float, py::array::c_style>;
+using I64 = py::array_t<std::int64_t, py::array::c_style>;
+using F64 = py::array_t<double, py::array::c_style>;
+
+static autoweld::KernelPath kernel_path(const std::string& name) {
+    if (name == "auto") return autoweld::KernelPath::automatic;
+    if (name == "portable") return autoweld::KernelPath::portable;
+    if (name == "avx2") return autoweld::KernelPath::avx2;
+    throw std::invalid_argument("path must be 'auto', 'portable' or 'avx2', got '" + name + "'");
+}
+
+static void require_2d(const py::array& a, const char* name) {
+    autoweld::require(a.ndim() == 2, std::string(name) + " must be 2-D, got " +
+                                         std::to_string(a.ndim()) + "-D");
+}
+
+// A bank plus its norms; keeps the bank array alive while the index lives.
+struct PyKnnIndex {
+    F32 bank;
+    std::unique_ptr<autoweld::KnnIndex> index;
+};
+
+static py::tuple knn_result(std::size_t nq, std::size_t k,
+                            const std::function<void(float*, std::int64_t*)>& run) {
+    F32 distances({nq, k});
+    I64 indices({nq, k});
+    float* d = distances.mutable_data();
+    std::int64_t* i = indices.mutable_data();
+    {
+        py::gil_scoped_release release;
+        run(d, i);
+    }
+    return py::make_tuple(distances, indices);
+}
+
 static void bind_numeric_kernels(py::module_& m) {
-    (void)m;
+    m.def(
+        "knn",
+        [](const F32& queries, const F32& bank, std::int64_t k, int threads,
+           const std::string& path) {
+            require_2d(queries, "queries");
+            require_2d(bank, "bank");
+            autoweld::require(queries.shape(1) == bank.shape(1),
+                              "queries and bank must have the same feature dimension");
+            autoweld::require(k >= 1, "k must be at least 1");
+            const auto kp = kernel_path(path);
+            const auto nq = static_cast<std::size_t>(queries.shape(0));
+            const auto nb = static_cast<std::size_t>(bank.shape(0));
+            const auto dim = static_cast<std::size_t>(bank.shape(1));
+            const float* q = queries.data();
+            const float* b = bank.data();
+            return knn_result(nq, static_cast<std::size_t>(k), [&](float* d, std::int64_t* i) {
+                autoweld::knn_search(q, nq, b, nullptr, nb, dim, static_cast<std::size_t>(k), d,
+                                     i, threads, kp);
+            });
+        },
+        py::arg("queries"), py::arg("bank"), py::arg("k"), py::arg("threads") = 0,
+        py::arg("path") = "auto");
+
+    py::class_<PyKnnIndex>(m, "KnnIndex")
+        .def(py::init([](const F32& bank, int threads) {
+                 require_2d(bank, "bank");
+                 auto self = std::make_unique<PyKnnIndex>();
+                 self->bank = bank;
+                 const float* b = bank.data();
+                 const auto nb = static_cast<std::size_t>(bank.shape(0));
+                 const auto dim = static_cast<std::size_t>(bank.shape(1));
+                 py::gil_scoped_release release;
+                 self->index = std::make_unique<autoweld::KnnIndex>(b, nb, dim, threads);
+                 return self;
+             }),
+             py::arg("bank"), py::arg("threads") = 0)
+        .def(
+            "search",
+            [](const PyKnnIndex& self, const F32& queries, std::int64_t k, int threads,
+               const std::string& path) {
+                require_2d(queries, "queries");
+                autoweld::require(static_cast<std::size_t>(queries.shape(1)) == self.index->dim(),
+                                  "queries and bank must have the same feature dimension");
+                autoweld::require(k >= 1, "k must be at least 1");
+                const auto kp = kernel_path(path);
+                const auto nq = static_cast<std::size_t>(queries.shape(0));
+                const float* q = queries.data();
+                return knn_result(nq, static_cast<std::size_t>(k),
+                                  [&](float* d, std::int64_t* i) {
+                                      self.index->search(q, nq, static_cast<std::size_t>(k), d, i,
+                                                         threads, kp);
+                                  });
+            },
+            py::arg("queries"), py::arg("k"), py::arg("threads") = 0, py::arg("path") = "auto")
+        .def_property_readonly("size", [](const PyKnnIndex& s) { return s.index->size(); })
+        .def_property_readonly("dim", [](const PyKnnIndex& s) { return s.index->dim(); })
+        .def_property_readonly("bank", [](const PyKnnIndex& s) { return s.bank; });
+
+    m.def(
+        "bank_neighbours",
+        [](const F32& bank, std::int64_t b, int threads) {
+            require_2d(bank, "bank");
+            autoweld::require(b >= 1, "b must be at least 1");
+            const auto nb = static_cast<std::size_t>(bank.shape(0));
+            const auto dim = static_cast<std::size_t>(bank.shape(1));
+            I64 out({nb, static_cast<std::size_t>(b)});
+            std::int64_t* o = out.mutable_data();
+            const float* p = bank.data();
+            py::gil_scoped_release release;
+            autoweld::bank_neighbours(p, nb, dim, static_cast<std::size_t>(b), o, threads);
+            return out;
+        },
+        py::arg("bank"), py::arg("b"), py::arg("threads") = 0);
+
+    m.def(
+        "coreset",
+        [](const F32& features, std::int64_t n, std::int64_t projection_dim, std::uint64_t seed,
+           int threads) {
+            require_2d(features, "features");
+            autoweld::require(n >= 1, "n must be at least 1");
+            autoweld::require(projection_dim >= 0, "projection_dim must be >= 0");
+            I64 out(static_cast<std::size_t>(n));
+            std::int64_t* o = out.mutable_data();
+            const float* f = features.data();
+            const auto rows = static_cast<std::size_t>(features.shape(0));
+            const auto dim = static_cast<std::size_t>(features.shape(1));
+            py::gil_scoped_release release;
+            autoweld::coreset(f, rows, dim, static_cast<std::size_t>(n),
+                              static_cast<std::size_t>(projection_dim), seed, o, threads);
+            return out;
+        },
+        py::arg("features"), py::arg("n"), py::arg("projection_dim") = 128, py::arg("seed") = 0,
+        py::arg("threads") = 0);
+
+    m.def(
+        "coreset_projection",
+        [](std::int64_t dim, std::int64_t projection_dim, std::uint64_t seed) {
+            autoweld::require(dim >= 1, "dim must be at least 1");
+            autoweld::require(projection_dim >= 1, "projection_dim must be at least 1");
+            F32 out({static_cast<std::size_t>(dim), static_cast<std::size_t>(projection_dim)});
+            autoweld::coreset_projection(static_cast<std::size_t>(dim),
+                                         static_cast<std::size_t>(projection_dim), seed,
+                                         out.mutable_data());
+            return out;
+        },
+        py::arg("dim"), py::arg("projection_dim"), py::arg("seed") = 0);
+
+    m.def(
+        "coreset_project",
+        [](const F32& features, std::int64_t projection_dim, std::uint64_t seed, int threads) {
+            require_2d(features, "features");
+            autoweld::require(projection_dim >= 1, "projection_dim must be at least 1");
+            const auto rows = static_cast<std::size_t>(features.shape(0));
+            const auto dim = static_cast<std::size_t>(features.shape(1));
+            F32 out({rows, static_cast<std::size_t>(projection_dim)});
+            float* o = out.mutable_data();
+            const float* f = features.data();
+            py::gil_scoped_release release;
+            autoweld::coreset_project(f, rows, dim, static_cast<std::size_t>(projection_dim),
+                                      seed, o, threads);
+            return out;
+        },
+        py::arg("features"), py::arg("projection_dim"), py::arg("seed") = 0,
+        py::arg("threads") = 0);
+
+    m.def(
+        "coreset_select",
+        [](const F32& x, std::int64_t n, std::int64_t start, int threads,
+           const std::string& path) {
+            require_2d(x, "features");
+            autoweld::require(n >= 1, "n must be at least 1");
+            autoweld::require(start >= 0, "start must be >= 0");
+            const auto kp = kernel_path(path);
+            I64 out(static_cast<std::size_t>(n));
+            std::int64_t* o = out.mutable_data();
+            const float* p = x.data();
+            const auto rows = static_cast<std::size_t>(x.shape(0));
+            const auto dim = static_cast<std::size_t>(x.shape(1));
+            py::gil_scoped_release release;
+            autoweld::coreset_select(p, rows, dim, static_cast<std::size_t>(n),
+                                     static_cast<std::size_t>(start), o, threads, kp);
+            return out;
+        },
+        py::arg("features"), py::arg("n"), py::arg("start"), py::arg("threads") = 0,
+        py::arg("path") = "auto");
+
+    m.def(
+        "patchcore_score",
+        [](const F32& embeddings, const F32& distances, const I64& indices, const F32& bank,
+           const I64& bank_neighbours) {
+            require_2d(embeddings, "embeddings");
+            require_2d(distances, "distances");
+            require_2d(indices, "indices");
+            require_2d(bank, "bank");
+            require_2d(bank_neighbours, "bank_neighbours");
+            autoweld::require(distances.shape(0) == embeddings.shape(0),
+                              "distances must have one row per embedding");
+            autoweld::require(indices.shape(0) == distances.shape(0) &&
+                                  indices.shape(1) == distances.shape(1),
+                              "indices must have the shape of distances");
+            autoweld::require(bank.shape(1) == embeddings.shape(1),
+                              "bank and embeddings must have the same feature dimension");
+            autoweld::require(bank_neighbours.shape(0) == bank.shape(0),
+                              "bank_neighbours must have one row per bank row");
+            const float* e = embeddings.data();
+            const float* d = distances.data();
+            const std::int64_t* i = indices.data();
+            const float* b = bank.data();
+            const std::int64_t* nb = bank_neighbours.data();
+            const auto patches = static_cast<std::size_t>(embeddings.shape(0));
+            const auto dim = static_cast<std::size_t>(embeddings.shape(1));
+            const auto k = static_cast<std::size_t>(distances.shape(1));
+            const auto rows = static_cast<std::size_t>(bank.shape(0));
+            const auto bcols = static_cast<std::size_t>(bank_neighbours.shape(1));
+            py::gil_scoped_release release;
+            return autoweld::patchcore_score(e, patches, dim, d, i, k, b, rows, nb, bcols);
+        },
+        py::arg("embeddings"), py::arg("distances"), py::arg("indices"), py::arg("bank"),
+        py::arg("bank_neighbours"));
+
+    m.def(
+        "platt",
+        [](const F64& scores, double a, double b) {
+            F64 out(scores.size());
+            autoweld::platt(scores.data(), static_cast<std::size_t>(scores.size()), a, b,
+                            out.mutable_data());
+            return out;
+        },
+        py::arg("scores"), py::arg("a"), py::arg("b"));
+
+    m.def(
+        "fuse",
+        [](const F64& probabilities, const F64& weights) {
+            require_2d(probabilities, "probabilities");
+            autoweld::require(weights.ndim() == 1, "weights must be 1-D");
+            autoweld::require(probabilities.shape(1) == weights.shape(0),
+                              "probabilities must have one column per weight");
+            const auto rows = static_cast<std::size_t>(probabilities.shape(0));
+            F64 out(rows);
+            autoweld::fuse(probabilities.data(), rows, static_cast<std::size_t>(weights.shape(0)),
+                           weights.data(), out.mutable_data());
+            return out;
+        },
+        py::arg("probabilities"), py::arg("weights"));
 }
 
 PYBIND11_MODULE(_native, m) {

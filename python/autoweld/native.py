@@ -8,9 +8,21 @@ process-wide setting.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
 from autoweld import _native
 
-__all__ = ["has_avx2_fma", "hardware_threads"]
+__all__ = [
+    "anomaly_map",
+    "clahe",
+    "hardware_threads",
+    "has_avx2_fma",
+    "preprocess",
+    "preprocess_batch",
+]
 
 
 def has_avx2_fma() -> bool:
@@ -34,4 +46,466 @@ def _threads(threads: int | None) -> int:
 # ---- image kernels: clahe, preprocess, anomaly map ------------------------------------
 
 
+def _image_u8(image: object, name: str = "image") -> np.ndarray:
+    """Checks an 8-bit gray (HxW) or BGR (HxWx3) image; returns it C-contiguous.
+
+    A non-contiguous array (a crop, a channel-reversed view) is copied once here.
+    """
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{name} must have dtype uint8, got {image.dtype}")
+    if image.ndim == 3:
+        if image.shape[2] != 3:
+            raise ValueError(
+                f"{name} must have 1 or 3 channels (gray HxW or BGR HxWx3), got {image.shape[2]}"
+            )
+    elif image.ndim != 2:
+        raise ValueError(f"{name} must be HxW or HxWx3, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{name} must not be empty, got shape {image.shape}")
+    if image.shape[0] > 2**31 - 1 or image.shape[1] > 2**31 - 1:
+        raise ValueError(f"{name} is too large: {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def _clip_limit(clip_limit: object) -> float:
+    if isinstance(clip_limit, bool) or not isinstance(clip_limit, (int, float, np.number)):
+        raise ValueError(f"clip_limit must be a number, got {clip_limit!r}")
+    value = float(clip_limit)
+    if not math.isfinite(value):
+        raise ValueError(f"clip_limit must be finite, got {clip_limit!r}")
+    return value
+
+
+def _tile_grid(tile_grid: object) -> tuple[int, int]:
+    if isinstance(tile_grid, np.ndarray):
+        tile_grid = tuple(tile_grid.tolist())
+    if (
+        not isinstance(tile_grid, Sequence)
+        or len(tile_grid) != 2
+        or not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in tile_grid)
+    ):
+        raise ValueError(f"tile_grid must be a pair of ints (x, y), got {tile_grid!r}")
+    tiles_x, tiles_y = int(tile_grid[0]), int(tile_grid[1])
+    if tiles_x < 1 or tiles_y < 1:
+        raise ValueError(f"tile_grid must be >= 1 in each direction, got {tile_grid!r}")
+    if tiles_x * tiles_y > 2**16:
+        raise ValueError(f"tile_grid is too large (at most 65536 tiles), got {tile_grid!r}")
+    return tiles_x, tiles_y
+
+
+def _sigma(sigma: object) -> float:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.number)):
+        raise ValueError(f"sigma must be a number, got {sigma!r}")
+    value = float(sigma)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"sigma must be finite and >= 0, got {sigma!r}")
+    return value
+
+
+def _size(size: object, name: str = "size") -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {size!r}")
+    if size < 1:
+        raise ValueError(f"{name} must be >= 1, got {size!r}")
+    if size > 16384:
+        raise ValueError(f"{name} must be <= 16384, got {size!r}")
+    return int(size)
+
+
+def _triple(values: object, name: str, nonzero: bool = False) -> tuple[float, float, float]:
+    try:
+        triple = tuple(float(v) for v in values)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be three numbers, got {values!r}") from None
+    if len(triple) != 3 or not all(math.isfinite(v) for v in triple):
+        raise ValueError(f"{name} must be three finite numbers, got {values!r}")
+    if nonzero and any(v == 0 for v in triple):
+        raise ValueError(f"{name} must not contain 0, got {values!r}")
+    return triple  # type: ignore[return-value]
+
+
+def clahe(
+    image: np.ndarray, clip_limit: float = 2.0, tile_grid: tuple[int, int] = (8, 8)
+) -> np.ndarray:
+    """Contrast limited adaptive histogram equalisation of an 8-bit image.
+
+    Gray ``HxW``: bit-identical to ``cv2.createCLAHE(clip_limit, tile_grid).apply(image)`` for any
+    size, clip limit (``<= 0`` means no clipping) and grid. Colour ``HxWx3`` (BGR): CLAHE on the L
+    channel of OpenCV's 8-bit Lab, then back to BGR (the same bytes as the cv2 chain in all our
+    tests, guaranteed within one grey level). ``tile_grid`` is ``(x, y)`` as in OpenCV.
+    Non-contiguous input is copied. Returns a new uint8 array of the same shape.
+    """
+    array = _image_u8(image)
+    tiles_x, tiles_y = _tile_grid(tile_grid)
+    return _native.clahe(array, _clip_limit(clip_limit), tiles_x, tiles_y, 0)
+
+
+def preprocess(
+    image: np.ndarray,
+    size: int,
+    *,
+    clahe: bool = True,
+    clip_limit: float = 2.0,
+    tile_grid: tuple[int, int] = (8, 8),
+    sigma: float = 0.0,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+    threads: int | None = None,
+) -> np.ndarray:
+    """Turns one 8-bit image into the engine's normalised float32 ``(3, size, size)`` input.
+
+    Chain: CLAHE (``clahe=True``; on Lab lightness for colour) -> Gaussian smoothing
+    (``sigma``, 0 = off; OpenCV's kernel for ``GaussianBlur(ksize=(0, 0), sigmaX=sigma)``,
+    reflect-101 borders) -> area resize to ``size x size`` (``cv2.INTER_AREA`` semantics, also
+    when upscaling) -> BGR to RGB -> ``(x / 255 - mean) / std`` -> CHW. ``image`` is BGR
+    ``HxWx3`` or gray ``HxW`` (replicated to three channels). Within one grey level of the same
+    chain done with OpenCV and numpy, fused into one pass over the image. Non-contiguous input
+    is copied.
+    """
+    array = _image_u8(image)
+    tiles_x, tiles_y = _tile_grid(tile_grid)
+    return _native.preprocess(
+        array,
+        _size(size),
+        bool(clahe),
+        _clip_limit(clip_limit),
+        tiles_x,
+        tiles_y,
+        _sigma(sigma),
+        _triple(mean, "mean"),
+        _triple(std, "std", nonzero=True),
+        _threads(threads),
+    )
+
+
+def preprocess_batch(images: Sequence[np.ndarray], size: int, **options: object) -> np.ndarray:
+    """:func:`preprocess` over a list of images; returns float32 ``(N, 3, size, size)``."""
+    if isinstance(images, np.ndarray) or not isinstance(images, Sequence):
+        raise ValueError("images must be a list of images")
+    if len(images) == 0:
+        raise ValueError("images must not be empty")
+    batch = np.empty((len(images), 3, _size(size), _size(size)), dtype=np.float32)
+    for index, image in enumerate(images):
+        batch[index] = preprocess(image, size, **options)  # type: ignore[arg-type]
+    return batch
+
+
+def anomaly_map(
+    patch_scores: np.ndarray,
+    out_size: int | tuple[int, int],
+    sigma: float = 4.0,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Upsamples patch scores to the input resolution and smooths them.
+
+    Bilinear exactly as ``torch.nn.functional.interpolate(mode="bilinear",
+    align_corners=False)``, then anomalib's separable Gaussian (kernel ``2*int(4*sigma+0.5)+1``,
+    reflect padding; ``sigma=0`` skips it). ``patch_scores``: float32 ``(h, w)`` or
+    ``(N, h, w)``, finite. ``out_size``: int or ``(H, W)``. Returns float32 ``(H, W)`` or
+    ``(N, H, W)``. Non-contiguous input is copied.
+    """
+    if not isinstance(patch_scores, np.ndarray):
+        raise ValueError(f"patch_scores must be a numpy array, got {type(patch_scores).__name__}")
+    if patch_scores.dtype != np.float32:
+        raise ValueError(f"patch_scores must have dtype float32, got {patch_scores.dtype}")
+    if patch_scores.ndim not in (2, 3):
+        raise ValueError(f"patch_scores must be (h, w) or (N, h, w), got {patch_scores.shape}")
+    if patch_scores.size == 0:
+        raise ValueError(f"patch_scores must not be empty, got shape {patch_scores.shape}")
+    if not np.isfinite(patch_scores).all():
+        raise ValueError("patch_scores must be finite (found NaN or Inf)")
+    if isinstance(out_size, (int, np.integer)) and not isinstance(out_size, bool):
+        out_h = out_w = _size(out_size, "out_size")
+    elif isinstance(out_size, Sequence) and len(out_size) == 2:
+        out_h, out_w = (_size(v, "out_size") for v in out_size)
+    else:
+        raise ValueError(f"out_size must be an int or (H, W), got {out_size!r}")
+    scores = np.ascontiguousarray(patch_scores)
+    batched = scores.reshape((-1, *scores.shape[-2:]))
+    result = _native.anomaly_map(batched, out_h, out_w, _sigma(sigma), _threads(threads))
+    return result if scores.ndim == 3 else result[0]
+
+
 # ---- numeric kernels: knn, coreset, scoring -------------------------------------------
+
+__all__ += [
+    "KnnIndex",
+    "bank_neighbours",
+    "coreset",
+    "coreset_project",
+    "coreset_projection",
+    "fuse",
+    "knn",
+    "patchcore_score",
+    "platt",
+]
+
+
+def _float32_matrix(value: object, name: str) -> np.ndarray:
+    """A C-contiguous float32 2-D array, or ValueError naming ``name``. No dtype conversion."""
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(value).__name__}")
+    if value.dtype != np.float32:
+        raise ValueError(f"{name} must be float32, got {value.dtype}")
+    if value.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {value.shape}")
+    return np.ascontiguousarray(value)
+
+
+def _int64_matrix(value: object, name: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(value).__name__}")
+    if value.dtype != np.int64:
+        raise ValueError(f"{name} must be int64, got {value.dtype}")
+    if value.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {value.shape}")
+    return np.ascontiguousarray(value)
+
+
+def _count(value: object, name: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        upper = "" if high is None else f", {high}"
+        raise ValueError(f"{name} must be in [{low}{upper}], got {value}")
+    return value
+
+
+def _finite(array: np.ndarray, name: str) -> None:
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _bank(bank: object) -> np.ndarray:
+    bank = _float32_matrix(bank, "bank")
+    if bank.shape[0] == 0:
+        raise ValueError("bank: memory bank is empty")
+    if bank.shape[1] == 0:
+        raise ValueError("bank: feature dimension must be at least 1")
+    return bank
+
+
+def _queries(queries: object, dim: int) -> np.ndarray:
+    queries = _float32_matrix(queries, "queries")
+    if queries.shape[1] != dim:
+        raise ValueError(
+            f"queries have {queries.shape[1]} features but the bank has {dim}: they must match"
+        )
+    _finite(queries, "queries")
+    return queries
+
+
+def knn(
+    queries: np.ndarray, bank: np.ndarray, k: int, threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest bank rows of every query row.
+
+    Args:
+        queries: float32 ``(Q, D)``.
+        bank: float32 ``(M, D)`` memory bank, ``M >= 1``.
+        k: neighbours per query, ``1 <= k <= M``.
+        threads: worker threads (``None``: all hardware threads).
+
+    Returns:
+        ``(distances, indices)``: float32 and int64, both ``(Q, k)``; Euclidean (not squared)
+        distances ascending per row, equal distances listing the lower bank index first.
+    """
+    bank = _bank(bank)
+    queries = _queries(queries, bank.shape[1])
+    k = _count(k, "k", 1, bank.shape[0])
+    _finite(bank, "bank")
+    return _native.knn(queries, bank, k, _threads(threads))
+
+
+class KnnIndex:
+    """A memory bank prepared for repeated exact kNN search (its squared norms precomputed).
+
+    Holds a reference to ``bank`` (copied only if it is not C-contiguous); the bank must not be
+    modified while the index is in use.
+    """
+
+    def __init__(self, bank: np.ndarray, threads: int | None = None) -> None:
+        bank = _bank(bank)
+        _finite(bank, "bank")
+        self._index = _native.KnnIndex(bank, _threads(threads))
+
+    @property
+    def size(self) -> int:
+        """Number of bank rows."""
+        return int(self._index.size)
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension."""
+        return int(self._index.dim)
+
+    def search(
+        self, queries: np.ndarray, k: int, threads: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Same result as :func:`knn` with this index's bank."""
+        queries = _queries(queries, self.dim)
+        k = _count(k, "k", 1, self.size)
+        return self._index.search(queries, k, _threads(threads))
+
+
+def bank_neighbours(bank: np.ndarray, b: int, threads: int | None = None) -> np.ndarray:
+    """For each bank row, its ``b`` nearest bank rows, itself first: int64 ``(M, b)``.
+
+    Precomputed at export for :func:`patchcore_score`'s re-weighting.
+    """
+    bank = _bank(bank)
+    b = _count(b, "b", 1, bank.shape[0])
+    _finite(bank, "bank")
+    return _native.bank_neighbours(bank, b, _threads(threads))
+
+
+def _features(features: object) -> np.ndarray:
+    features = _float32_matrix(features, "features")
+    if features.shape[0] == 0:
+        raise ValueError("features: no rows")
+    if features.shape[1] == 0:
+        raise ValueError("features: feature dimension must be at least 1")
+    _finite(features, "features")
+    return features
+
+
+def _seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    if not 0 <= int(seed) < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return int(seed)
+
+
+def coreset(
+    features: np.ndarray,
+    n: int,
+    projection_dim: int = 128,
+    seed: int = 0,
+    threads: int | None = None,
+) -> np.ndarray:
+    """PatchCore's approximate greedy k-center coreset: int64 indices ``(n,)``, distinct.
+
+    The features (float32 ``(N, D)``) are projected with :func:`coreset_projection` to
+    ``projection_dim`` dimensions (not when ``D <= projection_dim`` or ``projection_dim == 0``);
+    the first index is a seeded random row, each next one the row farthest from those chosen.
+    ``n == N`` returns ``0..N-1``. Deterministic for a seed; memory O(input + N).
+    """
+    features = _features(features)
+    n = _count(n, "n", 1, features.shape[0])
+    projection_dim = _count(projection_dim, "projection_dim", 0)
+    return _native.coreset(features, n, projection_dim, _seed(seed), _threads(threads))
+
+
+def coreset_projection(dim: int, projection_dim: int, seed: int = 0) -> np.ndarray:
+    """The seeded Gaussian projection :func:`coreset` uses: float32 ``(dim, projection_dim)``.
+
+    Entries are N(0, 1/projection_dim), from splitmix64 + Box-Muller: identical everywhere.
+    """
+    dim = _count(dim, "dim", 1)
+    projection_dim = _count(projection_dim, "projection_dim", 1)
+    return _native.coreset_projection(dim, projection_dim, _seed(seed))
+
+
+def coreset_project(
+    features: np.ndarray, projection_dim: int, seed: int = 0, threads: int | None = None
+) -> np.ndarray:
+    """``features @ coreset_projection(D, projection_dim, seed)`` as :func:`coreset` computes
+    it (float32 ``(N, projection_dim)``)."""
+    features = _features(features)
+    projection_dim = _count(projection_dim, "projection_dim", 1)
+    return _native.coreset_project(features, projection_dim, _seed(seed), _threads(threads))
+
+
+def patchcore_score(
+    embeddings: np.ndarray,
+    distances: np.ndarray,
+    indices: np.ndarray,
+    bank: np.ndarray,
+    bank_neighbours: np.ndarray,
+) -> float:
+    """PatchCore's image score with re-weighting (paper eq. 7, as anomalib computes it).
+
+    The patch with the largest nearest-neighbour distance s* is re-weighted by
+    ``1 - softmax(d)_0``, where ``d`` are its distances to the bank rows in
+    ``bank_neighbours[m*]`` (m* its nearest bank row, which comes first).
+
+    Args:
+        embeddings: float32 ``(P, D)`` patch embeddings of one image.
+        distances, indices: the :func:`knn` result for ``embeddings`` (``(P, k)``).
+        bank: float32 ``(M, D)`` memory bank.
+        bank_neighbours: int64 ``(M, b)`` from :func:`bank_neighbours`.
+    """
+    embeddings = _float32_matrix(embeddings, "embeddings")
+    distances = _float32_matrix(distances, "distances")
+    indices = _int64_matrix(indices, "indices")
+    bank = _bank(bank)
+    bank_neighbours = _int64_matrix(bank_neighbours, "bank_neighbours")
+    if embeddings.shape[0] == 0:
+        raise ValueError("embeddings: no patches")
+    if embeddings.shape[1] != bank.shape[1]:
+        raise ValueError("embeddings and bank must have the same feature dimension")
+    if distances.shape[0] != embeddings.shape[0] or distances.shape[1] == 0:
+        raise ValueError("distances must have one row per embedding and at least one column")
+    if indices.shape != distances.shape:
+        raise ValueError(f"indices must have the shape of distances {distances.shape}")
+    if bank_neighbours.shape[0] != bank.shape[0] or bank_neighbours.shape[1] == 0:
+        raise ValueError("bank_neighbours must have one row per bank row, at least one column")
+    _finite(embeddings, "embeddings")
+    _finite(distances, "distances")
+    _finite(bank, "bank")
+    return float(_native.patchcore_score(embeddings, distances, indices, bank, bank_neighbours))
+
+
+def _float64_array(value: object, name: str) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiu" or array.dtype == np.float16:
+        raise ValueError(f"{name} must be a real-valued array, got dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.float64)
+
+
+def platt(scores: np.ndarray | float, a: float, b: float) -> np.ndarray:
+    """Platt calibration ``p = 1 / (1 + exp(a * s + b))``, overflow-safe; float64, the shape
+    of ``scores``."""
+    scores = _float64_array(scores, "scores")
+    for value, name in ((a, "a"), (b, "b")):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if not np.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+    _finite(scores, "scores")
+    out = _native.platt(scores.reshape(-1), float(a), float(b))
+    return out.reshape(scores.shape)
+
+
+def fuse(probabilities: np.ndarray, weights: np.ndarray) -> np.ndarray | float:
+    """Weighted sum of calibrated probabilities.
+
+    Args:
+        probabilities: ``(m,)`` for one image or ``(N, m)``, values in [0, 1].
+        weights: ``(m,)``, non-negative, summing to 1 within 1e-6.
+
+    Returns:
+        A float for ``(m,)`` input, else float64 ``(N,)``.
+    """
+    probabilities = _float64_array(probabilities, "probabilities")
+    weights = _float64_array(weights, "weights")
+    if weights.ndim != 1 or weights.shape[0] == 0:
+        raise ValueError(f"weights must be 1-D and non-empty, got shape {weights.shape}")
+    if probabilities.ndim not in (1, 2) or probabilities.shape[-1] != weights.shape[0]:
+        raise ValueError(
+            f"probabilities must be (m,) or (N, m) with m = {weights.shape[0]} weights, "
+            f"got shape {probabilities.shape}"
+        )
+    _finite(weights, "weights")
+    if (weights < 0).any():
+        raise ValueError("weights must be non-negative")
+    if abs(float(weights.sum()) - 1.0) > 1e-6:
+        raise ValueError(f"weights must sum to 1 (within 1e-6), got {weights.sum()!r}")
+    if np.isnan(probabilities).any() or (probabilities < 0).any() or (probabilities > 1).any():
+        raise ValueError("probabilities must lie in [0, 1]")
+    out = _native.fuse(probabilities.reshape(-1, weights.shape[0]), weights)
+    return float(out[0]) if probabilities.ndim == 1 else out

@@ -1,0 +1,132 @@
+#include "anomaly_map.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <string>
+
+#include "common.hpp"
+
+namespace autoweld {
+namespace {
+
+// torch 'reflect' padding (== OpenCV BORDER_REFLECT_101), folded again when the pad is longer
+// than the signal (torch refuses that case; we stay defined).
+int reflect101(int p, int len) {
+    if (len == 1) return 0;
+    while (p < 0 || p >= len) p = p < 0 ? -p : 2 * len - 2 - p;
+    return p;
+}
+
+// One axis of torch's bilinear (align_corners=False): source indices and weights per output.
+struct LinearAxis {
+    std::vector<int> i0, i1;
+    std::vector<float> w0, w1;
+};
+
+LinearAxis linear_axis(int in, int out) {
+    LinearAxis a;
+    a.i0.resize(out);
+    a.i1.resize(out);
+    a.w0.resize(out);
+    a.w1.resize(out);
+    const float scale = static_cast<float>(in) / static_cast<float>(out);
+    for (int d = 0; d < out; ++d) {
+        float src = scale * (static_cast<float>(d) + 0.5f) - 0.5f;
+        if (src < 0.f) src = 0.f;
+        const int i0 = std::min(static_cast<int>(src), in - 1);
+        const float l1 = src - static_cast<float>(i0);
+        a.i0[d] = i0;
+        a.i1[d] = i0 + (i0 < in - 1 ? 1 : 0);
+        a.w1[d] = l1;
+        a.w0[d] = 1.f - l1;
+    }
+    return a;
+}
+
+}  // namespace
+
+std::vector<float> anomaly_gaussian_kernel(double sigma) {
+    require(std::isfinite(sigma) && sigma >= 0.0, "sigma must be finite and >= 0");
+    if (sigma == 0.0) return {1.0f};
+    const int radius = static_cast<int>(4.0 * sigma + 0.5);
+    const int size = 2 * radius + 1;
+    std::vector<double> k(size);
+    double sum = 0.0;
+    for (int i = 0; i < size; ++i) {
+        const double x = i - radius;
+        k[i] = std::exp(-(x * x) / (2.0 * sigma * sigma));
+        sum += k[i];
+    }
+    std::vector<float> out(size);
+    for (int i = 0; i < size; ++i) out[i] = static_cast<float>(k[i] / sum);
+    return out;
+}
+
+void anomaly_map(const float* scores, int count, int height, int width, int out_height,
+                 int out_width, double sigma, float* out, int threads) {
+    require(scores != nullptr && out != nullptr, "patch_scores and out must not be null");
+    require(count >= 1 && height >= 1 && width >= 1, "patch_scores must not be empty");
+    require(out_height >= 1 && out_width >= 1, "out_size must be >= 1 in each direction");
+    const std::vector<float> kernel = anomaly_gaussian_kernel(sigma);
+    const std::size_t n_in = static_cast<std::size_t>(count) * height * width;
+    for (std::size_t i = 0; i < n_in; ++i)
+        require(std::isfinite(scores[i]), "patch_scores must be finite (found NaN or Inf)");
+
+    const LinearAxis ax = linear_axis(width, out_width), ay = linear_axis(height, out_height);
+    const int radius = static_cast<int>(kernel.size() / 2);
+    const std::size_t plane = static_cast<std::size_t>(out_height) * out_width;
+    const bool blur = kernel.size() > 1;
+    std::vector<float> up(blur ? static_cast<std::size_t>(count) * plane : 0);
+    float* stage = blur ? up.data() : out;
+
+    // Upsample, then blur each row horizontally (into `stage`).
+    const std::size_t rows = static_cast<std::size_t>(count) * out_height;
+    parallel_for(rows, threads, [&](std::size_t b, std::size_t e) {
+        std::vector<float> row(out_width);
+        for (std::size_t r = b; r < e; ++r) {
+            const int n = static_cast<int>(r / out_height), y = static_cast<int>(r % out_height);
+            const float* src = scores + static_cast<std::size_t>(n) * height * width;
+            const float* r0 = src + static_cast<std::size_t>(ay.i0[y]) * width;
+            const float* r1 = src + static_cast<std::size_t>(ay.i1[y]) * width;
+            const float wy0 = ay.w0[y], wy1 = ay.w1[y];
+            float* dst = stage + r * out_width;
+            float* target = blur ? row.data() : dst;
+            for (int x = 0; x < out_width; ++x) {
+                const int x0 = ax.i0[x], x1 = ax.i1[x];
+                target[x] = wy0 * (ax.w0[x] * r0[x0] + ax.w1[x] * r0[x1]) +
+                            wy1 * (ax.w0[x] * r1[x0] + ax.w1[x] * r1[x1]);
+            }
+            if (!blur) continue;
+            for (int x = 0; x < out_width; ++x) {
+                float acc = 0.f;
+                if (x >= radius && x + radius < out_width) {
+                    const float* p = row.data() + x - radius;
+                    for (std::size_t t = 0; t < kernel.size(); ++t) acc += kernel[t] * p[t];
+                } else {
+                    for (int t = -radius; t <= radius; ++t)
+                        acc += kernel[t + radius] * row[reflect101(x + t, out_width)];
+                }
+                dst[x] = acc;
+            }
+        }
+    });
+    if (!blur) return;
+
+    // Vertical blur, `stage` -> `out`, row by row so the inner loop runs along contiguous x.
+    parallel_for(rows, threads, [&](std::size_t b, std::size_t e) {
+        for (std::size_t r = b; r < e; ++r) {
+            const int n = static_cast<int>(r / out_height), y = static_cast<int>(r % out_height);
+            const float* src = stage + static_cast<std::size_t>(n) * plane;
+            float* dst = out + r * out_width;
+            std::fill(dst, dst + out_width, 0.f);
+            for (int t = -radius; t <= radius; ++t) {
+                const float k = kernel[t + radius];
+                const float* s = src + static_cast<std::size_t>(reflect101(y + t, out_height)) * out_width;
+                for (int x = 0; x < out_width; ++x) dst[x] += k * s[x];
+            }
+        }
+    });
+}
+
+}  // namespace autoweld

@@ -1,0 +1,139 @@
+// kNN against a double-precision brute force, on both kernel paths, for shapes that are and are
+// not multiples of the block sizes (16-query panels, 6-row bank tiles, 240-row blocks, 256-wide
+// depth chunks); bad arguments throw std::invalid_argument.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "check.hpp"
+#include "common.hpp"
+#include "knn.hpp"
+
+using autoweld::KernelPath;
+
+static std::vector<float> random_matrix(std::size_t rows, std::size_t cols, unsigned seed) {
+    std::mt19937 gen(seed);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    std::vector<float> m(rows * cols);
+    for (auto& v : m) v = u(gen);
+    return m;
+}
+
+static void check_against_brute_force(std::size_t nq, std::size_t nb, std::size_t dim,
+                                      std::size_t k, KernelPath path, int threads) {
+    auto q = random_matrix(nq, dim, 1 + static_cast<unsigned>(nq * 31 + dim));
+    auto b = random_matrix(nb, dim, 2 + static_cast<unsigned>(nb * 17 + dim));
+    std::vector<float> dist(nq * k);
+    std::vector<std::int64_t> idx(nq * k);
+    autoweld::knn_search(q.data(), nq, b.data(), nullptr, nb, dim, k, dist.data(), idx.data(),
+                         threads, path);
+    bool ok = true;
+    std::vector<std::pair<double, std::int64_t>> ref(nb);
+    for (std::size_t i = 0; i < nq; ++i) {
+        for (std::size_t j = 0; j < nb; ++j) {
+            double s = 0;
+            for (std::size_t d = 0; d < dim; ++d) {
+                double t = double(q[i * dim + d]) - b[j * dim + d];
+                s += t * t;
+            }
+            ref[j] = {std::sqrt(s), static_cast<std::int64_t>(j)};
+        }
+        std::sort(ref.begin(), ref.end());
+        for (std::size_t t = 0; t < k; ++t) {
+            double tol = 1e-3 + 1e-4 * ref[t].first;
+            if (std::fabs(dist[i * k + t] - ref[t].first) > tol) ok = false;
+            // Indices must agree unless the reference has a near-tie at this rank.
+            bool near_tie = (t + 1 < nb && ref[t + 1].first - ref[t].first < 1e-4) ||
+                            (t > 0 && ref[t].first - ref[t - 1].first < 1e-4);
+            if (!near_tie && idx[i * k + t] != ref[t].second) ok = false;
+        }
+        for (std::size_t t = 1; t < k; ++t)
+            if (dist[i * k + t] < dist[i * k + t - 1]) ok = false;
+    }
+    if (!ok)
+        std::fprintf(stderr, "mismatch at nq=%zu nb=%zu dim=%zu k=%zu path=%d\n", nq, nb, dim, k,
+                     int(path));
+    CHECK(ok);
+}
+
+int main() {
+    std::vector<KernelPath> paths{KernelPath::portable};
+    if (autoweld::kernel_path_available(KernelPath::avx2)) paths.push_back(KernelPath::avx2);
+    else std::printf("AVX2+FMA not available: only the portable path is tested\n");
+    struct Shape { std::size_t nq, nb, dim, k; };
+    const Shape shapes[] = {{1, 1, 1, 1},   {1, 7, 3, 7},      {5, 13, 8, 4},
+                            {16, 6, 16, 6}, {17, 245, 9, 9},   {33, 250, 300, 16},
+                            {40, 481, 257, 5}, {3, 20, 520, 1}};
+    for (KernelPath path : paths)
+        for (const Shape& s : shapes)
+            for (int threads : {1, 3}) check_against_brute_force(s.nq, s.nb, s.dim, s.k, path, threads);
+
+    // Exact duplicates: equal distances list the lower index first.
+    {
+        std::vector<float> bank = {1, 1, 0, 0, 1, 1, 0, 0};  // rows 0,2 and 1,3 are equal
+        std::vector<float> q = {0.9f, 0.9f};
+        std::vector<float> d(4);
+        std::vector<std::int64_t> i(4);
+        for (KernelPath path : paths) {
+            autoweld::knn_search(q.data(), 1, bank.data(), nullptr, 4, 2, 4, d.data(), i.data(), 1, path);
+            CHECK(i[0] == 0 && i[1] == 2 && i[2] == 1 && i[3] == 3);
+        }
+    }
+    // KnnIndex gives the same answer as knn_search.
+    {
+        auto b = random_matrix(300, 40, 5);
+        auto q = random_matrix(20, 40, 6);
+        autoweld::KnnIndex index(b.data(), 300, 40, 2);
+        CHECK(index.size() == 300 && index.dim() == 40);
+        std::vector<float> d1(20 * 3), d2(20 * 3);
+        std::vector<std::int64_t> i1(20 * 3), i2(20 * 3);
+        index.search(q.data(), 20, 3, d1.data(), i1.data(), 2);
+        autoweld::knn_search(q.data(), 20, b.data(), nullptr, 300, 40, 3, d2.data(), i2.data(), 1);
+        CHECK(i1 == i2 && d1 == d2);
+    }
+    // matmul_abt against a direct product.
+    for (KernelPath path : paths) {
+        auto a = random_matrix(37, 300, 7);
+        auto b = random_matrix(11, 300, 8);
+        std::vector<float> c(37 * 11);
+        autoweld::matmul_abt(a.data(), 37, b.data(), 11, 300, c.data(), 2, path);
+        bool ok = true;
+        for (std::size_t i = 0; i < 37; ++i)
+            for (std::size_t j = 0; j < 11; ++j) {
+                double s = 0;
+                for (std::size_t d = 0; d < 300; ++d) s += double(a[i * 300 + d]) * b[j * 300 + d];
+                ok = ok && std::fabs(s - c[i * 11 + j]) < 1e-3;
+            }
+        CHECK(ok);
+    }
+    // bank_neighbours: itself first.
+    {
+        std::vector<float> bank = {0, 0, 0, 0, 5, 5, 0.1f, 0};  // rows 0 and 1 duplicate
+        std::vector<std::int64_t> nbrs(4 * 2);
+        autoweld::bank_neighbours(bank.data(), 4, 2, 2, nbrs.data(), 1);
+        CHECK(nbrs[0] == 0 && nbrs[1] == 1);
+        CHECK(nbrs[2] == 1 && nbrs[3] == 0);
+        CHECK(nbrs[4] == 2);
+        CHECK(nbrs[6] == 3 && nbrs[7] == 0);
+    }
+    // Bad arguments.
+    {
+        std::vector<float> b(10, 1.0f), q(5, 1.0f), d(20);
+        std::vector<std::int64_t> i(20);
+        CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), nullptr, 0, 5, 1, d.data(), i.data(), 1), std::invalid_argument);
+        CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), nullptr, 2, 5, 3, d.data(), i.data(), 1), std::invalid_argument);
+        CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), nullptr, 2, 5, 0, d.data(), i.data(), 1), std::invalid_argument);
+        q[2] = std::numeric_limits<float>::quiet_NaN();
+        CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), nullptr, 2, 5, 1, d.data(), i.data(), 1), std::invalid_argument);
+        q[2] = 0;
+        b[7] = std::numeric_limits<float>::infinity();
+        CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), nullptr, 2, 5, 1, d.data(), i.data(), 1), std::invalid_argument);
+        CHECK_THROWS(autoweld::KnnIndex(b.data(), 2, 5, 1), std::invalid_argument);
+    }
+    return autoweld_test::finish("test_knn");
+}

@@ -1,0 +1,114 @@
+// Preprocessing core: kernels sum to one, constant images map to the normalised constant,
+// output layout, bad arguments.
+#include <cmath>
+#include <tuple>
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+#include "anomaly_map.hpp"
+#include "check.hpp"
+#include "common.hpp"
+#include "preprocess.hpp"
+
+int main() {
+    // OpenCV's fixed-point Gaussian taps sum to exactly 256 and are symmetric.
+    for (double sigma : {0.0, 0.3, 1.0, 2.0, 4.0, 7.5}) {
+        const std::vector<int> k = autoweld::gaussian_kernel_q8(sigma);
+        int sum = 0;
+        for (int v : k) sum += v;
+        CHECK(sum == 256);
+        CHECK(k.size() % 2 == 1);
+        for (std::size_t i = 0; i < k.size(); ++i) CHECK(k[i] == k[k.size() - 1 - i]);
+    }
+    CHECK(autoweld::gaussian_kernel_q8(2.0).size() == 13);
+    // anomalib's float kernel: size 2*int(4*sigma+0.5)+1, sums to 1.
+    {
+        const std::vector<float> k = autoweld::anomaly_gaussian_kernel(4.0);
+        CHECK(k.size() == 33);
+        double sum = 0;
+        for (float v : k) sum += v;
+        CHECK_NEAR(sum, 1.0, 1e-6);
+    }
+    // Composite axis filters: each output's weights sum to one (area and bilinear branches).
+    for (auto [in, out, area] : {std::tuple{1000, 224, true}, std::tuple{50, 224, false},
+                                 std::tuple{224, 224, true}, std::tuple{7, 3, true}}) {
+        for (double sigma : {0.0, 1.5}) {
+            const autoweld::AxisFilter f = autoweld::make_axis_filter(in, out, sigma, area);
+            bool ok = true;
+            for (int d = 0; d < out; ++d) {
+                double s = 0;
+                for (int t = 0; t < f.taps[d]; ++t) s += f.weight[d * f.max_taps + t];
+                ok = ok && std::fabs(s - 1.0) < 1e-3;
+                ok = ok && f.first[d] >= 0 && f.first[d] + f.taps[d] <= in;
+            }
+            CHECK(ok);
+        }
+    }
+    // The vertical kernel: AVX2 and scalar agree (tails included) and match a direct sum.
+    {
+        const std::size_t n = 77, stride = 80;
+        std::vector<std::uint8_t> rows(stride * 5);
+        for (std::size_t k = 0; k < rows.size(); ++k) rows[k] = static_cast<std::uint8_t>(k * 37);
+        const float w[5] = {0.1f, 0.2f, 0.4f, 0.2f, 0.1f};
+        std::vector<float> a(n), b(n);
+        const std::uint8_t* ptrs[5];
+        for (int t = 0; t < 5; ++t) ptrs[t] = rows.data() + t * stride;
+        autoweld::detail::weighted_rows_scalar(ptrs, w, 5, n, a.data());
+        bool ok = true;
+        for (std::size_t k = 0; k < n; ++k) {
+            double direct = 0;
+            for (int t = 0; t < 5; ++t) direct += w[t] * rows[t * stride + k];
+            ok = ok && std::fabs(a[k] - direct) < 1e-3;
+        }
+        CHECK(ok);
+        if (autoweld::cpu_has_avx2_fma()) {
+            autoweld::detail::weighted_rows_avx2(ptrs, w, 5, n, b.data());
+            bool same = true;
+            for (std::size_t k = 0; k < n; ++k) same = same && std::fabs(a[k] - b[k]) < 1e-4;
+            CHECK(same);
+        }
+    }
+    // A constant BGR image without CLAHE comes out as the normalised constant per RGB plane.
+    {
+        const int h = 37, w = 53, size = 16;
+        std::vector<std::uint8_t> img(h * w * 3);
+        for (int p = 0; p < h * w; ++p) {
+            img[p * 3] = 10;   // B
+            img[p * 3 + 1] = 20;
+            img[p * 3 + 2] = 200;  // R
+        }
+        autoweld::PreprocessConfig c;
+        c.size = size;
+        c.clahe = false;
+        c.sigma = 1.0;
+        c.threads = 2;
+        std::vector<float> out(3 * size * size);
+        autoweld::preprocess(img.data(), h, w, 3, c, out.data());
+        const float r = static_cast<float>((200 / 255.0 - 0.485) / 0.229);
+        const float b = static_cast<float>((10 / 255.0 - 0.406) / 0.225);
+        bool ok = true;
+        for (int i = 0; i < size * size; ++i)
+            ok = ok && std::fabs(out[i] - r) < 1e-4 && std::fabs(out[2 * size * size + i] - b) < 1e-4;
+        CHECK(ok);
+        // Bad arguments.
+        CHECK_THROWS(autoweld::preprocess(img.data(), h, w, 4, c, out.data()), std::invalid_argument);
+        c.size = 0;
+        CHECK_THROWS(autoweld::preprocess(img.data(), h, w, 3, c, out.data()), std::invalid_argument);
+        c.size = size;
+        c.sigma = -1;
+        CHECK_THROWS(autoweld::preprocess(img.data(), h, w, 3, c, out.data()), std::invalid_argument);
+    }
+    // Anomaly map: a constant map stays constant; NaN is refused.
+    {
+        std::vector<float> s(2 * 4 * 5, 2.5f), out(2 * 30 * 31);
+        autoweld::anomaly_map(s.data(), 2, 4, 5, 30, 31, 4.0, out.data(), 2);
+        bool ok = true;
+        for (float v : out) ok = ok && std::fabs(v - 2.5f) < 1e-5f;
+        CHECK(ok);
+        s[3] = std::nanf("");
+        CHECK_THROWS(autoweld::anomaly_map(s.data(), 2, 4, 5, 30, 31, 4.0, out.data(), 2),
+                     std::invalid_argument);
+    }
+    return autoweld_test::finish("test_preprocess");
+}

@@ -1,0 +1,305 @@
+"""``autoweld-inspect``: one audited inspection of one image against one bundle.
+
+Exit status: **0** the part passed, **1** the part failed — including every inspection that
+could not be completed (unreadable image, bad bundle, engine failure, ledger write failure: a
+FAIL, never a pass) — and **2** for a usage error (bad or missing arguments, an unknown execution
+provider, a ledger/PLC URL that cannot be opened), where no inspection took place.
+
+Order of work: inspect -> heat-map (if asked) -> PLC signal (if ``--plc``) -> ledger record (if
+``--ledger``). The PLC is told first so it never waits on the database; the record then holds
+whether the PLC got the signal. If the record cannot be written the result becomes a FAIL with
+the reason (an inspection without its record does not count as a pass), although the PLC may
+already have been told the original decision.
+
+``--json`` prints exactly one JSON object on stdout with the keys ``decision``, ``probability``,
+``scores``, ``probabilities``, ``threshold``, ``timings_ms``, ``record_seq``, ``plc_delivered`` and
+``error`` (see ARCHITECTURE.md); logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from autoweld import __version__
+
+__all__ = ["main"]
+
+log = logging.getLogger("autoweld.inspect")
+
+EXIT_PASS = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoweld-inspect",
+        description="Inspect one image against a model bundle; exit 0 PASS, 1 FAIL, 2 usage error.",
+    )
+    parser.add_argument("--bundle", required=True, help="bundle directory")
+    parser.add_argument("--image", required=True, help="image file (PNG, JPEG, BMP)")
+    parser.add_argument("--part-id", required=True, help="part identifier for the quality record")
+    parser.add_argument("--ledger", help="quality ledger URL (sqlite:///path or postgresql://...)")
+    parser.add_argument("--plc", help="PLC URL (tcp://host:port or modbus://host:port?...)")
+    parser.add_argument("--heatmap", help="write the image with its anomaly map here (PNG)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument(
+        "--station",
+        default=os.environ.get("AUTOWELD_STATION_ID") or socket.gethostname(),
+        help="station id for the record (default: $AUTOWELD_STATION_ID or the host name)",
+    )
+    parser.add_argument(
+        "--providers",
+        nargs="+",
+        default=["cpu"],
+        help="execution providers in order of preference: cpu, cuda, tensorrt or ORT names",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    parser.add_argument("--max-megapixels", type=float, default=64.0, help="decode limit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    return parser
+
+
+def _open_quality(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Open the ledger and PLC link; raises ValueError with a message for the user."""
+    ledger = link = None
+    if args.ledger or args.plc:
+        try:
+            from autoweld import quality
+        except ImportError as error:  # pragma: no cover - quality is part of the package
+            raise ValueError(f"autoweld.quality cannot be imported ({error})") from None
+        if args.ledger:
+            open_ledger = getattr(quality, "open_ledger", None)
+            if open_ledger is None:
+                raise ValueError("--ledger: the quality ledger is not available yet in this build")
+            try:
+                ledger = open_ledger(args.ledger)
+            except Exception as error:  # noqa: BLE001 - reported as a usage error
+                raise ValueError(f"--ledger {args.ledger}: {error}") from None
+        if args.plc:
+            open_plc = getattr(quality, "open_plc", None)
+            if open_plc is None:
+                if ledger is not None:
+                    ledger.close()
+                raise ValueError("--plc: the PLC link is not available yet in this build")
+            try:
+                link = open_plc(args.plc, timeout=0.05)
+            except Exception as error:  # noqa: BLE001
+                if ledger is not None:
+                    ledger.close()
+                raise ValueError(f"--plc {args.plc}: {error}") from None
+    return ledger, link
+
+
+def _bundle_identity(bundle_dir: Path) -> str:
+    """sha256 of manifest.json even when the bundle is refused (so the record names it).
+
+    Without a readable manifest it is the sha256 of no bytes (e3b0c442...), which names no
+    bundle; the record's error then says why.
+    """
+    try:
+        data = (bundle_dir / "manifest.json").read_bytes()
+    except OSError:
+        data = b""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_heatmap(path: str, image_path: str, result: Any, limits: Any) -> str:
+    """Render and save the heat-map; returns its sha256."""
+    from autoweld.runtime.decode import decode_image
+    from autoweld.runtime.heatmap import render_heatmap, save_heatmap
+
+    image = decode_image(image_path, limits)
+    picture = render_heatmap(
+        image,
+        result.anomaly_map,
+        result.decision,
+        result.probability,
+        result.threshold,
+        error=result.error,
+    )
+    written = save_heatmap(path, picture)
+    return hashlib.sha256(written.read_bytes()).hexdigest()
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _signal_and_record(
+    args: argparse.Namespace,
+    result: Any,
+    bundle_sha256: str,
+    heatmap_sha256: str | None,
+    ledger: Any,
+    link: Any,
+) -> tuple[bool | None, int | None]:
+    """PLC first, then the ledger (autoweld.quality.signal_and_record); returns (delivered, seq).
+
+    A failure to write the record turns the result into a FAIL with the reason.
+    """
+    if ledger is None and link is None:
+        return None, None
+    from autoweld.quality import InspectionRecord, signal_and_record
+
+    try:
+        record = InspectionRecord(
+            station_id=args.station,
+            part_id=args.part_id,
+            bundle_sha256=bundle_sha256,
+            package_version=__version__,
+            scores=result.scores,
+            probabilities=result.probabilities,
+            fused_probability=_finite_or_none(result.probability),
+            threshold=_finite_or_none(result.threshold),
+            decision=result.decision,
+            heatmap_sha256=heatmap_sha256,
+            heatmap_path=str(Path(args.heatmap).resolve()) if heatmap_sha256 else None,
+            error=result.error,
+        )
+    except ValueError as error:  # a record we cannot even build: tell the PLC FAIL, say why
+        log.error("quality record refused: %s", error)
+        result.decision = "FAIL"
+        result.error = f"quality record refused: {error}"
+        delivered = bool(link.send("FAIL")) if link is not None else None
+        return delivered, None
+    delivered = None
+    try:
+        stored = signal_and_record(record, ledger, link)
+        delivered = stored.plc_delivered
+        return delivered, (int(stored.seq) if ledger is not None else None)
+    except Exception as error:  # noqa: BLE001 - an unrecorded inspection is not a pass
+        log.error("ledger write failed: %s", error)
+        result.decision = "FAIL"
+        result.error = f"ledger write failed: {error}" + (
+            f" (after: {result.error})" if result.error else ""
+        )
+        return delivered, None
+
+
+def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
+    """Do one inspection; returns (exit status, the JSON object)."""
+    from autoweld.bundle import BundleError
+    from autoweld.runtime.decode import DecodeLimits
+    from autoweld.runtime.engine import resolve_providers
+    from autoweld.runtime.inspector import Inspector, failed_result
+
+    # Usage errors first: nothing is inspected or recorded for them.
+    resolve_providers(args.providers)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if not args.max_megapixels > 0:
+        raise ValueError(f"--max-megapixels must be > 0, got {args.max_megapixels}")
+    if args.heatmap and not args.heatmap.lower().endswith(".png"):
+        raise ValueError(f"--heatmap {args.heatmap} must end in .png")
+    limits = DecodeLimits(max_pixels=int(args.max_megapixels * 1e6))
+    ledger, link = _open_quality(args)
+
+    try:
+        bundle_dir = Path(args.bundle)
+        bundle_sha256 = _bundle_identity(bundle_dir)
+        start = time.perf_counter()
+        inspector = None
+        try:
+            inspector = Inspector(
+                bundle_dir, providers=args.providers, threads=args.threads, decode_limits=limits
+            )
+        except (BundleError, ValueError, OSError, RuntimeError) as error:
+            result = failed_result(f"bundle refused: {error}")
+        except Exception as error:  # noqa: BLE001 - fail safe: anything else is a FAIL too
+            result = failed_result(f"bundle could not be loaded: {type(error).__name__}: {error}")
+        load_ms = (time.perf_counter() - start) * 1e3
+        if inspector is not None:
+            bundle_sha256 = inspector.bundle.sha256
+            with inspector:
+                result = inspector.inspect(args.image)
+        result.timings_ms = {"load_bundle": load_ms, **result.timings_ms}
+
+        heatmap_sha256 = None
+        if args.heatmap:
+            try:
+                heatmap_sha256 = _write_heatmap(args.heatmap, args.image, result, limits)
+            except Exception as error:  # noqa: BLE001 - a missing picture must not hide a result
+                log.warning("heat-map not written: %s", error)
+
+        plc_delivered, record_seq = _signal_and_record(
+            args, result, bundle_sha256, heatmap_sha256, ledger, link
+        )
+    finally:
+        if link is not None:
+            link.close()
+        if ledger is not None:
+            ledger.close()
+
+    payload = result.to_json()
+    payload["record_seq"] = record_seq
+    payload["plc_delivered"] = plc_delivered
+    ordered = {
+        key: payload[key]
+        for key in (
+            "decision",
+            "probability",
+            "scores",
+            "probabilities",
+            "threshold",
+            "timings_ms",
+            "record_seq",
+            "plc_delivered",
+            "error",
+        )
+    }
+    return (EXIT_PASS if result.decision == "PASS" else EXIT_FAIL), ordered
+
+
+def _print_human(payload: dict[str, Any]) -> None:
+    probability = payload["probability"]
+    shown = f"{probability:.4f}" if probability is not None else "n/a"
+    threshold = payload["threshold"]
+    print(f"{payload['decision']}  probability {shown}  threshold {threshold}")
+    for name, score in payload["scores"].items():
+        print(f"  {name:<18} score {score:.5g}  probability {payload['probabilities'][name]:.4f}")
+    timings = "  ".join(f"{k} {v:.1f}" for k, v in payload["timings_ms"].items())
+    print(f"  timings ms: {timings}")
+    if payload["record_seq"] is not None:
+        print(f"  ledger record #{payload['record_seq']}")
+    if payload["plc_delivered"] is not None:
+        print(f"  PLC signal {'delivered' if payload['plc_delivered'] else 'NOT delivered'}")
+    if payload["error"]:
+        print(f"  error: {payload['error']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status (0 PASS, 1 FAIL, 2 usage error)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        status, payload = run(args)
+    except ValueError as error:
+        parser.print_usage(sys.stderr)
+        print(f"autoweld-inspect: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(payload))
+    else:
+        _print_human(payload)
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,723 @@
+"""The quality ledger: signed, per-station hash-chained inspection records in a real database.
+
+Backends, chosen by URL (:func:`open_ledger`):
+
+* ``sqlite:///relative/ledger.db``, ``sqlite:////absolute/ledger.db`` or a plain file path — the
+  embedded default (WAL journal, ``synchronous=FULL``: a record is on disk when ``append``
+  returns).
+* ``postgresql://user@host:port/dbname`` — for many stations. Appends of one station are
+  serialised by a transaction-scoped advisory lock on the station id, so concurrent writers of
+  the same station never fork its chain while different stations do not wait for each other.
+
+Both use the same table, and both install triggers that refuse ``UPDATE`` and ``DELETE`` (and,
+on PostgreSQL, ``TRUNCATE``). The triggers stop accidents; the MAC chain is what proves
+integrity: :meth:`Ledger.verify` detects edited, deleted, inserted and reordered records, and with
+an externally kept head (:meth:`Ledger.head`) a truncated tail as well.
+"""
+
+from __future__ import annotations
+
+import csv
+import hmac
+import json
+import logging
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from tqdm import tqdm
+
+from autoweld.quality.keys import KeyRing, load_keyring
+from autoweld.quality.record import GENESIS_MAC, InspectionRecord, compute_mac
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+TABLE = "ledger_records"
+#: Column order of the table; scores/probabilities are stored as canonical JSON text.
+COLUMNS = (
+    "station_id", "seq", "record_id", "utc_time", "part_id", "bundle_sha256", "package_version",
+    "scores_json", "probabilities_json", "fused_probability", "threshold", "decision",
+    "heatmap_sha256", "heatmap_path", "plc_delivered", "error", "key_id", "prev_mac", "mac",
+)  # fmt: skip
+RECORD_FIELDS = tuple(f.name for f in fields(InspectionRecord))
+#: CSV column order: chain position first, then what was inspected, then the signature
+EXPORT_FIELDS = (
+    "station_id", "seq", "record_id", "utc_time", "part_id", "decision", "fused_probability",
+    "threshold", "scores", "probabilities", "error", "plc_delivered", "bundle_sha256",
+    "package_version", "heatmap_sha256", "heatmap_path", "key_id", "prev_mac", "mac",
+)  # fmt: skip
+assert sorted(EXPORT_FIELDS) == sorted(RECORD_FIELDS)
+
+# One DDL for both backends (SQLite accepts the PostgreSQL type names).
+_CREATE_TABLE = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    station_id TEXT NOT NULL,
+    seq BIGINT NOT NULL CHECK (seq >= 1),
+    record_id TEXT NOT NULL UNIQUE,
+    utc_time TEXT NOT NULL,
+    part_id TEXT NOT NULL,
+    bundle_sha256 TEXT NOT NULL,
+    package_version TEXT NOT NULL,
+    scores_json TEXT NOT NULL,
+    probabilities_json TEXT NOT NULL,
+    fused_probability DOUBLE PRECISION,
+    threshold DOUBLE PRECISION,
+    decision TEXT NOT NULL CHECK (decision IN ('PASS', 'FAIL')),
+    heatmap_sha256 TEXT,
+    heatmap_path TEXT,
+    plc_delivered BOOLEAN,
+    error TEXT,
+    key_id TEXT NOT NULL,
+    prev_mac TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    PRIMARY KEY (station_id, seq)
+)"""
+_CREATE_META = "CREATE TABLE IF NOT EXISTS ledger_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+_SQLITE_TRIGGERS = [
+    f"""CREATE TRIGGER IF NOT EXISTS {TABLE}_no_{op.lower()} BEFORE {op} ON {TABLE}
+        BEGIN SELECT RAISE(ABORT, '{TABLE} is append-only: {op} refused'); END"""
+    for op in ("UPDATE", "DELETE")
+]
+_PG_TRIGGERS = [
+    """CREATE OR REPLACE FUNCTION autoweld_ledger_append_only() RETURNS trigger
+       LANGUAGE plpgsql AS $$
+       BEGIN RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP; END $$""",
+    f"""CREATE OR REPLACE TRIGGER {TABLE}_append_only BEFORE UPDATE OR DELETE ON {TABLE}
+        FOR EACH ROW EXECUTE FUNCTION autoweld_ledger_append_only()""",
+    f"""CREATE OR REPLACE TRIGGER {TABLE}_no_truncate BEFORE TRUNCATE ON {TABLE}
+        FOR EACH STATEMENT EXECUTE FUNCTION autoweld_ledger_append_only()""",
+]
+_PG_LOCK_CLASS = 0x41574C44  # "AWLD": first key of our advisory locks
+
+
+class LedgerError(RuntimeError):
+    """The ledger could not do what was asked (database problem, foreign schema, ...)."""
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Outcome of :meth:`Ledger.verify`.
+
+    ``first_bad_seq`` and ``station_id`` name the first record that failed (``None`` when
+    ``ok``; with several failing stations, the first by station id — all are in ``problems``);
+    ``checked`` counts records whose MAC and chain link were checked.
+    """
+
+    ok: bool
+    checked: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+    station_id: str | None = None
+    stations: int = 0
+    #: every failing station's first problem: (station_id, seq, reason), by station id
+    problems: tuple[tuple[str, int, str], ...] = ()
+
+
+Head = tuple[int, str]
+ExpectHead = Head | Mapping[str, Head] | None
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    """Constant-time string equality that also copes with non-ASCII garbage and ``None``."""
+    if a is None or b is None:
+        return False
+    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+
+def _json(values: Mapping[str, float]) -> str:
+    return json.dumps(dict(values), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _row_to_record(row: tuple[Any, ...]) -> InspectionRecord:
+    data = dict(zip(COLUMNS, row, strict=True))
+    data["scores"] = json.loads(data.pop("scores_json"))
+    data["probabilities"] = json.loads(data.pop("probabilities_json"))
+    if data["plc_delivered"] is not None:
+        data["plc_delivered"] = bool(data["plc_delivered"])
+    for name in ("fused_probability", "threshold"):
+        if data[name] is not None:
+            data[name] = float(data[name])
+    data["seq"] = int(data["seq"])
+    return InspectionRecord.from_dict(data)
+
+
+def _record_to_row(record: InspectionRecord) -> tuple[Any, ...]:
+    data = record.to_dict()
+    data["scores_json"] = _json(data.pop("scores"))
+    data["probabilities_json"] = _json(data.pop("probabilities"))
+    return tuple(data[name] for name in COLUMNS)
+
+
+class Ledger:
+    """Base class of the two backends; open one with :func:`open_ledger`."""
+
+    placeholder = "?"
+    #: the backend's exception base classes, turned into LedgerError
+    db_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    #: rows fetched per query when walking the whole ledger
+    batch_rows = 5000
+
+    def __init__(self, keys: KeyRing, url: str, read_only: bool = False) -> None:
+        self.keys = keys
+        self.url = url
+        self.read_only = read_only
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # ---- backend primitives -------------------------------------------------------------
+    def _append_locked(
+        self, station_id: str, build: Callable[[int, str], InspectionRecord]
+    ) -> InspectionRecord:
+        """In one transaction with the station locked: read its head, build, insert, commit."""
+        raise NotImplementedError
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    # ---- public API -----------------------------------------------------------------------
+    def _sql(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LedgerError(f"ledger {self.url!r} is closed")
+
+    def _guarded(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` under the ledger's lock; database errors become :class:`LedgerError`."""
+        with self._lock:
+            self._check_open()
+            try:
+                return fn(*args)
+            except self.db_errors as error:
+                raise LedgerError(f"ledger {self.url!r}: {what} failed: {error}") from error
+
+    def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self._guarded("query", lambda: list(self._query(self._sql(sql), params)))
+
+    def append(self, record: InspectionRecord) -> InspectionRecord:
+        """Sign, chain and store ``record``; returns the stored record (seq, record_id, utc_time,
+        key_id, prev_mac and mac filled in). Durable (committed) when it returns.
+
+        Raises :class:`LedgerError` when the database fails; then the record may or may not have
+        been committed (a connection lost during COMMIT cannot tell) and is not acknowledged.
+        """
+        if not isinstance(record, InspectionRecord):
+            raise ValueError(f"record must be an InspectionRecord, got {type(record).__name__}")
+        filled = [n for n in ("seq", "record_id", "utc_time", "key_id", "prev_mac", "mac")
+                  if getattr(record, n) is not None]  # fmt: skip
+        if filled:
+            raise ValueError(f"record fields {filled} are set by the ledger and must be None")
+        if self.read_only:
+            raise LedgerError(f"ledger {self.url!r} was opened read-only")
+
+        def build(last_seq: int, last_mac: str) -> InspectionRecord:
+            unsigned = replace(
+                record,
+                seq=last_seq + 1,
+                record_id=str(uuid.uuid4()),
+                utc_time=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+                key_id=self.keys.signing_key_id,
+                prev_mac=last_mac,
+            )
+            return replace(unsigned, mac=compute_mac(self.keys.signing_key, unsigned))
+
+        stored = self._guarded("append", self._append_locked, record.station_id, build)
+        logger.debug("appended %s seq %d", stored.station_id, stored.seq)
+        return stored
+
+    def heads(self) -> dict[str, Head]:
+        """Latest ``(seq, mac)`` of every station."""
+        sql = f"""SELECT r.station_id, r.seq, r.mac FROM {TABLE} r
+                  JOIN (SELECT station_id, MAX(seq) AS seq FROM {TABLE} GROUP BY station_id) h
+                  ON r.station_id = h.station_id AND r.seq = h.seq ORDER BY r.station_id"""
+        return {row[0]: (int(row[1]), row[2]) for row in self._fetch(sql)}
+
+    def head(self, station_id: str | None = None) -> Head:
+        """Latest ``(seq, mac)`` of ``station_id`` — keep it elsewhere, then
+        ``verify(expect_head=...)`` detects a truncated tail. Without ``station_id`` the ledger
+        must hold at most one station; an empty station gives ``(0, GENESIS_MAC)``."""
+        heads = self.heads()
+        if station_id is None:
+            if len(heads) > 1:
+                raise ValueError(
+                    f"station_id is required: this ledger holds {len(heads)} stations "
+                    f"({', '.join(sorted(heads))})"
+                )
+            return next(iter(heads.values()), (0, GENESIS_MAC))
+        return heads.get(station_id, (0, GENESIS_MAC))
+
+    def iter_records(self, station_id: str | None = None) -> Iterator[InspectionRecord]:
+        """All records in chain order (station, seq). Rows that cannot be read raise."""
+        for row in self._rows(station_id):
+            yield _row_to_record(row)
+
+    def count(self, station_id: str | None = None) -> int:
+        """Number of stored records (of one station, or all)."""
+        if station_id is None:
+            return int(self._fetch(f"SELECT COUNT(*) FROM {TABLE}")[0][0])
+        sql = f"SELECT COUNT(*) FROM {TABLE} WHERE station_id = ?"
+        return int(self._fetch(sql, (station_id,))[0][0])
+
+    def _rows(self, station_id: str | None = None) -> Iterator[tuple[Any, ...]]:
+        """Raw rows in (station_id, seq) order, fetched in batches (keyset pagination), so a
+        ledger of millions of records is walked in bounded memory."""
+        cols = ", ".join(COLUMNS)
+        only = "" if station_id is None else " AND station_id = ?"
+        sql = (
+            f"SELECT {cols} FROM {TABLE} WHERE (station_id > ? OR (station_id = ? AND seq > ?))"
+            f"{only} ORDER BY station_id, seq LIMIT {int(self.batch_rows)}"
+        )
+        last_station, last_seq = "", -(2**62)
+        while True:
+            params: tuple[Any, ...] = (last_station, last_station, last_seq)
+            rows = self._fetch(sql, params if station_id is None else (*params, station_id))
+            yield from rows
+            if len(rows) < self.batch_rows:
+                return
+            last_station, last_seq = rows[-1][0], int(rows[-1][1])
+
+    def records(
+        self, part_id: str | None = None, station_id: str | None = None, limit: int | None = 100
+    ) -> list[InspectionRecord]:
+        """Records, newest first, optionally for one part and/or station."""
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 1):  # fmt: skip
+            raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+        where, params = [], []
+        if part_id is not None:
+            where.append("part_id = ?")
+            params.append(part_id)
+        if station_id is not None:
+            where.append("station_id = ?")
+            params.append(station_id)
+        sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY utc_time DESC, station_id, seq DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_row_to_record(row) for row in self._fetch(sql, tuple(params))]
+
+    def verify(self, expect_head: ExpectHead = None, progress: bool = False) -> VerifyReport:
+        """Prove the ledger whole: every record's MAC, every chain link, no gap in seq.
+
+        ``expect_head`` is a head kept elsewhere — ``(seq, mac)`` for a single-station ledger,
+        or ``{station_id: (seq, mac)}`` — and makes a truncated tail (or a rewritten one) fail.
+        Returns a :class:`VerifyReport` naming the first bad seq; it does not raise on tampering.
+        ``progress`` shows a progress bar (on a terminal).
+        """
+        expected = self._normalise_expect(expect_head)
+        checked = 0
+        stations: set[str] = set()
+        problems: dict[str, tuple[int, str]] = {}  # the first problem of each station
+
+        def fail(station: str, seq: int, reason: str) -> None:
+            problems.setdefault(station, (seq, reason))
+
+        state: dict[str, Any] = {}
+
+        def close_station(station: str) -> None:
+            if station in expected and not state["bad"]:
+                exp_seq, exp_mac = expected[station]
+                if state["seq"] < exp_seq:
+                    fail(station, state["seq"] + 1,
+                         f"truncated: ledger ends at seq {state['seq']} but the expected head "
+                         f"is seq {exp_seq}")  # fmt: skip
+                elif not _same(state["mac_at_expected"], exp_mac):
+                    fail(station, exp_seq,
+                         f"record {exp_seq} does not carry the expected head MAC")  # fmt: skip
+
+        current: str | None = None
+        rows = self._rows()
+        if progress:
+            rows = tqdm(rows, total=self.count(), unit="rec", desc="verify", disable=None)
+        for row in rows:
+            station = row[0]
+            if station != current:
+                if current is not None:
+                    close_station(current)
+                current = station
+                stations.add(station)
+                state = {"seq": 0, "mac": GENESIS_MAC, "bad": False, "mac_at_expected": None}
+            if state["bad"]:
+                continue
+            seq = int(row[1])
+            expected_seq = state["seq"] + 1
+            reason = None
+            try:
+                record = _row_to_record(row)
+            except (ValueError, TypeError) as error:
+                record, reason = None, f"record {seq} cannot be read: {error}"
+            if seq != expected_seq:
+                reason = f"record {expected_seq} is missing (the next stored seq is {seq})"
+                seq = expected_seq
+            elif record is not None:
+                key = self.keys.key_for(record.key_id or "")
+                if not _same(record.prev_mac, state["mac"]):
+                    reason = (f"record {seq} is not chained to record {seq - 1} (a record was "
+                              "deleted, inserted or reordered)")  # fmt: skip
+                elif key is None:
+                    reason = (f"record {seq} is signed with unknown key id {record.key_id!r} "
+                              "(add it to AUTOWELD_VERIFY_KEYS)")  # fmt: skip
+                elif not _same(compute_mac(key, record), record.mac):
+                    reason = (f"record {seq} MAC does not match its content (edited, or "
+                              f"signed with a different key {record.key_id!r})")  # fmt: skip
+            if reason is not None:
+                state["bad"] = True
+                fail(station, seq, reason)
+                continue
+            checked += 1
+            state["seq"], state["mac"] = seq, record.mac
+            if station in expected and seq == expected[station][0]:
+                state["mac_at_expected"] = record.mac
+        if current is not None:
+            close_station(current)
+        for station in sorted(set(expected) - stations):
+            fail(station, 1, f"station {station!r} has no records but a head was expected")
+        if not problems:
+            return VerifyReport(ok=True, checked=checked, stations=len(stations))
+        listed = tuple((station, *problems[station]) for station in sorted(problems))
+        station, seq, reason = listed[0]
+        return VerifyReport(False, checked, seq, reason, station, len(stations), listed)
+
+    def _normalise_expect(self, expect_head: ExpectHead) -> dict[str, Head]:
+        if expect_head is None:
+            return {}
+        if isinstance(expect_head, Mapping):
+            pairs = dict(expect_head)
+        else:
+            heads = self.heads()
+            if len(heads) > 1:
+                raise ValueError(
+                    "expect_head must name the station ({station_id: (seq, mac)}): the ledger "
+                    f"holds {len(heads)} stations"
+                )
+            if not heads:  # an empty ledger: the expected head names a station we cannot see
+                pairs = {"": expect_head}
+            else:
+                pairs = {next(iter(heads)): expect_head}
+        out: dict[str, Head] = {}
+        for station, head in pairs.items():
+            try:
+                seq, mac = head
+                seq = int(seq)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"expect_head for {station!r} must be (seq, mac), got {head!r}"
+                ) from None
+            if seq < 0 or not isinstance(mac, str):
+                raise ValueError(f"expect_head for {station!r} must be (seq >= 0, mac str)")
+            if seq > 0:
+                out[station] = (seq, mac)
+        return out
+
+    def export(self, path: str | Path, fmt: str | None = None, progress: bool = False) -> int:
+        """Write every record (chain order) to ``path`` as ``csv`` or ``json`` (by default from
+        the suffix). Returns the number of records written."""
+        path = Path(path)
+        fmt = (fmt or path.suffix.lstrip(".")).lower()
+        if fmt not in ("csv", "json"):
+            raise ValueError(f"fmt must be 'csv' or 'json' (or a .csv/.json path), got {fmt!r}")
+        heads = self.heads()
+        records = self.iter_records()
+        if progress:
+            records = tqdm(records, total=self.count(), unit="rec", desc="export", disable=None)
+        written = 0
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8", newline="") as out:
+            if fmt == "csv":
+                writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
+                writer.writeheader()
+                for record in records:
+                    row = record.to_dict()
+                    row["scores"] = _json(row["scores"])
+                    row["probabilities"] = _json(row["probabilities"])
+                    writer.writerow(row)
+                    written += 1
+            else:
+                header = {
+                    "format": "autoweld-ledger-export-v1",
+                    "exported_utc": datetime.now(timezone.utc).isoformat(),
+                    "heads": {s: {"seq": q, "mac": m} for s, (q, m) in heads.items()},
+                }
+                # streamed: {"format": ..., "heads": ..., "records": [ ... ]}
+                out.write(json.dumps(header, indent=1)[:-2] + ',\n "records": [')
+                for record in records:
+                    out.write(("," if written else "") + "\n  " + json.dumps(record.to_dict()))
+                    written += 1
+                out.write("\n ]\n}\n")
+        tmp.replace(path)
+        return written
+
+    def close(self) -> None:
+        """Close the database connection (idempotent)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, key_id={self.keys.signing_key_id!r})"
+
+
+class SQLiteLedger(Ledger):
+    """The embedded backend: one SQLite file, WAL journal, ``synchronous=FULL``."""
+
+    def __init__(self, path: Path, keys: KeyRing, url: str, read_only: bool = False) -> None:
+        super().__init__(keys, url, read_only)
+        if read_only:
+            self._open_read_only(path)
+            return
+        if not path.parent.is_dir():
+            raise ValueError(f"ledger url {url!r}: directory {str(path.parent)!r} does not exist")
+        try:
+            # autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT)
+            self._conn = sqlite3.connect(
+                str(path), timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise LedgerError(f"{path}: SQLite refused WAL journal mode (got {mode!r})")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql in (_CREATE_TABLE, _CREATE_META, *_SQLITE_TRIGGERS):
+                    self._conn.execute(sql)
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO ledger_meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            versions = self._query("SELECT value FROM ledger_meta WHERE name = 'schema_version'")
+            _check_schema_version(versions, url)
+        except BaseException as error:
+            if hasattr(self, "_conn"):
+                self._conn.close()
+            if isinstance(error, sqlite3.DatabaseError):
+                raise LedgerError(f"cannot open SQLite ledger {str(path)!r}: {error}") from error
+            raise
+
+    def _open_read_only(self, path: Path) -> None:
+        """Open without creating or changing anything (auditors, copies of a ledger)."""
+        if not path.is_file():
+            raise ValueError(f"ledger url {self.url!r}: no ledger file at {str(path)!r}")
+        try:
+            self._conn = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0,
+                isolation_level=None, check_same_thread=False,
+            )  # fmt: skip
+            tables = {row[0] for row in self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}  # fmt: skip
+            if not {TABLE, "ledger_meta"} <= tables:
+                raise LedgerError(f"{str(path)!r} is not an AutoWeld ledger (no {TABLE} table)")
+            versions = self._query("SELECT value FROM ledger_meta WHERE name = 'schema_version'")
+            _check_schema_version(versions, self.url)
+        except BaseException as error:
+            if hasattr(self, "_conn"):
+                self._conn.close()
+            if isinstance(error, sqlite3.DatabaseError):
+                raise LedgerError(f"cannot open SQLite ledger {str(path)!r}: {error}") from error
+            raise
+
+    def _append_locked(
+        self, station_id: str, build: Callable[[int, str], InspectionRecord]
+    ) -> InspectionRecord:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")  # takes the write lock now: no other writer interleaves
+        try:
+            last = conn.execute(
+                f"SELECT seq, mac FROM {TABLE} WHERE station_id = ? ORDER BY seq DESC LIMIT 1",
+                (station_id,),
+            ).fetchone()
+            record = build(int(last[0]), last[1]) if last else build(0, GENESIS_MAC)
+            conn.execute(
+                f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES "
+                f"({', '.join('?' * len(COLUMNS))})",
+                _record_to_row(record),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return record
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+        return iter(self._conn.execute(sql, params).fetchall())
+
+    def _close(self) -> None:
+        self._conn.close()
+
+
+class PostgresLedger(Ledger):
+    """PostgreSQL backend for many stations (psycopg 3). A connection the server dropped (a
+    restart, a network blip) is re-opened on the next call; the call that saw it fail raises."""
+
+    placeholder = "%s"
+
+    def __init__(
+        self, url: str, keys: KeyRing, read_only: bool = False, connect_timeout: float = 10.0
+    ) -> None:
+        super().__init__(keys, _redact(url), read_only)
+        try:
+            import psycopg
+        except ImportError as error:  # pragma: no cover - depends on the install
+            raise LedgerError(
+                "the PostgreSQL ledger needs psycopg: pip install 'autoweld[station]'"
+            ) from error
+        self._psycopg = psycopg
+        self.db_errors = (psycopg.Error,)
+        self._dsn = url
+        self._connect_timeout = max(1, int(connect_timeout))
+        try:
+            self._conn = self._connect()
+        except psycopg.Error as error:
+            raise LedgerError(f"cannot open PostgreSQL ledger {self.url!r}: {error}") from error
+        try:
+            self._create_schema()  # in read-only mode: only checks that it exists
+            versions = self._query("SELECT value FROM ledger_meta WHERE name = 'schema_version'")
+            _check_schema_version(versions, self.url)
+        except BaseException as error:
+            self._conn.close()
+            if isinstance(error, psycopg.Error):
+                raise LedgerError(f"cannot open PostgreSQL ledger {self.url!r}: {error}") from error
+            raise
+
+    def _connect(self) -> Any:
+        conn = self._psycopg.connect(
+            self._dsn, autocommit=True, connect_timeout=self._connect_timeout
+        )
+        if self.read_only:
+            conn.execute("SET default_transaction_read_only = on")
+        return conn
+
+    def _connection(self) -> Any:
+        if self._conn.closed or self._conn.broken:
+            logger.warning("ledger %s: connection lost, reconnecting", self.url)
+            self._conn.close()
+            self._conn = self._connect()
+        return self._conn
+
+    def _create_schema(self) -> None:
+        exists = self._conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AND to_regclass('ledger_meta') IS NOT NULL",
+            (TABLE,),
+        ).fetchone()[0]
+        if exists:  # stations may run as a role that can only SELECT and INSERT
+            return
+        if self.read_only:
+            raise LedgerError(f"no AutoWeld ledger (table {TABLE}) in {self.url!r}")
+        with self._conn.transaction():
+            # concurrent first opens would race on CREATE ... IF NOT EXISTS: serialise them
+            self._conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_PG_LOCK_CLASS,))
+            for sql in (_CREATE_TABLE, _CREATE_META, *_PG_TRIGGERS):
+                self._conn.execute(sql)
+            self._conn.execute(
+                "INSERT INTO ledger_meta VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def _append_locked(
+        self, station_id: str, build: Callable[[int, str], InspectionRecord]
+    ) -> InspectionRecord:
+        conn = self._connection()
+        with conn.transaction():
+            # one writer per station at a time; released at commit/rollback
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                         (_PG_LOCK_CLASS, station_id))  # fmt: skip
+            last = conn.execute(
+                f"SELECT seq, mac FROM {TABLE} WHERE station_id = %s ORDER BY seq DESC LIMIT 1",
+                (station_id,),
+            ).fetchone()
+            record = build(int(last[0]), last[1]) if last else build(0, GENESIS_MAC)
+            conn.execute(
+                f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES "
+                f"({', '.join(['%s'] * len(COLUMNS))})",
+                _record_to_row(record),
+            )
+        return record
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+        return iter(self._connection().execute(sql, params).fetchall())
+
+    def _close(self) -> None:
+        self._conn.close()
+
+
+def _check_schema_version(rows: Iterator[tuple[Any, ...]], url: str) -> None:
+    found = [row[0] for row in rows]
+    if found != [str(SCHEMA_VERSION)]:
+        raise LedgerError(
+            f"ledger {url!r} has schema version {found or 'none'}; this AutoWeld knows "
+            f"{SCHEMA_VERSION}"
+        )
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a ``sqlite:///...`` URL or plain path (SQLAlchemy's rule: three slashes and a
+    relative path, four slashes for an absolute one)."""
+    if url.startswith("sqlite:"):
+        if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
+            raise ValueError(
+                f"ledger url {url!r}: expected sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db"
+            )
+        return Path(url[len("sqlite:///") :])
+    return Path(url)
+
+
+def open_ledger(url: str | Path, keys: KeyRing | None = None, read_only: bool = False) -> Ledger:
+    """Open (creating if needed) the ledger at ``url``.
+
+    ``url``: ``sqlite:///path.db`` / a plain path (SQLite) or ``postgresql://...``.
+    ``keys``: the key ring; by default read from the environment (:func:`load_keyring`), which
+    raises :class:`~autoweld.quality.keys.MissingKeyError` when ``AUTOWELD_SECRET_KEY`` is unset.
+    ``read_only``: create and change nothing (verify, head, export); a missing ledger is an
+    error instead of a new empty one — an auditor's typo must never verify "OK".
+    """
+    if isinstance(url, Path):
+        url = str(url)
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"ledger url must be a non-empty string, got {url!r}")
+    keys = load_keyring() if keys is None else keys
+    if not isinstance(keys, KeyRing):
+        raise ValueError(f"keys must be a KeyRing, got {type(keys).__name__}")
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme in ("postgresql", "postgres"):
+        return PostgresLedger(url, keys, read_only)
+    if scheme in ("", "sqlite", "file") or len(scheme) == 1:  # len 1: a Windows drive letter
+        if scheme == "file":
+            url = url[len("file://") :]
+        return SQLiteLedger(sqlite_path(url), keys, url, read_only)
+    raise ValueError(
+        f"ledger url {_redact(url)!r}: unknown scheme {scheme!r} (use sqlite:///path.db, a file "
+        "path, or postgresql://...)"
+    )

@@ -1,0 +1,282 @@
+"""Safe image decoding for the station: check the header first, decode second.
+
+A station must never be taken down by one bad file, so every way an image can be wrong ends in
+:class:`ImageError` (a ``ValueError``) with a message that says why:
+
+- unreadable (missing file, a directory, no permission) or empty (0 bytes);
+- a format we do not read: PNG, JPEG and BMP are read (what cameras and MVTec AD use);
+- a **decompression bomb**: width x height is read from the header *before* anything is decoded
+  and refused above ``DecodeLimits.max_pixels`` (64 megapixels by default), so a small file that
+  claims 10000 x 10000 pixels never allocates 300 MB; files above ``max_bytes`` are not read at all;
+- truncated or corrupt: PNG chunks are walked and their CRCs checked up to ``IEND``; a JPEG must
+  reach its end-of-image marker; anything OpenCV cannot decode is refused;
+- channels: 1 (grey, replicated to BGR by the preprocessing) and 3 (BGR) are inspected. Images
+  with an alpha channel (grey+alpha, BGRA) are **refused**: a camera does not produce alpha, so
+  one means the image was composited or exported wrongly, and dropping it could hide that;
+- bit depth: only 8-bit images are inspected. 16-bit images are **refused**, not scaled: the
+  bundle was fitted on 8-bit images and any 16 → 8 mapping (shift, window, gamma) is an exposure
+  choice the station must make explicitly before handing the image over.
+
+Decoded images are ``uint8`` arrays, ``(H, W)`` grey or ``(H, W, 3)`` BGR, C-contiguous.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "DecodeLimits",
+    "ImageError",
+    "ImageHeader",
+    "check_array",
+    "decode_image",
+    "read_header",
+]
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG colour type -> channels (0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA)
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+# JPEG start-of-frame markers (baseline, progressive, lossless, ...), not DHT/JPG/DAC
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+class ImageError(ValueError):
+    """An image that cannot be inspected; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What the decoder accepts. ``max_pixels`` guards against decompression bombs."""
+
+    max_pixels: int = 64_000_000
+    max_bytes: int = 256 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
+        if self.max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {self.max_bytes}")
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the file header says, read without decoding any pixels."""
+
+    format: str
+    width: int
+    height: int
+    channels: int
+    bit_depth: int
+
+
+def read_header(data: bytes, name: str = "image") -> ImageHeader:
+    """Parse width, height, channels and bit depth from a PNG, JPEG or BMP header.
+
+    Raises :class:`ImageError` for empty data, an unknown format or a malformed header.
+    """
+    if len(data) == 0:
+        raise ImageError(f"{name}: empty (0 bytes)")
+    if data.startswith(_PNG_SIGNATURE):
+        return _png_header(data, name)
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_header(data, name)
+    if data.startswith(b"BM"):
+        return _bmp_header(data, name)
+    raise ImageError(f"{name}: not a PNG, JPEG or BMP image (first bytes {data[:8]!r})")
+
+
+def _png_header(data: bytes, name: str) -> ImageHeader:
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise ImageError(f"{name}: truncated PNG (no complete IHDR header)")
+    width, height, bit_depth, colour_type = struct.unpack(">IIBB", data[16:26])
+    if colour_type not in _PNG_CHANNELS:
+        raise ImageError(f"{name}: PNG with invalid colour type {colour_type}")
+    channels = _PNG_CHANNELS[colour_type]
+    if colour_type == 3:
+        bit_depth = 8  # palette indices of any depth expand to 8-bit colour
+    elif bit_depth < 8:
+        bit_depth = 8  # 1/2/4-bit grey expands to 8-bit
+    return ImageHeader("PNG", width, height, channels, bit_depth)
+
+
+def _jpeg_header(data: bytes, name: str) -> ImageHeader:
+    pos = 2
+    size = len(data)
+    while pos + 4 <= size:
+        if data[pos] != 0xFF:
+            raise ImageError(f"{name}: corrupt JPEG (no marker at byte {pos})")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if length < 2:
+            raise ImageError(f"{name}: corrupt JPEG (segment length {length})")
+        if marker in _JPEG_SOF:
+            if pos + 10 > size:
+                break
+            precision, height, width, channels = struct.unpack(">BHHB", data[pos + 4 : pos + 10])
+            return ImageHeader("JPEG", width, height, channels, precision)
+        if marker == 0xDA:  # start of scan before any frame header
+            raise ImageError(f"{name}: corrupt JPEG (scan data before the frame header)")
+        pos += 2 + length
+    raise ImageError(f"{name}: truncated JPEG (no frame header)")
+
+
+def _bmp_header(data: bytes, name: str) -> ImageHeader:
+    if len(data) < 30:
+        raise ImageError(f"{name}: truncated BMP header")
+    (dib_size,) = struct.unpack("<I", data[14:18])
+    if dib_size == 12:  # OS/2 BITMAPCOREHEADER
+        width, height, _, bpp = struct.unpack("<HHHH", data[18:26])
+    else:
+        width, height, _, bpp = struct.unpack("<iiHH", data[18:30])
+    height = abs(height)  # negative height = top-down rows
+    if width <= 0:
+        raise ImageError(f"{name}: BMP with invalid width {width}")
+    channels = {32: 4, 24: 3, 16: 3}.get(bpp, 3 if bpp <= 8 else 0)
+    if channels == 0:
+        raise ImageError(f"{name}: BMP with unsupported {bpp} bits per pixel")
+    return ImageHeader("BMP", width, height, channels, 8)
+
+
+def _check_header(header: ImageHeader, limits: DecodeLimits, name: str) -> None:
+    if header.width == 0 or header.height == 0:
+        raise ImageError(f"{name}: {header.format} header says {header.width}x{header.height}")
+    pixels = header.width * header.height
+    if pixels > limits.max_pixels:
+        raise ImageError(
+            f"{name}: {header.width}x{header.height} = {pixels / 1e6:.1f} megapixels exceeds the "
+            f"limit of {limits.max_pixels / 1e6:.1f} megapixels (refused before decoding: "
+            "possible decompression bomb)"
+        )
+    if header.bit_depth != 8:
+        raise ImageError(
+            f"{name}: {header.bit_depth}-bit image; only 8-bit images are inspected "
+            "(convert to 8-bit at the camera or station, choosing the exposure mapping)"
+        )
+    if header.channels not in (1, 3):
+        what = {2: "grey+alpha", 4: "colour+alpha"}.get(header.channels, "unsupported")
+        raise ImageError(
+            f"{name}: {header.channels} channels ({what}); only 1-channel grey or 3-channel "
+            "colour images are inspected"
+        )
+
+
+def _check_structure(data: bytes, header: ImageHeader, name: str) -> None:
+    """Catch truncation that decoders would paper over (libjpeg pads a cut file with grey)."""
+    if header.format == "PNG":
+        pos = len(_PNG_SIGNATURE)
+        while True:
+            if pos + 12 > len(data):
+                raise ImageError(f"{name}: truncated PNG (ends inside a chunk, no IEND)")
+            (length,) = struct.unpack(">I", data[pos : pos + 4])
+            chunk_type = data[pos + 4 : pos + 8]
+            end = pos + 8 + length
+            if end + 4 > len(data):
+                raise ImageError(
+                    f"{name}: truncated PNG ({chunk_type.decode('latin-1')} chunk cut short)"
+                )
+            (crc,) = struct.unpack(">I", data[end : end + 4])
+            if zlib.crc32(data[pos + 4 : end]) != crc:
+                raise ImageError(
+                    f"{name}: corrupt PNG (CRC mismatch in {chunk_type.decode('latin-1')} chunk)"
+                )
+            if chunk_type == b"IEND":
+                return
+            pos = end + 4
+    if header.format == "JPEG":
+        # The end-of-image marker may be followed by padding or trailer bytes, not by nothing.
+        if data.rfind(b"\xff\xd9") < 0:
+            raise ImageError(f"{name}: truncated JPEG (no end-of-image marker)")
+
+
+def check_array(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Check an already-decoded image and return it C-contiguous.
+
+    Accepts ``uint8`` ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` (BGR); anything else is an
+    :class:`ImageError`.
+    """
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"{name}: expected a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ImageError(f"{name}: dtype {image.dtype}; only 8-bit (uint8) images are inspected")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3):
+        raise ImageError(f"{name}: shape {image.shape}; expected (H, W) or (H, W, 3)")
+    if image.ndim == 3 and image.shape[2] != 3:
+        raise ImageError(
+            f"{name}: {image.shape[2]} channels; only 1-channel grey or 3-channel colour "
+            "images are inspected"
+        )
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageError(f"{name}: empty image (shape {image.shape})")
+    return np.ascontiguousarray(image)
+
+
+def decode_image(
+    source: str | os.PathLike[str] | bytes | bytearray | memoryview,
+    limits: DecodeLimits | None = None,
+) -> np.ndarray:
+    """Read and decode an image file (path) or encoded bytes into a checked uint8 array.
+
+    The header is parsed and checked against ``limits`` before any pixel is decoded. Returns
+    ``(H, W)`` for grey and ``(H, W, 3)`` BGR for colour; raises :class:`ImageError` with the
+    reason for anything that cannot be inspected (see the module docstring).
+    """
+    limits = limits or DecodeLimits()
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name = "image bytes"
+        data = bytes(source)
+        if len(data) > limits.max_bytes:
+            raise ImageError(f"{name}: {len(data)} bytes exceeds the limit of {limits.max_bytes}")
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        name = str(path)
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size > limits.max_bytes:
+                    raise ImageError(
+                        f"{name}: {size} bytes exceeds the limit of {limits.max_bytes}"
+                    )
+                data = handle.read(limits.max_bytes + 1)
+        except ImageError:
+            raise
+        except OSError as error:
+            raise ImageError(f"{name}: cannot be read ({error.strerror or error})") from None
+    else:
+        raise ImageError(f"expected a path or encoded bytes, got {type(source).__name__}")
+
+    header = read_header(data, name)
+    _check_header(header, limits, name)
+    _check_structure(data, header, name)
+    # Grey stays grey; colour (and palette) becomes BGR. EXIF orientation is ignored so the
+    # pixels are the sensor's, as they were when the bundle was fitted.
+    if header.channels == 1:
+        flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION
+    else:
+        flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except cv2.error as error:
+        raise ImageError(f"{name}: corrupt {header.format} ({error.msg.strip()})") from None
+    if image is None:
+        raise ImageError(f"{name}: corrupt {header.format} (the decoder could not read it)")
+    if image.shape[:2] != (header.height, header.width):
+        raise ImageError(
+            f"{name}: decoded to {image.shape[1]}x{image.shape[0]}, header says "
+            f"{header.width}x{header.height} (corrupt)"
+        )
+    return check_array(image, name)

@@ -1,0 +1,252 @@
+import json
+import subprocess
+import sys
+
+import cv2
+import pytest
+from tinybundle import defect_image, normal_image, requires_native
+
+from autoweld.cli.inspect import main
+
+JSON_KEYS = [
+    "decision",
+    "probability",
+    "scores",
+    "probabilities",
+    "threshold",
+    "timings_ms",
+    "record_seq",
+    "plc_delivered",
+    "error",
+]
+
+
+def _image(tmp_path, image, name="part.png"):
+    path = tmp_path / name
+    cv2.imwrite(str(path), image)
+    return path
+
+
+def _run_json(capsys, *argv):
+    status = main([*map(str, argv), "--json"])
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, out  # exactly one JSON object on stdout
+    return status, json.loads(lines[0])
+
+
+def test_usage_errors_exit_2(capsys, tiny_bundle, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--bundle", str(tiny_bundle)])
+    assert exit_info.value.code == 2
+    image = _image(tmp_path, normal_image(1))
+    base = ["--bundle", str(tiny_bundle), "--image", str(image), "--part-id", "P1"]
+    assert main([*base, "--providers", "warp-drive"]) == 2
+    err = capsys.readouterr().err
+    assert "'warp-drive' is unknown; available:" in err and "CPUExecutionProvider" in err
+    assert main([*base, "--heatmap", str(tmp_path / "h.jpg")]) == 2
+    assert main([*base, "--threads", "0"]) == 2
+
+
+def test_tampered_bundle_is_a_recorded_fail(capsys, tiny_bundle, tmp_path):
+    manifest = tiny_bundle / "model.onnx"
+    manifest.write_bytes(manifest.read_bytes() + b"x")
+    image = _image(tmp_path, normal_image(1))
+    status, payload = _run_json(
+        capsys, "--bundle", tiny_bundle, "--image", image, "--part-id", "P1"
+    )
+    assert status == 1
+    assert list(payload) == JSON_KEYS
+    assert payload["decision"] == "FAIL" and payload["probability"] is None
+    assert "bundle refused" in payload["error"] and "model.onnx" in payload["error"]
+    assert payload["record_seq"] is None and payload["plc_delivered"] is None
+
+
+def test_missing_bundle_dir_is_a_fail(capsys, tmp_path):
+    image = _image(tmp_path, normal_image(1))
+    status, payload = _run_json(
+        capsys, "--bundle", tmp_path / "none", "--image", image, "--part-id", "P1"
+    )
+    assert status == 1 and "no bundle directory" in payload["error"]
+
+
+@requires_native
+def test_pass_and_fail_exit_codes_and_json_keys(capsys, tiny_bundle, tmp_path):
+    good = _image(tmp_path, normal_image(1), "good.png")
+    bad = _image(tmp_path, defect_image(2), "bad.png")
+    status, payload = _run_json(capsys, "--bundle", tiny_bundle, "--image", good, "--part-id", "A")
+    assert status == 0 and list(payload) == JSON_KEYS
+    assert payload["decision"] == "PASS" and payload["error"] is None
+    assert 0.0 <= payload["probability"] < payload["threshold"] == 0.5
+    assert set(payload["scores"]) == set(payload["probabilities"]) == {"patchcore", "feature_ae"}
+    assert {"load_bundle", "decode", "preprocess", "engine", "knn", "scoring"} <= set(
+        payload["timings_ms"]
+    )
+    status, payload = _run_json(capsys, "--bundle", tiny_bundle, "--image", bad, "--part-id", "B")
+    assert status == 1 and payload["decision"] == "FAIL" and payload["error"] is None
+    assert payload["probability"] >= 0.5
+
+
+@requires_native
+def test_bad_image_is_a_fail_with_error(capsys, tiny_bundle, tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    status, payload = _run_json(capsys, "--bundle", tiny_bundle, "--image", empty, "--part-id", "C")
+    assert status == 1 and "empty (0 bytes)" in payload["error"]
+
+
+@requires_native
+def test_heatmap_is_written(capsys, tiny_bundle, tmp_path):
+    image = _image(tmp_path, defect_image(2, size=64))
+    target = tmp_path / "maps" / "part.png"
+    status = main(
+        [
+            "--bundle",
+            str(tiny_bundle),
+            "--image",
+            str(image),
+            "--part-id",
+            "D",
+            "--heatmap",
+            str(target),
+        ]
+    )
+    assert status == 1
+    picture = cv2.imread(str(target))
+    assert picture.shape[1] == 64 and picture.shape[0] > 64  # banner above the image
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL  probability")
+
+
+def test_ledger_and_plc_need_the_quality_package(capsys, tiny_bundle, tmp_path):
+    from autoweld import quality
+
+    if hasattr(quality, "open_ledger"):
+        pytest.skip("autoweld.quality is merged; covered by the ledger tests")
+    image = _image(tmp_path, normal_image(1))
+    base = ["--bundle", str(tiny_bundle), "--image", str(image), "--part-id", "P1"]
+    assert main([*base, "--ledger", f"sqlite:///{tmp_path}/l.db"]) == 2
+    assert "not available yet" in capsys.readouterr().err
+
+
+@requires_native
+def test_console_module_runs_in_a_fresh_process(tiny_bundle, tmp_path):
+    image = _image(tmp_path, normal_image(1))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autoweld.cli.inspect",
+            "--bundle",
+            str(tiny_bundle),
+            "--image",
+            str(image),
+            "--part-id",
+            "E",
+            "--json",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["decision"] == "PASS"
+
+
+def _echo_plc():
+    """A one-byte TCP PLC on loopback that echoes each byte and remembers it."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    received: list[int] = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                while data := conn.recv(1):
+                    received.append(data[0])
+                    conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, received
+
+
+@requires_native
+def test_ledger_record_and_plc_signal(capsys, tiny_bundle, tmp_path, monkeypatch):
+    quality = pytest.importorskip("autoweld.quality")
+    if not hasattr(quality, "open_ledger"):
+        pytest.skip("autoweld.quality (branch ledger-plc) not merged yet")
+    monkeypatch.setenv("AUTOWELD_SECRET_KEY", "unit-test-secret")
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    server, received = _echo_plc()
+    plc_url = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    good = _image(tmp_path, normal_image(1), "good.png")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    heatmap = tmp_path / "good_map.png"
+    try:
+        common = ["--bundle", tiny_bundle, "--ledger", ledger_url, "--plc", plc_url]
+        status, first = _run_json(
+            capsys, *common, "--image", good, "--part-id", "G1", "--heatmap", heatmap
+        )
+        assert status == 0 and first["record_seq"] == 1 and first["plc_delivered"] is True
+        status, second = _run_json(capsys, *common, "--image", empty, "--part-id", "E1")
+        assert status == 1 and second["record_seq"] == 2 and second["plc_delivered"] is True
+    finally:
+        server.close()
+    assert received == [0x00, 0x01]  # PASS then FAIL on the wire
+    with quality.open_ledger(ledger_url) as ledger:
+        records = list(ledger.records())
+        assert ledger.verify().ok
+    by_part = {r.part_id: r for r in records}
+    assert by_part["G1"].decision == "PASS" and by_part["G1"].plc_delivered is True
+    assert by_part["G1"].heatmap_sha256 is not None
+    assert by_part["G1"].fused_probability == pytest.approx(first["probability"])
+    assert by_part["E1"].decision == "FAIL" and "empty" in by_part["E1"].error
+    assert by_part["E1"].fused_probability is None
+
+
+@requires_native
+def test_unreachable_plc_is_recorded_not_delivered(capsys, tiny_bundle, tmp_path, monkeypatch):
+    quality = pytest.importorskip("autoweld.quality")
+    if not hasattr(quality, "open_ledger"):
+        pytest.skip("autoweld.quality (branch ledger-plc) not merged yet")
+    monkeypatch.setenv("AUTOWELD_SECRET_KEY", "unit-test-secret")
+    import socket
+
+    with socket.socket() as probe:  # a port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    good = _image(tmp_path, normal_image(1))
+    status, payload = _run_json(
+        capsys,
+        "--bundle",
+        tiny_bundle,
+        "--image",
+        good,
+        "--part-id",
+        "P",
+        "--ledger",
+        f"sqlite:///{tmp_path / 'l.db'}",
+        "--plc",
+        f"tcp://127.0.0.1:{port}",
+    )
+    assert status == 0 and payload["plc_delivered"] is False and payload["record_seq"] == 1
+
+
+def test_ledger_without_key_is_a_usage_error(capsys, tiny_bundle, tmp_path, monkeypatch):
+    quality = pytest.importorskip("autoweld.quality")
+    if not hasattr(quality, "open_ledger"):
+        pytest.skip("autoweld.quality (branch ledger-plc) not merged yet")
+    monkeypatch.delenv("AUTOWELD_SECRET_KEY", raising=False)
+    image = _image(tmp_path, normal_image(1))
+    base = ["--bundle", str(tiny_bundle), "--image", str(image), "--part-id", "P1"]
+    assert main([*base, "--ledger", f"sqlite:///{tmp_path}/l.db"]) == 2
+    assert "--ledger" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+import pytest
+from autoweld.quality.keys import KeyRing, MissingKeyError, load_keyring
+
+SECRET = "s" * 32
+
+
+@pytest.mark.parametrize("env", [{}, {"AUTOWELD_SECRET_KEY": ""}])
+def test_no_key_is_refused_clearly(env):
+    with pytest.raises(MissingKeyError, match="AUTOWELD_SECRET_KEY"):
+        load_keyring(env)
+
+
+def test_default_key_id_and_key_bytes():
+    ring = load_keyring({"AUTOWELD_SECRET_KEY": SECRET})
+    assert ring.signing_key_id == "k1"
+    assert ring.signing_key == SECRET.encode()
+    assert SECRET not in repr(ring)
+
+
+def test_short_key_is_refused():
+    with pytest.raises(ValueError, match="too short"):
+        load_keyring({"AUTOWELD_SECRET_KEY": "short"})
+
+
+def test_verify_keys_from_env_and_file(tmp_path):
+    key_file = tmp_path / "keys.txt"
+    key_file.write_text("# retired keys\nk-2024:" + "a" * 20 + "\n\nk-2025:" + "b" * 20 + "\n")
+    ring = load_keyring(
+        {
+            "AUTOWELD_SECRET_KEY": SECRET,
+            "AUTOWELD_KEY_ID": "k-2026",
+            "AUTOWELD_VERIFY_KEYS": "k0:" + "c" * 20 + ", k-2025:" + "d" * 20,
+            "AUTOWELD_VERIFY_KEYS_FILE": str(key_file),
+        }
+    )
+    assert ring.signing_key_id == "k-2026"
+    assert ring.key_for("k-2024") == b"a" * 20
+    assert ring.key_for("k-2025") == b"d" * 20  # the environment wins over the file
+    assert ring.key_for("k0") == b"c" * 20
+    assert ring.key_for("nope") is None
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"AUTOWELD_VERIFY_KEYS": "k0"}, "key_id:secret"),
+        ({"AUTOWELD_VERIFY_KEYS": "k0:short"}, "too short"),
+        ({"AUTOWELD_KEY_ID": "bad id"}, "key_id"),
+        ({"AUTOWELD_VERIFY_KEYS_FILE": "/nonexistent/keys"}, "AUTOWELD_VERIFY_KEYS_FILE"),
+        ({"AUTOWELD_VERIFY_KEYS": "k1:" + "z" * 20}, "same key"),
+    ],
+)
+def test_malformed_key_configuration(env, needle):
+    with pytest.raises(ValueError, match=needle):
+        load_keyring({"AUTOWELD_SECRET_KEY": SECRET, **env})
+
+
+def test_keyring_in_code_checks_its_keys():
+    with pytest.raises(ValueError, match="too short"):
+        KeyRing.from_secret("x")
+    with pytest.raises(ValueError, match="signing_key_id"):
+        KeyRing(signing_key_id="k2", keys={"k1": b"x" * 20})

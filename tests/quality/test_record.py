@@ -1,0 +1,92 @@
+import json
+import math
+
+import pytest
+from autoweld.quality.record import (
+    GENESIS_MAC,
+    MAC_DOMAIN,
+    InspectionRecord,
+    canonical_bytes,
+    compute_mac,
+    mac_matches,
+)
+
+KEY = b"k" * 32
+
+
+def test_canonical_bytes_are_sorted_compact_json_without_the_mac(make_record):
+    record = make_record(3)
+    signed = InspectionRecord(**{**record.to_dict(), "prev_mac": GENESIS_MAC, "mac": "ff" * 32})
+    raw = canonical_bytes(signed)
+    assert raw.startswith(MAC_DOMAIN)
+    data = json.loads(raw[len(MAC_DOMAIN) :])
+    assert "mac" not in data
+    assert data["prev_mac"] == GENESIS_MAC
+    assert list(data) == sorted(data)
+    assert b" " not in raw[len(MAC_DOMAIN) :].replace(b"VIN-", b"")
+    # floats keep their exact value (repr round-trips)
+    assert data["scores"]["patchcore"] == record.scores["patchcore"]
+
+
+def test_mac_changes_with_every_field_and_with_prev_mac(make_record):
+    base = InspectionRecord(**{**make_record(1).to_dict(), "prev_mac": GENESIS_MAC, "seq": 1})
+    mac = compute_mac(KEY, base)
+    variants = {
+        "part_id": "VIN-other",
+        "decision": "PASS",
+        "fused_probability": 0.1500000001,
+        "threshold": 0.49,
+        "seq": 2,
+        "prev_mac": "1" * 64,
+        "scores": {"patchcore": 1.0, "student": 0.1},
+        "plc_delivered": True,
+        "station_id": "st-2",
+        "key_id": "k9",
+    }
+    for name, value in variants.items():
+        changed = InspectionRecord(**{**base.to_dict(), name: value})
+        assert compute_mac(KEY, changed) != mac, name
+    assert compute_mac(b"x" * 32, base) != mac
+    signed = InspectionRecord(**{**base.to_dict(), "mac": mac})
+    assert mac_matches(KEY, signed)
+    assert not mac_matches(b"x" * 32, signed)
+
+
+def test_ints_are_normalised_to_floats_so_storage_round_trips(make_record):
+    record = make_record(0, fused_probability=1, threshold=0, scores={"a": 2})
+    assert isinstance(record.fused_probability, float) and record.fused_probability == 1.0
+    assert isinstance(record.scores["a"], float)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("station_id", "", "station_id"),
+        ("part_id", None, "part_id"),
+        ("bundle_sha256", "xyz", "bundle_sha256"),
+        ("decision", "OK", "decision"),
+        ("fused_probability", 1.5, "fused_probability"),
+        ("fused_probability", math.nan, "fused_probability"),
+        ("threshold", math.inf, "threshold"),
+        ("scores", {"patchcore": math.nan}, "scores"),
+        ("probabilities", {"patchcore": -0.1}, "probabilities"),
+        ("scores", [1.0], "scores"),
+        ("heatmap_sha256", "ABC", "heatmap_sha256"),
+        ("plc_delivered", 1, "plc_delivered"),
+        ("seq", 0, "seq"),
+    ],
+)
+def test_bad_fields_are_refused_with_their_name(make_record, field, value, needle):
+    with pytest.raises(ValueError, match=needle):
+        make_record(0, **{field: value})
+
+
+def test_an_error_must_be_a_fail(make_record):
+    with pytest.raises(ValueError, match="fail safe"):
+        make_record(0, decision="PASS", error="camera timeout")
+    assert make_record(1, decision="FAIL", error="camera timeout").error == "camera timeout"
+
+
+def test_from_dict_refuses_unknown_fields(make_record):
+    with pytest.raises(ValueError, match="unknown record fields"):
+        InspectionRecord.from_dict({**make_record(0).to_dict(), "extra": 1})
