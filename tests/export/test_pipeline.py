@@ -55,7 +55,7 @@ def test_weld_bundle_follows_the_contract(weld_export, tiny_weld):
     assert m["format_version"] == 1 and m["category"] == "weld"
     assert set(m["files"]) == {"model.onnx", "memory_bank.npy", "bank_neighbours.npy"}
     assert m["preprocess"]["size"] == SIZE and m["preprocess"]["color_order"] == "BGR"
-    assert m["preprocess"]["clahe"] is True and m["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+    assert m["preprocess"]["clahe"] is False and m["preprocess"]["mean"] == [0.5, 0.5, 0.5]
     assert m["backbone"]["name"] == "efficientnet_lite0"
     assert m["backbone"]["layers"] == ["blocks.4", "blocks.10"]
     assert len(m["backbone"]["weights_sha256"]) == 64
