@@ -178,4 +178,8 @@ def test_cli_reports_bad_requests_clearly(tiny_weld, tmp_path, capsys):
     assert "needs weights" in capsys.readouterr().err
     assert main([*common, "--val-root", str(tmp_path / "nowhere")]) == 2
     assert "val_root" in capsys.readouterr().err
+    # calibrating on the test split (or a folder holding it) is refused before any work
+    for leaky in (data_root / "parts" / "test", data_root / "parts"):
+        assert main([*common, "--val-root", str(leaky)]) == 2
+        assert "overlaps the test split" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())  # nothing half-written
