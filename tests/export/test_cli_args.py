@@ -1,6 +1,6 @@
 import pytest
 
-from autoweld.cli.export import build_parser
+from autoweld.cli.export import build_parser, main
 
 
 def test_defaults_and_overrides_parse():
@@ -18,7 +18,6 @@ def test_defaults_and_overrides_parse():
 @pytest.mark.parametrize(
     "bad",
     [
-        [],  # --category is required
         ["--category", "weld", "--coreset-ratio", "1.5"],
         ["--category", "weld", "--coreset-max", "0"],
         ["--category", "weld", "--image-size", "abc"],
@@ -31,3 +30,10 @@ def test_bad_arguments_exit_with_usage_error(bad, capsys):
         build_parser().parse_args(bad)
     assert exit_info.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_category_is_required(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    assert "--category is required" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def test_weld_bundle_follows_the_contract(weld_export, tiny_weld):
     assert m["format_version"] == 1 and m["category"] == "weld"
     assert set(m["files"]) == {"model.onnx", "memory_bank.npy", "bank_neighbours.npy"}
     assert m["preprocess"]["size"] == SIZE and m["preprocess"]["color_order"] == "BGR"
-    assert m["preprocess"]["clahe"] is True and m["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+    assert m["preprocess"]["clahe"] is False and m["preprocess"]["mean"] == [0.5, 0.5, 0.5]
     assert m["backbone"]["name"] == "efficientnet_lite0"
     assert m["backbone"]["layers"] == ["blocks.4", "blocks.10"]
     assert len(m["backbone"]["weights_sha256"]) == 64
@@ -178,4 +178,8 @@ def test_cli_reports_bad_requests_clearly(tiny_weld, tmp_path, capsys):
     assert "needs weights" in capsys.readouterr().err
     assert main([*common, "--val-root", str(tmp_path / "nowhere")]) == 2
     assert "val_root" in capsys.readouterr().err
+    # calibrating on the test split (or a folder holding it) is refused before any work
+    for leaky in (data_root / "parts" / "test", data_root / "parts"):
+        assert main([*common, "--val-root", str(leaky)]) == 2
+        assert "overlaps the test split" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())  # nothing half-written

@@ -31,9 +31,31 @@ def test_every_recipe_resolves_to_lite0_by_default_and_has_the_paper_profile(cat
     assert paper.scoring["map_sigma"] == 4.0
 
 
-def test_weld_uses_clahe_and_mvtec_does_not():
-    assert resolve_recipe("weld").preprocess["clahe"] is True
-    assert resolve_recipe("bottle").preprocess["clahe"] is False
+def test_weld_defaults_are_the_tuned_ones():
+    weld = resolve_recipe("weld")
+    assert weld.preprocess["clahe"] is False
+    assert weld.image_size == 256
+    assert weld.head_settings["patchcore"]["coreset_max"] == 16000
+    assert resolve_recipe("bottle").image_size == 224
+
+
+def test_preprocess_values_come_from_the_recipe(tmp_path):
+    own = tmp_path / "own.toml"
+    own.write_text(
+        'profile = "p"\n[preprocess]\nclahe = true\nclip_limit = 3.5\ntile_grid = [4, 6]\n'
+        '[p]\nbackbone = "resnet18"\nimage_size = 64\nmean = [0.1, 0.2, 0.3]\n'
+        'std = [0.4, 0.5, 0.6]\nmodels = ["patchcore"]\nlayers = ["layer1", "layer2"]\n'
+    )
+    recipe = resolve_recipe("anything", recipe=own)
+    assert recipe.preprocess == {
+        "clahe": True,
+        "clip_limit": 3.5,
+        "tile_grid": [4, 6],
+        "sigma": 0.0,
+    }
+    assert recipe.mean == (0.1, 0.2, 0.3) and recipe.std == (0.4, 0.5, 0.6)
+    assert recipe.layers == ["layer1", "layer2"]
+    assert recipe.calibration["threshold_method"] == "best_f1"
 
 
 def test_cli_values_override_the_recipe():
@@ -47,7 +69,7 @@ def test_cli_values_override_the_recipe():
     assert recipe.image_size == 128
     assert recipe.seed == 7
     assert recipe.head_settings["patchcore"]["coreset_ratio"] == 0.5
-    assert recipe.head_settings["patchcore"]["coreset_max"] == 10000  # None leaves it alone
+    assert recipe.head_settings["patchcore"]["coreset_max"] == 16000  # None leaves it alone
 
 
 def test_backbone_without_a_profile_gets_its_own_normalisation():

@@ -129,3 +129,20 @@ def test_threshold_rejects_bad_method():
         choose_threshold(np.array([0.1, 0.9]), np.array([0, 1]), "youden")
     with pytest.raises(ValueError, match="target_frr"):
         choose_threshold(np.array([0.1, 0.9]), np.array([0, 1]), "target_frr", target_frr=1.5)
+
+
+@pytest.mark.parametrize("method", ["best_f1", "target_frr"])
+def test_threshold_stays_a_probability_when_calibration_saturates(method):
+    """A normal at exactly 1.0 must not push the threshold above 1: no part could FAIL then."""
+    fused = np.array([0.1, 0.2, 1.0, 0.9, 1.0])
+    labels = np.array([0, 0, 0, 1, 1])
+    choice = choose_threshold(fused, labels, method, target_frr=0.0)
+    assert 0.0 < choice.threshold <= 1.0
+    # every anomaly at 1.0 is still rejected at the chosen threshold
+    assert all(p >= choice.threshold for p in fused[(labels == 1) & (fused == 1.0)])
+
+
+def test_threshold_is_never_zero():
+    fused = np.array([0.0, 0.0, 0.0, 0.0])
+    labels = np.array([1, 1, 0, 0])
+    assert choose_threshold(fused, labels, "best_f1").threshold > 0.0

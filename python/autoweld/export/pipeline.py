@@ -149,10 +149,24 @@ def _batches(images: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return [images[i : i + batch_size] for i in range(0, images.shape[0], batch_size)]
 
 
-def _read_val_root(val_root: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Labelled calibration images: ``VAL_ROOT/good/*`` normal, every other sub-folder anomalous."""
+def _read_val_root(val_root: Path, test_dir: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Labelled calibration images: ``VAL_ROOT/good/*`` normal, every other sub-folder anomalous.
+
+    ``test_dir`` is the category's test split: a validation root inside it (or containing it)
+    is refused, since calibrating on the test split would inflate every reported figure.
+    """
     if not val_root.is_dir():
         raise ValueError(f"val_root: {val_root} is not a directory")
+    resolved, test_resolved = val_root.resolve(), test_dir.resolve()
+    if (
+        resolved == test_resolved
+        or test_resolved in resolved.parents
+        or (resolved in test_resolved.parents)
+    ):
+        raise ValueError(
+            f"val_root: {val_root} overlaps the test split {test_dir}; calibration must use "
+            "held-out validation images, never the test split"
+        )
     normals: list[np.ndarray] = []
     anomalies: list[np.ndarray] = []
     for folder in sorted(p for p in val_root.iterdir() if p.is_dir()):
@@ -251,7 +265,9 @@ def export_category(options: ExportOptions) -> ExportResult:
     val_fraction = recipe.calibration["val_fraction"]
     if options.val_root is not None:
         fit_samples = list(category.train)
-        val_normal_images, val_anomalous_images = _read_val_root(Path(options.val_root))
+        val_normal_images, val_anomalous_images = _read_val_root(
+            Path(options.val_root), category.root / "test"
+        )
         anomaly_kinds: list[str] = []
         source = "val_root"
     else:

@@ -129,6 +129,16 @@ def _rates(fused: np.ndarray, y: np.ndarray, t: float) -> tuple[float, float, fl
     return f1, fp / max(float(np.sum(y == 0)), 1.0), fn / max(float(np.sum(y == 1)), 1.0)
 
 
+def _probability_threshold(threshold: float) -> float:
+    """Keep a threshold on a probability inside (0, 1].
+
+    Above 1 no part could ever FAIL (a fused probability never exceeds 1); at 0 every part
+    would. When calibration data saturate (a normal at exactly 1.0), the threshold stays at
+    1.0, so such parts are rejected rather than the threshold silently passing everything.
+    """
+    return float(min(max(threshold, float(np.finfo(np.float64).tiny)), 1.0))
+
+
 def choose_threshold(
     fused: np.ndarray,
     labels: np.ndarray,
@@ -152,6 +162,7 @@ def choose_threshold(
         kept = normals[normals.size - allowed - 1]  # highest normal that must still pass
         above = normals[normals > kept]
         threshold = float((kept + above[0]) / 2) if above.size else float(np.nextafter(kept, 2.0))
+        threshold = _probability_threshold(threshold)
         f1, frr, far = _rates(f, y, threshold)
         return ThresholdChoice(threshold, method, float(target_frr), f1, frr, far)
     values = np.unique(f)
@@ -160,7 +171,8 @@ def choose_threshold(
     )
     best: tuple[float, float] | None = None
     for t in candidates:
-        f1, _, _ = _rates(f, y, float(t))
+        t = _probability_threshold(float(t))
+        f1, _, _ = _rates(f, y, t)
         if best is None or f1 > best[0]:
             best = (f1, float(t))
     assert best is not None
