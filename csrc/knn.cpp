@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "common.hpp"
+#include "thread_pool.hpp"
 
 namespace autoweld {
 
@@ -98,7 +99,7 @@ void require_finite(const float* x, std::size_t count, const char* name) {
 }
 
 void squared_norms(const float* x, std::size_t n, std::size_t dim, float* out, int threads) {
-    parallel_for(n, threads, [&](std::size_t b, std::size_t e) {
+    pool::parallel_for_static(n, threads, [&](std::size_t b, std::size_t e) {
         for (std::size_t i = b; i < e; ++i) {
             const float* r = x + i * dim;
             float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -275,7 +276,7 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
             }
         }
     };
-    parallel_for(panels, threads, [&](std::size_t p0, std::size_t p1) {
+    pool::parallel_for_static(panels, threads, [&](std::size_t p0, std::size_t p1) {
         for (std::size_t g = p0; g < p1; g += kGroupPanels) run_group(g, std::min(p1, g + kGroupPanels));
     });
 }
@@ -328,7 +329,7 @@ void matmul_abt(const float* a, std::size_t n, const float* b, std::size_t m, st
     const PanelDots dots =
         resolve_avx2(path) ? detail::panel_dots_avx2 : detail::panel_dots_portable;
     const std::size_t panels = (n + kPanel - 1) / kPanel;
-    parallel_for(panels, threads, [&](std::size_t p0, std::size_t p1) {
+    pool::parallel_for_static(panels, threads, [&](std::size_t p0, std::size_t p1) {
         // b is small here (the projection): pack all of it once per thread.
         AlignedFloats qpack(kPanel * dim);
         std::vector<float> out(round_up(m, detail::kBankTile) * kPanel);
