@@ -122,6 +122,10 @@ void coreset_select(const float* x, std::size_t n, std::size_t dim, std::size_t 
     if (path == KernelPath::avx2) {
         require(cpu_has_avx2_fma(), "kernel path avx2 is not available on this CPU");
         avx2 = true;
+    } else if (path == KernelPath::avx512) {
+        // The update is a memory-bound dot product per row: the AVX2 kernel serves it.
+        require(cpu_has_avx512(), "kernel path avx512 is not available on this CPU");
+        avx2 = true;
     } else if (path == KernelPath::automatic) {
         avx2 = cpu_has_avx2_fma();
     }

@@ -20,20 +20,24 @@ constexpr std::size_t kNc = 240;  // a multiple of kBankTile
 // Queries handled per pass over the bank by one thread: 64 panels = 1024 queries.
 constexpr std::size_t kGroupPanels = 64;
 
-bool resolve_avx2(KernelPath path) {
-    switch (path) {
-        case KernelPath::portable:
-            return false;
-        case KernelPath::avx2:
-            require(cpu_has_avx2_fma(), "kernel path avx2 is not available on this CPU");
-            return true;
-        default:
-            return cpu_has_avx2_fma();
-    }
-}
-
 using PanelDots = void (*)(const float*, const float*, std::size_t, std::size_t, float*, bool,
                            const float*, const float*, std::uint8_t*);
+
+PanelDots resolve_dots(KernelPath path) {
+    switch (path) {
+        case KernelPath::portable:
+            return detail::panel_dots_portable;
+        case KernelPath::avx2:
+            require(cpu_has_avx2_fma(), "kernel path avx2 is not available on this CPU");
+            return detail::panel_dots_avx2;
+        case KernelPath::avx512:
+            require(cpu_has_avx512(), "kernel path avx512 is not available on this CPU");
+            return detail::panel_dots_avx512;
+        default:
+            if (cpu_has_avx512()) return detail::panel_dots_avx512;
+            return cpu_has_avx2_fma() ? detail::panel_dots_avx2 : detail::panel_dots_portable;
+    }
+}
 
 std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
 
@@ -78,7 +82,9 @@ void check_dims(std::size_t nb, std::size_t dim) {
 }  // namespace
 
 bool kernel_path_available(KernelPath path) {
-    return path != KernelPath::avx2 || cpu_has_avx2_fma();
+    if (path == KernelPath::avx2) return cpu_has_avx2_fma();
+    if (path == KernelPath::avx512) return cpu_has_avx512();
+    return true;
 }
 
 void require_finite(const float* x, std::size_t count, const char* name) {
@@ -187,9 +193,8 @@ struct AlignedFloats {
 // the squared distance minus |q|^2, which ranks bank rows the same way).
 void knn_core(const float* queries, std::size_t nq, const float* bank, const float* bn,
               std::size_t nb, std::size_t dim, std::size_t k, float* distances,
-              std::int64_t* indices, int threads, bool avx2) {
+              std::int64_t* indices, int threads, PanelDots dots) {
     using detail::kPanel;
-    const PanelDots dots = avx2 ? detail::panel_dots_avx2 : detail::panel_dots_portable;
     const std::size_t panels = (nq + kPanel - 1) / kPanel;
     std::vector<float> qn(nq);
     squared_norms(queries, nq, dim, qn.data(), threads);
@@ -290,7 +295,7 @@ void knn_search(const float* queries, std::size_t nq, const float* bank, const f
     require(k >= 1, "k must be at least 1, got " + std::to_string(k));
     require(k <= nb, "k (" + std::to_string(k) + ") exceeds the memory bank size (" +
                          std::to_string(nb) + " rows)");
-    const bool avx2 = resolve_avx2(path);
+    const PanelDots dots = resolve_dots(path);
     if (nq == 0) return;
     require_finite(queries, nq * dim, "queries");
     std::vector<float> own_norms;
@@ -301,7 +306,7 @@ void knn_search(const float* queries, std::size_t nq, const float* bank, const f
         require_finite(own_norms.data(), nb, "bank (squared row norms overflow float32)");
         bank_norms = own_norms.data();
     }
-    knn_core(queries, nq, bank, bank_norms, nb, dim, k, distances, indices, threads, avx2);
+    knn_core(queries, nq, bank, bank_norms, nb, dim, k, distances, indices, threads, dots);
 }
 
 KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, int threads)
@@ -326,8 +331,7 @@ void matmul_abt(const float* a, std::size_t n, const float* b, std::size_t m, st
         std::fill(c, c + n * m, 0.0f);
         return;
     }
-    const PanelDots dots =
-        resolve_avx2(path) ? detail::panel_dots_avx2 : detail::panel_dots_portable;
+    const PanelDots dots = resolve_dots(path);
     const std::size_t panels = (n + kPanel - 1) / kPanel;
     pool::parallel_for_static(panels, threads, [&](std::size_t p0, std::size_t p1) {
         // b is small here (the projection): pack all of it once per thread.

@@ -1,6 +1,7 @@
 // kNN against a double-precision brute force, on both kernel paths, for shapes that are and are
 // not multiples of the block sizes (16-query panels, 6-row bank tiles, 240-row blocks, 256-wide
 // depth chunks); bad arguments throw std::invalid_argument.
+#include <cstdio>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -64,7 +65,9 @@ static void check_against_brute_force(std::size_t nq, std::size_t nb, std::size_
 int main() {
     std::vector<KernelPath> paths{KernelPath::portable};
     if (autoweld::kernel_path_available(KernelPath::avx2)) paths.push_back(KernelPath::avx2);
-    else std::printf("AVX2+FMA not available: only the portable path is tested\n");
+    if (autoweld::kernel_path_available(KernelPath::avx512)) paths.push_back(KernelPath::avx512);
+    std::printf("kNN paths tested: %zu (avx512 %s)\n", paths.size(),
+                autoweld::kernel_path_available(KernelPath::avx512) ? "yes" : "no on this CPU");
     struct Shape { std::size_t nq, nb, dim, k; };
     const Shape shapes[] = {{1, 1, 1, 1},   {1, 7, 3, 7},      {5, 13, 8, 4},
                             {16, 6, 16, 6}, {17, 245, 9, 9},   {33, 250, 300, 16},

@@ -8,7 +8,11 @@ from autoweld import native
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-PATHS = ["portable"] + (["avx2"] if native.has_avx2_fma() else [])
+PATHS = (
+    ["portable"]
+    + (["avx2"] if native.has_avx2_fma() else [])
+    + (["avx512"] if native.has_avx512() else [])
+)
 
 
 def brute_force(queries: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
