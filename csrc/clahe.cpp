@@ -18,6 +18,7 @@
 
 #include "clahe_lab_tables.hpp"
 #include "common.hpp"
+#include "thread_pool.hpp"
 
 namespace autoweld {
 namespace {
@@ -263,6 +264,11 @@ void clahe_build_tables(const std::uint8_t* image, int height, int width, double
         t.column_weight_complement[x] = 1.0f - xa;
         t.column_segment[x] = std::min(tx1 + 1, tiles_x);  // tx1 is in [-1, tiles_x - 1]
     }
+    // column_segment is non-decreasing: record where each segment starts.
+    t.segment_begin.assign(static_cast<std::size_t>(tiles_x) + 2, width);
+    for (int x = width - 1; x >= 0; --x) t.segment_begin[t.column_segment[x]] = x;
+    for (int s = tiles_x; s >= 0; --s)
+        t.segment_begin[s] = std::min(t.segment_begin[s], t.segment_begin[s + 1]);
 }
 
 namespace detail {
@@ -306,7 +312,8 @@ ClaheRowApplier::ClaheRowApplier(const ClaheTables& tables)
     : tables_(tables),
       packed_(static_cast<std::size_t>(tables.tiles_x + 1) * 256),
       inv_tile_height_(1.0f / static_cast<float>(tables.tile_height)),
-      simd_(cpu_has_avx2_fma()) {}
+      simd_(cpu_has_avx2_fma()),
+      vbmi_(cpu_has_avx512_vbmi()) {}
 
 void ClaheRowApplier::apply(int y, const std::uint8_t* src, std::uint8_t* dst) {
     const float prod = static_cast<float>(y) * inv_tile_height_;
@@ -315,6 +322,10 @@ void ClaheRowApplier::apply(int y, const std::uint8_t* src, std::uint8_t* dst) {
     const float ya = tyf - static_cast<float>(ty1);
     const float ya1 = 1.0f - ya;
     const int band = std::min(ty1 + 1, tables_.tiles_y);
+    if (vbmi_) {
+        detail::clahe_row_avx512(tables_, band, ya, ya1, src, dst);
+        return;
+    }
     if (band != band_) {
         detail::clahe_pack_band(tables_, band, packed_.data());
         band_ = band;

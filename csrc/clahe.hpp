@@ -24,6 +24,9 @@ struct ClaheTables {
     // and the weights (exactly the float values OpenCV computes).
     std::vector<std::int32_t> column_segment;
     std::vector<float> column_weight, column_weight_complement;  // xa, 1 - xa
+    // First column of every segment (tiles_x + 2 entries, the last one = width): the columns of
+    // segment s are [segment_begin[s], segment_begin[s + 1]).
+    std::vector<std::int32_t> segment_begin;
 };
 
 // Checks the arguments (std::invalid_argument naming the bad one) and builds the tables:
@@ -52,6 +55,7 @@ private:
     int band_ = -1;
     float inv_tile_height_;
     bool simd_;
+    bool vbmi_;
 };
 
 // CLAHE of a gray image: `out` (caller-allocated, height*width) may not alias `image`.
@@ -106,6 +110,10 @@ struct LabTables {
 const LabTables& lab_tables_i32();
 void clahe_row_avx2(const ClaheTables& tables, const std::uint32_t* packed, float ya, float ya1,
                     const std::uint8_t* src, std::uint8_t* dst);
+// AVX-512 VBMI flavour: needs no packed table (looks the four LUTs of each segment up with byte
+// permutes); `band` as in clahe_pack_band. Only when cpu_has_avx512_vbmi().
+void clahe_row_avx512(const ClaheTables& tables, int band, float ya, float ya1,
+                      const std::uint8_t* src, std::uint8_t* dst);
 }  // namespace detail
 
 }  // namespace autoweld

@@ -31,6 +31,15 @@ bool cpu_has_avx512() {
 #endif
 }
 
+bool cpu_has_avx512_vbmi() {
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+    static const bool has = cpu_has_avx512() && __builtin_cpu_supports("avx512vbmi");
+    return has;
+#else
+    return false;
+#endif
+}
+
 namespace pool {
 namespace {
 

@@ -31,6 +31,8 @@ namespace autoweld {
 // True when the CPU has AVX-512 F, DQ, BW and VL (and FMA), and the OS saves the zmm state.
 // Kernels in *_avx512.cpp files may only be called when this is true.
 bool cpu_has_avx512();
+// cpu_has_avx512() and AVX-512 VBMI (byte permutes); for the CLAHE row kernel.
+bool cpu_has_avx512_vbmi();
 
 namespace pool {
 
