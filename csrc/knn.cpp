@@ -13,10 +13,27 @@ namespace autoweld {
 
 namespace {
 
-// Cache blocking of the panel product: a query panel chunk (16 x kKc floats, 16 KiB) stays in
-// L1 while kNc bank rows x kKc (240 KiB) stay in L2.
+// Cache blocking of matmul_abt's panel product: a query panel chunk (16 x kKc floats, 16 KiB)
+// stays in L1 while the bank rows x kKc stay in L2.
 constexpr std::size_t kKc = 256;
-constexpr std::size_t kNc = 240;  // a multiple of kBankTile
+// kNN search: the bank is walked in blocks of at most kNc rows, each packed over its full
+// depth (up to kMaxKc; deeper features are split), sized so that a block stays in L2 while
+// every query panel runs over it. With the full depth in one pass the micro-kernel keeps its
+// accumulators in registers from the first to the last column: no partial sums go out to
+// memory and back between depth chunks (at D=1536 these cost several percent).
+constexpr std::size_t kNc = 240;  // a multiple of kBankTile (and of 24, the AVX-512 tile)
+constexpr std::size_t kMaxKc = 2048;
+#ifndef AUTOWELD_KNN_BLOCK_BYTES
+#define AUTOWELD_KNN_BLOCK_BYTES (384 * 1024)
+#endif
+constexpr std::size_t kBlockBytes = AUTOWELD_KNN_BLOCK_BYTES;
+
+// Bank rows per block for a depth chunk of kc columns: a multiple of 24 when possible.
+std::size_t bank_block_rows(std::size_t kc) {
+    std::size_t rows = kBlockBytes / (kc * sizeof(float));
+    rows = rows >= 24 ? rows / 24 * 24 : std::max<std::size_t>(6, rows / 6 * 6);
+    return std::min(rows, kNc);
+}
 // Queries handled per pass over the bank by one thread: 64 panels = 1024 queries.
 constexpr std::size_t kGroupPanels = 64;
 
@@ -204,8 +221,10 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
     auto run_group = [&](std::size_t p0, std::size_t p1) {
         const std::size_t np = p1 - p0;
         AlignedFloats qpack(np * kPanel * dim);
-        std::vector<float> block(np * kNc * kPanel);
-        AlignedFloats bpack(kNc * std::min(kKc, dim));
+        const std::size_t kc_block = std::min(dim, kMaxKc);
+        const std::size_t nc = bank_block_rows(kc_block);
+        std::vector<float> block(np * nc * kPanel);
+        AlignedFloats bpack(nc * kc_block);
         std::vector<float> heap_v(np * kPanel * k);
         std::vector<std::int64_t> heap_i(np * kPanel * k);
         for (std::size_t p = 0; p < np; ++p) {
@@ -218,17 +237,17 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
         alignas(32) float thr[kPanel];
         std::uint8_t hits[kNc / detail::kBankTile];
         float block_norms[kNc];
-        for (std::size_t j0 = 0; j0 < nb; j0 += kNc) {
-            const std::size_t j1 = std::min(nb, j0 + kNc);
+        for (std::size_t j0 = 0; j0 < nb; j0 += nc) {
+            const std::size_t j1 = std::min(nb, j0 + nc);
             // Padding rows get +Inf norms; the scan below never looks past j1 anyway.
             std::fill(block_norms, block_norms + kNc, std::numeric_limits<float>::infinity());
             std::copy(bn + j0, bn + j1, block_norms);
-            for (std::size_t kc0 = 0; kc0 < dim; kc0 += kKc) {
-                const std::size_t kc1 = std::min(dim, kc0 + kKc);
+            for (std::size_t kc0 = 0; kc0 < dim; kc0 += kc_block) {
+                const std::size_t kc1 = std::min(dim, kc0 + kc_block);
                 const bool last = kc1 == dim;
                 detail::pack_bank_block(bank, dim, kc0, kc1, j0, j1, bpack.data);
                 for (std::size_t p = 0; p < np; ++p) {
-                    float* out = block.data() + p * kNc * kPanel;
+                    float* out = block.data() + p * nc * kPanel;
                     const std::size_t row0 = (p0 + p) * kPanel;
                     const std::size_t lanes = std::min(kPanel, nq - row0);
                     if (last)
@@ -300,9 +319,14 @@ void knn_search(const float* queries, std::size_t nq, const float* bank, const f
     require_finite(queries, nq * dim, "queries");
     std::vector<float> own_norms;
     if (bank_norms == nullptr) {
-        require_finite(bank, nb * dim, "bank");
         own_norms.resize(nb);
         squared_norms(bank, nb, dim, own_norms.data(), threads);
+        // A NaN or Inf anywhere in a row makes that row's squared norm NaN or Inf, so the
+        // element-wise pass over the whole bank (for its precise message) is only needed when
+        // some norm is not finite: one pass over the bank instead of two.
+        bool norms_finite = true;
+        for (float v : own_norms) norms_finite &= (v - v) == 0.0f;
+        if (!norms_finite) require_finite(bank, nb * dim, "bank");
         require_finite(own_norms.data(), nb, "bank (squared row norms overflow float32)");
         bank_norms = own_norms.data();
     }

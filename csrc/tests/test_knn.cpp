@@ -2,6 +2,7 @@
 // not multiples of the block sizes (16-query panels, 6-row bank tiles, 240-row blocks, 256-wide
 // depth chunks); bad arguments throw std::invalid_argument.
 #include <cstdio>
+#include <string>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -138,6 +139,27 @@ int main() {
         b[7] = std::numeric_limits<float>::infinity();
         CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), nullptr, 2, 5, 1, d.data(), i.data(), 1), std::invalid_argument);
         CHECK_THROWS(autoweld::KnnIndex(b.data(), 2, 5, 1), std::invalid_argument);
+        // The bank is checked through its norms first; the message still names the element.
+        for (float bad : {std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity(),
+                          std::numeric_limits<float>::quiet_NaN()}) {
+            b[7] = bad;
+            std::string message;
+            try {
+                autoweld::knn_search(q.data(), 1, b.data(), nullptr, 2, 5, 1, d.data(), i.data(), 1);
+            } catch (const std::invalid_argument& e) {
+                message = e.what();
+            }
+            CHECK(message.find("bank contains NaN or Inf (at flat index 7)") != std::string::npos);
+        }
+        b[7] = 3e19f;  // finite, but its square overflows float32
+        std::string overflow;
+        try {
+            autoweld::knn_search(q.data(), 1, b.data(), nullptr, 2, 5, 1, d.data(), i.data(), 1);
+        } catch (const std::invalid_argument& e) {
+            overflow = e.what();
+        }
+        CHECK(overflow.find("overflow") != std::string::npos);
     }
     return autoweld_test::finish("test_knn");
 }
