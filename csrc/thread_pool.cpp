@@ -71,6 +71,7 @@ public:
     // call would grow the pool without bound; the caller just does more itself. A team, whose
     // members must all run at once, passes kMaxWorkers.
     void lease(std::size_t wanted, std::size_t cap, std::vector<Worker*>& out) {
+        out.reserve(wanted);  // no allocation (nor bad_alloc) below, once workers are taken
         std::lock_guard<std::mutex> lock(mutex_);
         while (out.size() < wanted && !idle_.empty()) {
             out.push_back(idle_.back());
@@ -78,14 +79,17 @@ public:
         }
         cap = std::min(cap, kMaxWorkers);
         while (out.size() < wanted && started_.load(std::memory_order_relaxed) < cap) {
-            auto* worker = new Worker;  // owned by the pool for the life of the process
+            Worker* worker = nullptr;  // owned by the pool for the life of the process
             try {
+                workers_.reserve(workers_.size() + 1);
+                idle_.reserve(workers_.size() + 1);  // release() then never allocates
+                worker = new Worker;
                 std::thread(&Pool::worker_main, this, worker).detach();
-            } catch (const std::system_error&) {
-                delete worker;  // the OS refused a thread: do with fewer
+            } catch (...) {
+                delete worker;  // no memory, or the OS refused a thread: do with fewer
                 break;
             }
-            workers_.push_back(worker);
+            workers_.push_back(worker);  // capacity reserved above: cannot throw
             started_.fetch_add(1, std::memory_order_relaxed);
             out.push_back(worker);
         }
@@ -101,6 +105,12 @@ public:
     }
 
     std::size_t started() const { return started_.load(std::memory_order_relaxed); }
+
+    // Returns leased workers that were never given a task.
+    void give_back(const std::vector<Worker*>& workers) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        idle_.insert(idle_.end(), workers.begin(), workers.end());
+    }
 
 private:
     void release(Worker* worker) {
@@ -236,13 +246,25 @@ void run_team(std::size_t wanted, const std::function<void(std::size_t, std::siz
         return;
     }
     std::vector<Worker*> workers;
-    get_pool().lease(wanted - 1, kMaxWorkers, workers);
-    auto job = std::make_shared<TeamJob>();
-    job->size = workers.size() + 1;
-    job->body = &body;
-    job->remaining.store(job->size);
-    for (std::size_t w = 0; w < workers.size(); ++w)
-        Pool::assign(workers[w], [job, w] { job->member(w + 1); });
+    Pool& pool = get_pool();
+    pool.lease(wanted - 1, kMaxWorkers, workers);
+    // Everything that may throw (allocations) happens before the first task is handed out, so
+    // a failure leaves no member running with a team size that will never be reached.
+    std::vector<std::function<void()>> tasks;
+    std::shared_ptr<TeamJob> job;
+    try {
+        job = std::make_shared<TeamJob>();
+        job->size = workers.size() + 1;
+        job->body = &body;
+        job->remaining.store(job->size);
+        tasks.reserve(workers.size());
+        for (std::size_t w = 0; w < workers.size(); ++w)
+            tasks.emplace_back([job, w] { job->member(w + 1); });
+    } catch (...) {
+        pool.give_back(workers);
+        throw;
+    }
+    for (std::size_t w = 0; w < workers.size(); ++w) Pool::assign(workers[w], std::move(tasks[w]));
     job->member(0);
     {
         std::unique_lock<std::mutex> lock(job->mutex);
@@ -265,13 +287,23 @@ void parallel_for_dynamic(std::size_t n, int threads, std::size_t grain,
     }
     std::vector<Worker*> workers;
     const std::size_t hardware = static_cast<std::size_t>(std::max(1, resolve_threads(0)));
-    get_pool().lease(wanted - 1, std::max(hardware, wanted) - 1, workers);
-    auto job = std::make_shared<LoopJob>();
-    job->n = n;
-    job->grain = grain;
-    job->chunks = chunks;
-    job->fn = &fn;
-    for (Worker* w : workers) Pool::assign(w, [job] { job->work(); });
+    Pool& pool = get_pool();
+    pool.lease(wanted - 1, std::max(hardware, wanted) - 1, workers);
+    std::vector<std::function<void()>> tasks;
+    std::shared_ptr<LoopJob> job;
+    try {  // allocations first (see run_team)
+        job = std::make_shared<LoopJob>();
+        job->n = n;
+        job->grain = grain;
+        job->chunks = chunks;
+        job->fn = &fn;
+        tasks.reserve(workers.size());
+        for (std::size_t w = 0; w < workers.size(); ++w) tasks.emplace_back([job] { job->work(); });
+    } catch (...) {
+        pool.give_back(workers);
+        throw;
+    }
+    for (std::size_t w = 0; w < workers.size(); ++w) Pool::assign(workers[w], std::move(tasks[w]));
     job->work();
     {
         std::unique_lock<std::mutex> lock(job->mutex);
