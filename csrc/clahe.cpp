@@ -146,7 +146,9 @@ void lab_planes_to_bgr_scalar(const std::uint8_t* l, const std::uint8_t* a,
 
 void bgr_to_lab_planes(const std::uint8_t* bgr, std::size_t n, std::uint8_t* l, std::uint8_t* a,
                        std::uint8_t* b) {
-    if (cpu_has_avx2_fma())
+    if (cpu_has_avx512_vbmi())
+        bgr_to_lab_planes_avx512(bgr, n, l, a, b);
+    else if (cpu_has_avx2_fma())
         bgr_to_lab_planes_avx2(bgr, n, l, a, b);
     else
         bgr_to_lab_planes_scalar(bgr, n, l, a, b);
@@ -155,7 +157,9 @@ void bgr_to_lab_planes(const std::uint8_t* bgr, std::size_t n, std::uint8_t* l, 
 void lab_planes_to_bgr(const std::uint8_t* l, const std::uint8_t* a, const std::uint8_t* b,
                        std::size_t n, std::uint8_t* out_b, std::uint8_t* out_g,
                        std::uint8_t* out_r) {
-    if (cpu_has_avx2_fma())
+    if (cpu_has_avx512_vbmi())
+        lab_planes_to_bgr_avx512(l, a, b, n, out_b, out_g, out_r);
+    else if (cpu_has_avx2_fma())
         lab_planes_to_bgr_avx2(l, a, b, n, out_b, out_g, out_r);
     else
         lab_planes_to_bgr_scalar(l, a, b, n, out_b, out_g, out_r);

@@ -100,6 +100,12 @@ void lab_planes_to_bgr_scalar(const std::uint8_t* l, const std::uint8_t* a,
                               std::uint8_t* out_g, std::uint8_t* out_r);
 void bgr_to_lab_planes_avx2(const std::uint8_t* bgr, std::size_t n, std::uint8_t* l,
                             std::uint8_t* a, std::uint8_t* b);
+// Only when cpu_has_avx512_vbmi().
+void bgr_to_lab_planes_avx512(const std::uint8_t* bgr, std::size_t n, std::uint8_t* l,
+                              std::uint8_t* a, std::uint8_t* b);
+void lab_planes_to_bgr_avx512(const std::uint8_t* l, const std::uint8_t* a, const std::uint8_t* b,
+                              std::size_t n, std::uint8_t* out_b, std::uint8_t* out_g,
+                              std::uint8_t* out_r);
 void lab_planes_to_bgr_avx2(const std::uint8_t* l, const std::uint8_t* a, const std::uint8_t* b,
                             std::size_t n, std::uint8_t* out_b, std::uint8_t* out_g,
                             std::uint8_t* out_r);
