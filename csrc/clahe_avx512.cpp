@@ -14,7 +14,10 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+#if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
+#define AUTOWELD_HAVE_AVX512_BUILD 1
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -26,6 +29,7 @@
 
 namespace autoweld::detail {
 
+#if defined(AUTOWELD_HAVE_AVX512_BUILD)
 namespace {
 
 struct Lut256 {
@@ -284,5 +288,25 @@ AUTOWELD_VBMI void lab_planes_to_bgr_avx512(const std::uint8_t* l, const std::ui
     if (i < n)
         lab_planes_to_bgr_scalar(l + i, a + i, b + i, n - i, out_b + i, out_g + i, out_r + i);
 }
+
+#else
+// Built without AVX-512 support in the compiler: never dispatched (cpu_has_avx512_vbmi() is
+// false there); the scalar code keeps the symbols defined.
+void clahe_row_avx512(const ClaheTables& t, int band, float ya, float ya1,
+                      const std::uint8_t* src, std::uint8_t* dst) {
+    std::vector<std::uint32_t> packed(static_cast<std::size_t>(t.tiles_x + 1) * 256);
+    clahe_pack_band(t, band, packed.data());
+    clahe_row_scalar(t, packed.data(), ya, ya1, src, dst);
+}
+void bgr_to_lab_planes_avx512(const std::uint8_t* bgr, std::size_t n, std::uint8_t* l,
+                              std::uint8_t* a, std::uint8_t* b) {
+    bgr_to_lab_planes_scalar(bgr, n, l, a, b);
+}
+void lab_planes_to_bgr_avx512(const std::uint8_t* l, const std::uint8_t* a, const std::uint8_t* b,
+                              std::size_t n, std::uint8_t* out_b, std::uint8_t* out_g,
+                              std::uint8_t* out_r) {
+    lab_planes_to_bgr_scalar(l, a, b, n, out_b, out_g, out_r);
+}
+#endif
 
 }  // namespace autoweld::detail

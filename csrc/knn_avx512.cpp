@@ -11,7 +11,9 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+#if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
 
 #include <cstddef>
 #include <cstdint>
@@ -21,6 +23,7 @@
 
 namespace autoweld::detail {
 
+#if defined(__AVX512F__)
 namespace {
 
 template <int Tiles>
@@ -88,5 +91,15 @@ void panel_dots_avx512(const float* qpack, const float* bpack, std::size_t kc, s
     else
         micro_16xT<1>(qpack, b, kc, o, accumulate, n, thr, h);
 }
+
+#else
+// Built without AVX-512 support in the compiler: never dispatched (cpu_has_avx512() is false
+// on such builds' targets); kept so that the symbol exists.
+void panel_dots_avx512(const float* qpack, const float* bpack, std::size_t kc, std::size_t rows,
+                       float* out, bool accumulate, const float* norms, const float* thr,
+                       std::uint8_t* hits) {
+    panel_dots_portable(qpack, bpack, kc, rows, out, accumulate, norms, thr, hits);
+}
+#endif
 
 }  // namespace autoweld::detail
