@@ -19,6 +19,7 @@
 #include "knn.hpp"
 #include "preprocess.hpp"
 #include "scoring.hpp"
+#include "thread_pool.hpp"
 #ifdef AUTOWELD_WITH_CUDA
 #include "cuda/gpu.cuh"
 #endif
@@ -117,7 +118,9 @@ static autoweld::KernelPath kernel_path(const std::string& name) {
     if (name == "auto") return autoweld::KernelPath::automatic;
     if (name == "portable") return autoweld::KernelPath::portable;
     if (name == "avx2") return autoweld::KernelPath::avx2;
-    throw std::invalid_argument("path must be 'auto', 'portable' or 'avx2', got '" + name + "'");
+    if (name == "avx512") return autoweld::KernelPath::avx512;
+    throw std::invalid_argument("path must be 'auto', 'portable', 'avx2' or 'avx512', got '" +
+                                name + "'");
 }
 
 static void require_2d(const py::array& a, const char* name) {
@@ -513,6 +516,8 @@ PYBIND11_MODULE(_native, m) {
     m.attr("__version__") = AUTOWELD_VERSION;
     m.def("has_avx2_fma", &autoweld::cpu_has_avx2_fma,
           "True when the kernels run their AVX2+FMA paths on this CPU.");
+    m.def("has_avx512", &autoweld::cpu_has_avx512,
+          "True when the kNN kernels run their AVX-512 path on this CPU.");
     m.def("hardware_threads", [] { return autoweld::resolve_threads(0); });
     bind_image_kernels(m);
     bind_numeric_kernels(m);

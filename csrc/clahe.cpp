@@ -18,6 +18,7 @@
 
 #include "clahe_lab_tables.hpp"
 #include "common.hpp"
+#include "thread_pool.hpp"
 
 namespace autoweld {
 namespace {
@@ -131,7 +132,9 @@ void lab_planes_to_bgr_scalar(const std::uint8_t* l, const std::uint8_t* a,
 
 void bgr_to_lab_planes(const std::uint8_t* bgr, std::size_t n, std::uint8_t* l, std::uint8_t* a,
                        std::uint8_t* b) {
-    if (cpu_has_avx2_fma())
+    if (cpu_has_avx512_vbmi())
+        bgr_to_lab_planes_avx512(bgr, n, l, a, b);
+    else if (cpu_has_avx2_fma())
         bgr_to_lab_planes_avx2(bgr, n, l, a, b);
     else
         bgr_to_lab_planes_scalar(bgr, n, l, a, b);
@@ -140,7 +143,9 @@ void bgr_to_lab_planes(const std::uint8_t* bgr, std::size_t n, std::uint8_t* l, 
 void lab_planes_to_bgr(const std::uint8_t* l, const std::uint8_t* a, const std::uint8_t* b,
                        std::size_t n, std::uint8_t* out_b, std::uint8_t* out_g,
                        std::uint8_t* out_r) {
-    if (cpu_has_avx2_fma())
+    if (cpu_has_avx512_vbmi())
+        lab_planes_to_bgr_avx512(l, a, b, n, out_b, out_g, out_r);
+    else if (cpu_has_avx2_fma())
         lab_planes_to_bgr_avx2(l, a, b, n, out_b, out_g, out_r);
     else
         lab_planes_to_bgr_scalar(l, a, b, n, out_b, out_g, out_r);
@@ -249,6 +254,11 @@ void clahe_build_tables(const std::uint8_t* image, int height, int width, double
         t.column_weight_complement[x] = 1.0f - xa;
         t.column_segment[x] = std::min(tx1 + 1, tiles_x);  // tx1 is in [-1, tiles_x - 1]
     }
+    // column_segment is non-decreasing: record where each segment starts.
+    t.segment_begin.assign(static_cast<std::size_t>(tiles_x) + 2, width);
+    for (int x = width - 1; x >= 0; --x) t.segment_begin[t.column_segment[x]] = x;
+    for (int s = tiles_x; s >= 0; --s)
+        t.segment_begin[s] = std::min(t.segment_begin[s], t.segment_begin[s + 1]);
 }
 
 namespace detail {
@@ -292,7 +302,8 @@ ClaheRowApplier::ClaheRowApplier(const ClaheTables& tables)
     : tables_(tables),
       packed_(static_cast<std::size_t>(tables.tiles_x + 1) * 256),
       inv_tile_height_(1.0f / static_cast<float>(tables.tile_height)),
-      simd_(cpu_has_avx2_fma()) {}
+      simd_(cpu_has_avx2_fma()),
+      vbmi_(cpu_has_avx512_vbmi()) {}
 
 void ClaheRowApplier::apply(int y, const std::uint8_t* src, std::uint8_t* dst) {
     const float prod = static_cast<float>(y) * inv_tile_height_;
@@ -301,6 +312,10 @@ void ClaheRowApplier::apply(int y, const std::uint8_t* src, std::uint8_t* dst) {
     const float ya = tyf - static_cast<float>(ty1);
     const float ya1 = 1.0f - ya;
     const int band = std::min(ty1 + 1, tables_.tiles_y);
+    if (vbmi_) {
+        detail::clahe_row_avx512(tables_, band, ya, ya1, src, dst);
+        return;
+    }
     if (band != band_) {
         detail::clahe_pack_band(tables_, band, packed_.data());
         band_ = band;

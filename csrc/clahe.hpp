@@ -4,15 +4,11 @@
 
 #include <cstddef>
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <exception>
-#include <memory>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #include "common.hpp"
+#include "thread_pool.hpp"
 
 namespace autoweld {
 
@@ -28,6 +24,9 @@ struct ClaheTables {
     // and the weights (exactly the float values OpenCV computes).
     std::vector<std::int32_t> column_segment;
     std::vector<float> column_weight, column_weight_complement;  // xa, 1 - xa
+    // First column of every segment (tiles_x + 2 entries, the last one = width): the columns of
+    // segment s are [segment_begin[s], segment_begin[s + 1]).
+    std::vector<std::int32_t> segment_begin;
 };
 
 // Checks the arguments (std::invalid_argument naming the bad one) and builds the tables:
@@ -56,6 +55,7 @@ private:
     int band_ = -1;
     float inv_tile_height_;
     bool simd_;
+    bool vbmi_;
 };
 
 // CLAHE of a gray image: `out` (caller-allocated, height*width) may not alias `image`.
@@ -69,62 +69,14 @@ void clahe_bgr(const std::uint8_t* image, int height, int width, double clip_lim
                int tiles_y, std::uint8_t* out, int threads);
 
 namespace detail {
-// parallel_for over [0, n) in chunks of `grain` handed out from an atomic counter. The calling
-// thread works too and returns as soon as every chunk is done: a helper thread the OS has not
-// scheduled yet (a busy machine) is not waited for; it finds no chunk left and exits on its own,
-// touching only the shared counters it co-owns. `fn` is only ever called for a claimed chunk,
-// and every claimed chunk finishes before this returns. The first exception is rethrown here.
+// parallel_for over [0, n) in chunks of `grain` handed out from an atomic counter, on the
+// persistent pool (thread_pool.hpp): the calling thread works too and returns as soon as every
+// chunk is done; a leased worker the OS has not scheduled yet is not waited for. The first
+// exception is rethrown after every chunk has finished.
 template <class Fn>
 void dynamic_parallel_for(std::size_t n, int threads, std::size_t grain, Fn&& fn) {
-    if (n == 0) return;
-    grain = std::max<std::size_t>(grain, 1);
-    const std::size_t chunks = (n + grain - 1) / grain;
-    const std::size_t workers =
-        std::min(static_cast<std::size_t>(resolve_threads(threads)), chunks);
-    if (workers <= 1) {
-        fn(std::size_t{0}, n);
-        return;
-    }
-    struct Shared {
-        std::atomic<std::size_t> next{0}, done{0};
-        std::mutex error_mutex;
-        std::exception_ptr error;
-    };
-    auto shared = std::make_shared<Shared>();
-    auto* body = &fn;
-    auto work = [shared, body, chunks, n, grain](std::atomic<bool>* started) {
-        if (started) started->store(true);
-        for (std::size_t c = shared->next.fetch_add(1); c < chunks;
-             c = shared->next.fetch_add(1)) {
-            try {
-                (*body)(c * grain, std::min(n, (c + 1) * grain));
-            } catch (...) {
-                std::lock_guard<std::mutex> lock(shared->error_mutex);
-                if (!shared->error) shared->error = std::current_exception();
-            }
-            shared->done.fetch_add(1, std::memory_order_acq_rel);
-        }
-    };
-    std::vector<std::thread> helpers;
-    std::vector<std::shared_ptr<std::atomic<bool>>> started;
-    for (std::size_t w = 1; w < workers; ++w) {
-        auto flag = std::make_shared<std::atomic<bool>>(false);
-        try {
-            helpers.emplace_back([work, flag] { work(flag.get()); });
-            started.push_back(flag);
-        } catch (...) {
-            break;  // fewer helpers; the calling thread does the rest
-        }
-    }
-    work(nullptr);
-    while (shared->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
-    for (std::size_t k = 0; k < helpers.size(); ++k) {
-        if (started[k]->load())
-            helpers[k].join();  // it has run: it is finishing its last fetch_add
-        else
-            helpers[k].detach();  // not yet scheduled: it will find nothing to do
-    }
-    if (shared->error) std::rethrow_exception(shared->error);
+    pool::parallel_for_dynamic(n, threads, grain,
+                               [&fn](std::size_t begin, std::size_t end) { fn(begin, end); });
 }
 
 // One band of interpolation: rows whose two nearest tile rows are (ty1, ty2). Packs for every
@@ -148,6 +100,12 @@ void lab_planes_to_bgr_scalar(const std::uint8_t* l, const std::uint8_t* a,
                               std::uint8_t* out_g, std::uint8_t* out_r);
 void bgr_to_lab_planes_avx2(const std::uint8_t* bgr, std::size_t n, std::uint8_t* l,
                             std::uint8_t* a, std::uint8_t* b);
+// Only when cpu_has_avx512_vbmi().
+void bgr_to_lab_planes_avx512(const std::uint8_t* bgr, std::size_t n, std::uint8_t* l,
+                              std::uint8_t* a, std::uint8_t* b);
+void lab_planes_to_bgr_avx512(const std::uint8_t* l, const std::uint8_t* a, const std::uint8_t* b,
+                              std::size_t n, std::uint8_t* out_b, std::uint8_t* out_g,
+                              std::uint8_t* out_r);
 void lab_planes_to_bgr_avx2(const std::uint8_t* l, const std::uint8_t* a, const std::uint8_t* b,
                             std::size_t n, std::uint8_t* out_b, std::uint8_t* out_g,
                             std::uint8_t* out_r);
@@ -158,6 +116,10 @@ struct LabTables {
 const LabTables& lab_tables_i32();
 void clahe_row_avx2(const ClaheTables& tables, const std::uint32_t* packed, float ya, float ya1,
                     const std::uint8_t* src, std::uint8_t* dst);
+// AVX-512 VBMI flavour: needs no packed table (looks the four LUTs of each segment up with byte
+// permutes); `band` as in clahe_pack_band. Only when cpu_has_avx512_vbmi().
+void clahe_row_avx512(const ClaheTables& tables, int band, float ya, float ya1,
+                      const std::uint8_t* src, std::uint8_t* dst);
 }  // namespace detail
 
 }  // namespace autoweld

@@ -3,7 +3,7 @@
 // softfloat code; csrc/tools/gen_clahe_lab_tables.py) and stored here so that no platform libm
 // can change a bit. Verified against cv2.cvtColor over all 2^24 colours in both directions
 // (tests/native/test_clahe.py::test_colour_exact_on_every_24_bit_colour re-checks it through
-// CLAHE). Used by clahe.cpp only.
+// CLAHE). Used by clahe.cpp and clahe_avx512.cpp only.
 #pragma once
 
 #include <cstdint>

@@ -10,6 +10,7 @@
 
 #include "common.hpp"
 #include "knn.hpp"
+#include "thread_pool.hpp"
 
 namespace autoweld {
 
@@ -56,14 +57,15 @@ double unit_open(std::uint64_t& state) {
     return (static_cast<double>(detail::splitmix64(state) >> 11) + 1.0) * 0x1.0p-53;
 }
 
-// A spinning barrier for the few workers of the selection loop (one crossing per iteration;
-// thread start-up per iteration would cost more than the iteration).
+// A spinning barrier for the few members of the selection loop's team (one crossing per
+// iteration; waking sleeping threads per iteration would cost more than the iteration). The
+// team runs on the pool (pool::run_team), whose members all run at the same time; `parties` is
+// the team's actual size.
 class SpinBarrier {
 public:
-    explicit SpinBarrier(int parties) : parties_(parties) {}
-    void arrive_and_wait() {
+    void arrive_and_wait(int parties) {
         const unsigned gen = generation_.load(std::memory_order_acquire);
-        if (waiting_.fetch_add(1, std::memory_order_acq_rel) + 1 == parties_) {
+        if (waiting_.fetch_add(1, std::memory_order_acq_rel) + 1 == parties) {
             waiting_.store(0, std::memory_order_relaxed);
             generation_.fetch_add(1, std::memory_order_acq_rel);
             return;
@@ -75,7 +77,6 @@ public:
     }
 
 private:
-    const int parties_;
     std::atomic<int> waiting_{0};
     std::atomic<unsigned> generation_{0};
 };
@@ -121,6 +122,10 @@ void coreset_select(const float* x, std::size_t n, std::size_t dim, std::size_t 
     if (path == KernelPath::avx2) {
         require(cpu_has_avx2_fma(), "kernel path avx2 is not available on this CPU");
         avx2 = true;
+    } else if (path == KernelPath::avx512) {
+        // The update is a memory-bound dot product per row: the AVX2 kernel serves it.
+        require(cpu_has_avx512(), "kernel path avx512 is not available on this CPU");
+        avx2 = true;
     } else if (path == KernelPath::automatic) {
         avx2 = cpu_has_avx2_fma();
     }
@@ -135,33 +140,31 @@ void coreset_select(const float* x, std::size_t n, std::size_t dim, std::size_t 
                                  n / 8192));
     std::vector<float> best_v(2 * workers);
     std::vector<std::size_t> best_i(2 * workers);
-    SpinBarrier barrier(static_cast<int>(workers));
+    SpinBarrier barrier;
     out[0] = static_cast<std::int64_t>(start);
-    const std::size_t chunk = (n + workers - 1) / workers;
-    parallel_for(workers, static_cast<int>(workers), [&](std::size_t w0, std::size_t w1) {
-        for (std::size_t w = w0; w < w1; ++w) {  // exactly one w per thread
-            const std::size_t begin = std::min(n, w * chunk);
-            const std::size_t end = std::min(n, begin + chunk);
-            std::size_t centre = start;
-            for (std::size_t it = 1; it < count; ++it) {
-                if (centre >= begin && centre < end) min_dist[centre] = -1.0f;
-                const std::size_t slot = (it & 1) * workers + w;
-                best_i[slot] = update(x, xn.data(), dim, begin, end, x + centre * dim,
-                                      xn[centre], min_dist.data(), &best_v[slot]);
-                barrier.arrive_and_wait();
-                // Every worker reduces the same way (first worker wins ties: lower indices).
-                float bv = -1.0f;
-                std::size_t bi = n;
-                for (std::size_t u = 0; u < workers; ++u) {
-                    const std::size_t s = (it & 1) * workers + u;
-                    if (best_v[s] > bv) {
-                        bv = best_v[s];
-                        bi = best_i[s];
-                    }
+    pool::run_team(workers, [&](std::size_t w, std::size_t team) {
+        const std::size_t chunk = (n + team - 1) / team;
+        const std::size_t begin = std::min(n, w * chunk);
+        const std::size_t end = std::min(n, begin + chunk);
+        std::size_t centre = start;
+        for (std::size_t it = 1; it < count; ++it) {
+            if (centre >= begin && centre < end) min_dist[centre] = -1.0f;
+            const std::size_t slot = (it & 1) * workers + w;
+            best_i[slot] = update(x, xn.data(), dim, begin, end, x + centre * dim, xn[centre],
+                                  min_dist.data(), &best_v[slot]);
+            barrier.arrive_and_wait(static_cast<int>(team));
+            // Every member reduces the same way (first member wins ties: lower indices).
+            float bv = -1.0f;
+            std::size_t bi = n;
+            for (std::size_t u = 0; u < team; ++u) {
+                const std::size_t s = (it & 1) * workers + u;
+                if (best_v[s] > bv) {
+                    bv = best_v[s];
+                    bi = best_i[s];
                 }
-                centre = bi;
-                if (w == 0) out[it] = static_cast<std::int64_t>(bi);
             }
+            centre = bi;
+            if (w == 0) out[it] = static_cast<std::int64_t>(bi);
         }
     });
 }

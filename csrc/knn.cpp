@@ -7,32 +7,54 @@
 #include <utility>
 
 #include "common.hpp"
+#include "thread_pool.hpp"
 
 namespace autoweld {
 
 namespace {
 
-// Cache blocking of the panel product: a query panel chunk (16 x kKc floats, 16 KiB) stays in
-// L1 while kNc bank rows x kKc (240 KiB) stay in L2.
+// Cache blocking of matmul_abt's panel product: a query panel chunk (16 x kKc floats, 16 KiB)
+// stays in L1 while the bank rows x kKc stay in L2.
 constexpr std::size_t kKc = 256;
-constexpr std::size_t kNc = 240;  // a multiple of kBankTile
+// kNN search: the bank is walked in blocks of at most kNc rows, each packed over its full
+// depth (up to kMaxKc; deeper features are split), sized so that a block stays in L2 while
+// every query panel runs over it. With the full depth in one pass the micro-kernel keeps its
+// accumulators in registers from the first to the last column: no partial sums go out to
+// memory and back between depth chunks (at D=1536 these cost several percent).
+constexpr std::size_t kNc = 240;  // a multiple of kBankTile (and of 24, the AVX-512 tile)
+constexpr std::size_t kMaxKc = 2048;
+#ifndef AUTOWELD_KNN_BLOCK_BYTES
+#define AUTOWELD_KNN_BLOCK_BYTES (384 * 1024)
+#endif
+constexpr std::size_t kBlockBytes = AUTOWELD_KNN_BLOCK_BYTES;
+
+// Bank rows per block for a depth chunk of kc columns: a multiple of 24 when possible.
+std::size_t bank_block_rows(std::size_t kc) {
+    std::size_t rows = kBlockBytes / (kc * sizeof(float));
+    rows = rows >= 24 ? rows / 24 * 24 : std::max<std::size_t>(6, rows / 6 * 6);
+    return std::min(rows, kNc);
+}
 // Queries handled per pass over the bank by one thread: 64 panels = 1024 queries.
 constexpr std::size_t kGroupPanels = 64;
 
-bool resolve_avx2(KernelPath path) {
-    switch (path) {
-        case KernelPath::portable:
-            return false;
-        case KernelPath::avx2:
-            require(cpu_has_avx2_fma(), "kernel path avx2 is not available on this CPU");
-            return true;
-        default:
-            return cpu_has_avx2_fma();
-    }
-}
-
 using PanelDots = void (*)(const float*, const float*, std::size_t, std::size_t, float*, bool,
                            const float*, const float*, std::uint8_t*);
+
+PanelDots resolve_dots(KernelPath path) {
+    switch (path) {
+        case KernelPath::portable:
+            return detail::panel_dots_portable;
+        case KernelPath::avx2:
+            require(cpu_has_avx2_fma(), "kernel path avx2 is not available on this CPU");
+            return detail::panel_dots_avx2;
+        case KernelPath::avx512:
+            require(cpu_has_avx512(), "kernel path avx512 is not available on this CPU");
+            return detail::panel_dots_avx512;
+        default:
+            if (cpu_has_avx512()) return detail::panel_dots_avx512;
+            return cpu_has_avx2_fma() ? detail::panel_dots_avx2 : detail::panel_dots_portable;
+    }
+}
 
 std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
 
@@ -77,7 +99,9 @@ void check_dims(std::size_t nb, std::size_t dim) {
 }  // namespace
 
 bool kernel_path_available(KernelPath path) {
-    return path != KernelPath::avx2 || cpu_has_avx2_fma();
+    if (path == KernelPath::avx2) return cpu_has_avx2_fma();
+    if (path == KernelPath::avx512) return cpu_has_avx512();
+    return true;
 }
 
 void require_finite(const float* x, std::size_t count, const char* name) {
@@ -98,7 +122,7 @@ void require_finite(const float* x, std::size_t count, const char* name) {
 }
 
 void squared_norms(const float* x, std::size_t n, std::size_t dim, float* out, int threads) {
-    parallel_for(n, threads, [&](std::size_t b, std::size_t e) {
+    pool::parallel_for_static(n, threads, [&](std::size_t b, std::size_t e) {
         for (std::size_t i = b; i < e; ++i) {
             const float* r = x + i * dim;
             float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -186,9 +210,8 @@ struct AlignedFloats {
 // the squared distance minus |q|^2, which ranks bank rows the same way).
 void knn_core(const float* queries, std::size_t nq, const float* bank, const float* bn,
               std::size_t nb, std::size_t dim, std::size_t k, float* distances,
-              std::int64_t* indices, int threads, bool avx2) {
+              std::int64_t* indices, int threads, PanelDots dots) {
     using detail::kPanel;
-    const PanelDots dots = avx2 ? detail::panel_dots_avx2 : detail::panel_dots_portable;
     const std::size_t panels = (nq + kPanel - 1) / kPanel;
     std::vector<float> qn(nq);
     squared_norms(queries, nq, dim, qn.data(), threads);
@@ -198,8 +221,10 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
     auto run_group = [&](std::size_t p0, std::size_t p1) {
         const std::size_t np = p1 - p0;
         AlignedFloats qpack(np * kPanel * dim);
-        std::vector<float> block(np * kNc * kPanel);
-        AlignedFloats bpack(kNc * std::min(kKc, dim));
+        const std::size_t kc_block = std::min(dim, kMaxKc);
+        const std::size_t nc = bank_block_rows(kc_block);
+        std::vector<float> block(np * nc * kPanel);
+        AlignedFloats bpack(nc * kc_block);
         std::vector<float> heap_v(np * kPanel * k);
         std::vector<std::int64_t> heap_i(np * kPanel * k);
         for (std::size_t p = 0; p < np; ++p) {
@@ -212,17 +237,17 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
         alignas(32) float thr[kPanel];
         std::uint8_t hits[kNc / detail::kBankTile];
         float block_norms[kNc];
-        for (std::size_t j0 = 0; j0 < nb; j0 += kNc) {
-            const std::size_t j1 = std::min(nb, j0 + kNc);
+        for (std::size_t j0 = 0; j0 < nb; j0 += nc) {
+            const std::size_t j1 = std::min(nb, j0 + nc);
             // Padding rows get +Inf norms; the scan below never looks past j1 anyway.
             std::fill(block_norms, block_norms + kNc, std::numeric_limits<float>::infinity());
             std::copy(bn + j0, bn + j1, block_norms);
-            for (std::size_t kc0 = 0; kc0 < dim; kc0 += kKc) {
-                const std::size_t kc1 = std::min(dim, kc0 + kKc);
+            for (std::size_t kc0 = 0; kc0 < dim; kc0 += kc_block) {
+                const std::size_t kc1 = std::min(dim, kc0 + kc_block);
                 const bool last = kc1 == dim;
                 detail::pack_bank_block(bank, dim, kc0, kc1, j0, j1, bpack.data);
                 for (std::size_t p = 0; p < np; ++p) {
-                    float* out = block.data() + p * kNc * kPanel;
+                    float* out = block.data() + p * nc * kPanel;
                     const std::size_t row0 = (p0 + p) * kPanel;
                     const std::size_t lanes = std::min(kPanel, nq - row0);
                     if (last)
@@ -275,7 +300,7 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
             }
         }
     };
-    parallel_for(panels, threads, [&](std::size_t p0, std::size_t p1) {
+    pool::parallel_for_static(panels, threads, [&](std::size_t p0, std::size_t p1) {
         for (std::size_t g = p0; g < p1; g += kGroupPanels) run_group(g, std::min(p1, g + kGroupPanels));
     });
 }
@@ -289,18 +314,23 @@ void knn_search(const float* queries, std::size_t nq, const float* bank, const f
     require(k >= 1, "k must be at least 1, got " + std::to_string(k));
     require(k <= nb, "k (" + std::to_string(k) + ") exceeds the memory bank size (" +
                          std::to_string(nb) + " rows)");
-    const bool avx2 = resolve_avx2(path);
+    const PanelDots dots = resolve_dots(path);
     if (nq == 0) return;
     require_finite(queries, nq * dim, "queries");
     std::vector<float> own_norms;
     if (bank_norms == nullptr) {
-        require_finite(bank, nb * dim, "bank");
         own_norms.resize(nb);
         squared_norms(bank, nb, dim, own_norms.data(), threads);
+        // A NaN or Inf anywhere in a row makes that row's squared norm NaN or Inf, so the
+        // element-wise pass over the whole bank (for its precise message) is only needed when
+        // some norm is not finite: one pass over the bank instead of two.
+        bool norms_finite = true;
+        for (float v : own_norms) norms_finite &= (v - v) == 0.0f;
+        if (!norms_finite) require_finite(bank, nb * dim, "bank");
         require_finite(own_norms.data(), nb, "bank (squared row norms overflow float32)");
         bank_norms = own_norms.data();
     }
-    knn_core(queries, nq, bank, bank_norms, nb, dim, k, distances, indices, threads, avx2);
+    knn_core(queries, nq, bank, bank_norms, nb, dim, k, distances, indices, threads, dots);
 }
 
 KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, int threads)
@@ -325,10 +355,9 @@ void matmul_abt(const float* a, std::size_t n, const float* b, std::size_t m, st
         std::fill(c, c + n * m, 0.0f);
         return;
     }
-    const PanelDots dots =
-        resolve_avx2(path) ? detail::panel_dots_avx2 : detail::panel_dots_portable;
+    const PanelDots dots = resolve_dots(path);
     const std::size_t panels = (n + kPanel - 1) / kPanel;
-    parallel_for(panels, threads, [&](std::size_t p0, std::size_t p1) {
+    pool::parallel_for_static(panels, threads, [&](std::size_t p0, std::size_t p1) {
         // b is small here (the projection): pack all of it once per thread.
         AlignedFloats qpack(kPanel * dim);
         std::vector<float> out(round_up(m, detail::kBankTile) * kPanel);

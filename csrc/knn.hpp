@@ -8,9 +8,9 @@
 
 namespace autoweld {
 
-// Which kernel runs. `automatic` picks AVX2+FMA when the CPU has it, else the portable one.
-// The explicit choices exist so that tests exercise both paths on purpose.
-enum class KernelPath { automatic, portable, avx2 };
+// Which kernel runs. `automatic` picks AVX-512 when the CPU has it, else AVX2+FMA, else the
+// portable one. The explicit choices exist so that tests exercise every path on purpose.
+enum class KernelPath { automatic, portable, avx2, avx512 };
 
 // True when `path` can run on this CPU (portable always can).
 bool kernel_path_available(KernelPath path);
@@ -81,6 +81,9 @@ void pack_bank_block(const float* bank, std::size_t dim, std::size_t kc0, std::s
 void panel_dots_avx2(const float* qpack, const float* bpack, std::size_t kc, std::size_t rows,
                      float* out, bool accumulate, const float* norms = nullptr,
                      const float* thr = nullptr, std::uint8_t* hits = nullptr);
+void panel_dots_avx512(const float* qpack, const float* bpack, std::size_t kc, std::size_t rows,
+                       float* out, bool accumulate, const float* norms = nullptr,
+                       const float* thr = nullptr, std::uint8_t* hits = nullptr);
 void panel_dots_portable(const float* qpack, const float* bpack, std::size_t kc,
                          std::size_t rows, float* out, bool accumulate,
                          const float* norms = nullptr, const float* thr = nullptr,

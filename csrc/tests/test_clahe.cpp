@@ -1,5 +1,6 @@
 // CLAHE core: constant images, a hand-checked tiny case, scalar == AVX2 rows, the Lab tables
 // round trip, bad arguments.
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <stdexcept>
@@ -7,6 +8,7 @@
 
 #include "check.hpp"
 #include "clahe.hpp"
+#include "thread_pool.hpp"
 #include "common.hpp"
 
 using autoweld::ClaheTables;
@@ -53,6 +55,22 @@ int main() {
             autoweld::detail::clahe_row_avx2(t, packed.data(), 0.3f, 0.7f, img.data(), b.data());
             CHECK(a == b);
         }
+        // The AVX-512 VBMI row kernel (byte-permute LUTs, masked tails) gives the same bytes, for
+        // every band and for rows that straddle every segment.
+        if (autoweld::cpu_has_avx512_vbmi()) {
+            for (int band = 0; band <= t.tiles_y; ++band) {
+                autoweld::detail::clahe_pack_band(t, band, packed.data());
+                for (float ya : {0.0f, 0.3f, 0.5f, 0.99f}) {
+                    for (int y = 0; y < h; y += 7) {
+                        const std::uint8_t* row = img.data() + y * w;
+                        autoweld::detail::clahe_row_scalar(t, packed.data(), ya, 1.0f - ya, row,
+                                                           a.data());
+                        autoweld::detail::clahe_row_avx512(t, band, ya, 1.0f - ya, row, b.data());
+                        CHECK(a == b);
+                    }
+                }
+            }
+        }
         // Threads do not change the result.
         std::vector<std::uint8_t> o1(h * w), o3(h * w);
         autoweld::clahe_gray(img.data(), h, w, 3.0, 5, 3, o1.data(), 1);
@@ -95,6 +113,68 @@ int main() {
         autoweld::detail::lab_planes_to_bgr(bgr.data(), bgr.data() + n, bgr.data() + 2 * n, n,
                                             q2.data(), q2.data() + n, q2.data() + 2 * n);
         CHECK(q1 == q2);
+    }
+    // Every one of the 2^24 colours: the AVX-512 VBMI and AVX2 forward conversions give the
+    // scalar bytes (in blocks of 2^20 colours; 2^20 - 5 per call to exercise the tails too).
+    for (int path = 0; path < 2; ++path) {
+        if (path == 0 && !autoweld::cpu_has_avx512_vbmi()) continue;
+        if (path == 1 && !autoweld::cpu_has_avx2_fma()) continue;
+        const std::size_t block = (std::size_t{1} << 20) - 5;
+        std::vector<std::uint8_t> bgr(3 * block), p1(3 * block), p2(3 * block);
+        bool same = true;
+        for (std::size_t first = 0; first < (std::size_t{1} << 24); first += block) {
+            const std::size_t n = std::min(block, (std::size_t{1} << 24) - first);
+            for (std::size_t k = 0; k < n; ++k) {
+                const std::size_t c = first + k;
+                bgr[3 * k] = static_cast<std::uint8_t>(c);
+                bgr[3 * k + 1] = static_cast<std::uint8_t>(c >> 8);
+                bgr[3 * k + 2] = static_cast<std::uint8_t>(c >> 16);
+            }
+            autoweld::detail::bgr_to_lab_planes_scalar(bgr.data(), n, p1.data(), p1.data() + n,
+                                                       p1.data() + 2 * n);
+            if (path == 0)
+                autoweld::detail::bgr_to_lab_planes_avx512(bgr.data(), n, p2.data(),
+                                                           p2.data() + n, p2.data() + 2 * n);
+            else
+                autoweld::detail::bgr_to_lab_planes_avx2(bgr.data(), n, p2.data(), p2.data() + n,
+                                                         p2.data() + 2 * n);
+            same = same && std::equal(p1.begin(), p1.begin() + 3 * n, p2.begin());
+        }
+        CHECK(same);
+    }
+    // Every Lab byte triplet (2^24, not only those that come from sRGB): the AVX-512 VBMI and
+    // AVX2 inverse conversions give the scalar bytes.
+    for (int path = 0; path < 2; ++path) {
+        if (path == 0 && !autoweld::cpu_has_avx512_vbmi()) continue;
+        if (path == 1 && !autoweld::cpu_has_avx2_fma()) continue;
+        const std::size_t block = (std::size_t{1} << 20) - 5;
+        std::vector<std::uint8_t> lab(3 * block), o1(3 * block), o2(3 * block);
+        bool same = true;
+        for (std::size_t first = 0; first < (std::size_t{1} << 24); first += block) {
+            const std::size_t n = std::min(block, (std::size_t{1} << 24) - first);
+            for (std::size_t k = 0; k < n; ++k) {
+                const std::size_t c = first + k;
+                lab[k] = static_cast<std::uint8_t>(c >> 16);
+                lab[block + k] = static_cast<std::uint8_t>(c);
+                lab[2 * block + k] = static_cast<std::uint8_t>(c >> 8);
+            }
+            const std::uint8_t* L = lab.data();
+            const std::uint8_t* A = lab.data() + block;
+            const std::uint8_t* B = lab.data() + 2 * block;
+            autoweld::detail::lab_planes_to_bgr_scalar(L, A, B, n, o1.data(), o1.data() + block,
+                                                       o1.data() + 2 * block);
+            if (path == 0)
+                autoweld::detail::lab_planes_to_bgr_avx512(L, A, B, n, o2.data(),
+                                                           o2.data() + block,
+                                                           o2.data() + 2 * block);
+            else
+                autoweld::detail::lab_planes_to_bgr_avx2(L, A, B, n, o2.data(), o2.data() + block,
+                                                         o2.data() + 2 * block);
+            for (int ch = 0; ch < 3; ++ch)
+                same = same && std::equal(o1.begin() + ch * block, o1.begin() + ch * block + n,
+                                          o2.begin() + ch * block);
+        }
+        CHECK(same);
     }
     // dynamic_parallel_for: every index exactly once for any thread count and grain; a chunk's
     // exception reaches the caller.

@@ -52,7 +52,7 @@ int main() {
     using autoweld::KernelPath;
     const std::size_t n = 20000, dim = 40;  // > 8192 rows: several workers
     auto x = random_matrix(n, dim, 3);
-    for (KernelPath path : {KernelPath::portable, KernelPath::avx2}) {
+    for (KernelPath path : {KernelPath::portable, KernelPath::avx2, KernelPath::avx512}) {
         if (!autoweld::kernel_path_available(path)) continue;
         for (int threads : {1, 3}) {
             std::vector<std::int64_t> got(30);

@@ -1,6 +1,8 @@
 // kNN against a double-precision brute force, on both kernel paths, for shapes that are and are
 // not multiples of the block sizes (16-query panels, 6-row bank tiles, 240-row blocks, 256-wide
 // depth chunks); bad arguments throw std::invalid_argument.
+#include <cstdio>
+#include <string>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -64,7 +66,9 @@ static void check_against_brute_force(std::size_t nq, std::size_t nb, std::size_
 int main() {
     std::vector<KernelPath> paths{KernelPath::portable};
     if (autoweld::kernel_path_available(KernelPath::avx2)) paths.push_back(KernelPath::avx2);
-    else std::printf("AVX2+FMA not available: only the portable path is tested\n");
+    if (autoweld::kernel_path_available(KernelPath::avx512)) paths.push_back(KernelPath::avx512);
+    std::printf("kNN paths tested: %zu (avx512 %s)\n", paths.size(),
+                autoweld::kernel_path_available(KernelPath::avx512) ? "yes" : "no on this CPU");
     struct Shape { std::size_t nq, nb, dim, k; };
     const Shape shapes[] = {{1, 1, 1, 1},   {1, 7, 3, 7},      {5, 13, 8, 4},
                             {16, 6, 16, 6}, {17, 245, 9, 9},   {33, 250, 300, 16},
@@ -135,6 +139,27 @@ int main() {
         b[7] = std::numeric_limits<float>::infinity();
         CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), nullptr, 2, 5, 1, d.data(), i.data(), 1), std::invalid_argument);
         CHECK_THROWS(autoweld::KnnIndex(b.data(), 2, 5, 1), std::invalid_argument);
+        // The bank is checked through its norms first; the message still names the element.
+        for (float bad : {std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity(),
+                          std::numeric_limits<float>::quiet_NaN()}) {
+            b[7] = bad;
+            std::string message;
+            try {
+                autoweld::knn_search(q.data(), 1, b.data(), nullptr, 2, 5, 1, d.data(), i.data(), 1);
+            } catch (const std::invalid_argument& e) {
+                message = e.what();
+            }
+            CHECK(message.find("bank contains NaN or Inf (at flat index 7)") != std::string::npos);
+        }
+        b[7] = 3e19f;  // finite, but its square overflows float32
+        std::string overflow;
+        try {
+            autoweld::knn_search(q.data(), 1, b.data(), nullptr, 2, 5, 1, d.data(), i.data(), 1);
+        } catch (const std::invalid_argument& e) {
+            overflow = e.what();
+        }
+        CHECK(overflow.find("overflow") != std::string::npos);
     }
     return autoweld_test::finish("test_knn");
 }

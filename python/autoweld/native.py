@@ -21,6 +21,7 @@ __all__ = [
     "clahe",
     "hardware_threads",
     "has_avx2_fma",
+    "has_avx512",
     "preprocess",
     "preprocess_batch",
 ]
@@ -29,6 +30,11 @@ __all__ = [
 def has_avx2_fma() -> bool:
     """True when the kernels run their AVX2+FMA paths on this CPU."""
     return bool(_native.has_avx2_fma())
+
+
+def has_avx512() -> bool:
+    """True when the kNN kernels run their AVX-512 path on this CPU."""
+    return bool(_native.has_avx512())
 
 
 def hardware_threads() -> int:

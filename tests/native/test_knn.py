@@ -9,7 +9,11 @@ from hypothesis import strategies as st
 
 from autoweld import native
 
-PATHS = ["portable"] + (["avx2"] if native.has_avx2_fma() else [])
+PATHS = (
+    ["portable"]
+    + (["avx2"] if native.has_avx2_fma() else [])
+    + (["avx512"] if native.has_avx512() else [])
+)
 
 
 def brute_force(queries: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
