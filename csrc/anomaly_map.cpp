@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common.hpp"
+#include "thread_pool.hpp"
 
 namespace autoweld {
 namespace {
@@ -75,7 +76,7 @@ void anomaly_map(const float* scores, int count, int height, int width, int out_
 
     // Upsample, then blur each row horizontally (into `stage`).
     const std::size_t rows = static_cast<std::size_t>(count) * out_height;
-    parallel_for(rows, threads, [&](std::size_t b, std::size_t e) {
+    pool::parallel_for_static(rows, threads, [&](std::size_t b, std::size_t e) {
         std::vector<float> row(out_width);
         for (std::size_t r = b; r < e; ++r) {
             const int n = static_cast<int>(r / out_height), y = static_cast<int>(r % out_height);
@@ -107,7 +108,7 @@ void anomaly_map(const float* scores, int count, int height, int width, int out_
     if (!blur) return;
 
     // Vertical blur, `stage` -> `out`, row by row so the inner loop runs along contiguous x.
-    parallel_for(rows, threads, [&](std::size_t b, std::size_t e) {
+    pool::parallel_for_static(rows, threads, [&](std::size_t b, std::size_t e) {
         for (std::size_t r = b; r < e; ++r) {
             const int n = static_cast<int>(r / out_height), y = static_cast<int>(r % out_height);
             const float* src = stage + static_cast<std::size_t>(n) * plane;
