@@ -23,6 +23,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from autoweld import native
 
 THREADS = 2

@@ -26,6 +26,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+
 from autoweld import __version__, native
 
 log = logging.getLogger("bench_numeric")

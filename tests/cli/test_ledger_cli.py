@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from autoweld.cli.ledger import main, parse_head
 from autoweld.quality import InspectionRecord, open_ledger
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from autoweld.data import (
     WELD_DEFECT_TYPES,
     estimate_bead,

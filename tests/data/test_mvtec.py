@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from autoweld.data import Sample, load_category, read_mvtec, split_train
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from autoweld.data import WELD_DEFECT_TYPES, WeldParams, generate_weld, load_category
 from autoweld.data.weld import STAMP_NAME
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from autoweld.quality import InspectionRecord, KeyRing
 
 SECRET = "test-secret-0123456789abcdef"

@@ -1,4 +1,5 @@
 import pytest
+
 from autoweld.quality.keys import KeyRing, MissingKeyError, load_keyring
 
 SECRET = "s" * 32

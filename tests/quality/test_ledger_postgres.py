@@ -5,6 +5,7 @@ import threading
 import time
 
 import pytest
+
 from autoweld.quality import (
     GENESIS_MAC,
     KeyRing,

@@ -1,6 +1,7 @@
 import time
 
 import pytest
+
 from autoweld.quality import open_plc
 from autoweld.quality.plc import ModbusLink, TcpByteLink
 

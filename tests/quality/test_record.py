@@ -2,6 +2,7 @@ import json
 import math
 
 import pytest
+
 from autoweld.quality.record import (
     GENESIS_MAC,
     MAC_DOMAIN,
