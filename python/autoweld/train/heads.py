@@ -117,7 +117,10 @@ def register_head(name: str) -> Callable[[HeadFactory], HeadFactory]:
 
 
 # Modules whose import registers heads (a new head module adds its name here).
-HEAD_MODULES: tuple[str, ...] = ("autoweld.train.patchcore",)
+HEAD_MODULES: tuple[str, ...] = (
+    "autoweld.train.patchcore",
+    "autoweld.train.global_reference",
+)
 
 
 def _ensure_builtin_heads() -> None:

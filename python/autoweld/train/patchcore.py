@@ -88,9 +88,16 @@ class PatchCoreHead(ExportHead):
     kind = "knn"
     output_name = "patchcore_embeddings"
 
-    def __init__(self, channels: tuple[int, int], settings: PatchCoreSettings, seed: int = 0):
+    def __init__(
+        self,
+        channels: tuple[int, int],
+        settings: PatchCoreSettings,
+        seed: int = 0,
+        stride: int = 8,
+    ):
         super().__init__()
         self.settings = settings
+        self.stride = int(stride)  # of the shallower tap: 8 for the CNNs, 14 for the ViT
         self.seed = seed
         self.in_dim = int(sum(channels))
         self.local_pool = nn.AvgPool2d(3, stride=1, padding=1)
@@ -120,8 +127,8 @@ class PatchCoreHead(ExportHead):
         return patches
 
     def feature_map_size(self, image_size: int) -> tuple[int, int]:
-        # The shallow tap has stride 8 (verified by the backbone tests); SAME/odd padding rounds up.
-        side = -(-image_size // 8)
+        # The shallow tap's stride (verified by the backbone tests); SAME/odd padding rounds up.
+        side = -(-image_size // self.stride)
         return (side, side)
 
     @torch.no_grad()
@@ -214,4 +221,5 @@ def _build_patchcore(context: HeadContext) -> ExportHead:
         context.channels,
         PatchCoreSettings.from_mapping(dict(context.settings)),
         seed=context.seed,
+        stride=int(context.strides[0]),
     )
