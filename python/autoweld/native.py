@@ -79,6 +79,8 @@ def _clip_limit(clip_limit: object) -> float:
 
 
 def _tile_grid(tile_grid: object) -> tuple[int, int]:
+    if isinstance(tile_grid, np.ndarray):
+        tile_grid = tuple(tile_grid.tolist())
     if (
         not isinstance(tile_grid, Sequence)
         or len(tile_grid) != 2
@@ -88,8 +90,8 @@ def _tile_grid(tile_grid: object) -> tuple[int, int]:
     tiles_x, tiles_y = int(tile_grid[0]), int(tile_grid[1])
     if tiles_x < 1 or tiles_y < 1:
         raise ValueError(f"tile_grid must be >= 1 in each direction, got {tile_grid!r}")
-    if tiles_x * tiles_y > 2**20:
-        raise ValueError(f"tile_grid is too large (at most 2^20 tiles), got {tile_grid!r}")
+    if tiles_x * tiles_y > 2**16:
+        raise ValueError(f"tile_grid is too large (at most 65536 tiles), got {tile_grid!r}")
     return tiles_x, tiles_y
 
 
@@ -107,8 +109,8 @@ def _size(size: object, name: str = "size") -> int:
         raise ValueError(f"{name} must be an int, got {size!r}")
     if size < 1:
         raise ValueError(f"{name} must be >= 1, got {size!r}")
-    if size > 65536:
-        raise ValueError(f"{name} must be <= 65536, got {size!r}")
+    if size > 16384:
+        raise ValueError(f"{name} must be <= 16384, got {size!r}")
     return int(size)
 
 
