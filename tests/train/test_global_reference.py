@@ -234,3 +234,69 @@ def test_aggregation_matches_patchcore_embeddings():
     embeddings = patchcore(torch.zeros(2, 3, 64, 64), [shallow, deep])
     aggregated = aggregate_patch_features([shallow, deep])
     torch.testing.assert_close(aggregated.permute(0, 2, 3, 1).reshape(2, 64, 8), embeddings)
+
+
+def _part(seed: int, size: int = 72) -> np.ndarray:
+    """A fixtured "part": the same horizontal band in every image, plus noise (BGR uint8)."""
+    rng = np.random.default_rng(seed)
+    image = np.full((size, size, 3), 90, np.uint8)
+    image[size // 3 : 2 * size // 3] = 170
+    noise = rng.normal(0, 6, (size, size, 3))
+    return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.slow
+def test_export_pipeline_and_runtime_score_the_head_like_torch(tmp_path):
+    """``--models patchcore,global_reference`` end to end (Lite0 with random weights, 64 px, a
+    tiny fixtured category written here): the manifest describes the head, and the runtime
+    (ONNX Runtime + native maps) gives the torch reference's scores and probabilities."""
+    import cv2
+
+    from autoweld import native
+    from autoweld.export import pipeline
+    from autoweld.train.reference import TorchReference
+
+    if not all(hasattr(native, f) for f in ("coreset", "bank_neighbours", "preprocess_batch")):
+        pytest.skip("native kernels not merged yet")
+    from autoweld.runtime.inspector import Inspector
+
+    base = tmp_path / "data" / "part"
+    (base / "train" / "good").mkdir(parents=True)
+    (base / "test" / "good").mkdir(parents=True)
+    for i in range(10):
+        cv2.imwrite(str(base / "train" / "good" / f"{i:03d}.png"), _part(i))
+    cv2.imwrite(str(base / "test" / "good" / "000.png"), _part(99))
+    result = pipeline.export_category(
+        pipeline.ExportOptions(
+            category="part",
+            data_root=tmp_path / "data",
+            out_dir=tmp_path / "bundles",
+            random_weights=True,
+            image_size=64,
+            models=["patchcore", "global_reference"],
+        )
+    )
+    entry = result.bundle.manifest["models"]["global_reference"]
+    assert entry["kind"] == "map" and entry["output"] == "global_reference_map"
+    assert entry["feature_map"] == [8, 8] and entry["n_images_fitted"] == result.n_fit
+    assert set(result.bundle.manifest["fusion"]["weights"]) == {"patchcore", "global_reference"}
+    reference = TorchReference.from_bundle(result.bundle_dir, result.graph)
+    images = [_part(50 + i) for i in range(2)]
+    for i in range(2):
+        broken = _part(60 + i)
+        broken[10:30, 20:40] = 255  # a bright blob where the part is dark
+        images.append(broken)
+    with Inspector(result.bundle_dir, threads=1) as inspector:
+        results = inspector.inspect_batch(images)
+        spec = inspector.preprocess_spec
+        batch = native.preprocess_batch(images, spec.size, **spec.as_kwargs())
+    expected = reference.score(batch)
+    assert all(r.error is None for r in results), [r.error for r in results]
+    for i, inspected in enumerate(results):
+        got = inspected.scores["global_reference"]
+        assert got == pytest.approx(float(expected.scores["global_reference"][i]), rel=1e-4)
+        assert inspected.probabilities["global_reference"] == pytest.approx(
+            float(expected.probabilities["global_reference"][i]), rel=1e-4
+        )
+    scores = [r.scores["global_reference"] for r in results]
+    assert min(scores[2:]) > max(scores[:2])  # the blob is far from the fit-set mean
