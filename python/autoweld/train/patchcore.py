@@ -94,10 +94,10 @@ class PatchCoreHead(ExportHead):
         settings: PatchCoreSettings,
         seed: int = 0,
         stride: int = 8,
-    ):
+    ) -> None:
         super().__init__()
+        self.stride = int(stride)  # of the shallower tap: sets the patch grid
         self.settings = settings
-        self.stride = int(stride)  # of the shallower tap: 8 for the CNNs, 14 for the ViT
         self.seed = seed
         self.in_dim = int(sum(channels))
         self.local_pool = nn.AvgPool2d(3, stride=1, padding=1)
@@ -127,7 +127,7 @@ class PatchCoreHead(ExportHead):
         return patches
 
     def feature_map_size(self, image_size: int) -> tuple[int, int]:
-        # The shallow tap's stride (verified by the backbone tests); SAME/odd padding rounds up.
+        # The grid of the shallower tap; SAME / odd padding rounds up.
         side = -(-image_size // self.stride)
         return (side, side)
 
@@ -221,5 +221,5 @@ def _build_patchcore(context: HeadContext) -> ExportHead:
         context.channels,
         PatchCoreSettings.from_mapping(dict(context.settings)),
         seed=context.seed,
-        stride=int(context.strides[0]),
+        stride=context.strides[0],
     )
