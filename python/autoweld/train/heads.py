@@ -127,6 +127,7 @@ HEAD_MODULES: tuple[str, ...] = (
     "autoweld.train.patchcore",
     "autoweld.train.student_teacher",
     "autoweld.train.feature_ae",
+    "autoweld.train.global_reference",
 )
 
 
