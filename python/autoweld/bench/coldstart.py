@@ -6,8 +6,13 @@
 Prints one JSON line on stdout: ``first_result_monotonic`` (``time.monotonic()`` when the first
 result was ready; the parent subtracts its own reading taken just before it started this
 process — CLOCK_MONOTONIC is system-wide on Linux), ``import_ms``, ``load_ms``, ``first_ms``
-(since this module started), ``peak_rss_kb`` (``getrusage`` of this process), ``decision`` and
-``probability``, and ``torch_loaded`` (whether torch ended up in ``sys.modules``).
+(since this module started), ``peak_rss_kb`` (this process's peak resident set: ``VmHWM`` of
+``/proc/self/status``; elsewhere ``getrusage``), ``decision`` and ``probability``, and
+``torch_loaded`` (whether torch ended up in ``sys.modules``).
+
+Why not ``getrusage`` on Linux: ``ru_maxrss`` survives ``fork`` + ``exec``, so a child started by
+a parent that already holds 700 MB reports at least 700 MB. ``VmHWM`` belongs to the address
+space that ``exec`` created, so it is this program's own peak.
 
 Only the standard library is imported before the side's own imports, so ``import_ms`` is what
 the side costs. The ``ours`` side never imports torch.
@@ -24,6 +29,19 @@ import json  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
+
+
+def peak_rss_kb() -> int:
+    """Peak resident set size of this process in KiB (see the module docstring)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak  # macOS reports bytes
 
 
 def run(argv: Sequence[str] | None = None) -> dict:
@@ -60,7 +78,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
         "load_ms": (loaded - imported) * 1e3,
         "first_ms": (done - loaded) * 1e3,
         "since_module_ms": (done - _STARTED) * 1e3,
-        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "peak_rss_kb": peak_rss_kb(),
         "decision": result.decision,
         "probability": result.probability if result.error is None else None,
         "error": result.error,
