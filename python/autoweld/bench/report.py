@@ -144,6 +144,7 @@ def plot_report(
     matplotlib is imported here, with the Agg backend, so the rest of the bench never needs it.
     """
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -182,13 +183,28 @@ def plot_report(
                 capprops={"color": colour},
                 flierprops={"marker": ".", "markersize": 3, "markeredgecolor": colour},
             )
+            middle = float(np.median(data))
+            ax.annotate(
+                _ms(middle),
+                (float(np.max(data)), base + offset),
+                xytext=(6, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8,
+                color=colour,
+            )
         ticks.append(base)
         tick_labels.append(labels.get(stage, stage))
+    if "end_to_end" in stages:
+        ax.axhline(0.5 * step, color="grey", linewidth=0.8)
     ax.set_yticks(ticks, tick_labels)
     ax.set_xscale("log")
     ax.set_xlabel(
-        "latency per image (ms, log scale) — box: p25–p75, line: median, whiskers: p1–p99"
+        "latency per image (ms, log scale) — box: p25–p75, line and number: median, "
+        "whiskers: p1–p99, dots: beyond"
     )
+    low, high = ax.get_xlim()
+    ax.set_xlim(low, high * 4)  # room for the numbers right of the longest whisker
     ax.grid(axis="x", which="both", alpha=0.3)
     for _side, name, colour in sides:
         ax.plot([], [], color=colour, linewidth=8, alpha=0.5, label=name)
