@@ -265,3 +265,24 @@ def test_inspection_never_imports_torch(tiny_bundle):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["PASS", "0"]
+
+
+def test_threads_reach_every_threaded_kernel(tiny_bundle, monkeypatch):
+    """Inspector(threads=N) runs the kNN search on N threads too (autoweld-bench compares sides
+    at one thread count; the search used to take every core)."""
+    calls = []
+
+    class Spy:
+        def __init__(self, index):
+            self.index = index
+
+        def search(self, queries, k, threads=None):
+            calls.append(threads)
+            return self.index.search(queries, k, threads=threads)
+
+    with Inspector(tiny_bundle, threads=1) as inspector:
+        index, bank, neighbours = inspector._knn["patchcore"]
+        monkeypatch.setitem(inspector._knn, "patchcore", (Spy(index), bank, neighbours))
+        result = inspector.inspect(normal_image(1))
+    assert result.error is None
+    assert calls == [1]
