@@ -10,7 +10,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from conftest import write_images
+from bench_helpers import write_images
 from tinybundle import normal_image, requires_native
 
 pytestmark = [requires_native, pytest.mark.slow]

@@ -31,7 +31,7 @@ class LoopbackPlc:
     """A one-byte TCP PLC on 127.0.0.1: echoes every byte it receives (``ack=echo``).
 
     Runs on a daemon thread with blocking sockets (no polling), so it costs nothing while idle.
-    ``received`` counts the bytes echoed. A context manager; :meth:`stop` closes everything.
+    ``received`` counts the bytes received (each one is echoed). A context manager; :meth:`stop` closes everything.
     """
 
     def __init__(self) -> None:
@@ -65,11 +65,11 @@ class LoopbackPlc:
                 data = conn.recv(1)
                 if not data:
                     return
+                with self._lock:  # counted before the echo: a sender that got it sees the count
+                    self.received += 1
                 conn.sendall(data)
             except OSError:
                 return
-            with self._lock:
-                self.received += 1
 
     def stop(self) -> None:
         """Close the listening socket and every connection (idempotent)."""
