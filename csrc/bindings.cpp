@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,9 @@
 #include "knn.hpp"
 #include "preprocess.hpp"
 #include "scoring.hpp"
+#ifdef AUTOWELD_WITH_CUDA
+#include "cuda/gpu.cuh"
+#endif
 
 namespace py = pybind11;
 
@@ -325,8 +329,11 @@ static void bind_numeric_kernels(py::module_& m) {
         "platt",
         [](const F64& scores, double a, double b) {
             F64 out(scores.size());
-            autoweld::platt(scores.data(), static_cast<std::size_t>(scores.size()), a, b,
-                            out.mutable_data());
+            const double* s = scores.data();
+            double* o = out.mutable_data();
+            const auto n = static_cast<std::size_t>(scores.size());
+            py::gil_scoped_release release;
+            autoweld::platt(s, n, a, b, o);
             return out;
         },
         py::arg("scores"), py::arg("a"), py::arg("b"));
@@ -339,13 +346,159 @@ static void bind_numeric_kernels(py::module_& m) {
             autoweld::require(probabilities.shape(1) == weights.shape(0),
                               "probabilities must have one column per weight");
             const auto rows = static_cast<std::size_t>(probabilities.shape(0));
+            const auto m = static_cast<std::size_t>(weights.shape(0));
             F64 out(rows);
-            autoweld::fuse(probabilities.data(), rows, static_cast<std::size_t>(weights.shape(0)),
-                           weights.data(), out.mutable_data());
+            const double* p = probabilities.data();
+            const double* w = weights.data();
+            double* o = out.mutable_data();
+            py::gil_scoped_release release;
+            autoweld::fuse(p, rows, m, w, o);
             return out;
         },
         py::arg("probabilities"), py::arg("weights"));
 }
+
+
+// ---- GPU section (owned by the GPU path; docs/gpu.md) --------------------------------------
+// Device pointers cross this boundary as Python ints (from __cuda_array_interface__, CuPy,
+// torch, or ORT's OrtValue.data_ptr()); streams likewise (0: the legacy default stream).
+#ifdef AUTOWELD_WITH_CUDA
+namespace {
+
+cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
+
+template <class T>
+T* as_device(std::uintptr_t ptr, const char* name) {
+    autoweld::require(ptr != 0, std::string(name) + ": device pointer is null");
+    return reinterpret_cast<T*>(ptr);
+}
+
+struct PyGpuIndex {
+    F32 bank;  // host copy kept for properties only; the index holds its own device copy
+    std::unique_ptr<autoweld::gpu::GpuKnnIndex> index;
+};
+
+}  // namespace
+
+static void bind_gpu(py::module_& m) {
+    m.def("cuda_available", &autoweld::gpu::cuda_available);
+    m.def("cuda_device_count", &autoweld::gpu::device_count);
+    m.def("cuda_device_name", &autoweld::gpu::device_name, py::arg("device"));
+
+    py::class_<PyGpuIndex>(m, "GpuKnnIndex")
+        .def(py::init([](const F32& bank, std::optional<I64> neighbours, int device) {
+                 require_2d(bank, "bank");
+                 auto self = std::make_unique<PyGpuIndex>();
+                 self->bank = bank;
+                 const auto nb = static_cast<std::size_t>(bank.shape(0));
+                 const auto dim = static_cast<std::size_t>(bank.shape(1));
+                 const std::int64_t* nbr = nullptr;
+                 std::size_t b = 0;
+                 if (neighbours) {
+                     require_2d(*neighbours, "bank_neighbours");
+                     autoweld::require(static_cast<std::size_t>(neighbours->shape(0)) == nb,
+                                       "bank_neighbours must have one row per bank row");
+                     nbr = neighbours->data();
+                     b = static_cast<std::size_t>(neighbours->shape(1));
+                 }
+                 const float* host = bank.data();
+                 py::gil_scoped_release release;
+                 self->index =
+                     std::make_unique<autoweld::gpu::GpuKnnIndex>(host, nb, dim, nbr, b, device);
+                 return self;
+             }),
+             py::arg("bank"), py::arg("bank_neighbours") = py::none(), py::arg("device") = 0)
+        .def(
+            "search_device",
+            [](const PyGpuIndex& self, std::uintptr_t queries, std::size_t nq, std::size_t k,
+               std::uintptr_t distances, std::uintptr_t indices, std::uintptr_t stream) {
+                const float* q = as_device<const float>(queries, "queries");
+                float* d = as_device<float>(distances, "distances");
+                std::int64_t* i = as_device<std::int64_t>(indices, "indices");
+                py::gil_scoped_release release;
+                self.index->search(q, nq, k, d, i, as_stream(stream));
+            },
+            py::arg("queries"), py::arg("nq"), py::arg("k"), py::arg("distances"),
+            py::arg("indices"), py::arg("stream") = 0)
+        .def(
+            "search",
+            [](const PyGpuIndex& self, const F32& queries, std::size_t k) {
+                require_2d(queries, "queries");
+                autoweld::require(static_cast<std::size_t>(queries.shape(1)) == self.index->dim(),
+                                  "queries and bank must have the same feature dimension");
+                const auto nq = static_cast<std::size_t>(queries.shape(0));
+                const auto dim = self.index->dim();
+                const float* q = queries.data();
+                return knn_result(nq, k, [&](float* d, std::int64_t* i) {
+                    using autoweld::gpu::check_cuda;
+                    autoweld::gpu::DeviceBuffer dq(std::max<std::size_t>(1, nq * dim) * 4),
+                        dd(std::max<std::size_t>(1, nq * k) * 4),
+                        di(std::max<std::size_t>(1, nq * k) * 8);
+                    check_cuda(cudaMemcpy(dq.data(), q, nq * dim * 4, cudaMemcpyHostToDevice),
+                               "copy queries");
+                    self.index->search(dq.as<float>(), nq, k, dd.as<float>(),
+                                       di.as<std::int64_t>(), nullptr);
+                    check_cuda(cudaMemcpy(d, dd.data(), nq * k * 4, cudaMemcpyDeviceToHost),
+                               "copy distances");
+                    check_cuda(cudaMemcpy(i, di.data(), nq * k * 8, cudaMemcpyDeviceToHost),
+                               "copy indices");
+                });
+            },
+            py::arg("queries"), py::arg("k"))
+        .def_property_readonly("size", [](const PyGpuIndex& s) { return s.index->size(); })
+        .def_property_readonly("dim", [](const PyGpuIndex& s) { return s.index->dim(); })
+        .def_property_readonly("device", [](const PyGpuIndex& s) { return s.index->device(); });
+
+    py::class_<autoweld::gpu::GpuScoreWorkspace>(m, "GpuScoreWorkspace").def(py::init<>());
+
+    // heads: list of (kind "knn"/"map", output pointer, GpuKnnIndex or None, feature_h,
+    // feature_w, platt_a, platt_b, weight). Returns (scores (H, n), probabilities (H, n),
+    // fused (n,), finite (n,)) as numpy arrays.
+    m.def(
+        "gpu_score",
+        [](const py::list& heads, std::size_t images, int out_size, double sigma,
+           std::uintptr_t fused_map, autoweld::gpu::GpuScoreWorkspace& workspace,
+           std::uintptr_t stream) {
+            std::vector<autoweld::gpu::GpuHead> specs;
+            for (const auto& item : heads) {
+                auto t = item.cast<py::tuple>();
+                autoweld::require(t.size() == 8, "each head is an 8-tuple");
+                autoweld::gpu::GpuHead h;
+                const auto kind = t[0].cast<std::string>();
+                autoweld::require(kind == "knn" || kind == "map",
+                                  "head kind must be 'knn' or 'map', got '" + kind + "'");
+                h.kind = kind == "knn" ? autoweld::gpu::HeadKind::knn
+                                       : autoweld::gpu::HeadKind::map;
+                h.d_output = as_device<const float>(t[1].cast<std::uintptr_t>(), "head output");
+                if (!t[2].is_none()) h.index = t[2].cast<const PyGpuIndex&>().index.get();
+                h.feature_h = t[3].cast<int>();
+                h.feature_w = t[4].cast<int>();
+                h.platt_a = t[5].cast<double>();
+                h.platt_b = t[6].cast<double>();
+                h.weight = t[7].cast<double>();
+                specs.push_back(h);
+            }
+            autoweld::gpu::GpuScoreResult r;
+            {
+                py::gil_scoped_release release;
+                r = autoweld::gpu::gpu_score(specs.data(), specs.size(), images, out_size, sigma,
+                                             reinterpret_cast<float*>(fused_map), workspace,
+                                             as_stream(stream));
+            }
+            const std::size_t nh = specs.size();
+            F64 scores({nh, images}), probabilities({nh, images}), fused(images);
+            py::array_t<bool> finite(images);
+            std::copy(r.scores.begin(), r.scores.end(), scores.mutable_data());
+            std::copy(r.probabilities.begin(), r.probabilities.end(),
+                      probabilities.mutable_data());
+            std::copy(r.fused.begin(), r.fused.end(), fused.mutable_data());
+            for (std::size_t i = 0; i < images; ++i) finite.mutable_data()[i] = r.finite[i] != 0;
+            return py::make_tuple(scores, probabilities, fused, finite);
+        },
+        py::arg("heads"), py::arg("images"), py::arg("out_size"), py::arg("sigma"),
+        py::arg("fused_map"), py::arg("workspace"), py::arg("stream") = 0);
+}
+#endif  // AUTOWELD_WITH_CUDA
 
 PYBIND11_MODULE(_native, m) {
     m.doc() = "AutoWeld C++ core (private; use autoweld.native)";
@@ -355,4 +508,10 @@ PYBIND11_MODULE(_native, m) {
     m.def("hardware_threads", [] { return autoweld::resolve_threads(0); });
     bind_image_kernels(m);
     bind_numeric_kernels(m);
+#ifdef AUTOWELD_WITH_CUDA
+    m.attr("WITH_CUDA") = true;
+    bind_gpu(m);
+#else
+    m.attr("WITH_CUDA") = false;
+#endif
 }

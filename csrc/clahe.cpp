@@ -51,9 +51,9 @@ void check_clahe_args(const void* image, int height, int width, double clip_limi
     require(tiles_x >= 1 && tiles_y >= 1, "tile_grid must be >= 1 in each direction (got " +
                                               std::to_string(tiles_x) + ", " +
                                               std::to_string(tiles_y) + ")");
-    // The LUT table and the padded tile geometry must stay within int.
-    require(static_cast<long long>(tiles_x) * tiles_y <= (1LL << 20),
-            "tile_grid is too large (at most 2^20 tiles)");
+    // 256 LUT bytes per tile: 2^16 tiles (e.g. 256 x 256) is already 16 MB.
+    require(static_cast<long long>(tiles_x) * tiles_y <= (1LL << 16),
+            "tile_grid is too large (at most 65536 tiles)");
     require(static_cast<long long>(height) * width <= (1LL << 31) - 1, "image is too large");
 }
 
@@ -100,12 +100,8 @@ const LabTables& lab_tables_i32() {
         t.gamma.assign(std::begin(kGamma), std::end(kGamma));
         t.cbrt.assign(std::begin(kCbrt), std::end(kCbrt));
         t.inv_gamma.assign(std::begin(kInvGamma), std::end(kInvGamma));
-        t.y.resize(256);
-        t.ify.resize(256);
-        for (int i = 0; i < 256; ++i) {
-            t.y[i] = kLToYF[2 * i];
-            t.ify[i] = kLToYF[2 * i + 1];
-        }
+        t.y_ify.resize(256);
+        for (int i = 0; i < 256; ++i) t.y_ify[i] = kLToYF[2 * i] | (kLToYF[2 * i + 1] << 16);
         t.ab_to_xz = ab_to_xz();
         return t;
     }();
@@ -200,7 +196,7 @@ void clahe_build_tables(const std::uint8_t* image, int height, int width, double
 
     const int n_tiles = tiles_x * tiles_y;
     t.lut.assign(static_cast<std::size_t>(n_tiles) * 256, 0);
-    parallel_for(static_cast<std::size_t>(n_tiles), threads, [&](std::size_t b, std::size_t e) {
+    detail::dynamic_parallel_for(static_cast<std::size_t>(n_tiles), threads, 1, [&](std::size_t b, std::size_t e) {
         // Four interleaved histograms break the store-to-load dependency of equal neighbours.
         std::vector<std::uint32_t> hist4(4 * 256);
         int hist[256];
@@ -341,10 +337,12 @@ void clahe_apply_rows(const ClaheTables& t, const std::uint8_t* image, int row_b
 void clahe_gray(const std::uint8_t* image, int height, int width, double clip_limit, int tiles_x,
                 int tiles_y, std::uint8_t* out, int threads) {
     require(out != nullptr, "out must not be null");
+    // Below ~128k pixels a second thread costs more to start than it saves.
+    if (static_cast<long long>(height) * width < (1LL << 17)) threads = 1;
     ClaheTables tables;
     clahe_build_tables(image, height, width, clip_limit, tiles_x, tiles_y, threads, tables);
     // Bands of whole tiles per chunk keep the packed-table rebuilds rare.
-    parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
+    detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
         clahe_apply_rows(tables, image, static_cast<int>(b), static_cast<int>(e), out);
     });
 }
@@ -354,17 +352,18 @@ void clahe_bgr(const std::uint8_t* image, int height, int width, double clip_lim
     require(out != nullptr, "out must not be null");
     check_clahe_args(image, height, width, clip_limit, tiles_x, tiles_y);
     const std::size_t n = static_cast<std::size_t>(height) * width;
+    if (n < (std::size_t{1} << 16)) threads = 1;
     std::vector<std::uint8_t> planes(n * 3);
     std::uint8_t* l = planes.data();
     std::uint8_t* a = l + n;
     std::uint8_t* b = a + n;
-    parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t r0, std::size_t r1) {
+    detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t r0, std::size_t r1) {
         const std::size_t p0 = r0 * width, p1 = r1 * width;
         detail::bgr_to_lab_planes(image + p0 * 3, p1 - p0, l + p0, a + p0, b + p0);
     });
     ClaheTables tables;
     clahe_build_tables(l, height, width, clip_limit, tiles_x, tiles_y, threads, tables);
-    parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t r0, std::size_t r1) {
+    detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t r0, std::size_t r1) {
         ClaheRowApplier applier(tables);
         std::vector<std::uint8_t> row(static_cast<std::size_t>(width) * 4);
         std::uint8_t* lr = row.data();

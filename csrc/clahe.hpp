@@ -3,8 +3,16 @@
 #pragma once
 
 #include <cstddef>
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
+
+#include "common.hpp"
 
 namespace autoweld {
 
@@ -61,6 +69,64 @@ void clahe_bgr(const std::uint8_t* image, int height, int width, double clip_lim
                int tiles_y, std::uint8_t* out, int threads);
 
 namespace detail {
+// parallel_for over [0, n) in chunks of `grain` handed out from an atomic counter. The calling
+// thread works too and returns as soon as every chunk is done: a helper thread the OS has not
+// scheduled yet (a busy machine) is not waited for; it finds no chunk left and exits on its own,
+// touching only the shared counters it co-owns. `fn` is only ever called for a claimed chunk,
+// and every claimed chunk finishes before this returns. The first exception is rethrown here.
+template <class Fn>
+void dynamic_parallel_for(std::size_t n, int threads, std::size_t grain, Fn&& fn) {
+    if (n == 0) return;
+    grain = std::max<std::size_t>(grain, 1);
+    const std::size_t chunks = (n + grain - 1) / grain;
+    const std::size_t workers =
+        std::min(static_cast<std::size_t>(resolve_threads(threads)), chunks);
+    if (workers <= 1) {
+        fn(std::size_t{0}, n);
+        return;
+    }
+    struct Shared {
+        std::atomic<std::size_t> next{0}, done{0};
+        std::mutex error_mutex;
+        std::exception_ptr error;
+    };
+    auto shared = std::make_shared<Shared>();
+    auto* body = &fn;
+    auto work = [shared, body, chunks, n, grain](std::atomic<bool>* started) {
+        if (started) started->store(true);
+        for (std::size_t c = shared->next.fetch_add(1); c < chunks;
+             c = shared->next.fetch_add(1)) {
+            try {
+                (*body)(c * grain, std::min(n, (c + 1) * grain));
+            } catch (...) {
+                std::lock_guard<std::mutex> lock(shared->error_mutex);
+                if (!shared->error) shared->error = std::current_exception();
+            }
+            shared->done.fetch_add(1, std::memory_order_acq_rel);
+        }
+    };
+    std::vector<std::thread> helpers;
+    std::vector<std::shared_ptr<std::atomic<bool>>> started;
+    for (std::size_t w = 1; w < workers; ++w) {
+        auto flag = std::make_shared<std::atomic<bool>>(false);
+        try {
+            helpers.emplace_back([work, flag] { work(flag.get()); });
+            started.push_back(flag);
+        } catch (...) {
+            break;  // fewer helpers; the calling thread does the rest
+        }
+    }
+    work(nullptr);
+    while (shared->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
+    for (std::size_t k = 0; k < helpers.size(); ++k) {
+        if (started[k]->load())
+            helpers[k].join();  // it has run: it is finishing its last fetch_add
+        else
+            helpers[k].detach();  // not yet scheduled: it will find nothing to do
+    }
+    if (shared->error) std::rethrow_exception(shared->error);
+}
+
 // One band of interpolation: rows whose two nearest tile rows are (ty1, ty2). Packs for every
 // segment s (0..tiles_x) and grey value v the four LUT entries (ty1,tx1) (ty1,tx2) (ty2,tx1)
 // (ty2,tx2) into one 32-bit word, so a pixel needs one lookup instead of four.
@@ -87,7 +153,7 @@ void lab_planes_to_bgr_avx2(const std::uint8_t* l, const std::uint8_t* a, const 
                             std::uint8_t* out_r);
 // The Lab tables widened to int32 for gathers.
 struct LabTables {
-    std::vector<std::int32_t> gamma, cbrt, inv_gamma, y, ify, ab_to_xz;
+    std::vector<std::int32_t> gamma, cbrt, inv_gamma, y_ify, ab_to_xz;  // y_ify: y | f(y) << 16
 };
 const LabTables& lab_tables_i32();
 void clahe_row_avx2(const ClaheTables& tables, const std::uint32_t* packed, float ya, float ya1,

@@ -78,8 +78,6 @@ void bgr_to_lab_planes_avx2(const std::uint8_t* bgr, std::size_t n, std::uint8_t
     const LabTables& t = lab_tables_i32();
     const int* gamma = t.gamma.data();
     const int* cbrt = t.cbrt.data();
-    const __m256i lane3 = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21);
-    const __m256i byte = _mm256_set1_epi32(0xFF);
     const __m256i half12 = _mm256_set1_epi32(1 << 11);
     const __m256i l_scale = _mm256_set1_epi32((116 * 255 + 50) / 100);
     const __m256i l_add = _mm256_set1_epi32(-((16 * 255 * (1 << 15) + 50) / 100) + (1 << 14));
@@ -97,16 +95,25 @@ void bgr_to_lab_planes_avx2(const std::uint8_t* bgr, std::size_t n, std::uint8_t
         std::memcpy(dst, &lo, 4);
         std::memcpy(dst + 4, &hi, 4);
     };
+    // Deinterleave 8 BGR pixels (24 bytes) with two byte shuffles per channel.
+    const __m128i b_lo = _mm_setr_epi8(0, 3, 6, 9, 12, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i b_hi = _mm_setr_epi8(-1, -1, -1, -1, -1, -1, 2, 5, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i g_lo = _mm_setr_epi8(1, 4, 7, 10, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i g_hi = _mm_setr_epi8(-1, -1, -1, -1, -1, 0, 3, 6, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i r_lo = _mm_setr_epi8(2, 5, 8, 11, 14, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i r_hi = _mm_setr_epi8(-1, -1, -1, -1, -1, 1, 4, 7, -1, -1, -1, -1, -1, -1, -1, -1);
     std::size_t i = 0;
-    // The byte gathers read 4 bytes at each pixel's channel, i.e. up to 3 bytes past the block:
-    // stop one block early so they stay inside the image.
-    for (; i + 9 <= n; i += 8) {
-        const int* base = reinterpret_cast<const int*>(bgr + 3 * i);
-        const __m256i vb = _mm256_and_si256(_mm256_i32gather_epi32(base, lane3, 1), byte);
-        const __m256i vg = _mm256_and_si256(
-            _mm256_i32gather_epi32(reinterpret_cast<const int*>(bgr + 3 * i + 1), lane3, 1), byte);
-        const __m256i vr = _mm256_and_si256(
-            _mm256_i32gather_epi32(reinterpret_cast<const int*>(bgr + 3 * i + 2), lane3, 1), byte);
+    for (; i + 8 <= n; i += 8) {
+        const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bgr + 3 * i));
+        std::int64_t tail;
+        std::memcpy(&tail, bgr + 3 * i + 16, 8);
+        const __m128i hi = _mm_cvtsi64_si128(tail);
+        const __m256i vb = _mm256_cvtepu8_epi32(
+            _mm_or_si128(_mm_shuffle_epi8(lo, b_lo), _mm_shuffle_epi8(hi, b_hi)));
+        const __m256i vg = _mm256_cvtepu8_epi32(
+            _mm_or_si128(_mm_shuffle_epi8(lo, g_lo), _mm_shuffle_epi8(hi, g_hi)));
+        const __m256i vr = _mm256_cvtepu8_epi32(
+            _mm_or_si128(_mm_shuffle_epi8(lo, r_lo), _mm_shuffle_epi8(hi, r_hi)));
         const __m256i gb = _mm256_i32gather_epi32(gamma, vb, 4);
         const __m256i gg = _mm256_i32gather_epi32(gamma, vg, 4);
         const __m256i gr = _mm256_i32gather_epi32(gamma, vr, 4);
@@ -145,6 +152,10 @@ void lab_planes_to_bgr_avx2(const std::uint8_t* l, const std::uint8_t* a, const 
     const __m256i b_mul = _mm256_set1_epi32(41943), b_add = _mm256_set1_epi32(1 << 4);
     const __m256i b_sub = _mm256_set1_epi32(128 * kBase / 200 - 1);
     const __m256i min_ab = _mm256_set1_epi32(kMinAB);
+    const __m256i low16 = _mm256_set1_epi32(0xFFFF), c108 = _mm256_set1_epi32(108);
+    const __m256i c290 = _mm256_set1_epi32(kBase * 16 / 116 * 108 / 841);
+    const __m256i c3390 = _mm256_set1_epi32(3390);
+    const __m256 c841 = _mm256_set1_ps(841.0f);
     const __m256i half14 = _mm256_set1_epi32(1 << 13);
     const __m256i zero = _mm256_setzero_si256(), top = _mm256_set1_epi32(4095);
     auto coef = [](int v) { return _mm256_set1_epi32(v); };
@@ -167,17 +178,25 @@ void lab_planes_to_bgr_avx2(const std::uint8_t* l, const std::uint8_t* a, const 
     std::size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256i vl = load8(l + i), va = load8(a + i), vb = load8(b + i);
-        const __m256i y = _mm256_i32gather_epi32(t.y.data(), vl, 4);
-        const __m256i ify = _mm256_i32gather_epi32(t.ify.data(), vl, 4);
+        const __m256i yf = _mm256_i32gather_epi32(t.y_ify.data(), vl, 4);
+        const __m256i y = _mm256_and_si256(yf, low16);
+        const __m256i ify = _mm256_srli_epi32(yf, 16);
         // adiv - minAB and bdiv folded into the table offsets.
         const __m256i adiv = _mm256_sub_epi32(
             _mm256_srai_epi32(_mm256_add_epi32(_mm256_mullo_epi32(va, a_mul), a_add), 13), a_sub);
         const __m256i bdiv = _mm256_sub_epi32(
             _mm256_srai_epi32(_mm256_add_epi32(_mm256_mullo_epi32(vb, b_mul), b_add), 9), b_sub);
-        const __m256i xi = _mm256_add_epi32(ify, adiv);
-        const __m256i zi = _mm256_sub_epi32(_mm256_sub_epi32(ify, bdiv), min_ab);
-        const __m256i x = _mm256_i32gather_epi32(t.ab_to_xz.data(), xi, 4);
-        const __m256i z = _mm256_i32gather_epi32(t.ab_to_xz.data(), zi, 4);
+        // ab_to_xz computed instead of looked up: cube above 3390, linear (C division) below.
+        auto xz = [&](__m256i v) {
+            const __m256i sq = _mm256_srli_epi32(_mm256_mullo_epi32(v, v), 14);
+            const __m256i cube = _mm256_srli_epi32(_mm256_mullo_epi32(sq, v), 14);
+            const __m256 scaled = _mm256_cvtepi32_ps(_mm256_mullo_epi32(v, c108));
+            const __m256i linear =
+                _mm256_sub_epi32(_mm256_cvttps_epi32(_mm256_div_ps(scaled, c841)), c290);
+            return _mm256_blendv_epi8(linear, cube, _mm256_cmpgt_epi32(v, c3390));
+        };
+        const __m256i x = xz(_mm256_add_epi32(_mm256_add_epi32(ify, adiv), min_ab));
+        const __m256i z = xz(_mm256_sub_epi32(ify, bdiv));
         auto channel = [&](__m256i k0, __m256i k1, __m256i k2) {
             __m256i s = _mm256_add_epi32(_mm256_mullo_epi32(x, k0), _mm256_mullo_epi32(y, k1));
             s = _mm256_add_epi32(s, _mm256_mullo_epi32(z, k2));

@@ -100,6 +100,7 @@ void coreset_project(const float* features, std::size_t n, std::size_t dim,
                      std::size_t projection_dim, std::uint64_t seed, float* out, int threads) {
     require(projection_dim >= 1, "projection_dim must be at least 1");
     require(dim >= 1, "features: feature dimension must be at least 1");
+    require_finite(features, n * dim, "features");
     std::vector<float> proj(dim * projection_dim);
     coreset_projection(dim, projection_dim, seed, proj.data());
     // matmul_abt wants the projection as rows: transpose to (projection_dim x dim).

@@ -16,6 +16,8 @@ namespace {
 // L1 while kNc bank rows x kKc (240 KiB) stay in L2.
 constexpr std::size_t kKc = 256;
 constexpr std::size_t kNc = 240;  // a multiple of kBankTile
+// Queries handled per pass over the bank by one thread: 64 panels = 1024 queries.
+constexpr std::size_t kGroupPanels = 64;
 
 bool resolve_avx2(KernelPath path) {
     switch (path) {
@@ -29,8 +31,10 @@ bool resolve_avx2(KernelPath path) {
     }
 }
 
-using PanelDots = void (*)(const float*, const float*, std::size_t, std::size_t, std::size_t,
-                           std::size_t, std::size_t, float*, bool);
+using PanelDots = void (*)(const float*, const float*, std::size_t, std::size_t, float*, bool,
+                           const float*, const float*, std::uint8_t*);
+
+std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
 
 // Bounded max-heap of (value, index) pairs ordered by value, then index: the root is the worst
 // kept candidate, so a new one enters when it beats the root.
@@ -77,19 +81,33 @@ bool kernel_path_available(KernelPath path) {
 }
 
 void require_finite(const float* x, std::size_t count, const char* name) {
-    for (std::size_t i = 0; i < count; ++i)
-        if (!std::isfinite(x[i]))
-            throw std::invalid_argument(std::string(name) + " contains NaN or Inf (at flat index " +
-                                        std::to_string(i) + ")");
+    // Branch-free per block so that the compiler vectorises it: v - v is 0 for finite v and
+    // NaN for NaN and +-Inf. Only a block that fails is searched for the culprit.
+    constexpr std::size_t kBlock = 1024;
+    for (std::size_t b = 0; b < count; b += kBlock) {
+        const std::size_t e = std::min(count, b + kBlock);
+        bool ok = true;
+        for (std::size_t i = b; i < e; ++i) ok &= (x[i] - x[i]) == 0.0f;
+        if (ok) continue;
+        for (std::size_t i = b; i < e; ++i)
+            if (!std::isfinite(x[i]))
+                throw std::invalid_argument(std::string(name) +
+                                            " contains NaN or Inf (at flat index " +
+                                            std::to_string(i) + ")");
+    }
 }
 
 void squared_norms(const float* x, std::size_t n, std::size_t dim, float* out, int threads) {
     parallel_for(n, threads, [&](std::size_t b, std::size_t e) {
         for (std::size_t i = b; i < e; ++i) {
             const float* r = x + i * dim;
-            double s = 0.0;
-            for (std::size_t d = 0; d < dim; ++d) s += static_cast<double>(r[d]) * r[d];
-            out[i] = static_cast<float>(s);
+            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            std::size_t d = 0;
+            for (; d + 8 <= dim; d += 8)
+                for (std::size_t l = 0; l < 8; ++l) acc[l] += r[d + l] * r[d + l];
+            float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+            for (; d < dim; ++d) s += r[d] * r[d];
+            out[i] = s;
         }
     });
 }
@@ -106,20 +124,45 @@ void pack_panel(const float* x, std::size_t row0, std::size_t rows, std::size_t 
     }
 }
 
-void panel_dots_portable(const float* qpack, const float* bank, std::size_t dim,
-                         std::size_t kc_begin, std::size_t kc_end, std::size_t j0,
-                         std::size_t j1, float* out, bool accumulate) {
-    for (std::size_t j = j0; j < j1; ++j) {
-        float acc[kPanel];
-        float* dst = out + (j - j0) * kPanel;
-        for (std::size_t l = 0; l < kPanel; ++l) acc[l] = accumulate ? dst[l] : 0.0f;
-        const float* row = bank + j * dim;
-        for (std::size_t d = kc_begin; d < kc_end; ++d) {
-            const float b = row[d];
-            const float* q = qpack + d * kPanel;
-            for (std::size_t l = 0; l < kPanel; ++l) acc[l] += q[l] * b;
+void pack_bank_block(const float* bank, std::size_t dim, std::size_t kc0, std::size_t kc1,
+                     std::size_t j0, std::size_t j1, float* dst) {
+    const std::size_t kc = kc1 - kc0;
+    for (std::size_t t = j0; t < j1; t += kBankTile) {
+        const std::size_t rows = std::min(kBankTile, j1 - t);
+        if (rows == kBankTile) {
+            // Sequential writes, six sequential reads.
+            const float* s0 = bank + t * dim + kc0;
+            for (std::size_t k = 0; k < kc; ++k) {
+                float* o = dst + k * kBankTile;
+                for (std::size_t r = 0; r < kBankTile; ++r) o[r] = s0[r * dim + k];
+            }
+        } else {
+            for (std::size_t k = 0; k < kc; ++k)
+                for (std::size_t r = 0; r < kBankTile; ++r)
+                    dst[k * kBankTile + r] = r < rows ? bank[(t + r) * dim + kc0 + k] : 0.0f;
         }
-        for (std::size_t l = 0; l < kPanel; ++l) dst[l] = acc[l];
+        dst += kc * kBankTile;
+    }
+}
+
+void panel_dots_portable(const float* qpack, const float* bpack, std::size_t kc,
+                         std::size_t rows, float* out, bool accumulate, const float* norms,
+                         const float*, std::uint8_t* hits) {
+    const std::size_t tiles = (rows + kBankTile - 1) / kBankTile;
+    for (std::size_t t = 0; t < tiles; ++t) {
+        if (norms != nullptr && hits != nullptr) hits[t] = (1u << kBankTile) - 1;
+        const float* b = bpack + t * kc * kBankTile;
+        for (std::size_t r = 0; r < kBankTile; ++r) {
+            float acc[kPanel];
+            float* dst = out + (t * kBankTile + r) * kPanel;
+            for (std::size_t l = 0; l < kPanel; ++l) acc[l] = accumulate ? dst[l] : 0.0f;
+            for (std::size_t k = 0; k < kc; ++k) {
+                const float v = b[k * kBankTile + r];
+                const float* q = qpack + k * kPanel;
+                for (std::size_t l = 0; l < kPanel; ++l) acc[l] += q[l] * v;
+            }
+            for (std::size_t l = 0; l < kPanel; ++l) dst[l] = acc[l];
+        }
     }
 }
 
@@ -148,11 +191,15 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
     const PanelDots dots = avx2 ? detail::panel_dots_avx2 : detail::panel_dots_portable;
     const std::size_t panels = (nq + kPanel - 1) / kPanel;
     std::vector<float> qn(nq);
-    squared_norms(queries, nq, dim, qn.data(), 1);
-    parallel_for(panels, threads, [&](std::size_t p0, std::size_t p1) {
+    squared_norms(queries, nq, dim, qn.data(), threads);
+    require_finite(qn.data(), nq, "queries (squared row norms overflow float32)");
+    // One pass over the bank per group of at most kGroupPanels panels bounds the workspace
+    // (packed queries, dot-product block, heaps) whatever the number of queries.
+    auto run_group = [&](std::size_t p0, std::size_t p1) {
         const std::size_t np = p1 - p0;
         AlignedFloats qpack(np * kPanel * dim);
         std::vector<float> block(np * kNc * kPanel);
+        AlignedFloats bpack(kNc * std::min(kKc, dim));
         std::vector<float> heap_v(np * kPanel * k);
         std::vector<std::int64_t> heap_i(np * kPanel * k);
         for (std::size_t p = 0; p < np; ++p) {
@@ -162,35 +209,46 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
         }
         for (std::size_t q = 0; q < np * kPanel; ++q)
             TopK{heap_v.data() + q * k, heap_i.data() + q * k, k}.reset();
-        float thr[kPanel];
+        alignas(32) float thr[kPanel];
+        std::uint8_t hits[kNc / detail::kBankTile];
+        float block_norms[kNc];
         for (std::size_t j0 = 0; j0 < nb; j0 += kNc) {
             const std::size_t j1 = std::min(nb, j0 + kNc);
+            // Padding rows get +Inf norms; the scan below never looks past j1 anyway.
+            std::fill(block_norms, block_norms + kNc, std::numeric_limits<float>::infinity());
+            std::copy(bn + j0, bn + j1, block_norms);
             for (std::size_t kc0 = 0; kc0 < dim; kc0 += kKc) {
                 const std::size_t kc1 = std::min(dim, kc0 + kKc);
                 const bool last = kc1 == dim;
+                detail::pack_bank_block(bank, dim, kc0, kc1, j0, j1, bpack.data);
                 for (std::size_t p = 0; p < np; ++p) {
                     float* out = block.data() + p * kNc * kPanel;
-                    dots(qpack.data + p * kPanel * dim, bank, dim, kc0, kc1, j0, j1, out,
-                         kc0 > 0);
-                    if (!last) continue;
                     const std::size_t row0 = (p0 + p) * kPanel;
                     const std::size_t lanes = std::min(kPanel, nq - row0);
-                    for (std::size_t l = 0; l < kPanel; ++l)
-                        thr[l] = l < lanes ? heap_v[(p * kPanel + l) * k]
-                                           : -std::numeric_limits<float>::infinity();
-                    for (std::size_t j = j0; j < j1; ++j) {
-                        const float* d = out + (j - j0) * kPanel;
-                        const float b = bn[j];
-                        bool any = false;
-                        for (std::size_t l = 0; l < kPanel; ++l) any |= (b - 2.0f * d[l]) <= thr[l];
-                        if (!any) continue;
-                        for (std::size_t l = 0; l < lanes; ++l) {
-                            const float v = b - 2.0f * d[l];
-                            if (v <= thr[l]) {
-                                TopK h{heap_v.data() + (p * kPanel + l) * k,
-                                       heap_i.data() + (p * kPanel + l) * k, k};
-                                h.push(v, static_cast<std::int64_t>(j));
-                                thr[l] = h.threshold();
+                    if (last)
+                        for (std::size_t l = 0; l < kPanel; ++l)
+                            thr[l] = l < lanes ? heap_v[(p * kPanel + l) * k]
+                                               : -std::numeric_limits<float>::infinity();
+                    dots(qpack.data + p * kPanel * dim + kc0 * kPanel, bpack.data, kc1 - kc0,
+                         j1 - j0, out, kc0 > 0, last ? block_norms : nullptr, thr, hits);
+                    if (!last) continue;
+                    const std::size_t tiles = (j1 - j0 + detail::kBankTile - 1) / detail::kBankTile;
+                    for (std::size_t t = 0; t < tiles; ++t) {
+                        if (hits[t] == 0) continue;
+                        for (std::size_t r = 0; r < detail::kBankTile; ++r) {
+                            if (!((hits[t] >> r) & 1u)) continue;
+                            const std::size_t j = j0 + t * detail::kBankTile + r;
+                            if (j >= j1) break;
+                            const float* d = out + (j - j0) * kPanel;
+                            const float b = bn[j];
+                            for (std::size_t l = 0; l < lanes; ++l) {
+                                const float v = b - 2.0f * d[l];
+                                if (v <= thr[l]) {
+                                    TopK h{heap_v.data() + (p * kPanel + l) * k,
+                                           heap_i.data() + (p * kPanel + l) * k, k};
+                                    h.push(v, static_cast<std::int64_t>(j));
+                                    thr[l] = h.threshold();
+                                }
                             }
                         }
                     }
@@ -216,6 +274,9 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
                 }
             }
         }
+    };
+    parallel_for(panels, threads, [&](std::size_t p0, std::size_t p1) {
+        for (std::size_t g = p0; g < p1; g += kGroupPanels) run_group(g, std::min(p1, g + kGroupPanels));
     });
 }
 
@@ -236,6 +297,7 @@ void knn_search(const float* queries, std::size_t nq, const float* bank, const f
         require_finite(bank, nb * dim, "bank");
         own_norms.resize(nb);
         squared_norms(bank, nb, dim, own_norms.data(), threads);
+        require_finite(own_norms.data(), nb, "bank (squared row norms overflow float32)");
         bank_norms = own_norms.data();
     }
     knn_core(queries, nq, bank, bank_norms, nb, dim, k, distances, indices, threads, avx2);
@@ -246,6 +308,7 @@ KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, int threa
     check_dims(nb, dim);
     require_finite(bank, nb * dim, "bank");
     squared_norms(bank, nb, dim, norms_.data(), threads);
+    require_finite(norms_.data(), nb, "bank (squared row norms overflow float32)");
 }
 
 void KnnIndex::search(const float* queries, std::size_t nq, std::size_t k, float* distances,
@@ -266,15 +329,23 @@ void matmul_abt(const float* a, std::size_t n, const float* b, std::size_t m, st
         resolve_avx2(path) ? detail::panel_dots_avx2 : detail::panel_dots_portable;
     const std::size_t panels = (n + kPanel - 1) / kPanel;
     parallel_for(panels, threads, [&](std::size_t p0, std::size_t p1) {
+        // b is small here (the projection): pack all of it once per thread.
         AlignedFloats qpack(kPanel * dim);
-        std::vector<float> out(m * kPanel);
+        std::vector<float> out(round_up(m, detail::kBankTile) * kPanel);
+        std::vector<AlignedFloats> bpacks;
+        bpacks.reserve((dim + kKc - 1) / kKc);
+        for (std::size_t kc0 = 0; kc0 < dim; kc0 += kKc) {
+            const std::size_t kc1 = std::min(dim, kc0 + kKc);
+            bpacks.emplace_back(round_up(m, detail::kBankTile) * (kc1 - kc0));
+            detail::pack_bank_block(b, dim, kc0, kc1, 0, m, bpacks.back().data);
+        }
         for (std::size_t p = p0; p < p1; ++p) {
             const std::size_t row0 = p * kPanel;
             const std::size_t rows = std::min(kPanel, n - row0);
             detail::pack_panel(a, row0, rows, dim, qpack.data);
-            for (std::size_t kc0 = 0; kc0 < dim; kc0 += kKc)
-                dots(qpack.data, b, dim, kc0, std::min(dim, kc0 + kKc), 0, m, out.data(),
-                     kc0 > 0);
+            for (std::size_t kc0 = 0, c = 0; kc0 < dim; kc0 += kKc, ++c)
+                dots(qpack.data + kc0 * kPanel, bpacks[c].data, std::min(dim, kc0 + kKc) - kc0,
+                     m, out.data(), kc0 > 0, nullptr, nullptr, nullptr);
             for (std::size_t l = 0; l < rows; ++l)
                 for (std::size_t j = 0; j < m; ++j) c[(row0 + l) * m + j] = out[j * kPanel + l];
         }

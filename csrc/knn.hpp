@@ -68,16 +68,23 @@ constexpr std::size_t kBankTile = 6;
 // Packs rows [row0, row0 + rows) of x (rows <= 16) into dst[dim][16], zero-padding missing rows.
 void pack_panel(const float* x, std::size_t row0, std::size_t rows, std::size_t dim, float* dst);
 
-// AVX2 kernel: for one packed query panel qpack[dim][16], writes
-// out[(j - j0) * 16 + lane] = <query lane, bank row j> for j in [j0, j1). (in knn_avx2.cpp)
-void panel_dots_avx2(const float* qpack, const float* bank, std::size_t dim, std::size_t kc_begin,
-                     std::size_t kc_end, std::size_t j0, std::size_t j1, float* out,
-                     bool accumulate);
+// Packs bank rows [j0, j1) x columns [kc0, kc1) into dst[tile][kc1 - kc0][6] (tiles of 6 rows,
+// the last one zero-padded), so that the micro-kernel reads one contiguous stream.
+void pack_bank_block(const float* bank, std::size_t dim, std::size_t kc0, std::size_t kc1,
+                     std::size_t j0, std::size_t j1, float* dst);
 
-// Portable counterpart with the same contract.
-void panel_dots_portable(const float* qpack, const float* bank, std::size_t dim,
-                         std::size_t kc_begin, std::size_t kc_end, std::size_t j0,
-                         std::size_t j1, float* out, bool accumulate);
+// out[(j - j0) * 16 + lane] (+)= sum over the kc columns of qpack[kc][16] x bpack rows, for the
+// `rows` packed bank rows (out holds whole tiles: ceil(rows / 6) * 6 * 16 floats).
+// When norms (the rows' squared norms, padded to whole tiles) is given, hits[tile] gets a bit
+// per row for which some lane has norms[j] - 2 * dot <= thr[lane] (16 thresholds); the portable
+// kernel sets every bit (the caller checks each candidate exactly anyway).
+void panel_dots_avx2(const float* qpack, const float* bpack, std::size_t kc, std::size_t rows,
+                     float* out, bool accumulate, const float* norms = nullptr,
+                     const float* thr = nullptr, std::uint8_t* hits = nullptr);
+void panel_dots_portable(const float* qpack, const float* bpack, std::size_t kc,
+                         std::size_t rows, float* out, bool accumulate,
+                         const float* norms = nullptr, const float* thr = nullptr,
+                         std::uint8_t* hits = nullptr);
 }  // namespace detail
 
 }  // namespace autoweld

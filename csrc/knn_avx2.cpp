@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 
 #include "coreset.hpp"
 #include "knn.hpp"
@@ -13,12 +14,13 @@ namespace detail {
 
 namespace {
 
-// 16 queries (two 8-lane vectors, packed as qpack[k][16]) x 6 bank rows (broadcast straight
-// from the row-major bank, so the bank never needs packing). 12 accumulators + 2 query vectors
-// + 1 broadcast = 15 of the 16 ymm registers.
-inline void micro_16x6(const float* qpack, const float* b0, const float* b1, const float* b2,
-                       const float* b3, const float* b4, const float* b5, std::size_t kc,
-                       float* out, bool accumulate) {
+// 16 queries (two 8-lane vectors, packed as qpack[k][16]) x 6 bank rows (packed as
+// bpack[k][6], broadcast). 12 accumulators + 2 query vectors + 1 broadcast = 15 of the 16 ymm
+// registers.
+// With `norms` (the 6 rows' squared norms) it also returns a 6-bit mask of the rows for which
+// some lane has |b|^2 - 2 q.b <= thr[lane]: the rows the top-k update must look at.
+inline int micro_16x6(const float* qpack, const float* bpack, std::size_t kc, float* out,
+                      bool accumulate, const float* norms, const float* thr) {
     __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
     if (accumulate) {
         c00 = _mm256_loadu_ps(out + 0);
@@ -37,28 +39,41 @@ inline void micro_16x6(const float* qpack, const float* b0, const float* b1, con
         c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 =
             _mm256_setzero_ps();
     }
-    for (std::size_t k = 0; k < kc; ++k) {
-        const __m256 q0 = _mm256_load_ps(qpack + 16 * k);
-        const __m256 q1 = _mm256_load_ps(qpack + 16 * k + 8);
-        __m256 b = _mm256_broadcast_ss(b0 + k);
-        c00 = _mm256_fmadd_ps(q0, b, c00);
-        c01 = _mm256_fmadd_ps(q1, b, c01);
-        b = _mm256_broadcast_ss(b1 + k);
-        c10 = _mm256_fmadd_ps(q0, b, c10);
-        c11 = _mm256_fmadd_ps(q1, b, c11);
-        b = _mm256_broadcast_ss(b2 + k);
-        c20 = _mm256_fmadd_ps(q0, b, c20);
-        c21 = _mm256_fmadd_ps(q1, b, c21);
-        b = _mm256_broadcast_ss(b3 + k);
-        c30 = _mm256_fmadd_ps(q0, b, c30);
-        c31 = _mm256_fmadd_ps(q1, b, c31);
-        b = _mm256_broadcast_ss(b4 + k);
-        c40 = _mm256_fmadd_ps(q0, b, c40);
-        c41 = _mm256_fmadd_ps(q1, b, c41);
-        b = _mm256_broadcast_ss(b5 + k);
-        c50 = _mm256_fmadd_ps(q0, b, c50);
-        c51 = _mm256_fmadd_ps(q1, b, c51);
+    const float* q = qpack;
+    const float* b = bpack;
+#define AUTOWELD_STEP(Q, B)                            \
+    {                                                  \
+        const __m256 q0 = _mm256_load_ps(Q);           \
+        const __m256 q1 = _mm256_load_ps((Q) + 8);     \
+        __m256 bb = _mm256_broadcast_ss(B);            \
+        c00 = _mm256_fmadd_ps(q0, bb, c00);            \
+        c01 = _mm256_fmadd_ps(q1, bb, c01);            \
+        bb = _mm256_broadcast_ss((B) + 1);             \
+        c10 = _mm256_fmadd_ps(q0, bb, c10);            \
+        c11 = _mm256_fmadd_ps(q1, bb, c11);            \
+        bb = _mm256_broadcast_ss((B) + 2);             \
+        c20 = _mm256_fmadd_ps(q0, bb, c20);            \
+        c21 = _mm256_fmadd_ps(q1, bb, c21);            \
+        bb = _mm256_broadcast_ss((B) + 3);             \
+        c30 = _mm256_fmadd_ps(q0, bb, c30);            \
+        c31 = _mm256_fmadd_ps(q1, bb, c31);            \
+        bb = _mm256_broadcast_ss((B) + 4);             \
+        c40 = _mm256_fmadd_ps(q0, bb, c40);            \
+        c41 = _mm256_fmadd_ps(q1, bb, c41);            \
+        bb = _mm256_broadcast_ss((B) + 5);             \
+        c50 = _mm256_fmadd_ps(q0, bb, c50);            \
+        c51 = _mm256_fmadd_ps(q1, bb, c51);            \
     }
+    std::size_t k = 0;
+    for (; k + 4 <= kc; k += 4, q += 64, b += 24) {
+        _mm_prefetch(reinterpret_cast<const char*>(b + 96), _MM_HINT_T0);
+        AUTOWELD_STEP(q, b)
+        AUTOWELD_STEP(q + 16, b + 6)
+        AUTOWELD_STEP(q + 32, b + 12)
+        AUTOWELD_STEP(q + 48, b + 18)
+    }
+    for (; k < kc; ++k, q += 16, b += 6) AUTOWELD_STEP(q, b)
+#undef AUTOWELD_STEP
     _mm256_storeu_ps(out + 0, c00);
     _mm256_storeu_ps(out + 8, c01);
     _mm256_storeu_ps(out + 16, c10);
@@ -71,29 +86,40 @@ inline void micro_16x6(const float* qpack, const float* b0, const float* b1, con
     _mm256_storeu_ps(out + 72, c41);
     _mm256_storeu_ps(out + 80, c50);
     _mm256_storeu_ps(out + 88, c51);
+    if (norms == nullptr) return 0;
+    const __m256 t0 = _mm256_loadu_ps(thr), t1 = _mm256_loadu_ps(thr + 8);
+    // n - (a + a) rounds exactly like the exact check's b - 2 * d (doubling is exact), so the
+    // filter never drops a row that check would take.
+    int mask = 0;
+#define AUTOWELD_HIT(R, A0, A1)                                                              \
+    {                                                                                        \
+        const __m256 n = _mm256_broadcast_ss(norms + (R));                                   \
+        const __m256 h = _mm256_or_ps(                                                       \
+            _mm256_cmp_ps(_mm256_sub_ps(n, _mm256_add_ps(A0, A0)), t0, _CMP_LE_OQ),          \
+            _mm256_cmp_ps(_mm256_sub_ps(n, _mm256_add_ps(A1, A1)), t1, _CMP_LE_OQ));         \
+        mask |= (_mm256_movemask_ps(h) != 0) << (R);                                         \
+    }
+    AUTOWELD_HIT(0, c00, c01)
+    AUTOWELD_HIT(1, c10, c11)
+    AUTOWELD_HIT(2, c20, c21)
+    AUTOWELD_HIT(3, c30, c31)
+    AUTOWELD_HIT(4, c40, c41)
+    AUTOWELD_HIT(5, c50, c51)
+#undef AUTOWELD_HIT
+    return mask;
 }
 
 }  // namespace
 
-void panel_dots_avx2(const float* qpack, const float* bank, std::size_t dim, std::size_t kc_begin,
-                     std::size_t kc_end, std::size_t j0, std::size_t j1, float* out,
-                     bool accumulate) {
-    const std::size_t kc = kc_end - kc_begin;
-    const float* q = qpack + kPanel * kc_begin;
-    alignas(32) float tail[kPanel * kBankTile];
-    for (std::size_t j = j0; j < j1; j += kBankTile) {
-        const std::size_t rows = std::min(kBankTile, j1 - j);
-        const float* r[kBankTile];
-        for (std::size_t t = 0; t < kBankTile; ++t)
-            r[t] = bank + (j + std::min(t, rows - 1)) * dim + kc_begin;
-        float* dst = out + (j - j0) * kPanel;
-        if (rows == kBankTile) {
-            micro_16x6(q, r[0], r[1], r[2], r[3], r[4], r[5], kc, dst, accumulate);
-        } else {
-            if (accumulate) std::copy(dst, dst + rows * kPanel, tail);
-            micro_16x6(q, r[0], r[1], r[2], r[3], r[4], r[5], kc, tail, accumulate);
-            std::copy(tail, tail + rows * kPanel, dst);
-        }
+void panel_dots_avx2(const float* qpack, const float* bpack, std::size_t kc, std::size_t rows,
+                     float* out, bool accumulate, const float* norms, const float* thr,
+                     std::uint8_t* hits) {
+    const std::size_t tiles = (rows + kBankTile - 1) / kBankTile;
+    for (std::size_t t = 0; t < tiles; ++t) {
+        const int mask =
+            micro_16x6(qpack, bpack + t * kc * kBankTile, kc, out + t * kBankTile * kPanel,
+                       accumulate, norms ? norms + t * kBankTile : nullptr, thr);
+        if (hits) hits[t] = static_cast<std::uint8_t>(mask);
     }
 }
 

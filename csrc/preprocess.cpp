@@ -131,7 +131,7 @@ void gaussian_blur_u8(const std::uint8_t* image, int height, int width, int chan
     const std::size_t row_len = static_cast<std::size_t>(width) * channels;
     // Horizontal: exact integer sums in units of 1/256 (OpenCV's ufixedpoint16 row filter).
     std::vector<std::uint32_t> horizontal(static_cast<std::size_t>(height) * row_len);
-    parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
+    detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
         for (std::size_t y = b; y < e; ++y) {
             const std::uint8_t* src = image + y * row_len;
             std::uint32_t* dst = horizontal.data() + y * row_len;
@@ -146,7 +146,7 @@ void gaussian_blur_u8(const std::uint8_t* image, int height, int width, int chan
         }
     });
     // Vertical: units of 1/65536, rounded half up to 8 bits as ufixedpoint32 -> uint8.
-    parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
+    detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
         for (std::size_t y = b; y < e; ++y) {
             std::uint8_t* dst = out + y * row_len;
             for (std::size_t k = 0; k < row_len; ++k) {
@@ -175,7 +175,9 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
         require(std::isfinite(c.mean[k]), "mean must be finite");
         require(std::isfinite(c.std[k]) && c.std[k] != 0.0, "std must be finite and non-zero");
     }
-    const int threads = c.threads;
+    // Below ~64k pixels a second thread costs more to start than it saves.
+    const int threads =
+        static_cast<long long>(height) * width * channels < (1LL << 16) ? 1 : c.threads;
     const int size = c.size;
     const std::size_t pixels = static_cast<std::size_t>(height) * width;
 
@@ -198,7 +200,7 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
         } else {
             lab.resize(pixels * 2);  // a plane, then b plane
             lightness.resize(pixels);
-            parallel_for(static_cast<std::size_t>(height), threads,
+            detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16,
                          [&](std::size_t b, std::size_t e) {
                              const std::size_t p0 = b * width, p1 = e * width;
                              detail::bgr_to_lab_planes(image + p0 * 3, p1 - p0,
@@ -240,7 +242,7 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
     bool use_clahe = c.clahe;
     if (separate_blur) {
         std::vector<std::uint8_t> enhanced_image(pixels * channels);
-        parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
+        detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
             std::unique_ptr<ClaheRowApplier> applier;
             if (c.clahe) applier = std::make_unique<ClaheRowApplier>(tables);
             std::vector<std::uint8_t> planes(static_cast<std::size_t>(width) * channels), light(width);
@@ -259,56 +261,83 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
         use_clahe = false;
     }
 
-    // Horizontal pass: every source row -> `channels` planes of `size` floats.
-    const std::size_t hrow = static_cast<std::size_t>(channels) * size;
-    std::vector<float> horizontal(static_cast<std::size_t>(height) * hrow);
-    parallel_for(static_cast<std::size_t>(height), threads, [&](std::size_t b, std::size_t e) {
-        std::vector<std::uint8_t> bytes(static_cast<std::size_t>(width) * channels), light(width);
-        std::vector<float> planes(static_cast<std::size_t>(width) * channels);
-        std::unique_ptr<ClaheRowApplier> applier;
-        if (use_clahe) applier = std::make_unique<ClaheRowApplier>(tables);
-        for (std::size_t y = b; y < e; ++y) {
-            enhanced_planes(y, image, use_clahe, applier.get(), bytes.data(), light.data());
-            for (std::size_t k = 0; k < bytes.size(); ++k) planes[k] = bytes[k];
-            float* dst = horizontal.data() + y * hrow;
-            for (int ch = 0; ch < channels; ++ch) {
-                const float* p = planes.data() + static_cast<std::size_t>(ch) * width;
-                for (int j = 0; j < size; ++j) {
-                    const float* w = fx.weight.data() + static_cast<std::size_t>(j) * fx.max_taps;
-                    const float* s = p + fx.first[j];
-                    float acc = 0.f;
-                    for (int t = 0; t < fx.taps[j]; ++t) acc += w[t] * s[t];
-                    dst[static_cast<std::size_t>(ch) * size + j] = acc;
-                }
-            }
-        }
-    });
-
-    // Vertical pass + normalisation, written as RGB planes.
+    // Enhanced rows (CLAHE, Lab round trip, deinterleave) are produced on demand, per thread,
+    // into a small cache of the most recent ones, and never stored as a whole image: each
+    // source row is made about once (again only at the edge of a thread's chunk). Gray without
+    // CLAHE is read in place.
+    const std::size_t erow = static_cast<std::size_t>(width) * channels;
+    const bool in_place = !use_clahe && channels == 1;
+    // Stage 2, per output row: vertical filter over whole source rows (contiguous, vectorised),
+    // then the horizontal filter of that one row, normalised and written as RGB planes.
     float scale[3], bias[3];  // per output (RGB) channel
     for (int k = 0; k < 3; ++k) {
         scale[k] = static_cast<float>(1.0 / (255.0 * c.std[k]));
         bias[k] = static_cast<float>(-c.mean[k] / c.std[k]);
     }
     const std::size_t plane = static_cast<std::size_t>(size) * size;
-    parallel_for(static_cast<std::size_t>(size), threads, [&](std::size_t b, std::size_t e) {
-        std::vector<float> acc(hrow);
+    const bool simd = cpu_has_avx2_fma();
+    detail::dynamic_parallel_for(static_cast<std::size_t>(size), threads, 4, [&](std::size_t b, std::size_t e) {
+        std::vector<float> acc(erow);
+        const std::size_t slots = static_cast<std::size_t>(fy.max_taps) + 1;
+        std::vector<std::uint8_t> cache(in_place ? 0 : slots * erow), light(width);
+        std::vector<long long> cached_row(slots, -1);  // source row held by each slot
+        std::vector<const std::uint8_t*> rows(static_cast<std::size_t>(fy.max_taps));
+        std::unique_ptr<ClaheRowApplier> applier;
+        if (use_clahe) applier = std::make_unique<ClaheRowApplier>(tables);
         for (std::size_t i = b; i < e; ++i) {
-            std::fill(acc.begin(), acc.end(), 0.f);
             const float* w = fy.weight.data() + i * fy.max_taps;
             for (int t = 0; t < fy.taps[i]; ++t) {
-                const float wt = w[t];
-                const float* src = horizontal.data() + (fy.first[i] + t) * hrow;
-                for (std::size_t k = 0; k < hrow; ++k) acc[k] += wt * src[k];
+                const std::size_t y = static_cast<std::size_t>(fy.first[i] + t);
+                if (in_place) {
+                    rows[t] = image + y * width;
+                    continue;
+                }
+                const std::size_t slot = y % slots;  // rows of one output never collide
+                std::uint8_t* dst = cache.data() + slot * erow;
+                if (cached_row[slot] != static_cast<long long>(y)) {
+                    enhanced_planes(y, image, use_clahe, applier.get(), dst, light.data());
+                    cached_row[slot] = static_cast<long long>(y);
+                }
+                rows[t] = dst;
             }
-            for (int k = 0; k < 3; ++k) {
-                // Output channel k is RGB; source channel is BGR (2 - k), or the gray one.
-                const float* v = acc.data() + (channels == 1 ? 0 : (2 - k)) * size;
-                float* o = out + k * plane + i * size;
-                for (int j = 0; j < size; ++j) o[j] = v[j] * scale[k] + bias[k];
+            if (simd)
+                detail::weighted_rows_avx2(rows.data(), w, fy.taps[i], erow, acc.data());
+            else
+                detail::weighted_rows_scalar(rows.data(), w, fy.taps[i], erow, acc.data());
+            // Output channel k is RGB; the source planes are BGR (2 - k). A gray source is
+            // filtered once and written to all three planes.
+            for (int src_ch = 0; src_ch < channels; ++src_ch) {
+                const float* v = acc.data() + static_cast<std::size_t>(src_ch) * width;
+                for (int j = 0; j < size; ++j) {
+                    const float* wx = fx.weight.data() + static_cast<std::size_t>(j) * fx.max_taps;
+                    const float* s = v + fx.first[j];
+                    float sum = 0.f;
+                    for (int t = 0; t < fx.taps[j]; ++t) sum += wx[t] * s[t];
+                    if (channels == 1) {
+                        for (int k = 0; k < 3; ++k)
+                            out[k * plane + i * size + j] = sum * scale[k] + bias[k];
+                    } else {
+                        const int k = 2 - src_ch;
+                        out[k * plane + i * size + j] = sum * scale[k] + bias[k];
+                    }
+                }
             }
         }
     });
 }
+
+namespace detail {
+
+void weighted_rows_scalar(const std::uint8_t* const* rows, const float* weights, int count,
+                          std::size_t n, float* out) {
+    std::fill(out, out + n, 0.f);
+    for (int t = 0; t < count; ++t) {
+        const float w = weights[t];
+        const std::uint8_t* r = rows[t];
+        for (std::size_t k = 0; k < n; ++k) out[k] += w * static_cast<float>(r[k]);
+    }
+}
+
+}  // namespace detail
 
 }  // namespace autoweld

@@ -54,4 +54,12 @@ void gaussian_blur_u8(const std::uint8_t* image, int height, int width, int chan
 void preprocess(const std::uint8_t* image, int height, int width, int channels,
                 const PreprocessConfig& config, float* out);
 
+namespace detail {
+// out[k] = sum_t weights[t] * rows[t][k] for k < n (uint8 rows, float weights).
+void weighted_rows_scalar(const std::uint8_t* const* rows, const float* weights, int count,
+                          std::size_t n, float* out);
+void weighted_rows_avx2(const std::uint8_t* const* rows, const float* weights, int count,
+                        std::size_t n, float* out);
+}  // namespace detail
+
 }  // namespace autoweld

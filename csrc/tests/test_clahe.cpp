@@ -1,5 +1,6 @@
 // CLAHE core: constant images, a hand-checked tiny case, scalar == AVX2 rows, the Lab tables
 // round trip, bad arguments.
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <vector>
@@ -94,6 +95,26 @@ int main() {
         autoweld::detail::lab_planes_to_bgr(bgr.data(), bgr.data() + n, bgr.data() + 2 * n, n,
                                             q2.data(), q2.data() + n, q2.data() + 2 * n);
         CHECK(q1 == q2);
+    }
+    // dynamic_parallel_for: every index exactly once for any thread count and grain; a chunk's
+    // exception reaches the caller.
+    for (int threads : {1, 2, 5}) {
+        for (std::size_t grain : {std::size_t{1}, std::size_t{7}, std::size_t{1000}}) {
+            std::vector<std::atomic<int>> hits(997);
+            autoweld::detail::dynamic_parallel_for(hits.size(), threads, grain,
+                                                   [&](std::size_t b, std::size_t e) {
+                                                       for (std::size_t i = b; i < e; ++i) hits[i]++;
+                                                   });
+            bool once = true;
+            for (auto& h : hits) once = once && h.load() == 1;
+            CHECK(once);
+        }
+        CHECK_THROWS(autoweld::detail::dynamic_parallel_for(
+                         100, threads, 3,
+                         [](std::size_t, std::size_t e) {
+                             if (e > 50) throw std::invalid_argument("chunk");
+                         }),
+                     std::invalid_argument);
     }
     // Bad arguments.
     {

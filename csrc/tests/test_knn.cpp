@@ -68,7 +68,8 @@ int main() {
     struct Shape { std::size_t nq, nb, dim, k; };
     const Shape shapes[] = {{1, 1, 1, 1},   {1, 7, 3, 7},      {5, 13, 8, 4},
                             {16, 6, 16, 6}, {17, 245, 9, 9},   {33, 250, 300, 16},
-                            {40, 481, 257, 5}, {3, 20, 520, 1}};
+                            {40, 481, 257, 5}, {3, 20, 520, 1},
+                            {1100, 50, 8, 3}};  // > 1024 queries: two query groups per thread
     for (KernelPath path : paths)
         for (const Shape& s : shapes)
             for (int threads : {1, 3}) check_against_brute_force(s.nq, s.nb, s.dim, s.k, path, threads);

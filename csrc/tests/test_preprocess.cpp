@@ -8,6 +8,7 @@
 
 #include "anomaly_map.hpp"
 #include "check.hpp"
+#include "common.hpp"
 #include "preprocess.hpp"
 
 int main() {
@@ -42,6 +43,30 @@ int main() {
                 ok = ok && f.first[d] >= 0 && f.first[d] + f.taps[d] <= in;
             }
             CHECK(ok);
+        }
+    }
+    // The vertical kernel: AVX2 and scalar agree (tails included) and match a direct sum.
+    {
+        const std::size_t n = 77, stride = 80;
+        std::vector<std::uint8_t> rows(stride * 5);
+        for (std::size_t k = 0; k < rows.size(); ++k) rows[k] = static_cast<std::uint8_t>(k * 37);
+        const float w[5] = {0.1f, 0.2f, 0.4f, 0.2f, 0.1f};
+        std::vector<float> a(n), b(n);
+        const std::uint8_t* ptrs[5];
+        for (int t = 0; t < 5; ++t) ptrs[t] = rows.data() + t * stride;
+        autoweld::detail::weighted_rows_scalar(ptrs, w, 5, n, a.data());
+        bool ok = true;
+        for (std::size_t k = 0; k < n; ++k) {
+            double direct = 0;
+            for (int t = 0; t < 5; ++t) direct += w[t] * rows[t * stride + k];
+            ok = ok && std::fabs(a[k] - direct) < 1e-3;
+        }
+        CHECK(ok);
+        if (autoweld::cpu_has_avx2_fma()) {
+            autoweld::detail::weighted_rows_avx2(ptrs, w, 5, n, b.data());
+            bool same = true;
+            for (std::size_t k = 0; k < n; ++k) same = same && std::fabs(a[k] - b[k]) < 1e-4;
+            CHECK(same);
         }
     }
     // A constant BGR image without CLAHE comes out as the normalised constant per RGB plane.

@@ -9,7 +9,8 @@ process-wide setting.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -79,6 +80,8 @@ def _clip_limit(clip_limit: object) -> float:
 
 
 def _tile_grid(tile_grid: object) -> tuple[int, int]:
+    if isinstance(tile_grid, np.ndarray):
+        tile_grid = tuple(tile_grid.tolist())
     if (
         not isinstance(tile_grid, Sequence)
         or len(tile_grid) != 2
@@ -88,8 +91,8 @@ def _tile_grid(tile_grid: object) -> tuple[int, int]:
     tiles_x, tiles_y = int(tile_grid[0]), int(tile_grid[1])
     if tiles_x < 1 or tiles_y < 1:
         raise ValueError(f"tile_grid must be >= 1 in each direction, got {tile_grid!r}")
-    if tiles_x * tiles_y > 2**20:
-        raise ValueError(f"tile_grid is too large (at most 2^20 tiles), got {tile_grid!r}")
+    if tiles_x * tiles_y > 2**16:
+        raise ValueError(f"tile_grid is too large (at most 65536 tiles), got {tile_grid!r}")
     return tiles_x, tiles_y
 
 
@@ -107,8 +110,8 @@ def _size(size: object, name: str = "size") -> int:
         raise ValueError(f"{name} must be an int, got {size!r}")
     if size < 1:
         raise ValueError(f"{name} must be >= 1, got {size!r}")
-    if size > 65536:
-        raise ValueError(f"{name} must be <= 65536, got {size!r}")
+    if size > 16384:
+        raise ValueError(f"{name} must be <= 16384, got {size!r}")
     return int(size)
 
 
@@ -292,7 +295,6 @@ def _queries(queries: object, dim: int) -> np.ndarray:
         raise ValueError(
             f"queries have {queries.shape[1]} features but the bank has {dim}: they must match"
         )
-    _finite(queries, "queries")
     return queries
 
 
@@ -314,7 +316,7 @@ def knn(
     bank = _bank(bank)
     queries = _queries(queries, bank.shape[1])
     k = _count(k, "k", 1, bank.shape[0])
-    _finite(bank, "bank")
+    # NaN/Inf in queries or bank: checked by the core (one vectorised pass), ValueError.
     return _native.knn(queries, bank, k, _threads(threads))
 
 
@@ -327,7 +329,6 @@ class KnnIndex:
 
     def __init__(self, bank: np.ndarray, threads: int | None = None) -> None:
         bank = _bank(bank)
-        _finite(bank, "bank")
         self._index = _native.KnnIndex(bank, _threads(threads))
 
     @property
@@ -356,7 +357,6 @@ def bank_neighbours(bank: np.ndarray, b: int, threads: int | None = None) -> np.
     """
     bank = _bank(bank)
     b = _count(b, "b", 1, bank.shape[0])
-    _finite(bank, "bank")
     return _native.bank_neighbours(bank, b, _threads(threads))
 
 
@@ -366,7 +366,6 @@ def _features(features: object) -> np.ndarray:
         raise ValueError("features: no rows")
     if features.shape[1] == 0:
         raise ValueError("features: feature dimension must be at least 1")
-    _finite(features, "features")
     return features
 
 
@@ -452,9 +451,8 @@ def patchcore_score(
         raise ValueError(f"indices must have the shape of distances {distances.shape}")
     if bank_neighbours.shape[0] != bank.shape[0] or bank_neighbours.shape[1] == 0:
         raise ValueError("bank_neighbours must have one row per bank row, at least one column")
-    _finite(embeddings, "embeddings")
-    _finite(distances, "distances")
-    _finite(bank, "bank")
+    # NaN/Inf: the core checks distances, and the embedding and bank rows it uses (the bank
+    # was checked when it was built; a full pass here would cost more than the score).
     return float(_native.patchcore_score(embeddings, distances, indices, bank, bank_neighbours))
 
 
@@ -507,3 +505,264 @@ def fuse(probabilities: np.ndarray, weights: np.ndarray) -> np.ndarray | float:
         raise ValueError("probabilities must lie in [0, 1]")
     out = _native.fuse(probabilities.reshape(-1, weights.shape[0]), weights)
     return float(out[0]) if probabilities.ndim == 1 else out
+
+
+# ---- GPU section: CUDA kNN and scoring (docs/gpu.md) -----------------------------------
+# Present in every build. In a CPU build (AUTOWELD_CUDA off) cuda_available() is False and the
+# GPU classes raise RuntimeError saying how to build with CUDA.
+
+__all__ += [
+    "DeviceArray",
+    "built_with_cuda",
+    "GpuHeadSpec",
+    "GpuKnnIndex",
+    "GpuScorer",
+    "GpuScores",
+    "cuda_available",
+    "cuda_device_name",
+    "device_array",
+]
+
+_NO_CUDA = (
+    "this autoweld was built without CUDA; rebuild with "
+    "AUTOWELD_CUDA=ON pip install '.[gpu]' on a machine with nvcc and an NVIDIA GPU"
+)
+
+
+def built_with_cuda() -> bool:
+    """True when the extension was compiled with the CUDA kernels (AUTOWELD_CUDA=ON)."""
+    return bool(getattr(_native, "WITH_CUDA", False))
+
+
+def cuda_available() -> bool:
+    """True when the extension has the CUDA kernels and a CUDA device is usable. Never raises."""
+    return built_with_cuda() and bool(_native.cuda_available())
+
+
+def _require_cuda() -> None:
+    if not built_with_cuda():
+        raise RuntimeError(_NO_CUDA)
+    if not _native.cuda_available():
+        raise RuntimeError("autoweld has CUDA kernels but no CUDA device is available")
+
+
+def cuda_device_name(device: int = 0) -> str:
+    """Name and compute capability of a CUDA device, e.g. ``'NVIDIA H100 80GB HBM3 (sm_90)'``."""
+    _require_cuda()
+    return str(_native.cuda_device_name(_count(device, "device", 0)))
+
+
+@dataclass(frozen=True)
+class DeviceArray:
+    """A C-contiguous array in CUDA device memory, described by its pointer (an int)."""
+
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+def device_array(value: object, name: str, dtype: np.dtype | type, ndim: int) -> DeviceArray:
+    """Reads a device array: a :class:`DeviceArray`, anything with ``__cuda_array_interface__``
+    (CuPy, torch CUDA tensors, Numba), or an ONNX Runtime ``OrtValue`` on a CUDA device.
+
+    Checks dtype, dimensionality and C-contiguity; raises ``ValueError`` naming ``name``.
+    """
+    want = np.dtype(dtype)
+    if isinstance(value, DeviceArray):
+        array = value
+    elif hasattr(value, "__cuda_array_interface__"):
+        iface = value.__cuda_array_interface__
+        shape = tuple(int(s) for s in iface["shape"])
+        got = np.dtype(iface["typestr"])
+        strides = iface.get("strides")
+        if strides is not None:
+            expected = []
+            step = got.itemsize
+            for extent in reversed(shape):
+                expected.append(step)
+                step *= extent
+            if tuple(strides) != tuple(reversed(expected)):
+                raise ValueError(f"{name} must be C-contiguous on the device, strides {strides}")
+        array = DeviceArray(int(iface["data"][0]), shape, got)
+    elif hasattr(value, "data_ptr") and hasattr(value, "device_name") and callable(value.shape):
+        # onnxruntime.OrtValue (IOBinding output): float tensors only.
+        if value.device_name().lower() != "cuda":
+            raise ValueError(f"{name}: OrtValue lives on {value.device_name()}, not on CUDA")
+        kind = value.data_type()
+        if kind != "tensor(float)":
+            raise ValueError(f"{name} must be a float32 tensor, got {kind}")
+        array = DeviceArray(int(value.data_ptr()), tuple(value.shape()), np.dtype(np.float32))
+    else:
+        raise ValueError(
+            f"{name} must be a device array (DeviceArray, __cuda_array_interface__, OrtValue), "
+            f"got {type(value).__name__}"
+        )
+    if array.dtype != want:
+        raise ValueError(f"{name} must be {want}, got {array.dtype}")
+    if len(array.shape) != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {array.shape}")
+    if array.ptr == 0 and array.size > 0:
+        raise ValueError(f"{name}: null device pointer")
+    return array
+
+
+class GpuKnnIndex:
+    """A memory bank copied once to a CUDA device (with its norms and, for scoring, its
+    ``bank_neighbours``) and searched there: the GPU counterpart of :class:`KnnIndex`.
+
+    ``search`` takes host arrays (copies in and out, for tests and simple use);
+    ``search_device`` takes device arrays and a stream and never leaves the device.
+    ``k`` is at most 16 on the GPU.
+    """
+
+    MAX_K = 16
+
+    def __init__(
+        self, bank: np.ndarray, bank_neighbours: np.ndarray | None = None, device: int = 0
+    ) -> None:
+        _require_cuda()
+        bank = _bank(bank)
+        _finite(bank, "bank")
+        if bank_neighbours is not None:
+            bank_neighbours = _int64_matrix(bank_neighbours, "bank_neighbours")
+            if bank_neighbours.shape[0] != bank.shape[0]:
+                raise ValueError("bank_neighbours must have one row per bank row")
+        self._index = _native.GpuKnnIndex(bank, bank_neighbours, _count(device, "device", 0))
+
+    @property
+    def size(self) -> int:
+        return int(self._index.size)
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.dim)
+
+    def _k(self, k: int) -> int:
+        return _count(k, "k", 1, min(self.size, self.MAX_K))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Same contract as :meth:`KnnIndex.search`, computed on the device."""
+        queries = _queries(queries, self.dim)
+        return self._index.search(queries, self._k(k))
+
+    def search_device(
+        self, queries: object, k: int, distances: object, indices: object, stream: int = 0
+    ) -> None:
+        """kNN of device ``queries`` (float32 ``(Q, D)``) into device ``distances`` (float32
+        ``(Q, k)``) and ``indices`` (int64 ``(Q, k)``), enqueued on ``stream``; returns at once."""
+        q = device_array(queries, "queries", np.float32, 2)
+        d = device_array(distances, "distances", np.float32, 2)
+        i = device_array(indices, "indices", np.int64, 2)
+        k = self._k(k)
+        if q.shape[1] != self.dim:
+            raise ValueError(f"queries have {q.shape[1]} features but the bank has {self.dim}")
+        if d.shape != (q.shape[0], k) or i.shape != (q.shape[0], k):
+            raise ValueError(f"distances and indices must be ({q.shape[0]}, {k})")
+        self._index.search_device(q.ptr, q.shape[0], k, d.ptr, i.ptr, int(stream))
+
+
+@dataclass(frozen=True)
+class GpuHeadSpec:
+    """One head for :class:`GpuScorer` (from the bundle's manifest)."""
+
+    name: str
+    kind: str  # "knn" or "map"
+    feature_map: tuple[int, int]
+    platt_a: float
+    platt_b: float
+    weight: float
+    bank: np.ndarray | None = None
+    bank_neighbours: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class GpuScores:
+    """Per-image results of :meth:`GpuScorer.score` (host arrays, heads in spec order)."""
+
+    scores: dict[str, np.ndarray]
+    probabilities: dict[str, np.ndarray]
+    fused: np.ndarray
+    finite: np.ndarray
+
+
+class GpuScorer:
+    """Engine output on the device -> image scores, calibrated and fused probabilities, and
+    optionally the fused per-pixel probability map, without copying the outputs to the host.
+
+    Same definitions as the CPU Inspector (kNN with k=1, PatchCore re-weighting, map-head max,
+    anomaly map, Platt, fusion); banks stay resident on ``device``.
+    """
+
+    def __init__(
+        self, heads: Sequence[GpuHeadSpec], out_size: int, sigma: float, device: int = 0
+    ) -> None:
+        _require_cuda()
+        if not heads:
+            raise ValueError("heads: at least one head is needed")
+        if len(heads) > 8:
+            raise ValueError(f"heads: at most 8 on the GPU, got {len(heads)}")
+        self.heads = list(heads)
+        self.out_size = _size(out_size, "out_size")
+        self.sigma = _sigma(sigma)
+        self._indexes: dict[str, GpuKnnIndex] = {}
+        for head in self.heads:
+            if head.kind not in ("knn", "map"):
+                raise ValueError(f"head {head.name!r}: kind must be 'knn' or 'map'")
+            if head.kind == "knn":
+                if head.bank is None or head.bank_neighbours is None:
+                    raise ValueError(f"head {head.name!r}: a knn head needs bank and neighbours")
+                self._indexes[head.name] = GpuKnnIndex(head.bank, head.bank_neighbours, device)
+        weights = np.array([h.weight for h in self.heads], dtype=np.float64)
+        if (weights < 0).any() or abs(float(weights.sum()) - 1.0) > 1e-6:
+            raise ValueError(f"head weights must be >= 0 and sum to 1, got {weights.tolist()}")
+        self._workspace = _native.GpuScoreWorkspace()
+
+    def score(
+        self,
+        outputs: Mapping[str, object],
+        images: int,
+        stream: int = 0,
+        fused_map: object | None = None,
+    ) -> GpuScores:
+        """Score ``images`` images from device head outputs (``outputs[head.name]``: float32
+        ``(N, h*w, D)`` for knn heads, ``(N, h, w)`` for map heads). ``fused_map``: optional
+        float32 device array ``(N, S, S)`` that receives the fused probability map."""
+        images = _count(images, "images", 1)
+        rows = []
+        for head in self.heads:
+            if head.name not in outputs:
+                raise ValueError(f"outputs: no output for head {head.name!r}")
+            h, w = head.feature_map
+            if head.kind == "knn":
+                arr = device_array(outputs[head.name], f"outputs[{head.name!r}]", np.float32, 3)
+                want = (images, h * w, self._indexes[head.name].dim)
+                index: object = self._indexes[head.name]._index
+            else:
+                arr = device_array(outputs[head.name], f"outputs[{head.name!r}]", np.float32, 3)
+                want = (images, h, w)
+                index = None
+            if arr.shape != want:
+                raise ValueError(f"outputs[{head.name!r}] has shape {arr.shape}, expected {want}")
+            rows.append((head.kind, arr.ptr, index, h, w, head.platt_a, head.platt_b, head.weight))
+        map_ptr = 0
+        if fused_map is not None:
+            fm = device_array(fused_map, "fused_map", np.float32, 3)
+            if fm.shape != (images, self.out_size, self.out_size):
+                raise ValueError(
+                    f"fused_map must be ({images}, {self.out_size}, {self.out_size}), got {fm.shape}"
+                )
+            map_ptr = fm.ptr
+        scores, probabilities, fused, finite = _native.gpu_score(
+            rows, images, self.out_size, self.sigma, map_ptr, self._workspace, int(stream)
+        )
+        names = [h.name for h in self.heads]
+        return GpuScores(
+            scores=dict(zip(names, scores, strict=True)),
+            probabilities=dict(zip(names, probabilities, strict=True)),
+            fused=fused,
+            finite=finite,
+        )

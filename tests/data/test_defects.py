@@ -81,6 +81,15 @@ def test_bead_estimate_is_close_to_truth() -> None:
         assert 0.6 < guess.half_width / truth.half_width < 1.5, seed
 
 
+def test_featureless_image_still_gets_a_defect_in_view() -> None:
+    blank = np.full((64, 96, 3), 128, np.uint8)
+    guess = estimate_bead(blank)
+    assert abs(guess.center_y - 31.5) < 1 and abs(guess.angle) < 1e-6
+    for kind in WELD_DEFECT_TYPES:
+        out, mask = synthesize_defect(blank, kind, np.random.default_rng(1))
+        assert mask.sum() >= 4 and not (out[~mask] != blank[~mask]).any()
+
+
 @pytest.mark.parametrize("kind", ["cut_paste", "scratch", "blob", None])
 def test_generic_anomaly_on_any_surface(kind) -> None:
     rng = np.random.default_rng(0)

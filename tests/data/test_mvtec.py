@@ -43,6 +43,9 @@ def tree(tmp_path: Path) -> Path:
     (root / "train/good/notes.txt").write_text("not an image")
     (root / "train/good/.DS_Store").write_bytes(b"\0\1")
     _write(root / "test/good/000.jpeg", _colour(value=5))
+    _write(root / "test/good/001.png", np.full((40, 48), 0x1234, np.uint16))  # 16-bit gray
+    rgba = np.dstack([_colour(value=9), np.full((40, 48), 128, np.uint8)])
+    _write(root / "test/good/002.png", rgba)
     _write(root / "test/scratch/000.png", _colour(value=6))
     _write(root / "test/scratch/001.JPG", _colour(value=7))
     _write(root / "ground_truth/scratch/000_mask.png", _mask())
@@ -67,6 +70,8 @@ def test_reads_layout_formats_and_order(tree: Path) -> None:
     )
     assert [(s.defect_type, s.path.name, s.label) for s in category.test] == [
         ("good", "000.jpeg", 0),
+        ("good", "001.png", 0),
+        ("good", "002.png", 0),
         ("dent", "000.png", 1),
         ("scratch", "000.png", 1),
         ("scratch", "001.JPG", 1),
@@ -83,7 +88,10 @@ def test_reads_layout_formats_and_order(tree: Path) -> None:
     assert (gray == 77).all()
     # PNG round trip is exact, so the reader returns the pixels that were written.
     np.testing.assert_array_equal(category.train[2].load_image(), _colour(value=2))
-    scratch = category.test[2].load_mask()
+    # 16-bit files are scaled to 8 bits; the alpha channel is dropped.
+    assert (category.test[1].load_image() == 0x12).all()
+    np.testing.assert_array_equal(category.test[2].load_image(), _colour(value=9))
+    scratch = category.test[4].load_mask()
     assert scratch.sum() == 100 and scratch[10:20, 5:15].all()
 
 

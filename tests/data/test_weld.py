@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +131,22 @@ def test_bad_parameters(tmp_path: Path, field: str, value) -> None:
 def test_bad_seed(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="seed"):
         generate_weld(tmp_path, seed=-3, **SMALL)
+
+
+def test_two_processes_generating_at_once_both_succeed(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from autoweld.data import WeldParams, load_category\n"
+        f"c = load_category('weld', sys.argv[1], weld_params=WeldParams(**{SMALL!r}))\n"
+        "print(len(c.train), len(c.test))\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outputs == ["3 14", "3 14"]
+    assert [p.name for p in tmp_path.iterdir()] == ["weld"]

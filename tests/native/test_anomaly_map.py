@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from autoweld import native
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from autoweld import native
 
 
 def torch_reference(scores: np.ndarray, out_size: tuple[int, int], sigma: float) -> np.ndarray:

@@ -3,9 +3,10 @@
 import cv2
 import numpy as np
 import pytest
-from autoweld import native
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from autoweld import native
 
 
 def _textured(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -109,7 +110,8 @@ def test_bad_images_raise_value_error(image, match):
         ({"tile_grid": (8, -1)}, "tile_grid"),
         ({"tile_grid": (8,)}, "tile_grid"),
         ({"tile_grid": (2.5, 2)}, "tile_grid"),
-        ({"tile_grid": (2048, 2048)}, "tile_grid"),
+        ({"tile_grid": (257, 256)}, "tile_grid"),
+        ({"tile_grid": "88"}, "tile_grid"),
     ],
 )
 def test_bad_parameters_raise_value_error(kwargs, match):
@@ -157,3 +159,13 @@ def test_property_random_dtypes_and_shapes_never_crash(dtype, shape):
     else:
         with pytest.raises(ValueError):
             native.clahe(image)
+
+
+@pytest.mark.slow
+def test_colour_exact_on_every_24_bit_colour():
+    """All 2^24 BGR colours in one 4096x4096 image: the L histogram (forward Lab of every colour)
+    and the way back (inverse Lab of every equalised triplet) must both be OpenCV's bytes."""
+    codes = np.arange(1 << 24, dtype=np.uint32)
+    image = np.stack([codes & 255, (codes >> 8) & 255, codes >> 16], axis=-1)
+    image = image.astype(np.uint8).reshape(4096, 4096, 3)
+    assert np.array_equal(native.clahe(image, 2.0, (8, 8)), _cv2_colour_clahe(image))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from autoweld import native
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from autoweld import native
 
 
 def greedy_reference(x: np.ndarray, n: int, start: int) -> np.ndarray:
@@ -127,3 +128,14 @@ def test_coreset_200k_by_1536():
     f = np.random.default_rng(0).standard_normal((200_000, 1536), dtype=np.float32)
     got = native.coreset(f, 200, seed=0, threads=2)
     assert len(np.unique(got)) == 200
+
+
+@settings(max_examples=30, deadline=None)
+@given(dim=st.integers(-2, 40), projection_dim=st.integers(-2, 40), seed=st.integers(-1, 2**64))
+def test_coreset_projection_property(dim, projection_dim, seed):
+    if dim < 1 or projection_dim < 1 or not 0 <= seed < 2**64:
+        with pytest.raises(ValueError):
+            native.coreset_projection(dim, projection_dim, seed)
+        return
+    p = native.coreset_projection(dim, projection_dim, seed)
+    assert p.shape == (dim, projection_dim) and np.isfinite(p).all()

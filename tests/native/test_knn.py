@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from autoweld import native
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from autoweld import native
 
 PATHS = ["portable"] + (["avx2"] if native.has_avx2_fma() else [])
 
@@ -179,3 +180,43 @@ def test_knn_property_shapes_or_value_error(q, m, d, k, dtype):
     assert ((indices >= 0) & (indices < m)).all()
     if q:
         assert_matches(queries, bank, k, distances, indices)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    m=st.integers(0, 30),
+    d=st.integers(0, 6),
+    b=st.integers(-1, 35),
+    dtype=st.sampled_from([np.float32, np.float64, np.int32]),
+)
+def test_bank_neighbours_property(m, d, b, dtype):
+    bank = np.random.default_rng(m * 7 + d).standard_normal((m, d)).astype(dtype)
+    if dtype != np.float32 or m == 0 or d == 0 or not 1 <= b <= m:
+        with pytest.raises(ValueError):
+            native.bank_neighbours(bank, b)
+        return
+    neighbours = native.bank_neighbours(bank, b)
+    assert neighbours.shape == (m, b)
+    np.testing.assert_array_equal(neighbours[:, 0], np.arange(m))
+    assert all(len(set(row)) == b for row in neighbours.tolist())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    q=st.integers(0, 20),
+    m=st.integers(1, 30),
+    dq=st.integers(1, 6),
+    db=st.integers(1, 6),
+    k=st.integers(0, 32),
+)
+def test_knn_index_property(q, m, dq, db, k):
+    rng = np.random.default_rng(q * 31 + m)
+    index = native.KnnIndex(rng.standard_normal((m, db)).astype(np.float32))
+    queries = rng.standard_normal((q, dq)).astype(np.float32)
+    if dq != db or not 1 <= k <= m:
+        with pytest.raises(ValueError):
+            index.search(queries, k)
+        return
+    distances, indices = index.search(queries, k)
+    assert distances.shape == indices.shape == (q, k)
+    assert (np.diff(distances, axis=1) >= 0).all()

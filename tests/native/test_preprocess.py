@@ -3,9 +3,10 @@
 import cv2
 import numpy as np
 import pytest
-from autoweld import native
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from autoweld import native
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from autoweld import native
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from autoweld import native
 
 
 def score_reference(embeddings, distances, indices, bank, neighbours) -> float:
@@ -174,3 +175,22 @@ def test_fuse_property(rows, m, ndim, scale):
         return
     got = native.fuse(probabilities, weights)
     np.testing.assert_allclose(got, probabilities @ weights, rtol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    scores=st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=20),
+    a=st.floats(-1e6, 1e6),
+    b=st.floats(-1e6, 1e6),
+)
+def test_platt_property(scores, a, b):
+    array = np.array(scores, dtype=np.float64)
+    if not np.isfinite(array).all():
+        with pytest.raises(ValueError, match="scores"):
+            native.platt(array, a, b)
+        return
+    got = native.platt(array, a, b)
+    assert got.shape == array.shape
+    assert ((got >= 0) & (got <= 1)).all()
+    with np.errstate(over="ignore"):
+        np.testing.assert_allclose(got, 1.0 / (1.0 + np.exp(a * array + b)), rtol=1e-9, atol=1e-300)

@@ -173,3 +173,18 @@ def test_extractor_stays_in_eval_mode():
     assert not extractor.training
     assert not any(m.training for m in extractor.modules())
     assert not any(p.requires_grad for p in extractor.parameters())
+
+
+def test_other_taps_can_be_chosen_and_are_checked():
+    extractor = build_backbone("efficientnet_lite0", layers=("blocks.2", "blocks.4"))
+    assert extractor.channels == (24, 40) and extractor.strides == (4, 8)
+    ran = []
+    extractor.model._blocks[5].register_forward_hook(lambda m, a, o: ran.append(5))
+    with torch.no_grad():
+        taps = extractor(torch.zeros(1, 3, 64, 64))
+    assert [tuple(t.shape) for t in taps] == [(1, 24, 16, 16), (1, 40, 8, 8)]
+    assert ran == []  # stops after blocks.4
+    with pytest.raises(ValueError, match="can tap two of"):
+        build_backbone("efficientnet_lite0", layers=("blocks.3", "blocks.4"))
+    with pytest.raises(ValueError, match="shallower tap first"):
+        build_backbone("resnet18", random_weights=True, layers=("layer3", "layer2"))

@@ -59,7 +59,7 @@ def test_registry_builds_patchcore_and_rejects_unknown_heads():
     head = build_head("patchcore", HeadContext(extractor, 64, {"coreset_max": 50}))
     assert isinstance(head, PatchCoreHead) and head.in_dim == 128 + 256
     with pytest.raises(ValueError, match="not implemented"):
-        build_head("student_teacher", HeadContext(extractor, 64, {}))
+        build_head("no_such_head", HeadContext(extractor, 64, {}))
 
 
 def test_unfitted_head_cannot_be_exported():

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "manifest) to OUT/NAME/. 'weld' is the built-in synthetic category; any other name is "
         "read from DATA_ROOT/NAME in the MVTec AD layout. Flags override the category's recipe.",
     )
-    parser.add_argument("--category", required=True, help="category name, e.g. weld or bottle")
+    parser.add_argument("--category", help="category name, e.g. weld or bottle")
     parser.add_argument("--data-root", help="folder that holds NAME/ in the MVTec AD layout")
     parser.add_argument("--out", default="bundles", help="output folder (default: bundles/)")
     parser.add_argument(
@@ -68,8 +68,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--coreset-ratio", type=_ratio, help="PatchCore coreset fraction")
     parser.add_argument("--coreset-max", type=_positive, help="PatchCore memory bank rows, at most")
     parser.add_argument("--recipe", help="a recipe .toml file instead of the category's own")
+    # --- GPU section: TensorRT engine (docs/gpu.md) ---
+    trt = parser.add_argument_group("TensorRT engine (NVIDIA GPU + pip install '.[gpu]')")
+    trt.add_argument(
+        "--trt",
+        action="store_true",
+        help="also build model.plan (a TensorRT engine for this GPU) into the bundle",
+    )
+    trt.add_argument("--fp16", action="store_true", help="let TensorRT use FP16 kernels")
+    trt.add_argument(
+        "--bundle",
+        help="with --trt: add the engine to this existing bundle instead of exporting one",
+    )
+    trt.add_argument(
+        "--trt-max-batch", type=_positive, default=8, help="largest batch the engine takes"
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     return parser
+
+
+def _build_trt(bundle_dir: str, args: argparse.Namespace) -> int:
+    from autoweld.export.tensorrt import TrtBuildOptions, build_tensorrt_plan
+
+    try:
+        result = build_tensorrt_plan(
+            bundle_dir, TrtBuildOptions(fp16=args.fp16, max_batch=args.trt_max_batch)
+        )
+    except (RuntimeError, ValueError) as error:
+        print(f"autoweld-export: error: {error}", file=sys.stderr)
+        return 2
+    entry = result.entry
+    print(
+        f"tensorrt    {result.bundle.root / entry['plan']} ({_size(result.plan_bytes)}, "
+        f"TensorRT {entry['tensorrt_version']}, {entry['gpu']} sm {entry['compute_capability']}, "
+        f"fp16 {entry['fp16']}, {result.seconds:.1f}s)"
+    )
+    return 0
 
 
 def _size(n: float) -> str:
@@ -81,11 +115,24 @@ def _size(n: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.bundle is not None:
+        if not args.trt:
+            parser.error("--bundle is only used with --trt")
+        if args.category is not None:
+            parser.error(
+                "give --category (export a bundle) or --bundle (an existing one), not both"
+            )
+        return _build_trt(args.bundle, args)
+    if args.category is None:
+        parser.error("--category is required (or --trt --bundle DIR for an existing bundle)")
+    if args.fp16 and not args.trt:
+        parser.error("--fp16 is only used with --trt")
     # Imported here so that --help is instant and needs no torch.
     from autoweld.export.pipeline import ExportOptions, export_category
 
@@ -134,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items() if k != "total")
     lines.append(f"time        {result.seconds['total']:.1f}s ({timing})")
     print("\n".join(lines))
+    if args.trt:
+        return _build_trt(str(result.bundle_dir), args)
     return 0
 
 

@@ -115,6 +115,10 @@ def _noise1d(rng: np.random.Generator, s: np.ndarray, span: float, scale: float)
 # ---- bead estimation -------------------------------------------------------------------------
 
 
+# Smallest Sobel response (gray levels per pixel, times the kernel's gain of 4) taken for a toe.
+_MIN_EDGE = 10.0
+
+
 def estimate_bead(image: np.ndarray) -> BeadGeometry:
     """Estimate where the bead lies in a weld image (a horizontal-ish textured band).
 
@@ -133,7 +137,9 @@ def estimate_bead(image: np.ndarray) -> BeadGeometry:
     rough = []
     for x0, x1 in bounds:
         profile = cv2.GaussianBlur(gx[:, x0:x1].mean(axis=1).reshape(-1, 1), (0, 0), h / 64)
-        rough.append(float(np.argmax(profile.ravel())))
+        profile = profile.ravel()
+        # No structure at all (a blank strip): assume the bead is centred.
+        rough.append(float(np.argmax(profile)) if np.ptp(profile) > 0.5 else (h - 1) / 2.0)
     slope, intercept = _robust_line(xs, np.array(rough))
     centres, halves = [], []
     near, far = max(2, int(0.03 * h)), max(4, int(0.35 * h))
@@ -146,6 +152,8 @@ def estimate_bead(image: np.ndarray) -> BeadGeometry:
             continue
         top = up_lo + int(np.argmax(profile[up_lo:up_hi]))  # dark above, bright bead below
         bottom = dn_lo + int(np.argmin(profile[dn_lo:dn_hi]))  # bright bead above, dark below
+        if profile[top] < _MIN_EDGE or -profile[bottom] < _MIN_EDGE:
+            continue  # no toe edge in this strip
         centres.append((x, (top + bottom) / 2.0))
         halves.append((bottom - top) / 2.0)
     if len(centres) >= 3:
@@ -174,7 +182,8 @@ def _robust_line(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float]:
 
 
 def _visible_s(geom: BeadGeometry, w: int, length: float) -> float:
-    """A random-free bound: |s0| such that a feature of ``length`` stays inside the image."""
+    """How far from the image centre (along the bead) a feature of ``length`` may be centred
+    and still lie inside the image."""
     return max(0.0, 0.45 * w - length / 2.0)
 
 
@@ -191,7 +200,7 @@ def _porosity(img, geom, rng, s, d):
     r_max = 8.0 if n == 1 else 6.0
     for _ in range(n):
         ps = s0 + rng.normal(0, spread)
-        pd = float(np.clip(d0 + rng.normal(0, spread * 0.5), -0.8, 0.8) * 1.0)
+        pd = d0 + rng.normal(0, spread * 0.5)
         pd = float(np.clip(pd, -0.8 * geom.half_width, 0.8 * geom.half_width))
         x0, y0 = geom.to_image(np.float32(ps), np.float32(pd), w)
         radius = rng.uniform(3.5, r_max) * scale
@@ -274,17 +283,17 @@ def _undercut(img, geom, rng, s, d):
     h, w = img.shape[:2]
     scale = h / 256.0
     side = rng.choice([-1.0, 1.0])
-    length = rng.uniform(0.3, 0.65) * w
+    length = rng.uniform(0.4, 0.75) * w
     s0 = rng.uniform(-1, 1) * _visible_s(geom, w, length) - length / 2
-    width = rng.uniform(7.0, 11.0) * scale
+    width = rng.uniform(9.0, 13.0) * scale
     center = side * (geom.half_width + 0.45 * width)
     alpha = _groove_alpha(
         rng, s, d, center_d=center, width=width, length=length, s0=s0, soft=2.0, scale=scale
     )
     # A groove melted into the plate beside the toe: dark floor, the far wall catching light.
     across = np.clip((d - center) * side / (0.5 * width), -1, 1)
-    floor = rng.uniform(0.08, 0.16)
-    tone = floor + 0.3 * np.clip(across, 0, 1) ** 2
+    floor = rng.uniform(0.06, 0.13)
+    tone = floor + 0.45 * np.clip(across, 0, 1) ** 2
     paint = tone[..., None] * np.array([1.0, 0.97, 0.95], np.float32)
     return paint.astype(np.float32), alpha
 
@@ -293,9 +302,9 @@ def _lack_of_fusion(img, geom, rng, s, d):
     h, w = img.shape[:2]
     scale = h / 256.0
     side = rng.choice([-1.0, 1.0])
-    length = rng.uniform(0.35, 0.75) * w
+    length = rng.uniform(0.4, 0.8) * w
     s0 = rng.uniform(-1, 1) * _visible_s(geom, w, length) - length / 2
-    width = rng.uniform(2.5, 4.0) * scale
+    width = rng.uniform(3.5, 5.0) * scale
     center = side * geom.half_width * rng.uniform(0.74, 0.88)
     alpha = _groove_alpha(
         rng, s, d, center_d=center, width=width, length=length, s0=s0, soft=4.0, scale=scale
@@ -417,9 +426,9 @@ def _cut_paste(image, rng):
     side = int(rng.uniform(0.12, 0.25) * min(h, w))
     half = side // 2
     tx, ty = (int(rng.integers(half, w - half)), int(rng.integers(half, h - half)))
-    while True:
+    for _ in range(20):  # take the patch from somewhere else, if there is room
         sx, sy = int(rng.integers(half, w - half)), int(rng.integers(half, h - half))
-        if abs(sx - tx) + abs(sy - ty) > side or min(h, w) < 4 * side:
+        if abs(sx - tx) + abs(sy - ty) > side:
             break
     patch = image[sy - half : sy + half, sx - half : sx + half].astype(np.float32) / 255.0
     patch = np.rot90(patch, int(rng.integers(0, 4)))

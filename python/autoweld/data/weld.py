@@ -34,12 +34,13 @@ __all__ = [
     "ensure_weld",
     "generate_weld",
     "render_weld",
+    "stamp_matches",
 ]
 
 logger = logging.getLogger(__name__)
 
 # Bump whenever the pictures change, so cached trees are regenerated.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 6
 STAMP_NAME = "autoweld_weld.json"
 CATEGORY = "weld"
 
@@ -275,20 +276,29 @@ def generate_weld(
     try:
         _write_tree(work, seed, params, progress)
         (work / STAMP_NAME).write_text(json.dumps(_stamp(seed, params), indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        try:
-            os.replace(work, target)
-        except OSError:
-            # Another process generated the same tree at the same moment: keep theirs.
-            if not stamp_matches(target, seed, params):
-                raise
-            shutil.rmtree(work, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        _swap_in(work, target, seed, params)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # gone already when it was moved into place
     logger.info("generated weld category (seed %d) in %s", seed, target)
     return target
+
+
+def _swap_in(work: Path, target: Path, seed: int, params: WeldParams) -> None:
+    """Move the finished tree ``work`` to ``target`` with renames only, so that a reader never
+    sees a half-written or half-deleted category. (Two processes generating the same tree at
+    once write byte-identical files, so whichever lands last is as good as the other.)"""
+    trash = None
+    if target.exists():
+        trash = Path(tempfile.mkdtemp(prefix=".weld-old-", dir=target.parent))
+        os.replace(target, trash / CATEGORY)
+    try:
+        os.replace(work, target)
+    except OSError:
+        if not stamp_matches(target, seed, params):
+            raise
+    finally:
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def _write_tree(out: Path, seed: int, params: WeldParams, progress: bool) -> None:

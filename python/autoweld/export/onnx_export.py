@@ -39,7 +39,7 @@ def _quiet_exporter() -> Iterator[None]:
     saved = {n: logging.getLogger(n).level for n in names}
     try:
         for n in names:
-            logging.getLogger(n).setLevel(logging.WARNING)
+            logging.getLogger(n).setLevel(logging.ERROR)
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # deprecations and dynamic-shape notes
             yield

@@ -80,6 +80,7 @@ class ExportOptions:
     recipe: str | Path | None = None
     opset: int = DEFAULT_OPSET
     save_reference: bool = True
+    weld_params: Any = None  # autoweld.data.WeldParams for the built-in weld set (tests: tiny)
 
 
 @dataclass
@@ -243,7 +244,10 @@ def export_category(options: ExportOptions) -> ExportResult:
 
     # -- data ------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    category = data.load_category(options.category, data_root=options.data_root, seed=seed)
+    load_kwargs: dict[str, Any] = {"seed": seed}
+    if options.weld_params is not None:
+        load_kwargs["weld_params"] = options.weld_params
+    category = data.load_category(options.category, data_root=options.data_root, **load_kwargs)
     val_fraction = recipe.calibration["val_fraction"]
     if options.val_root is not None:
         fit_samples = list(category.train)
@@ -275,7 +279,10 @@ def export_category(options: ExportOptions) -> ExportResult:
     # -- fit -------------------------------------------------------------------------------
     t0 = time.perf_counter()
     extractor = build_backbone(
-        recipe.backbone, weights=options.weights, random_weights=options.random_weights
+        recipe.backbone,
+        weights=options.weights,
+        random_weights=options.random_weights,
+        layers=recipe.layers,
     )
     heads = [
         build_head(
@@ -289,15 +296,23 @@ def export_category(options: ExportOptions) -> ExportResult:
     for head in heads:
         logger.info("fitting %s on %d images", head.name, len(fit_samples))
         head.fit(extractor, fit_batches)
-    graph = InspectionGraph(extractor, heads)
     del fit_batches, fit_images
+    # held-out normals: what heads take from validation data (the student-teacher's map
+    # quantiles, the feature autoencoder's threshold) -- never the test split
+    val_normal_tensor = _preprocess_all(val_normal_images, recipe, "preprocess: validation normals")
+    for head in heads:
+        head.fit_validation(extractor, _batches(val_normal_tensor, recipe.batch_size))
+    graph = InspectionGraph(extractor, heads)
     seconds["fit"] = time.perf_counter() - t0
 
     # -- calibrate -------------------------------------------------------------------------
     t0 = time.perf_counter()
     reference = TorchReference.from_graph(graph, map_sigma=recipe.scoring["map_sigma"])
-    cal_images = _preprocess_all(
-        val_normal_images + val_anomalous_images, recipe, "preprocess: calibration images"
+    cal_images = torch.cat(
+        [
+            val_normal_tensor,
+            _preprocess_all(val_anomalous_images, recipe, "preprocess: calibration anomalies"),
+        ]
     )
     labels = np.array([0] * len(val_normal_images) + [1] * len(val_anomalous_images))
     raw = _score(reference, _batches(cal_images, recipe.batch_size))

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["Recipe", "list_recipes", "load_recipe", "recipe_dirs", "resolve_recipe"]
 
 _TOP_KEYS = {"category", "description", "profile", "seed", "preprocess", "calibration", "scoring"}
-_PROFILE_KEYS = {"backbone", "image_size", "mean", "std", "models", "batch_size"}
+_PROFILE_KEYS = {"backbone", "image_size", "mean", "std", "models", "batch_size", "layers"}
 _PREPROCESS_KEYS = {"clahe", "clip_limit", "tile_grid", "sigma"}
 _CALIBRATION_KEYS = {
     "val_fraction",
@@ -96,6 +96,7 @@ class Recipe:
     std: tuple[float, float, float]
     models: list[str]
     batch_size: int
+    layers: list[str] | None
     seed: int
     preprocess: dict[str, Any]
     calibration: dict[str, Any]
@@ -113,6 +114,7 @@ class Recipe:
             "std": list(self.std),
             "models": list(self.models),
             "batch_size": self.batch_size,
+            "layers": list(self.layers) if self.layers is not None else None,
             "seed": self.seed,
             "preprocess": dict(self.preprocess),
             "calibration": dict(self.calibration),
@@ -184,8 +186,10 @@ def resolve_recipe(
         heads.setdefault(name, {}).update({k: v for k, v in values.items() if v is not None})
     mean = _triple(plain["mean"], f"{path} [{chosen}] mean")
     std = _triple(plain["std"], f"{path} [{chosen}] std")
+    layers = [str(v) for v in plain["layers"]] if "layers" in plain else None
     if backbone is not None and backbone != plain["backbone"]:
         mean, std = _NORMALISATION.get(backbone, _NORMALISATION["imagenet"])
+        layers = None  # the profile's taps belong to its own backbone
     result = Recipe(
         category=category,
         source=str(path),
@@ -196,6 +200,7 @@ def resolve_recipe(
         std=std,
         models=chosen_models,
         batch_size=int(plain.get("batch_size", 8)),
+        layers=layers,
         seed=int(seed if seed is not None else raw.get("seed", 0)),
         preprocess={
             "clahe": bool(preprocess.get("clahe", True)),

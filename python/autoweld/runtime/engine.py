@@ -9,17 +9,23 @@ nothing and a GPU build of onnxruntime is only touched when a runner is made.
 A runner owns its session and is a context manager. ONNX Runtime allows concurrent ``run`` calls
 on one session, so one runner may be shared by several threads.
 
-TensorRT: ``providers=("tensorrt", "cuda", "cpu")`` runs the graph through ONNX Runtime's TensorRT
-execution provider. A runner for the bundle's own serialised TensorRT plan (``engine.tensorrt``
-in the manifest) belongs in :func:`open_engine` beside ``OnnxRunner`` (a separate issue); until it
-exists, a plan in a bundle is ignored and the ONNX graph is run.
+Engines (docs/gpu.md): :func:`open_engine` picks one by name or the best available --
+``"tensorrt"`` (the bundle's own serialised TensorRT plan, run by :class:`TensorRTRunner`),
+``"cuda"`` (ONNX Runtime's CUDA execution provider), ``"cpu"``; ``"best"`` means that order,
+skipping what cannot run here. A plan is refused when it was built for another GPU or another
+TensorRT version (the manifest's ``engine.tensorrt`` records both): the runtime then warns and
+runs the ONNX graph instead. The decision is :func:`choose_engine`, a pure function of the
+manifest and an :class:`EngineEnvironment`, so it is tested without a GPU. ``tensorrt`` (the
+Python package) and CuPy are imported lazily, only by the TensorRT runner.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -30,9 +36,19 @@ if TYPE_CHECKING:
     from autoweld.bundle import Bundle
 
 __all__ = [
+    "ENGINE_NAMES",
     "PROVIDER_ALIASES",
+    "EngineChoice",
+    "EngineEnvironment",
+    "GpuInfo",
     "OnnxRunner",
+    "PlanCheck",
+    "TensorRTRunner",
+    "available_engines",
     "available_providers",
+    "check_plan",
+    "choose_engine",
+    "current_environment",
     "open_engine",
     "resolve_providers",
 ]
@@ -179,10 +195,344 @@ class OnnxRunner:
         self.close()
 
 
+# ---- engine selection ---------------------------------------------------------------------
+
+ENGINE_NAMES: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
+_ENGINE_ALIASES = {"trt": "tensorrt", "tensorrt": "tensorrt", "cuda": "cuda", "cpu": "cpu"}
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """A CUDA device as a TensorRT plan cares about it."""
+
+    name: str
+    compute_capability: str  # "9.0"
+
+
+@dataclass(frozen=True)
+class EngineEnvironment:
+    """What this machine can run: the facts :func:`choose_engine` decides on."""
+
+    ort_providers: tuple[str, ...]
+    gpu: GpuInfo | None = None
+    tensorrt_version: str | None = None  # None: the tensorrt package is not importable
+
+
+@dataclass(frozen=True)
+class PlanCheck:
+    """Whether a bundle's TensorRT plan may run here, and if not, why."""
+
+    usable: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The decision of :func:`choose_engine`: a TensorRT plan or ONNX Runtime providers."""
+
+    engine: str  # "tensorrt" or "onnx"
+    providers: tuple[str, ...] = ()  # ORT provider names when engine == "onnx"
+    plan: str | None = None  # plan file name when engine == "tensorrt"
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+def check_plan(plan: Mapping[str, Any] | None, env: EngineEnvironment) -> PlanCheck:
+    """Decides whether the manifest's ``engine.tensorrt`` entry can run in ``env``.
+
+    A plan is bound to the TensorRT version that built it and to the GPU (TensorRT's default
+    engines are specific to the device's compute capability, and their tactics were timed on
+    that GPU model), so all three must match exactly.
+    """
+    if not plan:
+        return PlanCheck(
+            False, "the bundle has no TensorRT plan (autoweld-export --trt builds one)"
+        )
+    if env.tensorrt_version is None:
+        return PlanCheck(False, "the tensorrt package is not installed (pip install '.[gpu]')")
+    if env.gpu is None:
+        return PlanCheck(False, "no CUDA GPU is available")
+    for key in ("plan", "gpu", "compute_capability", "tensorrt_version"):
+        if not plan.get(key):
+            return PlanCheck(False, f"the manifest's engine.tensorrt lacks {key!r}")
+    if str(plan["tensorrt_version"]) != env.tensorrt_version:
+        return PlanCheck(
+            False,
+            f"the plan was built with TensorRT {plan['tensorrt_version']}, this machine has "
+            f"TensorRT {env.tensorrt_version}",
+        )
+    if str(plan["compute_capability"]) != env.gpu.compute_capability:
+        return PlanCheck(
+            False,
+            f"the plan was built for compute capability {plan['compute_capability']} "
+            f"({plan['gpu']}), this GPU is {env.gpu.compute_capability} ({env.gpu.name})",
+        )
+    if str(plan["gpu"]) != env.gpu.name:
+        return PlanCheck(
+            False, f"the plan was built on a {plan['gpu']}, this GPU is a {env.gpu.name}"
+        )
+    return PlanCheck(True, "built for this GPU and TensorRT version")
+
+
+def available_engines(env: EngineEnvironment) -> list[str]:
+    """Engine names that can run in ``env`` (tensorrt: the library and a GPU; a bundle's plan
+    is checked separately)."""
+    names = []
+    if env.tensorrt_version is not None and env.gpu is not None:
+        names.append("tensorrt")
+    if "CUDAExecutionProvider" in env.ort_providers:
+        names.append("cuda")
+    names.append("cpu")
+    return names
+
+
+def choose_engine(
+    requested: Sequence[str] | str, manifest: Mapping[str, Any], env: EngineEnvironment
+) -> EngineChoice:
+    """Picks the engine for a bundle. Pure: no GPU, TensorRT or ONNX Runtime is touched.
+
+    ``requested`` is an ordered preference: ``"best"``, engine names (``"tensorrt"``/``"trt"``,
+    ``"cuda"``, ``"cpu"``) or ONNX Runtime provider names. ``"best"`` expands to the available
+    engines in the order tensorrt, cuda, cpu. TensorRT is used when it comes first and the
+    bundle's plan passes :func:`check_plan`; otherwise, if it was asked for, a warning says why
+    and the remaining names are used with ONNX Runtime (the available GPU/CPU providers when
+    nothing remains). An unknown name is a ``ValueError`` listing the available engines; a known
+    ONNX Runtime provider that is not installed is a ``ValueError`` too.
+    """
+    names = [requested] if isinstance(requested, str) else list(requested)
+    if not names:
+        raise ValueError("providers must name at least one engine")
+    available = available_engines(env)
+    listing = ", ".join(["best", *available])
+    expanded: list[str] = []
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"providers: bad engine name {name!r}; available: {listing}")
+        key = name.lower()
+        if key == "best":
+            expanded.extend(n for n in available if n not in expanded)
+        elif key in _ENGINE_ALIASES:
+            if _ENGINE_ALIASES[key] not in expanded:
+                expanded.append(_ENGINE_ALIASES[key])
+        elif name.endswith("ExecutionProvider") or key in PROVIDER_ALIASES:
+            if name not in expanded:
+                expanded.append(name)
+        else:
+            raise ValueError(f"providers: engine {name!r} is unknown; available: {listing}")
+
+    notes: list[str] = []
+    if expanded[0] == "tensorrt":
+        plan = manifest.get("engine", {}).get("tensorrt")
+        check = check_plan(plan, env)
+        if check.usable:
+            return EngineChoice(engine="tensorrt", plan=str(plan["plan"]))  # type: ignore[index]
+        notes.append(f"TensorRT plan not used: {check.reason}; running the ONNX graph instead")
+    onnx_names = [n for n in expanded if n != "tensorrt"]
+    if not onnx_names:
+        onnx_names = [n for n in available if n != "tensorrt"]
+    providers: list[str] = []
+    for name in onnx_names:
+        ort_name = PROVIDER_ALIASES.get(name.lower(), name)
+        if ort_name not in env.ort_providers:
+            raise ValueError(
+                f"providers: {name!r} is not available in this onnxruntime; available: {listing}"
+            )
+        if ort_name not in providers:
+            providers.append(ort_name)
+    return EngineChoice(engine="onnx", providers=tuple(providers), warnings=tuple(notes))
+
+
+def _gpu_from_native(device: int = 0) -> GpuInfo | None:
+    from autoweld import native
+
+    if not native.cuda_available() or device >= native._native.cuda_device_count():
+        return None
+    text = native.cuda_device_name(device)  # "NAME (sm_90)"
+    name, _, sm = text.rpartition(" (sm_")
+    digits = sm.rstrip(")")
+    return GpuInfo(name=name, compute_capability=f"{digits[:-1]}.{digits[-1:]}")
+
+
+def _gpu_from_cupy(device: int = 0) -> GpuInfo | None:
+    try:
+        import cupy  # lazy: only on GPU machines
+    except ImportError:
+        return None
+    try:
+        if cupy.cuda.runtime.getDeviceCount() <= device:
+            return None
+        props = cupy.cuda.runtime.getDeviceProperties(device)
+    except Exception:  # noqa: BLE001 - no driver / no device: no GPU
+        return None
+    name = props["name"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return GpuInfo(name=name, compute_capability=f"{props['major']}.{props['minor']}")
+
+
+def _tensorrt_version() -> str | None:
+    try:
+        import tensorrt  # lazy: large, GPU machines only
+    except ImportError:
+        return None
+    return str(tensorrt.__version__)
+
+
+def current_environment() -> EngineEnvironment:
+    """The :class:`EngineEnvironment` of this machine (imports tensorrt/cupy if present)."""
+    gpu = _gpu_from_native() or _gpu_from_cupy()
+    return EngineEnvironment(
+        ort_providers=tuple(available_providers()),
+        gpu=gpu,
+        tensorrt_version=_tensorrt_version(),
+    )
+
+
+# ---- the TensorRT plan runner ----------------------------------------------------------------
+
+
+class TensorRTRunner:
+    """Runs a serialised TensorRT plan (TensorRT 10 Python API, tensor-address execution).
+
+    Same ``infer``/``close``/context-manager interface as :class:`OnnxRunner`, plus
+    ``infer_device``, which takes and returns CuPy device arrays so the outputs can go straight
+    to :class:`autoweld.native.GpuScorer`. Needs the ``tensorrt`` and ``cupy`` packages
+    (``pip install '.[gpu]'``). One execution context: calls are serialised by the caller.
+    """
+
+    def __init__(self, plan: str | os.PathLike[str] | bytes, device: int = 0) -> None:
+        try:
+            import cupy
+            import tensorrt as trt
+        except ImportError as error:
+            raise RuntimeError(
+                f"the TensorRT engine needs the tensorrt and cupy packages ({error}); "
+                "pip install '.[gpu]' on a machine with an NVIDIA GPU"
+            ) from None
+        self._trt = trt
+        self._cupy = cupy
+        self._device = cupy.cuda.Device(device)
+        data = bytes(plan) if isinstance(plan, (bytes, bytearray)) else Path(plan).read_bytes()
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        with self._device:
+            self._runtime = trt.Runtime(self._logger)
+            engine = self._runtime.deserialize_cuda_engine(data)
+            if engine is None:
+                raise ValueError("the TensorRT plan could not be deserialised (see TensorRT log)")
+            self._engine: Any = engine
+            self._context: Any = engine.create_execution_context()
+            self._stream = cupy.cuda.Stream(non_blocking=True)
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        mode = trt.TensorIOMode.INPUT
+        self.input_names = [n for n in names if engine.get_tensor_mode(n) == mode]
+        self.output_names = [n for n in names if engine.get_tensor_mode(n) != mode]
+        self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        self.providers = ["TensorRT"]
+
+    @property
+    def active_providers(self) -> list[str]:
+        self._require_engine()
+        return [f"TensorRT {self._trt.__version__}"]
+
+    @property
+    def stream(self) -> Any:
+        """The CuPy stream the runner enqueues on (pass ``stream.ptr`` to the GPU scorer)."""
+        return self._stream
+
+    def _require_engine(self) -> Any:
+        if self._context is None:
+            raise RuntimeError("TensorRTRunner is closed")
+        return self._context
+
+    def infer_device(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run on device arrays (CuPy); returns CuPy outputs, enqueued on :attr:`stream`."""
+        context = self._require_engine()
+        cupy = self._cupy
+        outputs: dict[str, Any] = {}
+        with self._device:
+            for name in self.input_names:
+                if name not in inputs:
+                    raise ValueError(f"inputs: missing {name!r} (inputs: {self.input_names})")
+                array = cupy.ascontiguousarray(inputs[name], dtype=self._dtypes[name])
+                inputs = {**inputs, name: array}
+                if not context.set_input_shape(name, tuple(array.shape)):
+                    raise ValueError(
+                        f"inputs: shape {array.shape} of {name!r} is outside the plan's profile"
+                    )
+                context.set_tensor_address(name, array.data.ptr)
+            for name in self.output_names:
+                shape = tuple(context.get_tensor_shape(name))
+                outputs[name] = cupy.empty(shape, dtype=self._dtypes[name])
+                context.set_tensor_address(name, outputs[name].data.ptr)
+            if not context.execute_async_v3(self._stream.ptr):
+                raise RuntimeError("TensorRT execution failed (see TensorRT log)")
+        return outputs
+
+    def infer(
+        self,
+        inputs: Mapping[str, np.ndarray] | np.ndarray,
+        outputs: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Host in, host out (the ``OnnxRunner`` contract)."""
+        if isinstance(inputs, np.ndarray):
+            if len(self.input_names) != 1:
+                raise ValueError(f"inputs: the plan has inputs {self.input_names}; pass a dict")
+            inputs = {self.input_names[0]: inputs}
+        names = list(outputs) if outputs is not None else self.output_names
+        unknown = [n for n in names if n not in self.output_names]
+        if unknown:
+            raise ValueError(f"outputs: {unknown} not in the plan's outputs {self.output_names}")
+        with self._device:
+            device_in = {k: self._cupy.asarray(v) for k, v in inputs.items()}
+            result = self.infer_device(device_in)
+            self._stream.synchronize()
+            return {n: self._cupy.asnumpy(result[n]) for n in names}
+
+    def close(self) -> None:
+        """Release the context and engine (idempotent)."""
+        self._context = None
+        self._engine = None
+
+    def __enter__(self) -> TensorRTRunner:
+        self._require_engine()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 def open_engine(
-    bundle: Bundle, providers: Sequence[str] | str = ("cpu",), threads: int | None = None
-) -> OnnxRunner:
-    """The runner for a bundle's graph. The place where a TensorRT plan runner will be chosen."""
-    # A runner over bundle.manifest["engine"]["tensorrt"] (a serialised plan) goes here when it
-    # exists; it must offer the same infer()/close() as OnnxRunner.
-    return OnnxRunner(bundle.onnx_path, providers=providers, threads=threads)
+    bundle: Bundle,
+    providers: Sequence[str] | str = ("best",),
+    threads: int | None = None,
+    environment: EngineEnvironment | None = None,
+) -> OnnxRunner | TensorRTRunner:
+    """The runner for a bundle: its TensorRT plan or its ONNX graph, chosen by
+    :func:`choose_engine` (``providers``: ``"best"``, engine names or ORT provider names).
+
+    A plan that cannot be used here (other GPU, other TensorRT, no tensorrt package) is not an
+    error: the ONNX graph runs instead, with a ``RuntimeWarning`` and a log warning saying why.
+    """
+    names = [providers] if isinstance(providers, str) else list(providers)
+    wants_trt = any(isinstance(n, str) and n.lower() in ("best", "tensorrt", "trt") for n in names)
+    if environment is None:
+        if wants_trt:
+            environment = current_environment()
+        else:  # a plain ORT request: do not import tensorrt/cupy for nothing
+            environment = EngineEnvironment(ort_providers=tuple(available_providers()))
+    choice = choose_engine(names, bundle.manifest, environment)
+    explicit_trt = any(isinstance(n, str) and n.lower() in ("tensorrt", "trt") for n in names)
+    for message in choice.warnings:
+        # "best" quietly skips a missing plan; an explicit request for TensorRT, or a plan the
+        # bundle has but this machine refuses, is worth a warning.
+        has_plan = bool(bundle.manifest.get("engine", {}).get("tensorrt"))
+        if explicit_trt or has_plan:
+            log.warning("%s: %s", bundle.root, message)
+            warnings.warn(f"{bundle.root}: {message}", RuntimeWarning, stacklevel=2)
+    if choice.engine == "tensorrt":
+        assert choice.plan is not None
+        return TensorRTRunner(bundle.path(choice.plan))
+    return OnnxRunner(bundle.onnx_path, providers=list(choice.providers), threads=threads)

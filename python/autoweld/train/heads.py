@@ -67,6 +67,12 @@ class ExportHead(nn.Module):
         (a head that trains for several epochs may walk them many times)."""
         raise NotImplementedError
 
+    def fit_validation(self, extractor: FeatureExtractor, batches: Sequence[Tensor]) -> None:
+        """After :meth:`fit`: fit what a head takes from the held-out *normal* validation images
+        (the student-teacher's map quantiles, the feature autoencoder's mean + 3 sigma
+        threshold). ``batches`` as in :meth:`fit`; never test images. Default: nothing."""
+        del extractor, batches
+
     def feature_map_size(self, image_size: int) -> tuple[int, int]:
         """[h, w] of this head's score map for an S x S input."""
         raise NotImplementedError
@@ -117,7 +123,11 @@ def register_head(name: str) -> Callable[[HeadFactory], HeadFactory]:
 
 
 # Modules whose import registers heads (a new head module adds its name here).
-HEAD_MODULES: tuple[str, ...] = ("autoweld.train.patchcore",)
+HEAD_MODULES: tuple[str, ...] = (
+    "autoweld.train.patchcore",
+    "autoweld.train.student_teacher",
+    "autoweld.train.feature_ae",
+)
 
 
 def _ensure_builtin_heads() -> None:

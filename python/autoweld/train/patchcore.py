@@ -88,8 +88,15 @@ class PatchCoreHead(ExportHead):
     kind = "knn"
     output_name = "patchcore_embeddings"
 
-    def __init__(self, channels: tuple[int, int], settings: PatchCoreSettings, seed: int = 0):
+    def __init__(
+        self,
+        channels: tuple[int, int],
+        settings: PatchCoreSettings,
+        seed: int = 0,
+        stride: int = 8,
+    ) -> None:
         super().__init__()
+        self.stride = int(stride)  # of the shallower tap: sets the patch grid
         self.settings = settings
         self.seed = seed
         self.in_dim = int(sum(channels))
@@ -120,8 +127,8 @@ class PatchCoreHead(ExportHead):
         return patches
 
     def feature_map_size(self, image_size: int) -> tuple[int, int]:
-        # The shallow tap has stride 8 (verified by the backbone tests); SAME/odd padding rounds up.
-        side = -(-image_size // 8)
+        # The grid of the shallower tap; SAME / odd padding rounds up.
+        side = -(-image_size // self.stride)
         return (side, side)
 
     @torch.no_grad()
@@ -214,4 +221,5 @@ def _build_patchcore(context: HeadContext) -> ExportHead:
         context.channels,
         PatchCoreSettings.from_mapping(dict(context.settings)),
         seed=context.seed,
+        stride=context.strides[0],
     )

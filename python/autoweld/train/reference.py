@@ -228,6 +228,7 @@ def save_reference(
     config = {
         "format_version": REFERENCE_FORMAT_VERSION,
         "backbone": graph.extractor.name,
+        "layers": list(graph.extractor.layers),
         "weights": graph.extractor.weights,
         "weights_sha256": graph.extractor.weights_sha256,
         "image_size": int(image_size),
@@ -254,7 +255,9 @@ def load_reference(path: str | Path, bundle_dir: str | Path) -> TorchReference:
             f"reference: {path} has format_version {config.get('format_version')!r}, "
             f"expected {REFERENCE_FORMAT_VERSION}"
         )
-    extractor = assemble_backbone(config["backbone"], config["weights"], config["weights_sha256"])
+    extractor = assemble_backbone(
+        config["backbone"], config["weights"], config["weights_sha256"], config["layers"]
+    )
     heads = [
         build_head(name, HeadContext(extractor, config["image_size"], settings, config["seed"]))
         for name, settings in config["heads"].items()

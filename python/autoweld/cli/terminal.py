@@ -1,0 +1,170 @@
+"""``autoweld-terminal``: the operator terminal, a local web page the line runs from.
+
+Starts the station (bundle, ledger, optional PLC link), watches the camera folder if given, and
+serves the page on ``http://HOST:PORT/``. Exit status 2 for a usage error (missing signing key,
+ledger or PLC URL that cannot be opened, watched folder that does not exist, terminal extra not
+installed); a bundle that is refused does not stop the terminal: every part then FAILS, with the
+reason recorded and shown on the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+log = logging.getLogger("autoweld.terminal")
+
+EXIT_USAGE = 2
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return number
+
+
+def _port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {number}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoweld-terminal",
+        description="Operator terminal: inspect images from a camera folder or uploads, signal "
+        "the PLC, write the signed ledger, and show it all on a local web page.",
+    )
+    parser.add_argument("--bundle", required=True, help="bundle directory")
+    parser.add_argument(
+        "--ledger", required=True, help="quality ledger URL (sqlite:///path or postgresql://...)"
+    )
+    parser.add_argument("--plc", help="PLC URL (tcp://host:port or modbus://host:port?...)")
+    parser.add_argument("--watch", help="camera folder: new images in it are inspected")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (127.0.0.1)")
+    parser.add_argument("--port", type=_port, default=8080, help="port to serve on (8080)")
+    parser.add_argument(
+        "--station",
+        default=os.environ.get("AUTOWELD_STATION_ID") or socket.gethostname(),
+        help="station id for the records (default: $AUTOWELD_STATION_ID or the host name)",
+    )
+    parser.add_argument(
+        "--plc-timeout",
+        type=_positive_float,
+        default=0.05,
+        help="seconds the PLC may take to confirm a signal (0.05)",
+    )
+    parser.add_argument("--heatmap-dir", help="also save every heat-map picture here (recorded)")
+    parser.add_argument(
+        "--providers", nargs="+", default=["cpu"], help="execution providers (cpu, cuda, ...)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    parser.add_argument(
+        "--settle", type=_positive_float, default=0.5, help="seconds a file's size must hold still"
+    )
+    parser.add_argument(
+        "--poll", type=_positive_float, default=0.2, help="seconds between looks at --watch"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every inspection")
+    return parser
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: serve until interrupted; 2 for a usage error."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+    def usage(message: str) -> int:
+        parser.print_usage(sys.stderr)
+        print(f"autoweld-terminal: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    try:
+        import uvicorn
+
+        from autoweld.terminal.app import create_app
+    except ImportError as error:
+        return usage(f"the terminal needs its extra: pip install 'autoweld[terminal]' ({error})")
+    from autoweld.runtime.engine import resolve_providers
+    from autoweld.terminal.station import Station, StationConfig, check_part_id
+    from autoweld.terminal.watcher import FolderWatcher, WatchConfig
+
+    try:
+        check_part_id(args.station)  # same rules: printable, non-empty
+        resolve_providers(args.providers)
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        if args.watch is not None and not Path(args.watch).is_dir():
+            raise ValueError(f"--watch {args.watch!r} is not a directory")
+        config = StationConfig(
+            bundle_dir=Path(args.bundle),
+            ledger_url=args.ledger,
+            station_id=args.station,
+            plc_url=args.plc,
+            plc_timeout_s=args.plc_timeout,
+            heatmap_dir=Path(args.heatmap_dir) if args.heatmap_dir else None,
+            providers=tuple(args.providers),
+            threads=args.threads,
+        )
+        station = Station(config)
+    except Exception as error:  # noqa: BLE001 - missing key, bad URL, ... : say which
+        return usage(str(error))
+
+    watcher = None
+    try:
+        station.start()
+        if args.watch is not None:
+            watcher = FolderWatcher(
+                WatchConfig(Path(args.watch), poll_s=args.poll, settle_s=args.settle),
+                station.submit,
+            ).start()
+        app = create_app(
+            station, watch_folder=str(Path(args.watch).resolve()) if args.watch else None
+        )
+        if not _is_loopback(args.host):
+            log.warning(
+                "serving on %s: the page has no login; anyone who can reach it can see the "
+                "ledger and upload images for inspection",
+                args.host,
+            )
+        print(f"autoweld-terminal: http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        station.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The watched folder: the stand-in for a camera that writes one image file per part.
+
+A camera (or the program that fetches its pictures) writes files into the folder; each new image
+is inspected once, with the file name's stem as the part id (``VIN-00042.png`` -> ``VIN-00042``).
+
+Half-written files are never inspected, by two rules (use the first where you can):
+
+1. **Rename convention** — names starting with ``.`` or ending in ``.tmp`` / ``.part`` /
+   ``.partial`` are ignored; a writer that writes ``.VIN-1.png`` (or ``VIN-1.png.tmp``) and then
+   renames it to ``VIN-1.png`` hands over a complete file atomically.
+2. **Stable size** — any other image is taken only once its size and modification time have not
+   changed for ``settle_s`` seconds (and it is not empty, unless it stays empty for
+   ``empty_s`` seconds: then it is inspected and recorded as a FAIL, so a camera fault is seen).
+
+Should a file still be cut short, the decoder detects the truncated PNG/JPEG/BMP and the part is
+a recorded FAIL, never a pass. After its inspection a file is moved into ``DIR/inspected/`` (so a
+restart does not inspect it again); files already there when the terminal starts are inspected
+(they arrived while it was down). Polling, not inotify: it works the same on local disks and on
+network shares, and costs one directory listing per ``poll_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoweld.data.mvtec import IMAGE_SUFFIXES
+
+__all__ = ["FolderWatcher", "WatchConfig", "is_candidate"]
+
+log = logging.getLogger(__name__)
+
+INSPECTED = "inspected"
+_IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+
+
+def is_candidate(name: str) -> bool:
+    """Whether a file name in the watched folder is an image ready to be considered."""
+    lower = name.lower()
+    if name.startswith(".") or lower.endswith(_IGNORED_SUFFIXES):
+        return False
+    return Path(lower).suffix in IMAGE_SUFFIXES and bool(Path(name).stem.strip())
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """How the folder is watched."""
+
+    folder: Path
+    poll_s: float = 0.2
+    settle_s: float = 0.5
+    empty_s: float = 10.0
+    move_done: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("poll_s", "settle_s", "empty_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+Submit = Callable[..., "Future[Any]"]
+
+
+class FolderWatcher:
+    """Polls ``config.folder`` and submits each complete new image once.
+
+    ``submit(part_id, path=..., source="camera")`` is :meth:`Station.submit`; the watcher moves a
+    file into ``inspected/`` when its job is done (whatever the decision).
+    """
+
+    def __init__(self, config: WatchConfig, submit: Submit) -> None:
+        folder = Path(config.folder)
+        if not folder.is_dir():
+            raise ValueError(f"--watch {str(folder)!r} is not a directory")
+        self.config = config
+        self.folder = folder
+        self.done_dir = folder / INSPECTED
+        self._submit = submit
+        # name -> (size, mtime_ns, time first seen with this size/mtime)
+        self._seen: dict[str, tuple[int, int, float]] = {}
+        self._submitted: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors = 0
+
+    def start(self) -> FolderWatcher:
+        if self.config.move_done:
+            self.done_dir.mkdir(exist_ok=True)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="autoweld-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - a listing hiccup must not stop the camera input
+                self.errors += 1
+                log.exception("watching %s failed; retrying", self.folder)
+            self._stop.wait(self.config.poll_s)
+
+    def poll(self, now: float | None = None) -> list[str]:
+        """One look at the folder; returns the names submitted now (also used by tests)."""
+        now = time.monotonic() if now is None else now
+        present: set[str] = set()
+        ready: list[tuple[str, tuple[int, int]]] = []
+        with os.scandir(self.folder) as entries:
+            for entry in entries:
+                if not is_candidate(entry.name):
+                    continue
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    stat = entry.stat(follow_symlinks=False)
+                except OSError:  # vanished between listing and stat
+                    continue
+                name = entry.name
+                present.add(name)
+                signature = (stat.st_size, stat.st_mtime_ns)
+                with self._lock:
+                    if self._submitted.get(name) == signature:
+                        continue  # in the queue, or done but could not be moved away
+                    seen = self._seen.get(name)
+                    if seen is None or seen[:2] != signature:
+                        self._seen[name] = (*signature, now)
+                        continue
+                    waited = now - seen[2]
+                    needed = self.config.settle_s if stat.st_size > 0 else self.config.empty_s
+                    if waited < needed:
+                        continue
+                    del self._seen[name]
+                    self._submitted[name] = signature
+                ready.append((name, signature))
+        with self._lock:
+            for name in set(self._seen) - present:
+                del self._seen[name]
+        ready.sort()  # a camera's file names usually sort in shot order
+        for name, signature in ready:
+            path = self.folder / name
+            try:
+                future = self._submit(Path(name).stem.strip(), path=path, source="camera")
+            except ValueError as error:
+                log.error("%s not inspected: %s", path, error)
+                continue
+            future.add_done_callback(lambda f, n=name, s=signature: self._finished(f, n, s))
+        return [name for name, _ in ready]
+
+    def _finished(self, future: Future[Any], name: str, signature: tuple[int, int]) -> None:
+        """Move an inspected file out of the way; if that fails, remember not to redo it.
+
+        A job that was never inspected (the terminal shut down first) leaves its file where it
+        is, so the next start inspects it."""
+        if future.cancelled() or future.exception() is not None:
+            log.warning("%s was not inspected; left in place for the next start", name)
+            with self._lock:
+                self._submitted.pop(name, None)
+            return
+        if not self.config.move_done:
+            return
+        source = self.folder / name
+        target = self.done_dir / name
+        counter = 1
+        while target.exists():
+            target = self.done_dir / f"{Path(name).stem}.{counter}{Path(name).suffix}"
+            counter += 1
+        try:
+            source.replace(target)
+        except OSError as error:
+            log.warning("%s inspected but not moved to %s: %s", source, self.done_dir, error)
+            return
+        with self._lock:
+            if self._submitted.get(name) == signature:
+                del self._submitted[name]

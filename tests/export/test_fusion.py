@@ -1,0 +1,282 @@
+"""Multi-head fusion: SLSQP weights, export without touching the test split, every --models subset
+exported and scored by the runtime exactly as by the torch reference."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import autoweld.data
+from autoweld import native
+from autoweld.train.calibration import fit_fusion_weights, fit_platt, platt
+
+HEADS = ("patchcore", "student_teacher", "feature_ae")
+SIZE = 64
+
+needs_data = pytest.mark.skipif(
+    not hasattr(autoweld.data, "load_category"),
+    reason="autoweld.data.load_category (branch data-weld) is not merged yet",
+)
+needs_runtime = pytest.mark.skipif(
+    importlib.util.find_spec("autoweld.runtime.inspector") is None,
+    reason="autoweld.runtime.inspector (branch runtime) is not merged yet",
+)
+
+
+def _bce(p: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+# ---- fusion weights ----------------------------------------------------------------------------
+
+
+def test_slsqp_weights_are_a_convex_mix_no_worse_than_any_single_model():
+    """Two detectors with complementary blind spots: A sees defect type 1 only, B type 2 only.
+    Each gets its own Platt scaling; the fused probability must beat both on BCE."""
+    rng = np.random.default_rng(0)
+    n = 200
+    kind = np.repeat([0, 1, 2], n)  # 0 normal, 1 and 2 two defect types
+    labels = (kind > 0).astype(np.int64)
+    score_a = rng.normal(0, 1, kind.size) + np.where(kind == 1, 4.0, 0.0)
+    score_b = rng.normal(0, 1, kind.size) + np.where(kind == 2, 4.0, 0.0)
+    probabilities = np.stack([platt(s, *fit_platt(s, labels)) for s in (score_a, score_b)], axis=1)
+    weights = fit_fusion_weights(probabilities, labels)
+    assert weights.shape == (2,)
+    assert (weights >= 0).all()
+    assert weights.sum() == pytest.approx(1.0, abs=1e-9)
+    fused = _bce(probabilities @ weights, labels)
+    singles = [_bce(probabilities[:, j], labels) for j in range(2)]
+    assert fused <= min(singles) + 1e-9
+    assert fused < min(singles) - 0.02  # here the mix is clearly better, not merely equal
+    assert weights.min() > 0.2  # both detectors are needed
+
+
+def test_slsqp_gives_a_useless_model_no_weight_and_matches_the_good_one():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 150)
+    good = labels * 3.0 + rng.normal(0, 1, labels.size)
+    noise = rng.normal(0, 1, labels.size)
+    probabilities = np.stack(
+        [platt(s, *fit_platt(s, labels)) for s in (good, noise, good + noise)], axis=1
+    )
+    weights = fit_fusion_weights(probabilities, labels)
+    assert (weights >= 0).all() and weights.sum() == pytest.approx(1.0, abs=1e-9)
+    assert weights[1] < 0.05
+    fused = _bce(probabilities @ weights, labels)
+    assert fused <= min(_bce(probabilities[:, j], labels) for j in range(3)) + 1e-9
+
+
+# ---- end-to-end export on a tiny category --------------------------------------------------------
+
+
+def _texture(rng: np.random.Generator, size: int = 96) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    stripes = np.sin((x + y) * 0.3 + rng.uniform(0, 2 * np.pi))
+    base = 128 + 60 * stripes + rng.normal(0, 8, (size, size))
+    return np.clip(np.repeat(base[..., None], 3, axis=2), 0, 255).astype(np.uint8)
+
+
+def _write_category(root: Path, seed: int = 0) -> Path:
+    """A tiny MVTec-layout category 'plate' whose test split exists and must never be opened."""
+    rng = np.random.default_rng(seed)
+    category = root / "plate"
+    for folder in ("train/good", "test/good", "test/scratch", "ground_truth/scratch"):
+        (category / folder).mkdir(parents=True)
+    for i in range(12):
+        cv2.imwrite(str(category / "train" / "good" / f"{i:03d}.png"), _texture(rng))
+    for i in range(3):
+        cv2.imwrite(str(category / "test" / "good" / f"{i:03d}.png"), _texture(rng))
+        image = _texture(rng)
+        mask = np.zeros(image.shape[:2], np.uint8)
+        cv2.line(image, (20, 30 + 10 * i), (70, 40 + 10 * i), (20, 20, 20), 3)
+        cv2.line(mask, (20, 30 + 10 * i), (70, 40 + 10 * i), 255, 3)
+        cv2.imwrite(str(category / "test" / "scratch" / f"{i:03d}.png"), image)
+        cv2.imwrite(str(category / "ground_truth" / "scratch" / f"{i:03d}_mask.png"), mask)
+    return category
+
+
+def _write_recipe(path: Path) -> Path:
+    path.write_text(
+        """
+category = "plate"
+profile = "efficientnet_lite0"
+seed = 0
+[preprocess]
+clahe = false
+[calibration]
+val_fraction = 0.34
+anomalies_per_image = 2
+[efficientnet_lite0]
+backbone = "efficientnet_lite0"
+image_size = 64
+mean = [0.5, 0.5, 0.5]
+std = [0.5, 0.5, 0.5]
+models = ["patchcore", "student_teacher", "feature_ae"]
+batch_size = 4
+[efficientnet_lite0.patchcore]
+coreset_ratio = 0.5
+coreset_max = 200
+[efficientnet_lite0.student_teacher]
+steps = 6
+batch_size = 4
+[efficientnet_lite0.feature_ae]
+steps = 6
+batch_size = 4
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+class _OpenRecorder:
+    """Records every file the process opens while active: Python's ``open`` audit event (covers
+    open(), Path.open, io, np.load and np.fromfile) plus ``cv2.imread``, which opens in C.
+    Audit hooks cannot be removed, so one hook is installed once and switched on and off."""
+
+    installed = False
+    active = False
+    paths: list[str] = []
+
+    @classmethod
+    def _hook(cls, event: str, args: tuple) -> None:
+        if cls.active and event == "open" and args and isinstance(args[0], (str, bytes, Path)):
+            cls.paths.append(
+                str(Path(args[0] if not isinstance(args[0], bytes) else args[0].decode()))
+            )
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        if not _OpenRecorder.installed:
+            sys.addaudithook(_OpenRecorder._hook)
+            _OpenRecorder.installed = True
+        real_imread = cv2.imread
+
+        def imread(filename, *args, **kwargs):
+            if _OpenRecorder.active:
+                _OpenRecorder.paths.append(str(Path(filename)))
+            return real_imread(filename, *args, **kwargs)
+
+        monkeypatch.setattr(cv2, "imread", imread)
+
+    def __enter__(self) -> list[str]:
+        _OpenRecorder.paths = []
+        _OpenRecorder.active = True
+        return _OpenRecorder.paths
+
+    def __exit__(self, *exc: object) -> None:
+        _OpenRecorder.active = False
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: intra-op threads cost more than they gain on a shared two-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _export(tmp_path: Path, models: list[str]):
+    from autoweld.export.pipeline import ExportOptions, export_category
+
+    category = _write_category(tmp_path / "data")
+    recipe = _write_recipe(tmp_path / "plate.toml")
+    options = ExportOptions(
+        category="plate",
+        data_root=tmp_path / "data",
+        out_dir=tmp_path / "out",
+        recipe=recipe,
+        models=models,
+        save_reference=False,
+    )
+    return category, export_category(options)
+
+
+def _check_runtime_matches_reference(result, category: Path, models: list[str]) -> None:
+    """The runtime scores the bundle as the torch reference does: per head and fused."""
+    from autoweld.runtime.inspector import Inspector
+    from autoweld.train.reference import TorchReference
+
+    paths = sorted((category / "test").rglob("*.png"))
+    images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
+    reference = TorchReference.from_bundle(result.bundle_dir, result.graph)
+    spec = result.bundle.preprocess
+    batch = torch.from_numpy(
+        np.stack([native.preprocess(image, spec.size, **spec.as_kwargs()) for image in images])
+    )
+    want = reference.score(batch)
+    with Inspector(result.bundle_dir) as inspector:
+        got = inspector.inspect_batch(images)
+    for i, inspection in enumerate(got):
+        assert inspection.error is None, inspection.error
+        assert sorted(inspection.scores) == sorted(models)
+        for name in models:
+            assert inspection.scores[name] == pytest.approx(
+                float(want.scores[name][i]), rel=1e-4, abs=1e-4
+            ), name
+        assert inspection.probability == pytest.approx(float(want.fused[i]), abs=1e-4)
+        assert 0.0 <= inspection.probability <= 1.0
+
+
+@needs_data
+def test_export_never_opens_a_file_under_test(tmp_path, monkeypatch):
+    recorder = _OpenRecorder(monkeypatch)
+    with recorder as opened:
+        category, result = _export(tmp_path, list(HEADS))
+    category = category.resolve()
+    resolved = [Path(p).resolve() for p in opened]
+    train_reads = [p for p in resolved if p.is_relative_to(category / "train")]
+    assert len(train_reads) >= 12, "the recorder saw the training images being read"
+    forbidden = [
+        p
+        for p in resolved
+        if p.is_relative_to(category / "test") or p.is_relative_to(category / "ground_truth")
+    ]
+    assert forbidden == []
+    assert not any("/test/" in p for p in opened)
+
+    manifest = json.loads((result.bundle_dir / "manifest.json").read_text())
+    assert sorted(manifest["models"]) == sorted(HEADS)
+    data = manifest["calibration_data"]
+    assert data["source"] == "synthesised"
+    assert data["n_normal"] == 4 and data["n_anomalous"] == 8
+    weights = manifest["fusion"]["weights"]
+    assert sorted(weights) == sorted(HEADS)
+    assert all(w >= 0 for w in weights.values())
+    assert sum(weights.values()) == pytest.approx(1.0, abs=1e-9)
+    assert manifest["fusion"]["threshold_method"] == "best_f1"
+    ae = manifest["models"]["feature_ae"]
+    assert ae["kind"] == "map" and ae["output"] == "feature_ae_map"
+    assert ae["threshold_rule"] == "mean+3sigma" and np.isfinite(ae["threshold"])
+    assert ae["threshold_stats"]["n_normal"] == 4
+    st = manifest["models"]["student_teacher"]
+    assert st["kind"] == "map" and st["feature_map"] == [8, 8]
+    assert st["quantiles"]["local"][1] > st["quantiles"]["local"][0]
+
+
+SUBSETS = [list(c) for r in range(1, len(HEADS) + 1) for c in itertools.combinations(HEADS, r)]
+
+
+@needs_data
+@needs_runtime
+@pytest.mark.parametrize(
+    "models",
+    [
+        pytest.param(s, id="+".join(s), marks=() if len(s) == len(HEADS) else pytest.mark.slow)
+        for s in SUBSETS
+    ],
+)
+def test_every_models_subset_exports_and_the_runtime_scores_it(tmp_path, models):
+    category, result = _export(tmp_path, models)
+    manifest = json.loads((result.bundle_dir / "manifest.json").read_text())
+    assert sorted(manifest["models"]) == sorted(models)
+    assert set(manifest["fusion"]["weights"]) == set(models)
+    _check_runtime_matches_reference(result, category, models)
