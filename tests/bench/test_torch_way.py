@@ -183,3 +183,18 @@ def test_run_bench_with_reference_reports_consistent_ratios(exported):
     assert agreement["max_abs_probability_diff"] < 2e-2
     assert ref["inspections"]["failed_inspections"] == 0
     assert "torch p50" in markdown_report(report)
+
+
+def test_a_reference_file_from_another_version_is_a_clear_error(exported, tmp_path):
+    import torch
+
+    from autoweld.bench.torch_way import TorchWay
+
+    bundle_dir, _ = exported
+    saved = torch.load(bundle_dir.parent / "unit.reference.pt", weights_only=True)
+    config = json.loads(saved["config"])
+    del config["layers"]  # as written before the reference recorded the taps
+    old = tmp_path / "old.reference.pt"
+    torch.save({"config": json.dumps(config), "state_dict": saved["state_dict"]}, old)
+    with pytest.raises(ValueError, match="cannot be loaded.*re-export"):
+        TorchWay(bundle_dir, reference_file=old, threads=1)

@@ -128,7 +128,14 @@ class TorchWay:
         if reference_file is None:
             reference_file = find_reference_file(self.bundle_dir, manifest["category"])
         if reference_file is not None:
-            self.reference = load_reference(reference_file, self.bundle_dir)
+            try:
+                self.reference = load_reference(reference_file, self.bundle_dir)
+            except (KeyError, TypeError, RuntimeError) as error:
+                # e.g. a reference file written by an older autoweld that lacks a key
+                raise ValueError(
+                    f"reference file {reference_file} cannot be loaded ({type(error).__name__}: "
+                    f"{error}); re-export the bundle with this autoweld, or pass --no-reference"
+                ) from None
             self.model_source = f"reference file {reference_file}"
         else:
             log.warning(
