@@ -64,6 +64,20 @@ def test_runner_rejects_bad_threads():
             OnnxRunner(make_graph(), threads=bad)
 
 
+def test_runner_workers_do_not_spin_unless_asked():
+    """Idle ORT workers must not busy-wait: they would take the cores from the Inspector's own
+    kNN and preprocessing threads (see autoweld-bench)."""
+
+    def spinning(runner: OnnxRunner) -> str:
+        options = runner._session.get_session_options()
+        return options.get_session_config_entry("session.intra_op.allow_spinning")
+
+    with OnnxRunner(make_graph(), threads=1) as runner:
+        assert spinning(runner) == "0"
+    with OnnxRunner(make_graph(), threads=1, spinning=True) as runner:
+        assert spinning(runner) == "1"
+
+
 def test_open_engine_for_bundle(tiny_bundle):
     bundle = load_bundle(tiny_bundle)
     with open_engine(bundle, providers=["cpu"], threads=1) as runner:

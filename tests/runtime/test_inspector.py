@@ -310,3 +310,24 @@ def test_file_replaced_after_load_bundle_is_refused(tiny_bundle, name):
     path.write_bytes(bytes(data))
     with pytest.raises(BundleError, match=rf"{name.replace('.', '[.]')}: sha256"):
         Inspector(bundle)
+
+
+def test_threads_reach_every_threaded_kernel(tiny_bundle, monkeypatch):
+    """Inspector(threads=N) runs the kNN search on N threads too (autoweld-bench compares sides
+    at one thread count; the search used to take every core)."""
+    calls = []
+
+    class Spy:
+        def __init__(self, index):
+            self.index = index
+
+        def search(self, queries, k, threads=None):
+            calls.append(threads)
+            return self.index.search(queries, k, threads=threads)
+
+    with Inspector(tiny_bundle, threads=1) as inspector:
+        index, bank, neighbours = inspector._knn["patchcore"]
+        monkeypatch.setitem(inspector._knn, "patchcore", (Spy(index), bank, neighbours))
+        result = inspector.inspect(normal_image(1))
+    assert result.error is None
+    assert calls == [1]

@@ -332,7 +332,7 @@ class Inspector:
                 if i in bad:
                     continue
                 embeddings = np.ascontiguousarray(out[i], dtype=np.float32)
-                distances, indices = index.search(embeddings, 1)
+                distances, indices = index.search(embeddings, 1, threads=self.threads)
                 maps[i] = distances[:, 0].reshape(h, w)
                 scores[i] = native.patchcore_score(embeddings, distances, indices, bank, neighbours)
             patch_maps[name] = maps

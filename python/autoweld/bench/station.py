@@ -1,0 +1,204 @@
+"""The station end of an inspection for the benchmark: PLC signal and signed ledger record.
+
+Both sides of the benchmark (the runtime and the torch way) hand their decision to the same
+:class:`StationSink`, so these two stages cost the same on both sides and the ratios compare
+only what differs. By default the sink uses a temporary SQLite ledger signed with a key
+generated for the run (never a station key) and a loopback one-byte PLC started here
+(:class:`LoopbackPlc`), which echoes each byte like a real controller with ``ack=echo``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from autoweld import __version__
+from autoweld.quality import InspectionRecord, KeyRing, Ledger, PlcLink, open_ledger, open_plc
+
+__all__ = ["LoopbackPlc", "StationSink", "StationTimings"]
+
+log = logging.getLogger(__name__)
+
+
+class LoopbackPlc:
+    """A one-byte TCP PLC on 127.0.0.1: echoes every byte it receives (``ack=echo``).
+
+    Runs on a daemon thread with blocking sockets (no polling), so it costs nothing while idle.
+    ``received`` counts the bytes received (each one is echoed). A context manager; :meth:`stop` closes everything.
+    """
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._server.getsockname()[1]
+        self.received = 0
+        self._connections: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="loopback-plc", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}?ack=echo"
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return  # closed by stop()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._connections.append(conn)
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        while True:
+            try:
+                data = conn.recv(1)
+                if not data:
+                    return
+                with self._lock:  # counted before the echo: a sender that got it sees the count
+                    self.received += 1
+                conn.sendall(data)
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        """Close the listening socket and every connection (idempotent)."""
+        self._stopped.set()
+        # shutdown wakes a thread blocked in accept() on Linux; close alone may not
+        for sock in [self._server, *self._connections]:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        self._thread.join(2.0)
+
+    def __enter__(self) -> LoopbackPlc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class StationTimings:
+    """Milliseconds of the two station stages of one inspection, and what happened."""
+
+    record_ms: float
+    plc_ms: float
+    delivered: bool | None
+    seq: int | None
+
+
+class StationSink:
+    """PLC send then ledger append (the order of ``autoweld.quality.signal_and_record``), each
+    timed on its own.
+
+    ``ledger_url``: ``None`` for a temporary SQLite ledger with a key generated for this run;
+    otherwise the URL is opened with the station's key from the environment
+    (``AUTOWELD_SECRET_KEY``). ``plc_url``: ``None`` starts a :class:`LoopbackPlc`. ``bundle_sha256``
+    goes into every record. Call :meth:`close` (or use as a context manager).
+    """
+
+    def __init__(
+        self,
+        bundle_sha256: str,
+        ledger_url: str | None = None,
+        plc_url: str | None = None,
+        station_id: str = "autoweld-bench",
+        plc_timeout_s: float = 0.05,
+    ) -> None:
+        self.bundle_sha256 = bundle_sha256
+        self.station_id = station_id
+        self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+        self._plc_server: LoopbackPlc | None = None
+        self.ledger: Ledger
+        self.link: PlcLink
+        if ledger_url is None:
+            self._tempdir = tempfile.TemporaryDirectory(prefix="autoweld-bench-")
+            path = Path(self._tempdir.name) / "ledger.db"
+            keys = KeyRing.from_secret(secrets.token_hex(32), key_id="bench-test-key")
+            self.ledger = open_ledger(f"sqlite:///{path}", keys=keys)
+            self.ledger_description = (
+                "temporary SQLite ledger, signed with a test key generated for this run"
+            )
+        else:
+            self.ledger = open_ledger(ledger_url)
+            self.ledger_description = f"{ledger_url} (station key from the environment)"
+        try:
+            if plc_url is None:
+                self._plc_server = LoopbackPlc()
+                plc_url = self._plc_server.url
+                self.plc_description = "loopback one-byte TCP PLC (echo) started by the bench"
+            else:
+                self.plc_description = plc_url
+            self.link = open_plc(plc_url, timeout=plc_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+        self._part = 0
+
+    @property
+    def plc_received(self) -> int | None:
+        """Bytes the loopback PLC echoed (None with an external PLC)."""
+        return self._plc_server.received if self._plc_server is not None else None
+
+    def deliver(self, result: Any) -> StationTimings:
+        """Signal ``result.decision`` and append its record. ``result``: an object with
+        ``decision``, ``probability``, ``scores``, ``probabilities``, ``threshold``, ``error``
+        (an :class:`~autoweld.runtime.inspector.InspectionResult` or the torch way's result)."""
+        self._part += 1
+        start = time.perf_counter()
+        record = InspectionRecord(
+            station_id=self.station_id,
+            part_id=f"bench-{self._part:06d}",
+            bundle_sha256=self.bundle_sha256,
+            package_version=__version__,
+            scores=result.scores,
+            probabilities=result.probabilities,
+            fused_probability=result.probability if result.error is None else None,
+            threshold=result.threshold,
+            decision=result.decision,
+            error=result.error,
+        )
+        build_ms = (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
+        delivered = self.link.send(record.decision)
+        plc_ms = (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
+        stored = self.ledger.append(replace(record, plc_delivered=delivered))
+        record_ms = build_ms + (time.perf_counter() - start) * 1e3
+        return StationTimings(
+            record_ms=record_ms, plc_ms=plc_ms, delivered=delivered, seq=int(stored.seq)
+        )
+
+    def close(self) -> None:
+        """Close the link, the ledger and the loopback PLC; remove the temporary ledger."""
+        link = getattr(self, "link", None)
+        if link is not None:
+            link.close()
+        ledger = getattr(self, "ledger", None)
+        if ledger is not None:
+            ledger.close()
+        if self._plc_server is not None:
+            self._plc_server.stop()
+            self._plc_server = None
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+            self._tempdir = None
+
+    def __enter__(self) -> StationSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,64 @@
+import socket
+from pathlib import Path
+
+import pytest
+
+from autoweld.bench.station import LoopbackPlc, StationSink
+from autoweld.runtime.inspector import InspectionResult, failed_result
+
+
+def _result(decision: str = "PASS", probability: float = 0.2) -> InspectionResult:
+    return InspectionResult(
+        decision=decision,
+        probability=probability,
+        scores={"patchcore": 1.5},
+        probabilities={"patchcore": probability},
+        threshold=0.5,
+    )
+
+
+def test_loopback_plc_echoes_each_byte():
+    with LoopbackPlc() as plc:
+        with socket.create_connection(("127.0.0.1", plc.port), timeout=2) as conn:
+            for byte in (b"\x00", b"\x01", b"\x00"):
+                conn.sendall(byte)
+                assert conn.recv(1) == byte
+        assert plc.received == 3
+        assert plc.url == f"tcp://127.0.0.1:{plc.port}?ack=echo"
+
+
+def test_sink_signals_then_writes_a_signed_record():
+    sink = StationSink("a" * 64)
+    ledger_dir = Path(sink._tempdir.name)
+    with sink:
+        first = sink.deliver(_result())
+        second = sink.deliver(_result("FAIL", 0.9))
+        failed = sink.deliver(failed_result("engine output has NaN", threshold=0.5))
+        assert (first.seq, second.seq, failed.seq) == (1, 2, 3)
+        assert first.delivered is second.delivered is failed.delivered is True
+        assert sink.plc_received == 3
+        assert first.record_ms > 0 and first.plc_ms > 0
+        records = list(sink.ledger.iter_records())
+        assert [r.decision for r in records] == ["PASS", "FAIL", "FAIL"]
+        assert all(r.plc_delivered for r in records)
+        assert records[0].bundle_sha256 == "a" * 64 and records[0].key_id == "bench-test-key"
+        assert records[2].error == "engine output has NaN" and records[2].fused_probability is None
+        assert sink.ledger.verify().ok
+        assert "test key generated for this run" in sink.ledger_description
+    assert not ledger_dir.exists()  # the temporary ledger is removed
+
+
+def test_sink_with_an_unreachable_plc_records_not_delivered():
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with StationSink("b" * 64, plc_url=f"tcp://127.0.0.1:{port}") as sink:
+        timings = sink.deliver(_result())
+        assert timings.delivered is False and timings.seq == 1
+        assert sink.plc_received is None
+        assert next(sink.ledger.iter_records()).plc_delivered is False
+
+
+def test_sink_refuses_a_bad_plc_url():
+    with pytest.raises(ValueError, match="plc url"):
+        StationSink("c" * 64, plc_url="serial:///dev/ttyS0")
