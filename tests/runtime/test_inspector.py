@@ -14,15 +14,12 @@ from tinybundle import (
     SIZE,
     defect_image,
     normal_image,
-    requires_native,
     write_tiny_bundle,
 )
 
 from autoweld import native
 from autoweld.bundle import BundleError, load_bundle
 from autoweld.runtime.inspector import STAGES, Inspector, failed_result
-
-pytestmark = requires_native
 
 
 def reference_scores(bundle_dir, image):
