@@ -195,6 +195,14 @@ class Inspector:
         An image that cannot be decoded fails alone; a failure of the engine fails the batch.
         Never raises.
         """
+        if isinstance(images, (str, bytes, bytearray, os.PathLike)):
+            return [
+                failed_result(
+                    f"images: expected a sequence of images, got one {type(images).__name__} "
+                    "(use inspect for a single image)",
+                    self.threshold,
+                )
+            ]
         try:
             images = list(images)
         except Exception as error:  # noqa: BLE001 - fail safe: a bad argument is a FAIL too
