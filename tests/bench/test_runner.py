@@ -4,15 +4,12 @@ import json
 
 import numpy as np
 import pytest
-from tinybundle import requires_native
 
 from autoweld.bench.runner import STAGES, BenchConfig, load_images, measure_side, run_bench
 from autoweld.bench.station import StationSink
 from autoweld.bundle import load_bundle
 from autoweld.cli.bench import main
 from autoweld.runtime.inspector import Inspector
-
-pytestmark = requires_native
 
 SUMMARY_KEYS = {"n", "p50_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms", "min_ms"}
 

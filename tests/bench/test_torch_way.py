@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 from bench_helpers import write_images
-from tinybundle import normal_image, requires_native
+from tinybundle import normal_image
 
-pytestmark = [requires_native, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

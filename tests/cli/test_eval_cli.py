@@ -2,16 +2,9 @@ import json
 
 import cv2
 import numpy as np
-import pytest
-from tinybundle import normal_image, requires_native
+from tinybundle import normal_image
 
 from autoweld.cli.eval import _spread, evaluate, format_table, main
-
-
-def _needs_data():
-    data = pytest.importorskip("autoweld.data")
-    if not hasattr(data, "load_category"):
-        pytest.skip("autoweld.data (branch data-weld) not merged yet")
 
 
 def write_dataset(root, n_good=6, per_defect=4):
@@ -43,9 +36,7 @@ def write_dataset(root, n_good=6, per_defect=4):
     return root
 
 
-@requires_native
 def test_evaluate_reports_every_metric(tiny_bundle, tmp_path):
-    _needs_data()
     data_root = write_dataset(tmp_path / "data")
     report = evaluate(tiny_bundle, data_root, threads=1, batch_size=5, progress=False)
     assert report["n_images"] == 14 and report["failed"] == []
@@ -64,9 +55,7 @@ def test_evaluate_reports_every_metric(tiny_bundle, tmp_path):
     assert "per defect type" in table and "square" in table and "patchcore" in table
 
 
-@requires_native
 def test_cli_writes_json_and_limit_spreads_over_types(tiny_bundle, tmp_path, capsys):
-    _needs_data()
     data_root = write_dataset(tmp_path / "data")
     out = tmp_path / "eval.json"
     status = main(

@@ -4,7 +4,7 @@ import sys
 
 import cv2
 import pytest
-from tinybundle import defect_image, normal_image, requires_native
+from tinybundle import defect_image, normal_image
 
 from autoweld.cli.inspect import main
 
@@ -46,6 +46,10 @@ def test_usage_errors_exit_2(capsys, tiny_bundle, tmp_path):
     assert "'warp-drive' is unknown; available:" in err and "CPUExecutionProvider" in err
     assert main([*base, "--heatmap", str(tmp_path / "h.jpg")]) == 2
     assert main([*base, "--threads", "0"]) == 2
+    assert main([*base, "--plc", "ftp://plc:1"]) == 2
+    assert "unknown scheme 'ftp'" in capsys.readouterr().err
+    assert main([*base, "--plc", "tcp://127.0.0.1:9", "--plc-timeout", "0"]) == 2
+    assert "timeout" in capsys.readouterr().err
 
 
 def test_tampered_bundle_is_a_recorded_fail(capsys, tiny_bundle, tmp_path):
@@ -70,7 +74,6 @@ def test_missing_bundle_dir_is_a_fail(capsys, tmp_path):
     assert status == 1 and "no bundle directory" in payload["error"]
 
 
-@requires_native
 def test_pass_and_fail_exit_codes_and_json_keys(capsys, tiny_bundle, tmp_path):
     good = _image(tmp_path, normal_image(1), "good.png")
     bad = _image(tmp_path, defect_image(2), "bad.png")
@@ -87,7 +90,6 @@ def test_pass_and_fail_exit_codes_and_json_keys(capsys, tiny_bundle, tmp_path):
     assert payload["probability"] >= 0.5
 
 
-@requires_native
 def test_bad_image_is_a_fail_with_error(capsys, tiny_bundle, tmp_path):
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
@@ -95,7 +97,6 @@ def test_bad_image_is_a_fail_with_error(capsys, tiny_bundle, tmp_path):
     assert status == 1 and "empty (0 bytes)" in payload["error"]
 
 
-@requires_native
 def test_heatmap_is_written(capsys, tiny_bundle, tmp_path):
     image = _image(tmp_path, defect_image(2, size=64))
     target = tmp_path / "maps" / "part.png"
@@ -118,18 +119,6 @@ def test_heatmap_is_written(capsys, tiny_bundle, tmp_path):
     assert out.startswith("FAIL  probability")
 
 
-def test_ledger_and_plc_need_the_quality_package(capsys, tiny_bundle, tmp_path):
-    from autoweld import quality
-
-    if hasattr(quality, "open_ledger"):
-        pytest.skip("autoweld.quality is merged; covered by the ledger tests")
-    image = _image(tmp_path, normal_image(1))
-    base = ["--bundle", str(tiny_bundle), "--image", str(image), "--part-id", "P1"]
-    assert main([*base, "--ledger", f"sqlite:///{tmp_path}/l.db"]) == 2
-    assert "not available yet" in capsys.readouterr().err
-
-
-@requires_native
 def test_console_module_runs_in_a_fresh_process(tiny_bundle, tmp_path):
     image = _image(tmp_path, normal_image(1))
     out = subprocess.run(
@@ -178,11 +167,9 @@ def _echo_plc():
     return server, received
 
 
-@requires_native
 def test_ledger_record_and_plc_signal(capsys, tiny_bundle, tmp_path, monkeypatch):
-    quality = pytest.importorskip("autoweld.quality")
-    if not hasattr(quality, "open_ledger"):
-        pytest.skip("autoweld.quality (branch ledger-plc) not merged yet")
+    from autoweld import quality
+
     monkeypatch.setenv("AUTOWELD_SECRET_KEY", "unit-test-secret")
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     server, received = _echo_plc()
@@ -213,11 +200,7 @@ def test_ledger_record_and_plc_signal(capsys, tiny_bundle, tmp_path, monkeypatch
     assert by_part["E1"].fused_probability is None
 
 
-@requires_native
 def test_unreachable_plc_is_recorded_not_delivered(capsys, tiny_bundle, tmp_path, monkeypatch):
-    quality = pytest.importorskip("autoweld.quality")
-    if not hasattr(quality, "open_ledger"):
-        pytest.skip("autoweld.quality (branch ledger-plc) not merged yet")
     monkeypatch.setenv("AUTOWELD_SECRET_KEY", "unit-test-secret")
     import socket
 
@@ -242,9 +225,6 @@ def test_unreachable_plc_is_recorded_not_delivered(capsys, tiny_bundle, tmp_path
 
 
 def test_ledger_without_key_is_a_usage_error(capsys, tiny_bundle, tmp_path, monkeypatch):
-    quality = pytest.importorskip("autoweld.quality")
-    if not hasattr(quality, "open_ledger"):
-        pytest.skip("autoweld.quality (branch ledger-plc) not merged yet")
     monkeypatch.delenv("AUTOWELD_SECRET_KEY", raising=False)
     image = _image(tmp_path, normal_image(1))
     base = ["--bundle", str(tiny_bundle), "--image", str(image), "--part-id", "P1"]

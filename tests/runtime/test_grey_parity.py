@@ -14,13 +14,10 @@ import struct
 import cv2
 import numpy as np
 import pytest
-from tinybundle import requires_native
 
 from autoweld import native
 from autoweld.data import Sample
 from autoweld.runtime.decode import as_bgr, decode_image, image_for_inspection
-
-pytestmark = requires_native
 
 SPEC = {
     "clahe": True,

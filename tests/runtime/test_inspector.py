@@ -14,15 +14,12 @@ from tinybundle import (
     SIZE,
     defect_image,
     normal_image,
-    requires_native,
     write_tiny_bundle,
 )
 
 from autoweld import native
 from autoweld.bundle import BundleError, load_bundle
 from autoweld.runtime.inspector import STAGES, Inspector, decide, failed_result
-
-pytestmark = requires_native
 
 
 def reference_scores(bundle_dir, image):
@@ -191,6 +188,8 @@ def test_batch_keeps_order_and_isolates_bad_images(inspector, tmp_path):
     assert inspector.inspect_batch([]) == []
     bad_argument = inspector.inspect_batch(None)  # type: ignore[arg-type]
     assert len(bad_argument) == 1 and bad_argument[0].decision == "FAIL"
+    one_path = inspector.inspect_batch(str(tmp_path / "x.png"))  # type: ignore[arg-type]
+    assert len(one_path) == 1 and "expected a sequence of images" in one_path[0].error
 
 
 def test_shared_across_threads_gives_sequential_results(inspector):

@@ -12,16 +12,17 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from tinybundle import defect_image, normal_image, requires_native
+from tinybundle import defect_image, normal_image
 
-pytestmark = [requires_native, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     pytest.importorskip("torch")
-    reference_module = pytest.importorskip("autoweld.train.reference")
-    pipeline = pytest.importorskip("autoweld.export.pipeline")
+    from autoweld.export import pipeline
+    from autoweld.train import reference as reference_module
+
     root = tmp_path_factory.mktemp("parity")
     base = root / "data" / "unit"
     (base / "train" / "good").mkdir(parents=True)

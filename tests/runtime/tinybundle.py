@@ -14,27 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper
 
-from autoweld import native
 from autoweld.bundle import write_bundle
 
 SIZE = 32
 CELL = 4
 FEATURE = SIZE // CELL
-NATIVE_FUNCTIONS = (
-    "preprocess_batch",
-    "KnnIndex",
-    "patchcore_score",
-    "anomaly_map",
-    "platt",
-    "fuse",
-)
-HAS_NATIVE = all(hasattr(native, name) for name in NATIVE_FUNCTIONS)
-requires_native = pytest.mark.skipif(
-    not HAS_NATIVE, reason="native kernels (native-image / native-numeric) not merged yet"
-)
 
 
 def make_graph(

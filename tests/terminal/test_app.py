@@ -11,7 +11,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from tinybundle import defect_image, normal_image, requires_native
+from tinybundle import defect_image, normal_image
 
 pytest.importorskip("fastapi", reason="the terminal extra (fastapi) is not installed")
 
@@ -51,7 +51,6 @@ def inspect(client, part_id: str, data: bytes) -> dict:
     return response.json()
 
 
-@requires_native
 def test_pass_fail_counts_and_records(client, tmp_path):
     good = inspect(client, "VIN-1", png(normal_image(1)))
     bad = inspect(client, "VIN-2", png(defect_image(2)))
@@ -126,7 +125,6 @@ def test_refused_bundle_fails_every_part(key_env, tiny_bundle, tmp_path):
         assert result["record_seq"] == 1
 
 
-@requires_native
 def test_ledger_write_failure_turns_pass_into_fail(station, client, monkeypatch):
     def broken(record):
         raise RuntimeError("disk full")
@@ -176,7 +174,6 @@ def _record():
     )  # fmt: skip
 
 
-@requires_native
 def test_server_answers_while_inspection_runs(station, client, monkeypatch):
     """Inspection runs on the worker thread: status stays responsive while it is busy."""
     release = threading.Event()
@@ -225,7 +222,6 @@ def test_missing_key_is_refused(monkeypatch, tiny_bundle, tmp_path):
     assert not Path(tmp_path / "l.db").exists()
 
 
-@requires_native
 def test_plc_is_told_first_and_its_state_shown(key_env, tiny_bundle, tmp_path, echo_plc):
     config = StationConfig(
         tiny_bundle, f"sqlite:///{tmp_path / 'l.db'}", "st-1", plc_url=echo_plc.url,

@@ -11,7 +11,7 @@ import urllib.request
 
 import cv2
 import pytest
-from tinybundle import defect_image, normal_image, requires_native
+from tinybundle import defect_image, normal_image
 
 pytest.importorskip("fastapi", reason="the terminal extra (fastapi) is not installed")
 
@@ -44,7 +44,6 @@ def _status(url: str) -> dict:
         return json.loads(response.read())
 
 
-@requires_native
 def test_console_script_inspects_the_camera_folder(terminal_factory, tiny_bundle):
     terminal = terminal_factory(tiny_bundle)
     status = _status(terminal.url)

@@ -9,7 +9,7 @@ import time
 
 import cv2
 import pytest
-from tinybundle import normal_image, requires_native
+from tinybundle import normal_image
 
 from autoweld.terminal.station import Station, StationConfig
 from autoweld.terminal.watcher import INSPECTED, INVALID_NAME_PREFIX, FolderWatcher, WatchConfig
@@ -33,7 +33,6 @@ def test_bad_station_id_is_refused_before_anything_opens(
     assert not (tmp_path / "l.db").exists()
 
 
-@requires_native
 def test_unwritable_record_is_a_fail_and_the_plc_ends_on_fail(
     key_env, tiny_bundle, tmp_path, echo_plc
 ):
@@ -62,7 +61,6 @@ def test_unwritable_record_is_a_fail_and_the_plc_ends_on_fail(
     assert echo_plc.received == [0x00, 0x00, 0x01]  # PASS, PASS, corrective FAIL
 
 
-@requires_native
 def test_camera_file_with_a_bad_name_becomes_a_recorded_fail(key_env, tiny_bundle, tmp_path):
     camera = tmp_path / "camera"
     camera.mkdir()

@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--part-id", required=True, help="part identifier for the quality record")
     parser.add_argument("--ledger", help="quality ledger URL (sqlite:///path or postgresql://...)")
     parser.add_argument("--plc", help="PLC URL (tcp://host:port or modbus://host:port?...)")
+    parser.add_argument(
+        "--plc-timeout",
+        type=float,
+        default=0.05,
+        help="seconds to wait for the PLC before recording 'not delivered' (default 0.05)",
+    )
     parser.add_argument("--heatmap", help="write the image with its anomaly map here (PNG)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument(
@@ -74,32 +80,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def _open_quality(args: argparse.Namespace) -> tuple[Any, Any]:
     """Open the ledger and PLC link; raises ValueError with a message for the user."""
+    from autoweld.quality import open_ledger, open_plc
+
     ledger = link = None
-    if args.ledger or args.plc:
-        try:
-            from autoweld import quality
-        except ImportError as error:  # pragma: no cover - quality is part of the package
-            raise ValueError(f"autoweld.quality cannot be imported ({error})") from None
+    try:
         if args.ledger:
-            open_ledger = getattr(quality, "open_ledger", None)
-            if open_ledger is None:
-                raise ValueError("--ledger: the quality ledger is not available yet in this build")
             try:
                 ledger = open_ledger(args.ledger)
             except Exception as error:  # noqa: BLE001 - reported as a usage error
                 raise ValueError(f"--ledger {args.ledger}: {error}") from None
         if args.plc:
-            open_plc = getattr(quality, "open_plc", None)
-            if open_plc is None:
-                if ledger is not None:
-                    ledger.close()
-                raise ValueError("--plc: the PLC link is not available yet in this build")
             try:
-                link = open_plc(args.plc, timeout=0.05)
+                link = open_plc(args.plc, timeout=args.plc_timeout)
             except Exception as error:  # noqa: BLE001
-                if ledger is not None:
-                    ledger.close()
                 raise ValueError(f"--plc {args.plc}: {error}") from None
+    except ValueError:
+        if ledger is not None:
+            ledger.close()
+        raise
     return ledger, link
 
 

@@ -218,6 +218,14 @@ class Inspector:
         An image that cannot be decoded fails alone; a failure of the engine fails the batch.
         Never raises.
         """
+        if isinstance(images, (str, bytes, bytearray, os.PathLike)):
+            return [
+                failed_result(
+                    f"images: expected a sequence of images, got one {type(images).__name__} "
+                    "(use inspect for a single image)",
+                    self.threshold,
+                )
+            ]
         try:
             images = list(images)
         except Exception as error:  # noqa: BLE001 - fail safe: a bad argument is a FAIL too
@@ -328,13 +336,18 @@ class Inspector:
             index, bank, neighbours = self._knn[name]
             maps = np.zeros((n, h, w), dtype=np.float32)
             scores = np.zeros(n)  # images in `bad` keep 0: their results are FAIL anyway
-            for i in range(n):
-                if i in bad:
-                    continue
-                embeddings = np.ascontiguousarray(out[i], dtype=np.float32)
-                distances, indices = index.search(embeddings, 1, threads=self.threads)
-                maps[i] = distances[:, 0].reshape(h, w)
-                scores[i] = native.patchcore_score(embeddings, distances, indices, bank, neighbours)
+            good = [i for i in range(n) if i not in bad]
+            if good:
+                # One search over every patch of every image: one parallel pass over the bank.
+                queries = np.ascontiguousarray(out[good].reshape(-1, out.shape[2]), np.float32)
+                distances, indices = index.search(queries, 1, threads=self.threads)
+                patches = h * w
+                for j, i in enumerate(good):
+                    rows = slice(j * patches, (j + 1) * patches)
+                    maps[i] = distances[rows, 0].reshape(h, w)
+                    scores[i] = native.patchcore_score(
+                        queries[rows], distances[rows], indices[rows], bank, neighbours
+                    )
             patch_maps[name] = maps
             image_scores[name] = scores
         timings["knn"] = (time.perf_counter() - start) * 1e3
