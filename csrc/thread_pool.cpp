@@ -66,7 +66,7 @@ struct Worker {
 class Pool {
 public:
     // Leases up to `wanted` idle workers into `out`, starting new ones while fewer than `cap`
-    // exist. A loop passes a cap of about the hardware threads: a worker it leased may still be
+    // exist. A loop passes a cap of about twice the hardware threads: a worker it leased may still be
     // unscheduled (busy machine) when the next call comes, and starting a thread for every such
     // call would grow the pool without bound; the caller just does more itself. A team, whose
     // members must all run at once, passes kMaxWorkers.
@@ -288,7 +288,10 @@ void parallel_for_dynamic(std::size_t n, int threads, std::size_t grain,
     std::vector<Worker*> workers;
     const std::size_t hardware = static_cast<std::size_t>(std::max(1, resolve_threads(0)));
     Pool& pool = get_pool();
-    pool.lease(wanted - 1, std::max(hardware, wanted) - 1, workers);
+    // Cap: twice the threads a loop may use, so one spare worker per thread is there when a
+    // worker leased by the previous (short) call has not been scheduled back to idle yet —
+    // otherwise the next long call (kNN after preprocessing) would run alone half the time.
+    pool.lease(wanted - 1, 2 * std::max(hardware, wanted) - 1, workers);
     std::vector<std::function<void()>> tasks;
     std::shared_ptr<LoopJob> job;
     try {  // allocations first (see run_team)
