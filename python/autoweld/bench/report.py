@@ -6,18 +6,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from autoweld.bench.runner import STAGE_LABELS
+
 __all__ = ["markdown_report", "plot_report"]
-
-_LABELS = {
-    "decode": "decode",
-    "preprocess": "preprocess",
-    "engine": "engine",
-    "knn": "kNN",
-    "scoring": "scoring + fusion",
-    "record": "sign + write record",
-    "plc": "PLC send",
-}
-
 
 def _ms(value: float | None) -> str:
     if value is None:
@@ -39,7 +30,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     """A Markdown table of one report: per stage p50/p95/p99/max for both sides, end to end,
     throughput, cold start, peak memory, the ratios with the issue's goals, and the machine."""
     ref = report.get("reference")
-    labels = {**_LABELS, **report.get("stage_labels", {})}
+    labels = {**STAGE_LABELS, **report.get("stage_labels", {})}
     lines = ["# autoweld-bench: runtime vs the plain PyTorch way", ""]
     if report.get("command"):
         lines += [f"Command: `{report['command']}`", ""]
@@ -149,7 +140,7 @@ def plot_report(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = {**_LABELS, **report.get("stage_labels", {}), "end_to_end": "END TO END"}
+    labels = {**STAGE_LABELS, **report.get("stage_labels", {}), "end_to_end": "END TO END"}
     # matplotlib 3.10 replaced vert=False by orientation="horizontal" (and deprecates vert)
     major, minor = (int(v) for v in matplotlib.__version__.split(".")[:2])
     horizontal: dict[str, Any] = (

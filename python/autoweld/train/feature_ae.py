@@ -29,7 +29,7 @@ from autoweld.train.feature_maps import (
     channel_statistics,
     collect_features,
 )
-from autoweld.train.heads import ExportHead, HeadContext, register_head
+from autoweld.train.heads import ExportHead, HeadContext, register_head, settings_from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,7 @@ class FeatureAEConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> FeatureAEConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(
-                f"feature_ae settings: unknown key(s) {sorted(unknown)}; known: {sorted(known)}"
-            )
-        return cls(**values)
+        return settings_from_mapping(cls, values, "feature_ae")
 
 
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:

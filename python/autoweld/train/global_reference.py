@@ -40,7 +40,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from autoweld.train.backbones import FeatureExtractor
-from autoweld.train.heads import ExportHead, HeadContext, register_head
+from autoweld.train.heads import ExportHead, HeadContext, register_head, settings_from_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +82,7 @@ class GlobalReferenceSettings:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> GlobalReferenceSettings:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(
-                f"global_reference settings: unknown key(s) {sorted(unknown)}; "
-                f"known: {sorted(known)}"
-            )
-        return cls(**values)
+        return settings_from_mapping(cls, values, "global_reference")
 
 
 def aggregate_patch_features(taps: Sequence[Tensor]) -> Tensor:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -120,6 +120,20 @@ def register_head(name: str) -> Callable[[HeadFactory], HeadFactory]:
         return factory
 
     return decorate
+
+
+_Settings = TypeVar("_Settings")
+
+
+def settings_from_mapping(cls: type[_Settings], values: Mapping[str, Any], head: str) -> _Settings:
+    """A head's settings dataclass from its recipe table; an unknown key is an error naming it."""
+    known = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(
+            f"{head} settings: unknown key(s) {sorted(unknown)}; known: {sorted(known)}"
+        )
+    return cls(**values)
 
 
 # Modules whose import registers heads (a new head module adds its name here).

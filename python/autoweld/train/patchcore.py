@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from autoweld import native
 from autoweld.train.backbones import FeatureExtractor
-from autoweld.train.heads import ExportHead, HeadContext, register_head
+from autoweld.train.heads import ExportHead, HeadContext, register_head, settings_from_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +60,7 @@ class PatchCoreSettings:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> PatchCoreSettings:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(
-                f"patchcore settings: unknown key(s) {sorted(unknown)}; known: {sorted(known)}"
-            )
-        return cls(**values)
+        return settings_from_mapping(cls, values, "patchcore")
 
 
 def adaptive_pool_matrix(in_dim: int, out_dim: int) -> np.ndarray:

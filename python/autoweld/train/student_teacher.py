@@ -38,7 +38,7 @@ from autoweld.train.feature_maps import (
     channel_statistics,
     collect_features,
 )
-from autoweld.train.heads import ExportHead, HeadContext, register_head
+from autoweld.train.heads import ExportHead, HeadContext, register_head, settings_from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +83,7 @@ class StudentTeacherConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> StudentTeacherConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(
-                f"student_teacher settings: unknown key(s) {sorted(unknown)}; known: "
-                f"{sorted(known)}"
-            )
-        return cls(**values)
+        return settings_from_mapping(cls, values, "student_teacher")
 
 
 class PatchDescriptionNetwork(nn.Module):
