@@ -10,6 +10,7 @@ from autoweld.bench.runner import STAGE_LABELS
 
 __all__ = ["markdown_report", "plot_report"]
 
+
 def _ms(value: float | None) -> str:
     if value is None:
         return "–"
