@@ -307,6 +307,32 @@ def test_concurrent_writers_on_one_file(db, keys):
         assert ledger.head()[0] == 60
 
 
+def test_stations_opening_a_new_ledger_file_at_once(keys, tmp_path):
+    """Opening a new file switches it to WAL; SQLite answers BUSY at once (no busy wait) when
+    another connection holds BEGIN IMMEDIATE, so a simultaneous open must retry, not fail."""
+    for attempt in range(15):
+        path = tmp_path / f"new-{attempt}.db"
+        start = threading.Barrier(8)
+        errors = []
+
+        def station(w, path=path, start=start, errors=errors):
+            try:
+                start.wait()
+                with open_ledger(path, keys) as ledger:
+                    fill(ledger, 1, station=f"st-{w}")
+            except Exception as error:  # pragma: no cover - reported below
+                errors.append(error)
+
+        threads = [threading.Thread(target=station, args=(w,)) for w in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:1]
+        with open_ledger(path, keys) as ledger:
+            assert ledger.verify().checked == 8
+
+
 def test_export_csv_and_json(db, keys, tmp_path):
     with open_ledger(db, keys) as ledger:
         stored = fill(ledger, 4)

@@ -21,8 +21,10 @@ import csv
 import hmac
 import json
 import logging
+import random
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
@@ -95,6 +97,30 @@ _PG_TRIGGERS = [
         FOR EACH STATEMENT EXECUTE FUNCTION autoweld_ledger_append_only()""",
 ]
 _PG_LOCK_CLASS = 0x41574C44  # "AWLD": first key of our advisory locks
+
+
+# Opening a new ledger file: switching it to WAL needs an exclusive lock, and SQLite answers
+# BUSY at once, without waiting on its busy handler, when waiting could deadlock (another
+# connection holding BEGIN IMMEDIATE). Several stations or threads opening the same new file
+# together hit that; the open-time setup is idempotent, so it is retried until this deadline.
+_SQLITE_OPEN_TIMEOUT_S = 30.0
+
+
+def _retry_while_locked(step: Callable[[], None], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as error:
+            message = str(error).lower()
+            if ("locked" not in message and "busy" not in message) or (
+                time.monotonic() + delay > deadline
+            ):
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.2)
 
 
 class LedgerError(RuntimeError):
@@ -491,22 +517,7 @@ class SQLiteLedger(Ledger):
             self._conn = sqlite3.connect(
                 str(path), timeout=30.0, isolation_level=None, check_same_thread=False
             )
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise LedgerError(f"{path}: SQLite refused WAL journal mode (got {mode!r})")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for sql in (_CREATE_TABLE, _CREATE_META, *_SQLITE_TRIGGERS):
-                    self._conn.execute(sql)
-                self._conn.execute(
-                    "INSERT OR IGNORE INTO ledger_meta VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+            _retry_while_locked(lambda: self._initialise(path), _SQLITE_OPEN_TIMEOUT_S)
             versions = self._query("SELECT value FROM ledger_meta WHERE name = 'schema_version'")
             _check_schema_version(versions, url)
         except BaseException as error:
@@ -514,6 +525,26 @@ class SQLiteLedger(Ledger):
                 self._conn.close()
             if isinstance(error, sqlite3.DatabaseError):
                 raise LedgerError(f"cannot open SQLite ledger {str(path)!r}: {error}") from error
+            raise
+
+    def _initialise(self, path: Path) -> None:
+        """WAL, synchronous=FULL and the schema (idempotent; safe to run again after BUSY)."""
+        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise LedgerError(f"{path}: SQLite refused WAL journal mode (got {mode!r})")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql in (_CREATE_TABLE, _CREATE_META, *_SQLITE_TRIGGERS):
+                self._conn.execute(sql)
+            self._conn.execute(
+                "INSERT OR IGNORE INTO ledger_meta VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
             raise
 
     def _open_read_only(self, path: Path) -> None:
