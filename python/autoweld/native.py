@@ -256,25 +256,23 @@ __all__ += [
 ]
 
 
-def _float32_matrix(value: object, name: str) -> np.ndarray:
-    """A C-contiguous float32 2-D array, or ValueError naming ``name``. No dtype conversion."""
+def _matrix(value: object, name: str, dtype: type[np.generic]) -> np.ndarray:
+    """A C-contiguous 2-D array of exactly ``dtype``, or ValueError naming ``name``. No conversion."""
     if not isinstance(value, np.ndarray):
         raise ValueError(f"{name} must be a numpy array, got {type(value).__name__}")
-    if value.dtype != np.float32:
-        raise ValueError(f"{name} must be float32, got {value.dtype}")
+    if value.dtype != dtype:
+        raise ValueError(f"{name} must be {np.dtype(dtype).name}, got {value.dtype}")
     if value.ndim != 2:
         raise ValueError(f"{name} must be 2-D, got shape {value.shape}")
     return np.ascontiguousarray(value)
+
+
+def _float32_matrix(value: object, name: str) -> np.ndarray:
+    return _matrix(value, name, np.float32)
 
 
 def _int64_matrix(value: object, name: str) -> np.ndarray:
-    if not isinstance(value, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(value).__name__}")
-    if value.dtype != np.int64:
-        raise ValueError(f"{name} must be int64, got {value.dtype}")
-    if value.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {value.shape}")
-    return np.ascontiguousarray(value)
+    return _matrix(value, name, np.int64)
 
 
 def _count(value: object, name: str, low: int, high: int | None = None) -> int:

@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from autoweld.cli import configure_logging
+
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("autoweld.bench")
@@ -93,11 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.verbose)
     if args.plot and not args.plot.lower().endswith(".png"):
         parser.error(f"--plot {args.plot} must end in .png")
     if args.no_reference and args.reference:

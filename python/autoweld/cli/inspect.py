@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from autoweld import __version__
+from autoweld.cli import configure_logging
 
 __all__ = ["main"]
 
@@ -253,11 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (0 PASS, 1 FAIL, 2 usage error)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.verbose)
     try:
         status, payload = run(args)
     except ValueError as error:

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from autoweld.cli import configure_logging
+
 __all__ = ["main"]
 
 log = logging.getLogger("autoweld.terminal")
@@ -98,11 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: serve until interrupted; 2 for a usage error."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.verbose, timestamps=True)
 
     def usage(message: str) -> int:
         parser.print_usage(sys.stderr)
