@@ -184,6 +184,23 @@ static void bind_numeric_kernels(py::module_& m) {
                  return self;
              }),
              py::arg("bank"), py::arg("threads") = 0)
+        .def(py::init([](const F32& bank, const F32& basis, int threads) {
+                 require_2d(bank, "bank");
+                 require_2d(basis, "basis");
+                 const auto nb = static_cast<std::size_t>(bank.shape(0));
+                 const auto dim = static_cast<std::size_t>(bank.shape(1));
+                 autoweld::require(static_cast<std::size_t>(basis.shape(1)) == dim,
+                                   "basis must have the bank's feature dimension as columns");
+                 const auto prefix = static_cast<std::size_t>(basis.shape(0));
+                 auto self = std::make_unique<PyKnnIndex>();
+                 self->bank = bank;
+                 const float* b = bank.data();
+                 const float* u = basis.data();
+                 py::gil_scoped_release release;
+                 self->index = std::make_unique<autoweld::KnnIndex>(b, nb, dim, u, prefix, threads);
+                 return self;
+             }),
+             py::arg("bank"), py::arg("basis"), py::arg("threads") = 0)
         .def(
             "search",
             [](const PyKnnIndex& self, const F32& queries, std::int64_t k, int threads,
@@ -204,6 +221,7 @@ static void bind_numeric_kernels(py::module_& m) {
             py::arg("queries"), py::arg("k"), py::arg("threads") = 0, py::arg("path") = "auto")
         .def_property_readonly("size", [](const PyKnnIndex& s) { return s.index->size(); })
         .def_property_readonly("dim", [](const PyKnnIndex& s) { return s.index->dim(); })
+        .def_property_readonly("prefix", [](const PyKnnIndex& s) { return s.index->prefix(); })
         .def_property_readonly("bank", [](const PyKnnIndex& s) { return s.bank; });
 
     m.def(

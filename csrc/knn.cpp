@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "common.hpp"
+#include "knn_internal.hpp"
 #include "thread_pool.hpp"
 
 namespace autoweld {
@@ -36,65 +37,6 @@ std::size_t bank_block_rows(std::size_t kc) {
 }
 // Queries handled per pass over the bank by one thread: 64 panels = 1024 queries.
 constexpr std::size_t kGroupPanels = 64;
-
-using PanelDots = void (*)(const float*, const float*, std::size_t, std::size_t, float*, bool,
-                           const float*, const float*, std::uint8_t*);
-
-PanelDots resolve_dots(KernelPath path) {
-    switch (path) {
-        case KernelPath::portable:
-            return detail::panel_dots_portable;
-        case KernelPath::avx2:
-            require(cpu_has_avx2_fma(), "kernel path avx2 is not available on this CPU");
-            return detail::panel_dots_avx2;
-        case KernelPath::avx512:
-            require(cpu_has_avx512(), "kernel path avx512 is not available on this CPU");
-            return detail::panel_dots_avx512;
-        default:
-            if (cpu_has_avx512()) return detail::panel_dots_avx512;
-            return cpu_has_avx2_fma() ? detail::panel_dots_avx2 : detail::panel_dots_portable;
-    }
-}
-
-std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
-
-// Bounded max-heap of (value, index) pairs ordered by value, then index: the root is the worst
-// kept candidate, so a new one enters when it beats the root.
-struct TopK {
-    float* value;
-    std::int64_t* index;
-    std::size_t k;
-
-    static bool worse(float va, std::int64_t ia, float vb, std::int64_t ib) {
-        return va > vb || (va == vb && ia > ib);
-    }
-    void reset() {
-        std::fill(value, value + k, std::numeric_limits<float>::infinity());
-        std::fill(index, index + k, std::numeric_limits<std::int64_t>::max());
-    }
-    float threshold() const { return value[0]; }
-    void push(float v, std::int64_t j) {
-        if (!worse(value[0], index[0], v, j)) return;
-        std::size_t i = 0;
-        for (;;) {
-            std::size_t l = 2 * i + 1;
-            if (l >= k) break;
-            std::size_t r = l + 1;
-            std::size_t w = (r < k && worse(value[r], index[r], value[l], index[l])) ? r : l;
-            if (!worse(value[w], index[w], v, j)) break;
-            value[i] = value[w];
-            index[i] = index[w];
-            i = w;
-        }
-        value[i] = v;
-        index[i] = j;
-    }
-};
-
-void check_dims(std::size_t nb, std::size_t dim) {
-    require(nb >= 1, "bank: memory bank is empty");
-    require(dim >= 1, "bank: feature dimension must be at least 1");
-}
 
 }  // namespace
 
@@ -137,6 +79,80 @@ void squared_norms(const float* x, std::size_t n, std::size_t dim, float* out, i
 }
 
 namespace detail {
+
+void check_bank_dims(std::size_t nb, std::size_t dim) {
+    require(nb >= 1, "bank: memory bank is empty");
+    require(dim >= 1, "bank: feature dimension must be at least 1");
+}
+
+PanelDots resolve_dots(KernelPath path) {
+    switch (path) {
+        case KernelPath::portable:
+            return panel_dots_portable;
+        case KernelPath::avx2:
+            require(cpu_has_avx2_fma(), "kernel path avx2 is not available on this CPU");
+            return panel_dots_avx2;
+        case KernelPath::avx512:
+            require(cpu_has_avx512(), "kernel path avx512 is not available on this CPU");
+            return panel_dots_avx512;
+        default:
+            if (cpu_has_avx512()) return panel_dots_avx512;
+            return cpu_has_avx2_fma() ? panel_dots_avx2 : panel_dots_portable;
+    }
+}
+
+PanelRowsDots resolve_panel_rows_dots(KernelPath path) {
+    const PanelDots dots = resolve_dots(path);  // the same choice, checked the same way
+    if (dots == panel_dots_avx512) return panel_rows_dots_avx512;
+    return dots == panel_dots_avx2 ? panel_rows_dots_avx2 : panel_rows_dots_portable;
+}
+
+BoundRows resolve_bound_rows(KernelPath path) {
+    const PanelDots dots = resolve_dots(path);
+    if (dots == panel_dots_avx512) return bound_rows_avx512;
+    return dots == panel_dots_avx2 ? bound_rows_avx2 : bound_rows_portable;
+}
+
+void panel_rows_dots_portable(const float* qt, const float* const* rows, std::size_t count,
+                              std::size_t n, float* out) {
+    for (std::size_t r = 0; r < count; ++r) {
+        float acc[kPanel] = {};
+        for (std::size_t d = 0; d < n; ++d) {
+            const float b = rows[r][d];
+            for (std::size_t l = 0; l < kPanel; ++l) acc[l] += b * qt[d * kPanel + l];
+        }
+        std::copy(acc, acc + kPanel, out + r * kPanel);
+    }
+}
+
+std::size_t bound_rows_portable(const float* dots, const float* norms, std::size_t rows,
+                                const float* thr, std::uint32_t* hit_rows,
+                                std::uint16_t* hit_lanes) {
+    std::size_t count = 0;
+    for (std::size_t j = 0; j < rows; ++j) {
+        unsigned mask = 0;
+        for (std::size_t l = 0; l < kPanel; ++l)
+            mask |= static_cast<unsigned>(norms[j] - 2.0f * dots[j * kPanel + l] <= thr[l]) << l;
+        hit_rows[count] = static_cast<std::uint32_t>(j);
+        hit_lanes[count] = static_cast<std::uint16_t>(mask);
+        count += mask != 0;
+    }
+    return count;
+}
+
+void finish_row(float qn, const float* value, const std::int64_t* index, std::size_t k,
+                float* distances, std::int64_t* indices) {
+    // sqrt(max(0, |q|^2 + v)); sorted by (distance, index) so that equal distances (exact
+    // ties, or several rows clamped to 0) list the lower index first.
+    std::vector<std::pair<float, std::int64_t>> row(k);
+    for (std::size_t t = 0; t < k; ++t)
+        row[t] = {std::sqrt(std::max(0.0f, qn + value[t])), index[t]};
+    std::sort(row.begin(), row.end());
+    for (std::size_t t = 0; t < k; ++t) {
+        distances[t] = row[t].first;
+        indices[t] = row[t].second;
+    }
+}
 
 void pack_panel(const float* x, std::size_t row0, std::size_t rows, std::size_t dim,
                 float* dst) {
@@ -194,15 +210,9 @@ void panel_dots_portable(const float* qpack, const float* bpack, std::size_t kc,
 
 namespace {
 
-// 32-byte aligned float buffer (the AVX2 kernel uses aligned loads on packed panels).
-struct AlignedFloats {
-    std::vector<float> storage;
-    float* data = nullptr;
-    explicit AlignedFloats(std::size_t n) : storage(n + 8) {
-        auto p = reinterpret_cast<std::uintptr_t>(storage.data());
-        data = storage.data() + ((32 - (p & 31)) & 31) / sizeof(float);
-    }
-};
+using detail::AlignedFloats;
+using detail::PanelDots;
+using detail::TopK;
 
 // Core of knn_search once everything is checked: every thread owns a contiguous set of
 // 16-query panels, packs them once, and walks the bank in blocks of kNc rows; the dot products
@@ -280,23 +290,14 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
                 }
             }
         }
-        // Final distances: sqrt(max(0, |q|^2 + v)); sort by (distance, index) so that equal
-        // distances (exact ties, or several rows clamped to 0) list the lower index first.
-        std::vector<std::pair<float, std::int64_t>> row(k);
         for (std::size_t p = 0; p < np; ++p) {
             const std::size_t row0 = (p0 + p) * kPanel;
             const std::size_t lanes = std::min(kPanel, nq - row0);
             for (std::size_t l = 0; l < lanes; ++l) {
                 const std::size_t q = row0 + l;
-                const float* hv = heap_v.data() + (p * kPanel + l) * k;
-                const std::int64_t* hi = heap_i.data() + (p * kPanel + l) * k;
-                for (std::size_t t = 0; t < k; ++t)
-                    row[t] = {std::sqrt(std::max(0.0f, qn[q] + hv[t])), hi[t]};
-                std::sort(row.begin(), row.end());
-                for (std::size_t t = 0; t < k; ++t) {
-                    distances[q * k + t] = row[t].first;
-                    indices[q * k + t] = row[t].second;
-                }
+                detail::finish_row(qn[q], heap_v.data() + (p * kPanel + l) * k,
+                                   heap_i.data() + (p * kPanel + l) * k, k, distances + q * k,
+                                   indices + q * k);
             }
         }
     };
@@ -310,11 +311,11 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
 void knn_search(const float* queries, std::size_t nq, const float* bank, const float* bank_norms,
                 std::size_t nb, std::size_t dim, std::size_t k, float* distances,
                 std::int64_t* indices, int threads, KernelPath path) {
-    check_dims(nb, dim);
+    detail::check_bank_dims(nb, dim);
     require(k >= 1, "k must be at least 1, got " + std::to_string(k));
     require(k <= nb, "k (" + std::to_string(k) + ") exceeds the memory bank size (" +
                          std::to_string(nb) + " rows)");
-    const PanelDots dots = resolve_dots(path);
+    const detail::PanelDots dots = detail::resolve_dots(path);
     if (nq == 0) return;
     require_finite(queries, nq * dim, "queries");
     std::vector<float> own_norms;
@@ -333,20 +334,6 @@ void knn_search(const float* queries, std::size_t nq, const float* bank, const f
     knn_core(queries, nq, bank, bank_norms, nb, dim, k, distances, indices, threads, dots);
 }
 
-KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, int threads)
-    : bank_(bank), nb_(nb), dim_(dim), norms_(nb) {
-    check_dims(nb, dim);
-    require_finite(bank, nb * dim, "bank");
-    squared_norms(bank, nb, dim, norms_.data(), threads);
-    require_finite(norms_.data(), nb, "bank (squared row norms overflow float32)");
-}
-
-void KnnIndex::search(const float* queries, std::size_t nq, std::size_t k, float* distances,
-                      std::int64_t* indices, int threads, KernelPath path) const {
-    knn_search(queries, nq, bank_, norms_.data(), nb_, dim_, k, distances, indices, threads,
-               path);
-}
-
 void matmul_abt(const float* a, std::size_t n, const float* b, std::size_t m, std::size_t dim,
                 float* c, int threads, KernelPath path) {
     using detail::kPanel;
@@ -355,17 +342,17 @@ void matmul_abt(const float* a, std::size_t n, const float* b, std::size_t m, st
         std::fill(c, c + n * m, 0.0f);
         return;
     }
-    const PanelDots dots = resolve_dots(path);
+    const detail::PanelDots dots = detail::resolve_dots(path);
     const std::size_t panels = (n + kPanel - 1) / kPanel;
     pool::parallel_for_static(panels, threads, [&](std::size_t p0, std::size_t p1) {
         // b is small here (the projection): pack all of it once per thread.
         AlignedFloats qpack(kPanel * dim);
-        std::vector<float> out(round_up(m, detail::kBankTile) * kPanel);
+        std::vector<float> out(detail::round_up(m, detail::kBankTile) * kPanel);
         std::vector<AlignedFloats> bpacks;
         bpacks.reserve((dim + kKc - 1) / kKc);
         for (std::size_t kc0 = 0; kc0 < dim; kc0 += kKc) {
             const std::size_t kc1 = std::min(dim, kc0 + kKc);
-            bpacks.emplace_back(round_up(m, detail::kBankTile) * (kc1 - kc0));
+            bpacks.emplace_back(detail::round_up(m, detail::kBankTile) * (kc1 - kc0));
             detail::pack_bank_block(b, dim, kc0, kc1, 0, m, bpacks.back().data);
         }
         for (std::size_t p = p0; p < p1; ++p) {
@@ -383,7 +370,7 @@ void matmul_abt(const float* a, std::size_t n, const float* b, std::size_t m, st
 
 void bank_neighbours(const float* bank, std::size_t nb, std::size_t dim, std::size_t b,
                      std::int64_t* out, int threads, KernelPath path) {
-    check_dims(nb, dim);
+    detail::check_bank_dims(nb, dim);
     require(b >= 1 && b <= nb, "b must be in [1, " + std::to_string(nb) + "], got " +
                                    std::to_string(b));
     std::vector<float> dist(nb * b);

@@ -35,23 +35,49 @@ void knn_search(const float* queries, std::size_t nq, const float* bank, const f
                 std::size_t nb, std::size_t dim, std::size_t k, float* distances,
                 std::int64_t* indices, int threads, KernelPath path = KernelPath::automatic);
 
-// A bank with its squared norms, built once and searched many times. Holds a pointer to the
-// caller's bank (which must outlive it, unchanged) plus the norms it computed.
+// A memory bank prepared for repeated exact search, in one of two forms. Either way the index
+// holds a pointer to the caller's bank (which must outlive it, unchanged) plus what it computed.
+//
+// Brute force (first constructor): the bank's squared norms; search() is knn_search().
+//
+// Pruned (second constructor): `basis` (prefix x dim, row-major) has orthonormal rows - in
+// practice the bank's leading principal axes. For orthonormal rows U, |U(q - b)| <= |q - b|:
+// the distance between the projections is a lower bound of the full one. search() computes
+// that bound for every bank row with the blocked kernel (prefix/dim of the brute-force work),
+// takes the k rows with the smallest bound, whose full distances bound the k-th nearest from
+// above, and computes the full distance (|q|^2 + |b|^2 - 2 q.b on the original features, as
+// the brute force does) only for rows whose bound, less a round-off margin, does not exceed
+// the k-th nearest found so far. Same neighbours and distances as the brute force, up to the
+// order of equal-to-round-off ties.
 class KnnIndex {
 public:
     KnnIndex(const float* bank, std::size_t nb, std::size_t dim, int threads);
+    KnnIndex(const float* bank, std::size_t nb, std::size_t dim, const float* basis,
+             std::size_t prefix, int threads);
     void search(const float* queries, std::size_t nq, std::size_t k, float* distances,
                 std::int64_t* indices, int threads,
                 KernelPath path = KernelPath::automatic) const;
     std::size_t size() const { return nb_; }
     std::size_t dim() const { return dim_; }
-    const std::vector<float>& norms() const { return norms_; }
+    // 0 for brute force, else the number of basis rows in the bound.
+    std::size_t prefix() const { return prefix_; }
 
 private:
+    void search_pruned(const float* queries, std::size_t nq, std::size_t k, float* distances,
+                       std::int64_t* indices, int threads, KernelPath path) const;
+
     const float* bank_;
     std::size_t nb_;
     std::size_t dim_;
-    std::vector<float> norms_;
+    std::vector<float> norms_;  // squared row norms
+    // Pruned form only.
+    std::size_t prefix_ = 0;
+    std::vector<float> basis_;          // prefix x dim
+    std::vector<float> prefix_norms_;   // squared norms of the projected rows, +Inf-padded to
+                                        // whole 24-row kernel tiles
+    std::vector<float> packed_prefix_;  // the projected rows in the kernel's tiles
+    float max_norm_ = 0.0f;             // largest squared row norm   } for the round-off
+    float basis_error_ = 0.0f;          // max |U U^T - I|            } margin
 };
 
 // For each bank row its b nearest bank rows (itself first: ties at distance 0 are broken so
@@ -88,6 +114,29 @@ void panel_dots_portable(const float* qpack, const float* bpack, std::size_t kc,
                          std::size_t rows, float* out, bool accumulate,
                          const float* norms = nullptr, const float* thr = nullptr,
                          std::uint8_t* hits = nullptr);
+
+// out[r * 16 + l] = sum over d < n of rows[r][d] * qt[d * 16 + l]: the dot products of `count`
+// bank rows with the 16 queries of a panel stored column by column (qt[d][16]). Rows are taken
+// four at a time so that four independent sums keep the FMA pipes busy.
+void panel_rows_dots_portable(const float* qt, const float* const* rows, std::size_t count,
+                              std::size_t n, float* out);
+void panel_rows_dots_avx2(const float* qt, const float* const* rows, std::size_t count,
+                          std::size_t n, float* out);
+void panel_rows_dots_avx512(const float* qt, const float* const* rows, std::size_t count,
+                            std::size_t n, float* out);
+
+// For `rows` rows of dot products laid out as the panel kernel writes them (dots[j * 16 + lane]),
+// the rows j where some lane l has norms[j] - 2 * dots[j][l] <= thr[l] (the same test, rounded
+// the same way, as the kernel's own filter): their numbers in hit_rows and those lanes as bits
+// in hit_lanes (both arrays hold `rows` entries); returns how many.
+std::size_t bound_rows_portable(const float* dots, const float* norms, std::size_t rows,
+                                const float* thr, std::uint32_t* hit_rows,
+                                std::uint16_t* hit_lanes);
+std::size_t bound_rows_avx2(const float* dots, const float* norms, std::size_t rows,
+                            const float* thr, std::uint32_t* hit_rows, std::uint16_t* hit_lanes);
+std::size_t bound_rows_avx512(const float* dots, const float* norms, std::size_t rows,
+                              const float* thr, std::uint32_t* hit_rows,
+                              std::uint16_t* hit_lanes);
 }  // namespace detail
 
 }  // namespace autoweld

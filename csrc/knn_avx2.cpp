@@ -123,6 +123,71 @@ void panel_dots_avx2(const float* qpack, const float* bpack, std::size_t kc, std
     }
 }
 
+void panel_rows_dots_avx2(const float* qt, const float* const* rows, std::size_t count,
+                          std::size_t n, float* out) {
+    std::size_t r = 0;
+    for (; r + 4 <= count; r += 4) {  // 4 rows x 2 halves: eight independent sums
+        const float *b0 = rows[r], *b1 = rows[r + 1], *b2 = rows[r + 2], *b3 = rows[r + 3];
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, c0 = a0, c1 = a0, e0 = a0, e1 = a0, g0 = a0,
+               g1 = a0;
+        for (std::size_t d = 0; d < n; ++d) {
+            const __m256 q0 = _mm256_loadu_ps(qt + d * kPanel);
+            const __m256 q1 = _mm256_loadu_ps(qt + d * kPanel + 8);
+            __m256 v = _mm256_broadcast_ss(b0 + d);
+            a0 = _mm256_fmadd_ps(q0, v, a0);
+            a1 = _mm256_fmadd_ps(q1, v, a1);
+            v = _mm256_broadcast_ss(b1 + d);
+            c0 = _mm256_fmadd_ps(q0, v, c0);
+            c1 = _mm256_fmadd_ps(q1, v, c1);
+            v = _mm256_broadcast_ss(b2 + d);
+            e0 = _mm256_fmadd_ps(q0, v, e0);
+            e1 = _mm256_fmadd_ps(q1, v, e1);
+            v = _mm256_broadcast_ss(b3 + d);
+            g0 = _mm256_fmadd_ps(q0, v, g0);
+            g1 = _mm256_fmadd_ps(q1, v, g1);
+        }
+        float* o = out + r * kPanel;
+        _mm256_storeu_ps(o, a0);
+        _mm256_storeu_ps(o + 8, a1);
+        _mm256_storeu_ps(o + 16, c0);
+        _mm256_storeu_ps(o + 24, c1);
+        _mm256_storeu_ps(o + 32, e0);
+        _mm256_storeu_ps(o + 40, e1);
+        _mm256_storeu_ps(o + 48, g0);
+        _mm256_storeu_ps(o + 56, g1);
+    }
+    for (; r < count; ++r) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+        for (std::size_t d = 0; d < n; ++d) {
+            const __m256 v = _mm256_broadcast_ss(rows[r] + d);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qt + d * kPanel), v, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qt + d * kPanel + 8), v, a1);
+        }
+        _mm256_storeu_ps(out + r * kPanel, a0);
+        _mm256_storeu_ps(out + r * kPanel + 8, a1);
+    }
+}
+
+std::size_t bound_rows_avx2(const float* dots, const float* norms, std::size_t rows,
+                            const float* thr, std::uint32_t* hit_rows, std::uint16_t* hit_lanes) {
+    const __m256 t0 = _mm256_loadu_ps(thr), t1 = _mm256_loadu_ps(thr + 8);
+    std::size_t count = 0;
+    for (std::size_t j = 0; j < rows; ++j) {
+        const __m256 n = _mm256_broadcast_ss(norms + j);
+        const __m256 d0 = _mm256_loadu_ps(dots + j * kPanel);
+        const __m256 d1 = _mm256_loadu_ps(dots + j * kPanel + 8);
+        const int lo = _mm256_movemask_ps(
+            _mm256_cmp_ps(_mm256_sub_ps(n, _mm256_add_ps(d0, d0)), t0, _CMP_LE_OQ));
+        const int hi = _mm256_movemask_ps(
+            _mm256_cmp_ps(_mm256_sub_ps(n, _mm256_add_ps(d1, d1)), t1, _CMP_LE_OQ));
+        const int mask = lo | (hi << 8);
+        hit_rows[count] = static_cast<std::uint32_t>(j);  // branch-free: kept if mask != 0
+        hit_lanes[count] = static_cast<std::uint16_t>(mask);
+        count += mask != 0;
+    }
+    return count;
+}
+
 // Squared distances of rows [begin, end) of x (n x dim, norms xn) to the centre c (norm cn),
 // merged into min_dist (entries < 0 mark selected points and are left alone). Returns the
 // first index of the largest min_dist in the range (or `end` when every entry is selected).

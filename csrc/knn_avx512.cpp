@@ -15,6 +15,7 @@
 #include <immintrin.h>
 #endif
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <tuple>
@@ -92,6 +93,54 @@ void panel_dots_avx512(const float* qpack, const float* bpack, std::size_t kc, s
         micro_16xT<1>(qpack, b, kc, o, accumulate, n, thr, h);
 }
 
+void panel_rows_dots_avx512(const float* qt, const float* const* rows, std::size_t count,
+                            std::size_t n, float* out) {
+    std::size_t r = 0;
+    for (; r + 4 <= count; r += 4) {  // four rows: four independent sums
+        const float *b0 = rows[r], *b1 = rows[r + 1], *b2 = rows[r + 2], *b3 = rows[r + 3];
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (std::size_t d = 0; d < n; ++d) {
+            const __m512 q = _mm512_loadu_ps(qt + d * kPanel);
+            a0 = _mm512_fmadd_ps(q, _mm512_set1_ps(b0[d]), a0);
+            a1 = _mm512_fmadd_ps(q, _mm512_set1_ps(b1[d]), a1);
+            a2 = _mm512_fmadd_ps(q, _mm512_set1_ps(b2[d]), a2);
+            a3 = _mm512_fmadd_ps(q, _mm512_set1_ps(b3[d]), a3);
+        }
+        _mm512_storeu_ps(out + r * kPanel, a0);
+        _mm512_storeu_ps(out + (r + 1) * kPanel, a1);
+        _mm512_storeu_ps(out + (r + 2) * kPanel, a2);
+        _mm512_storeu_ps(out + (r + 3) * kPanel, a3);
+    }
+    for (; r < count; ++r) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+        std::size_t d = 0;
+        for (; d + 2 <= n; d += 2) {
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qt + d * kPanel), _mm512_set1_ps(rows[r][d]), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qt + (d + 1) * kPanel),
+                                 _mm512_set1_ps(rows[r][d + 1]), a1);
+        }
+        if (d < n)
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qt + d * kPanel), _mm512_set1_ps(rows[r][d]), a0);
+        _mm512_storeu_ps(out + r * kPanel, _mm512_add_ps(a0, a1));
+    }
+}
+
+std::size_t bound_rows_avx512(const float* dots, const float* norms, std::size_t rows,
+                              const float* thr, std::uint32_t* hit_rows,
+                              std::uint16_t* hit_lanes) {
+    const __m512 tv = _mm512_loadu_ps(thr);
+    std::size_t count = 0;
+    for (std::size_t j = 0; j < rows; ++j) {
+        const __m512 d = _mm512_loadu_ps(dots + j * kPanel);
+        const __m512 v = _mm512_sub_ps(_mm512_set1_ps(norms[j]), _mm512_add_ps(d, d));
+        const unsigned mask = _mm512_cmp_ps_mask(v, tv, _CMP_LE_OQ);
+        hit_rows[count] = static_cast<std::uint32_t>(j);  // branch-free: kept if mask != 0
+        hit_lanes[count] = static_cast<std::uint16_t>(mask);
+        count += mask != 0;
+    }
+    return count;
+}
+
 #else
 // Built without AVX-512 support in the compiler: never dispatched (cpu_has_avx512() is false
 // on such builds' targets); kept so that the symbol exists.
@@ -99,6 +148,15 @@ void panel_dots_avx512(const float* qpack, const float* bpack, std::size_t kc, s
                        float* out, bool accumulate, const float* norms, const float* thr,
                        std::uint8_t* hits) {
     panel_dots_portable(qpack, bpack, kc, rows, out, accumulate, norms, thr, hits);
+}
+void panel_rows_dots_avx512(const float* qt, const float* const* rows, std::size_t count,
+                            std::size_t n, float* out) {
+    panel_rows_dots_portable(qt, rows, count, n, out);
+}
+std::size_t bound_rows_avx512(const float* dots, const float* norms, std::size_t rows,
+                              const float* thr, std::uint32_t* hit_rows,
+                              std::uint16_t* hit_lanes) {
+    return bound_rows_portable(dots, norms, rows, thr, hit_rows, hit_lanes);
 }
 #endif
 

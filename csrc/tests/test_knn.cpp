@@ -161,5 +161,51 @@ int main() {
         }
         CHECK(overflow.find("overflow") != std::string::npos);
     }
+    // Pruned KnnIndex: coordinate basis (orthonormal by construction) on features whose
+    // variance falls off with the coordinate, as principal axes would order it; the answer is
+    // the brute force's on every path, for shapes off the panel / tile / chunk sizes.
+    for (KernelPath path : paths) {
+        struct Pruned { std::size_t nq, nb, dim, prefix, k; };
+        for (const Pruned& s : {Pruned{1, 1, 2, 1, 1}, Pruned{17, 245, 40, 8, 9},
+                                Pruned{40, 1000, 152, 16, 1}, Pruned{5, 7, 9, 3, 7}}) {
+            auto b = random_matrix(s.nb, s.dim, 21 + static_cast<unsigned>(s.nb));
+            auto q = random_matrix(s.nq, s.dim, 22 + static_cast<unsigned>(s.nq));
+            for (std::size_t r = 0; r < s.nb; ++r)
+                for (std::size_t d = 0; d < s.dim; ++d) b[r * s.dim + d] /= float(1 + d);
+            for (std::size_t r = 0; r < s.nq; ++r)
+                for (std::size_t d = 0; d < s.dim; ++d) q[r * s.dim + d] /= float(1 + d);
+            std::vector<float> basis(s.prefix * s.dim, 0.0f);
+            for (std::size_t p = 0; p < s.prefix; ++p) basis[p * s.dim + p] = 1.0f;
+            autoweld::KnnIndex pruned(b.data(), s.nb, s.dim, basis.data(), s.prefix, 2);
+            CHECK(pruned.prefix() == s.prefix);
+            std::vector<float> d1(s.nq * s.k), d2(s.nq * s.k);
+            std::vector<std::int64_t> i1(s.nq * s.k), i2(s.nq * s.k);
+            pruned.search(q.data(), s.nq, s.k, d1.data(), i1.data(), 3, path);
+            autoweld::knn_search(q.data(), s.nq, b.data(), nullptr, s.nb, s.dim, s.k, d2.data(),
+                                 i2.data(), 1, path);
+            bool ok = true;
+            for (std::size_t t = 0; t < s.nq * s.k; ++t) {
+                ok = ok && std::fabs(d1[t] - d2[t]) <= 1e-4f * (1.0f + d2[t]);
+                ok = ok && (i1[t] == i2[t] || std::fabs(d1[t] - d2[t]) <= 1e-4f);
+            }
+            if (!ok) std::fprintf(stderr, "pruned mismatch nq=%zu nb=%zu dim=%zu\n", s.nq, s.nb, s.dim);
+            CHECK(ok);
+        }
+    }
+    // Pruned KnnIndex: bad bases and prefixes.
+    {
+        auto b = random_matrix(30, 4, 3);
+        std::vector<float> skewed = {1, 0, 0, 0, 0.5f, 1, 0, 0};  // rows not orthogonal
+        std::vector<float> unit = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1};
+        CHECK_THROWS(autoweld::KnnIndex(b.data(), 30, 4, skewed.data(), 2, 1), std::invalid_argument);
+        CHECK_THROWS(autoweld::KnnIndex(b.data(), 30, 4, unit.data(), 0, 1), std::invalid_argument);
+        CHECK_THROWS(autoweld::KnnIndex(b.data(), 30, 4, unit.data(), 4, 1), std::invalid_argument);
+        autoweld::KnnIndex ok(b.data(), 30, 4, unit.data(), 3, 1);
+        std::vector<float> q(4, 0.0f), d(31);
+        std::vector<std::int64_t> i(31);
+        CHECK_THROWS(ok.search(q.data(), 1, 31, d.data(), i.data(), 1), std::invalid_argument);
+        q[1] = std::numeric_limits<float>::quiet_NaN();
+        CHECK_THROWS(ok.search(q.data(), 1, 1, d.data(), i.data(), 1), std::invalid_argument);
+    }
     return autoweld_test::finish("test_knn");
 }

@@ -245,6 +245,8 @@ def anomaly_map(
 
 __all__ += [
     "KnnIndex",
+    "PrincipalAxes",
+    "principal_axes",
     "bank_neighbours",
     "coreset",
     "coreset_project",
@@ -330,16 +332,106 @@ def knn(
     return _native.knn(queries, bank, k, _threads(threads))
 
 
+# Pruned KnnIndex: the automatic choice. The bound uses the fewest principal axes (a multiple of
+# 8) that hold this share of the bank's variance; pruning is chosen when they are at most this
+# share of the dimension and the bank is large enough for the bound pass to pay off.
+PRUNE_VARIANCE = 0.8
+PRUNE_MAX_SHARE = 0.25
+PRUNE_MIN_ROWS = 1024
+PCA_SAMPLE_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class PrincipalAxes:
+    """The bank's principal axes (rows of ``axes``, float32 ``(D, D)``, largest variance first)
+    and the cumulative share of the variance the first 1, 2, ... of them hold."""
+
+    axes: np.ndarray
+    cumulative_variance: np.ndarray
+
+    def prefix_for(self, share: float = PRUNE_VARIANCE) -> int:
+        """The fewest axes, rounded up to a multiple of 8 (at most D - 1), holding ``share``."""
+        dim = self.axes.shape[0]
+        needed = int(np.searchsorted(self.cumulative_variance, share) + 1)
+        return max(1, min(dim - 1, -(-needed // 8) * 8))
+
+    def worth_pruning(self, rows: int) -> bool:
+        """Whether a pruned search should beat brute force on a bank of ``rows`` rows."""
+        dim = self.axes.shape[0]
+        return dim >= 2 and rows >= PRUNE_MIN_ROWS and self.prefix_for() <= PRUNE_MAX_SHARE * dim
+
+
+def principal_axes(bank: np.ndarray, sample_rows: int = PCA_SAMPLE_ROWS) -> PrincipalAxes:
+    """Principal axes of ``bank`` (float32 ``(M, D)``), from at most ``sample_rows`` rows chosen
+    with a fixed seed (the same axes every time for the same bank). Computed in float64; the
+    axes are orthonormal to float32 precision."""
+    bank = _bank(bank)
+    _finite(bank, "bank")
+    rows = bank.shape[0]
+    if rows > sample_rows:
+        pick = np.sort(np.random.default_rng(0).choice(rows, sample_rows, replace=False))
+        bank = bank[pick]
+    x = bank.astype(np.float64)
+    x -= x.mean(axis=0)
+    eigenvalues, vectors = np.linalg.eigh(x.T @ x)
+    order = np.argsort(eigenvalues)[::-1]
+    eigenvalues = np.clip(eigenvalues[order], 0.0, None)
+    total = eigenvalues.sum()
+    cumulative = np.cumsum(eigenvalues) / total if total > 0 else np.ones_like(eigenvalues)
+    return PrincipalAxes(np.ascontiguousarray(vectors[:, order].T, dtype=np.float32), cumulative)
+
+
 class KnnIndex:
-    """A memory bank prepared for repeated exact kNN search (its squared norms precomputed).
+    """A memory bank prepared for repeated exact kNN search.
 
     Holds a reference to ``bank`` (copied only if it is not C-contiguous); the bank must not be
-    modified while the index is in use.
+    modified while the index is in use. Two forms, with the same results:
+
+    * brute force: every query against every bank row, the bank's squared norms precomputed.
+    * pruned: a ``basis`` of ``P`` orthonormal rows (the bank's leading principal axes)
+      projects bank and queries; the distance between projections is a lower bound of the true
+      one, computed for every row at ``P / D`` of the brute-force cost, and only rows whose bound
+      can beat the k-th nearest found get the true distance, computed as the brute force does.
+      Patch features of one product put most of their variance on a few axes, so few rows do
+      (weld bundle: 16 of 152 axes; about 2 % of the bank gets the full distance).
+
+    Args:
+        bank: float32 ``(M, D)`` memory bank.
+        threads: worker threads for building the index (``None``: all hardware threads).
+        prune: ``None`` (default): prune when ``basis`` is given, or when the bank has at least
+            1024 rows and the axes holding 80 % of its variance are at most a quarter of ``D``;
+            ``True``: always (needs ``D >= 2``); ``False``: never.
+        basis: float32 ``(P, D)`` with orthonormal rows, ``1 <= P < D`` (export stores the
+            bank's in the bundle); ``None`` computes the principal axes here when pruning.
     """
 
-    def __init__(self, bank: np.ndarray, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        bank: np.ndarray,
+        threads: int | None = None,
+        prune: bool | None = None,
+        basis: np.ndarray | None = None,
+    ) -> None:
         bank = _bank(bank)
-        self._index = _native.KnnIndex(bank, _threads(threads))
+        if prune is not None and not isinstance(prune, bool):
+            raise ValueError(f"prune must be True, False or None, got {prune!r}")
+        rows, dim = bank.shape
+        if basis is not None:
+            basis = _float32_matrix(basis, "basis")
+            if basis.shape[1] != dim or not 1 <= basis.shape[0] < dim:
+                raise ValueError(
+                    f"basis must be (P, {dim}) with 1 <= P < {dim} for this bank, got {basis.shape}"
+                )
+        elif prune is not False and dim >= 2:
+            pca = principal_axes(bank)
+            if prune or pca.worth_pruning(rows):
+                basis = np.ascontiguousarray(pca.axes[: pca.prefix_for()])
+        if prune is True and dim < 2:
+            raise ValueError(f"bank: pruning needs at least 2 features, the bank has {dim}")
+        if prune is False or basis is None:
+            self._index = _native.KnnIndex(bank, _threads(threads))
+        else:
+            self._index = _native.KnnIndex(bank, basis, _threads(threads))
 
     @property
     def size(self) -> int:
@@ -350,6 +442,11 @@ class KnnIndex:
     def dim(self) -> int:
         """Feature dimension."""
         return int(self._index.dim)
+
+    @property
+    def prefix_dims(self) -> int:
+        """Rows of the pruning basis; 0 for a brute-force index."""
+        return int(self._index.prefix)
 
     def search(
         self, queries: np.ndarray, k: int, threads: int | None = None

@@ -224,3 +224,137 @@ def test_knn_index_property(q, m, dq, db, k):
     distances, indices = index.search(queries, k)
     assert distances.shape == indices.shape == (q, k)
     assert (np.diff(distances, axis=1) >= 0).all()
+
+
+# ---- pruned KnnIndex: a lower bound from the bank's principal axes ------------------------
+
+
+def low_rank(rows: int, dim: int, rank: int, seed: int, noise: float = 0.05) -> np.ndarray:
+    """Rows near a rank-`rank` subspace, as patch features of one product are: most of the
+    variance on few axes, so the pruning bound is tight and really prunes."""
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((rank, dim)) * np.linspace(3.0, 1.0, rank)[:, None]
+    rows_ = rng.standard_normal((rows, rank)) @ mix + noise * rng.standard_normal((rows, dim))
+    return rows_.astype(np.float32)
+
+
+PRUNED_SHAPES = [
+    # queries, bank rows, dim, basis rows, k
+    (1, 30, 8, 2, 1),
+    (5, 7, 3, 1, 7),  # k = bank size
+    (17, 245, 40, 8, 9),  # one past the panel; bank not a multiple of the 6/24-row tiles
+    (50, 1500, 152, 16, 1),  # the weld shape, scaled down
+    (33, 500, 64, 16, 16),
+    (16, 481, 257, 8, 5),  # depth past 256
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("q,m,d,p,k", PRUNED_SHAPES)
+def test_pruned_index_equals_brute_force(path, q, m, d, p, k):
+    bank = low_rank(m, d, rank=max(1, p // 2), seed=m + d)
+    normal = low_rank(q, d, rank=max(1, p // 2), seed=m + d + 1)
+    # Some queries far from the bank (anomalies): their bound admits many rows.
+    queries = np.concatenate([normal, 5.0 * tie_free(3, d, 7)]).astype(np.float32)
+    basis = native.principal_axes(bank).axes[:p].copy()
+    index = native._native.KnnIndex(bank, basis, 2)
+    assert index.prefix == p
+    distances, indices = index.search(queries, k, 2, path)
+    assert_matches(queries, bank, k, distances, indices)
+    # Same answer as the brute-force index on the same bank, whatever the thread count.
+    d1, i1 = native._native.KnnIndex(bank, basis, 1).search(queries, k, 3, path)
+    np.testing.assert_array_equal(i1, indices)
+    np.testing.assert_array_equal(d1, distances)
+
+
+def test_pruned_index_on_isotropic_data_is_still_exact():
+    # Variance spread evenly: the bound prunes little, the answer must not change.
+    bank = tie_free(700, 24, 11)
+    queries = tie_free(40, 24, 12)
+    index = native.KnnIndex(bank, prune=True)
+    assert index.prefix_dims > 0
+    assert_matches(queries, bank, 4, *index.search(queries, 4))
+
+
+def test_pruned_index_ties_list_the_lower_index_first():
+    base = low_rank(200, 16, 3, seed=5)
+    bank = np.concatenate([base, base[:50]])  # rows 200..249 duplicate rows 0..49
+    index = native.KnnIndex(bank, prune=True)
+    distances, indices = index.search(base[:50], 2)
+    np.testing.assert_array_equal(indices[:, 0], np.arange(50))
+    np.testing.assert_array_equal(indices[:, 1], np.arange(200, 250))
+    # Equal rows, equal distances (0 up to the round-off of |q|^2 + |b|^2 - 2 q.b).
+    np.testing.assert_array_equal(distances[:, 0], distances[:, 1])
+    assert (distances[:, 0] <= 1e-3 * np.linalg.norm(base[:50], axis=1)).all()
+
+
+def test_automatic_choice_prunes_concentrated_banks_only():
+    concentrated = low_rank(2000, 64, 4, seed=1)
+    auto = native.KnnIndex(concentrated)
+    assert 0 < auto.prefix_dims <= 16 and auto.prefix_dims % 8 == 0
+    assert native.KnnIndex(concentrated, prune=False).prefix_dims == 0
+    assert native.KnnIndex(tie_free(2000, 64, 2)).prefix_dims == 0  # spread: brute force
+    assert native.KnnIndex(low_rank(500, 64, 4, seed=3)).prefix_dims == 0  # too small
+    assert native.KnnIndex(tie_free(2000, 64, 2), prune=True).prefix_dims > 0
+    basis = native.principal_axes(concentrated).axes[:24].copy()
+    assert native.KnnIndex(concentrated, basis=basis).prefix_dims == 24
+    queries = low_rank(64, 64, 4, seed=9)
+    assert_matches(queries, concentrated, 3, *auto.search(queries, 3))
+
+
+def test_principal_axes_are_orthonormal_sorted_and_deterministic():
+    bank = low_rank(3000, 32, 3, seed=4)
+    pca = native.principal_axes(bank)
+    assert pca.axes.shape == (32, 32) and pca.axes.dtype == np.float32
+    np.testing.assert_allclose(pca.axes @ pca.axes.T, np.eye(32), atol=1e-5)
+    cumulative = pca.cumulative_variance
+    assert (np.diff(cumulative) >= -1e-12).all() and abs(cumulative[-1] - 1.0) < 1e-9
+    assert cumulative[2] > 0.95  # three axes hold a rank-3 bank's variance
+    assert pca.prefix_for(0.8) == 8
+    np.testing.assert_array_equal(native.principal_axes(bank).axes, pca.axes)
+    constant = native.principal_axes(np.ones((10, 4), np.float32))
+    assert np.isfinite(constant.cumulative_variance).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"basis": 2.0 * np.eye(3, 8, dtype=np.float32)}, "orthonormal"),
+        ({"basis": np.eye(3, 7, dtype=np.float32)}, "basis must be"),
+        ({"basis": np.eye(8, 8, dtype=np.float32)}, "basis must be"),
+        ({"basis": np.eye(3, 8)}, "basis must be float32"),
+        ({"basis": np.full((2, 8), np.nan, np.float32)}, "basis"),
+        ({"prune": "yes"}, "prune"),
+    ],
+)
+def test_pruned_index_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        native.KnnIndex(tie_free(50, 8, 1), **kwargs)
+
+
+def test_pruning_needs_two_features():
+    with pytest.raises(ValueError, match="at least 2 features"):
+        native.KnnIndex(tie_free(50, 1, 1), prune=True)
+    assert native.KnnIndex(tie_free(50, 1, 1)).prefix_dims == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    q=st.integers(0, 40),
+    m=st.integers(1, 80),
+    d=st.integers(2, 40),
+    p=st.integers(1, 39),
+    k=st.integers(1, 20),
+    seed=st.integers(0, 1000),
+)
+def test_pruned_index_property(q, m, d, p, k, seed):
+    p, k = min(p, d - 1), min(k, m)
+    bank = low_rank(m, d, rank=max(1, d // 4), seed=seed)
+    queries = (
+        low_rank(q, d, rank=max(1, d // 4), seed=seed + 1) if q else np.zeros((0, d), np.float32)
+    )
+    basis = native.principal_axes(bank).axes[:p].copy()
+    distances, indices = native.KnnIndex(bank, basis=basis).search(queries, k)
+    assert distances.shape == indices.shape == (q, k)
+    if q:
+        assert_matches(queries, bank, k, distances, indices)
