@@ -66,6 +66,7 @@ def test_weld_bundle_follows_the_contract(weld_export, tiny_weld):
     assert head["feature_map"] == [SIZE // 8, SIZE // 8]
     assert head["bank_size"] == 60 and head["embedding_dim"] == 152
     assert head["reweight_neighbours"] == 9
+    assert head["knn_basis"] is None  # 60 rows: too few for the pruned search to pay
     assert head["calibration"]["a"] < 0  # higher score, higher probability of a defect
     assert m["fusion"]["weights"] == {"patchcore": 1.0}
     assert m["fusion"]["threshold_method"] == "best_f1"

@@ -14,6 +14,7 @@ from tinybundle import (
     SIZE,
     defect_image,
     normal_image,
+    tiny_bank,
     write_tiny_bundle,
 )
 
@@ -330,3 +331,37 @@ def test_threads_reach_every_threaded_kernel(tiny_bundle, monkeypatch):
         result = inspector.inspect(normal_image(1))
     assert result.error is None
     assert calls == [1]
+
+
+def test_knn_basis_from_the_bundle_prunes_with_the_same_results(tiny_bundle, tmp_path):
+    basis = native.principal_axes(tiny_bank()).axes[:1].copy()
+    pruned_dir = write_tiny_bundle(tmp_path / "pruned", knn_basis=basis)
+    images = [normal_image(5), defect_image(6)]
+    with Inspector(tiny_bundle, threads=1) as plain, Inspector(pruned_dir, threads=1) as pruned:
+        assert pruned._knn["patchcore"][0].prefix_dims == 1
+        assert plain._knn["patchcore"][0].prefix_dims == 0  # no key, bank too small to prune
+        for image in images:
+            a, b = plain.inspect(image), pruned.inspect(image)
+            assert a.decision == b.decision
+            assert b.scores["patchcore"] == pytest.approx(a.scores["patchcore"], rel=1e-5)
+            np.testing.assert_allclose(b.anomaly_map, a.anomaly_map, rtol=1e-4, atol=1e-6)
+
+
+def test_knn_basis_null_means_brute_force(tmp_path):
+    bundle_dir = write_tiny_bundle(tmp_path / "b", knn_basis=None)
+    with Inspector(bundle_dir, threads=1) as inspector:
+        assert inspector._knn["patchcore"][0].prefix_dims == 0
+
+
+@pytest.mark.parametrize(
+    "basis,match",
+    [
+        (2.0 * np.eye(1, 3, dtype=np.float32), "knn_basis: basis must have orthonormal rows"),
+        (np.eye(3, 3, dtype=np.float32), "knn_basis: basis must be"),
+        (7, "knn_basis must be a file name or null"),
+    ],
+)
+def test_bad_knn_basis_is_refused_with_the_bundle_named(tmp_path, basis, match):
+    bundle_dir = write_tiny_bundle(tmp_path / "b", knn_basis=basis)
+    with pytest.raises(ValueError, match=match):
+        Inspector(bundle_dir, threads=1)

@@ -133,14 +133,34 @@ def defect_image(seed: int, size: int = 48) -> np.ndarray:
     return image
 
 
+TINY_BANK_SEED = 0
+NO_BASIS_KEY = "absent"
+
+
+def tiny_bank() -> np.ndarray:
+    return np.random.default_rng(TINY_BANK_SEED).normal(0, 0.02, (64, 3)).astype(np.float32)
+
+
 def write_tiny_bundle(
-    root: Path, *, offset: float | None = None, heads: tuple[str, ...] = ("patchcore", "feature_ae")
+    root: Path,
+    *,
+    offset: float | None = None,
+    heads: tuple[str, ...] = ("patchcore", "feature_ae"),
+    knn_basis: object = NO_BASIS_KEY,
 ) -> Path:
-    rng = np.random.default_rng(0)
-    bank = rng.normal(0, 0.02, (64, 3)).astype(np.float32)
+    """``knn_basis``: an array is stored as ``knn_basis.npy`` and named in the manifest; any
+    other value (None, a wrong type) is written into the manifest as is; the default leaves the
+    key out, as bundles written before it existed."""
+    bank = tiny_bank()
     files: dict = {"model.onnx": make_graph(offset, heads=heads)}
+    spec = manifest(heads)
     if "patchcore" in heads:
         files["memory_bank.npy"] = bank
         files["bank_neighbours.npy"] = brute_neighbours(bank, 3)
-    write_bundle(root, manifest(heads), files)
+        if isinstance(knn_basis, np.ndarray):
+            files["knn_basis.npy"] = knn_basis
+            spec["models"]["patchcore"]["knn_basis"] = "knn_basis.npy"
+        elif knn_basis is not NO_BASIS_KEY:
+            spec["models"]["patchcore"]["knn_basis"] = knn_basis
+    write_bundle(root, spec, files)
     return root

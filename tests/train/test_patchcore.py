@@ -91,3 +91,22 @@ def test_fit_builds_a_coreset_bank_of_the_configured_size():
     assert entry["embedding_dim"] == 152 and entry["n_patches_fitted"] == 256
     graph = InspectionGraph(extractor, [head])
     assert graph.output_names == ["patchcore_embeddings"]
+
+
+def test_knn_basis_for_the_runtime_only_when_pruning_pays():
+    rng = np.random.default_rng(0)
+    head = PatchCoreHead((32, 32), PatchCoreSettings())  # D = 64
+    concentrated = (rng.standard_normal((2000, 3)) @ rng.standard_normal((3, 64))).astype(
+        np.float32
+    ) + 0.01 * rng.standard_normal((2000, 64)).astype(np.float32)
+    head.set_bank(concentrated, np.zeros((2000, 1), np.int64))
+    basis = head.knn_basis()
+    assert basis is not None and basis.dtype == np.float32 and basis.shape == (8, 64)
+    np.testing.assert_allclose(basis @ basis.T, np.eye(8), atol=1e-5)
+    assert head.manifest_entry()["knn_basis"] == "knn_basis.npy"
+    np.testing.assert_array_equal(head.bundle_files()["knn_basis.npy"], basis)
+    spread = rng.standard_normal((2000, 64)).astype(np.float32)
+    head.set_bank(spread, np.zeros((2000, 1), np.int64))  # a new bank: a new decision
+    assert head.knn_basis() is None
+    assert head.manifest_entry()["knn_basis"] is None
+    assert "knn_basis.npy" not in head.bundle_files()

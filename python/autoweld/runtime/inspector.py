@@ -184,7 +184,11 @@ class Inspector:
                         f"{self.bundle.root}: head {name!r}: memory bank {bank.shape} and "
                         f"bank neighbours {neighbours.shape} do not fit together"
                     )
-                self._knn[name] = (native.KnnIndex(bank, threads=threads), bank, neighbours)
+                self._knn[name] = (
+                    self._knn_index(name, head.settings, bank, threads),
+                    bank,
+                    neighbours,
+                )
         self.engine: OnnxRunner = open_engine(self.bundle, providers=providers, threads=threads)
         missing = [
             h.output for h in self.heads.values() if h.output not in self.engine.output_names
@@ -257,6 +261,27 @@ class Inspector:
                 result.timings_ms = {"decode": decode_ms[j], **result.timings_ms}
                 results[position] = result
         return [r if r is not None else failed_result("not inspected") for r in results]
+
+    def _knn_index(
+        self, name: str, settings: dict[str, Any], bank: np.ndarray, threads: int | None
+    ) -> native.KnnIndex:
+        """The head's exact kNN index: pruned with the bundle's basis when export stored one,
+        brute force when export found pruning not worth it (``knn_basis: null``), the automatic
+        choice for bundles written before the key existed."""
+        if "knn_basis" not in settings:
+            return native.KnnIndex(bank, threads=threads)
+        if settings["knn_basis"] is None:
+            return native.KnnIndex(bank, threads=threads, prune=False)
+        if not isinstance(settings["knn_basis"], str):
+            raise ValueError(
+                f"{self.bundle.root}: head {name!r}: knn_basis must be a file name or null, "
+                f"got {settings['knn_basis']!r}"
+            )
+        basis = self.bundle.load_array(settings["knn_basis"])
+        try:
+            return native.KnnIndex(bank, threads=threads, basis=basis)
+        except ValueError as error:
+            raise ValueError(f"{self.bundle.root}: head {name!r}: knn_basis: {error}") from error
 
     def close(self) -> None:
         """Release the engine. Later inspections return FAIL ("inspector is closed")."""

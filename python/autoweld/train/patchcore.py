@@ -34,6 +34,7 @@ __all__ = ["PatchCoreHead", "PatchCoreSettings", "adaptive_pool_matrix"]
 
 MEMORY_BANK_FILE = "memory_bank.npy"
 BANK_NEIGHBOURS_FILE = "bank_neighbours.npy"
+KNN_BASIS_FILE = "knn_basis.npy"
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ class PatchCoreHead(ExportHead):
         # Fitted state: numpy, not parameters — it lives in the bundle, not in the graph.
         self.memory_bank: np.ndarray | None = None
         self.bank_neighbours: np.ndarray | None = None
+        self._knn_basis: np.ndarray | None = None  # computed with the bank (see knn_basis)
+        self._knn_basis_done = False
         self.n_patches_seen = 0
         self._feature_map: tuple[int, int] | None = None
 
@@ -169,6 +172,7 @@ class PatchCoreHead(ExportHead):
         b = min(self.settings.reweight_neighbours, bank.shape[0])
         self.memory_bank = bank
         self.bank_neighbours = np.asarray(native.bank_neighbours(bank, b), dtype=np.int64)
+        self._knn_basis_done = False
         self.n_patches_seen = total
 
     def _require_fitted(self) -> tuple[np.ndarray, np.ndarray]:
@@ -189,12 +193,30 @@ class PatchCoreHead(ExportHead):
                 f"bank_neighbours: expected ({memory_bank.shape[0]}, b), got {bank_neighbours.shape}"
             )
         self.memory_bank, self.bank_neighbours = memory_bank, bank_neighbours
+        self._knn_basis_done = False
+
+    def knn_basis(self) -> np.ndarray | None:
+        """The runtime's kNN pruning basis for this bank: its leading principal axes, float32
+        ``(P, D)`` (see :class:`autoweld.native.KnnIndex`), or None when the bank's variance is
+        too spread for pruning to pay (the runtime then searches by brute force)."""
+        bank, _ = self._require_fitted()
+        if not self._knn_basis_done:
+            pca = native.principal_axes(bank)
+            self._knn_basis = (
+                np.ascontiguousarray(pca.axes[: pca.prefix_for()])
+                if pca.worth_pruning(bank.shape[0])
+                else None
+            )
+            self._knn_basis_done = True
+        return self._knn_basis
 
     def manifest_entry(self) -> dict[str, Any]:
         bank, neighbours = self._require_fitted()
+        basis = self.knn_basis()
         return {
             "memory_bank": MEMORY_BANK_FILE,
             "bank_neighbours": BANK_NEIGHBOURS_FILE,
+            "knn_basis": KNN_BASIS_FILE if basis is not None else None,
             "embedding_dim": self.embedding_dim,
             "bank_size": int(bank.shape[0]),
             "num_neighbours": 1,
@@ -206,7 +228,11 @@ class PatchCoreHead(ExportHead):
 
     def bundle_files(self) -> dict[str, np.ndarray]:
         bank, neighbours = self._require_fitted()
-        return {MEMORY_BANK_FILE: bank, BANK_NEIGHBOURS_FILE: neighbours}
+        files = {MEMORY_BANK_FILE: bank, BANK_NEIGHBOURS_FILE: neighbours}
+        basis = self.knn_basis()
+        if basis is not None:
+            files[KNN_BASIS_FILE] = basis
+        return files
 
 
 @register_head("patchcore")
