@@ -35,6 +35,8 @@ std::size_t bank_block_rows(std::size_t kc) {
     rows = rows >= 24 ? rows / 24 * 24 : std::max<std::size_t>(6, rows / 6 * 6);
     return std::min(rows, kNc);
 }
+// knn_search packs a bank up to this size once for all threads (beyond it, per thread).
+constexpr std::size_t kSharedPackBytes = std::size_t{64} << 20;
 // Queries handled per pass over the bank by one thread: 64 panels = 1024 queries.
 constexpr std::size_t kGroupPanels = 64;
 
@@ -144,10 +146,14 @@ void finish_row(float qn, const float* value, const std::int64_t* index, std::si
                 float* distances, std::int64_t* indices) {
     // sqrt(max(0, |q|^2 + v)); sorted by (distance, index) so that equal distances (exact
     // ties, or several rows clamped to 0) list the lower index first.
-    std::vector<std::pair<float, std::int64_t>> row(k);
+    using Entry = std::pair<float, std::int64_t>;
+    constexpr std::size_t kStack = 32;  // no allocation per query for the usual k
+    Entry stack[kStack];
+    std::vector<Entry> heap_rows(k > kStack ? k : 0);
+    Entry* row = k > kStack ? heap_rows.data() : stack;
     for (std::size_t t = 0; t < k; ++t)
         row[t] = {std::sqrt(std::max(0.0f, qn + value[t])), index[t]};
-    std::sort(row.begin(), row.end());
+    std::sort(row, row + k);
     for (std::size_t t = 0; t < k; ++t) {
         distances[t] = row[t].first;
         indices[t] = row[t].second;
@@ -214,27 +220,59 @@ using detail::AlignedFloats;
 using detail::PanelDots;
 using detail::TopK;
 
+}  // namespace
+
+namespace detail {
+
+std::size_t packed_bank_floats(std::size_t nb, std::size_t dim) {
+    return round_up(nb, kBankTile) * dim;
+}
+
+void pack_bank(const float* bank, std::size_t nb, std::size_t dim, float* dst, int threads) {
+    // The layout knn_core walks: blocks of bank_block_rows() rows, each holding its depth
+    // chunks one after the other, each chunk in 6-row tiles (pack_bank_block).
+    const std::size_t kc_block = std::min(dim, kMaxKc);
+    const std::size_t nc = bank_block_rows(kc_block);
+    pool::parallel_for_static((nb + nc - 1) / nc, threads, [&](std::size_t b0, std::size_t b1) {
+        for (std::size_t b = b0; b < b1; ++b) {
+            const std::size_t j0 = b * nc, j1 = std::min(nb, j0 + nc);
+            for (std::size_t kc0 = 0; kc0 < dim; kc0 += kc_block)
+                pack_bank_block(bank, dim, kc0, std::min(dim, kc0 + kc_block), j0, j1,
+                                dst + j0 * dim + round_up(j1 - j0, kBankTile) * kc0);
+        }
+    });
+}
+
+}  // namespace detail
+
+namespace {
+
 // Core of knn_search once everything is checked: every thread owns a contiguous set of
 // 16-query panels, packs them once, and walks the bank in blocks of kNc rows; the dot products
 // of a block are turned into v = |b|^2 - 2 q.b and merged into each query's top-k heap (v is
 // the squared distance minus |q|^2, which ranks bank rows the same way).
 void knn_core(const float* queries, std::size_t nq, const float* bank, const float* bn,
-              std::size_t nb, std::size_t dim, std::size_t k, float* distances,
-              std::int64_t* indices, int threads, PanelDots dots) {
+              const float* prepacked, std::size_t nb, std::size_t dim, std::size_t k,
+              float* distances, std::int64_t* indices, int threads, PanelDots dots) {
     using detail::kPanel;
     const std::size_t panels = (nq + kPanel - 1) / kPanel;
+    // Each thread computes the squared norms of its own queries (no extra parallel region).
     std::vector<float> qn(nq);
-    squared_norms(queries, nq, dim, qn.data(), threads);
-    require_finite(qn.data(), nq, "queries (squared row norms overflow float32)");
     // One pass over the bank per group of at most kGroupPanels panels bounds the workspace
     // (packed queries, dot-product block, heaps) whatever the number of queries.
     auto run_group = [&](std::size_t p0, std::size_t p1) {
         const std::size_t np = p1 - p0;
+        {
+            const std::size_t q0 = p0 * kPanel, q1 = std::min(nq, p1 * kPanel);
+            squared_norms(queries + q0 * dim, q1 - q0, dim, qn.data() + q0, 1);
+            require_finite(qn.data() + q0, q1 - q0,
+                           "queries (squared row norms overflow float32)");
+        }
         AlignedFloats qpack(np * kPanel * dim);
         const std::size_t kc_block = std::min(dim, kMaxKc);
         const std::size_t nc = bank_block_rows(kc_block);
         std::vector<float> block(np * nc * kPanel);
-        AlignedFloats bpack(nc * kc_block);
+        AlignedFloats bpack(prepacked ? 0 : nc * kc_block);
         std::vector<float> heap_v(np * kPanel * k);
         std::vector<std::int64_t> heap_i(np * kPanel * k);
         for (std::size_t p = 0; p < np; ++p) {
@@ -255,7 +293,11 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
             for (std::size_t kc0 = 0; kc0 < dim; kc0 += kc_block) {
                 const std::size_t kc1 = std::min(dim, kc0 + kc_block);
                 const bool last = kc1 == dim;
-                detail::pack_bank_block(bank, dim, kc0, kc1, j0, j1, bpack.data);
+                const float* bp = bpack.data;
+                if (prepacked)
+                    bp = prepacked + j0 * dim + detail::round_up(j1 - j0, detail::kBankTile) * kc0;
+                else
+                    detail::pack_bank_block(bank, dim, kc0, kc1, j0, j1, bpack.data);
                 for (std::size_t p = 0; p < np; ++p) {
                     float* out = block.data() + p * nc * kPanel;
                     const std::size_t row0 = (p0 + p) * kPanel;
@@ -264,7 +306,7 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
                         for (std::size_t l = 0; l < kPanel; ++l)
                             thr[l] = l < lanes ? heap_v[(p * kPanel + l) * k]
                                                : -std::numeric_limits<float>::infinity();
-                    dots(qpack.data + p * kPanel * dim + kc0 * kPanel, bpack.data, kc1 - kc0,
+                    dots(qpack.data + p * kPanel * dim + kc0 * kPanel, bp, kc1 - kc0,
                          j1 - j0, out, kc0 > 0, last ? block_norms : nullptr, thr, hits);
                     if (!last) continue;
                     const std::size_t tiles = (j1 - j0 + detail::kBankTile - 1) / detail::kBankTile;
@@ -311,6 +353,14 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
 void knn_search(const float* queries, std::size_t nq, const float* bank, const float* bank_norms,
                 std::size_t nb, std::size_t dim, std::size_t k, float* distances,
                 std::int64_t* indices, int threads, KernelPath path) {
+    detail::knn_search_packed(queries, nq, bank, bank_norms, nullptr, nb, dim, k, distances,
+                              indices, threads, path);
+}
+
+void detail::knn_search_packed(const float* queries, std::size_t nq, const float* bank,
+                               const float* bank_norms, const float* packed, std::size_t nb,
+                               std::size_t dim, std::size_t k, float* distances,
+                               std::int64_t* indices, int threads, KernelPath path) {
     detail::check_bank_dims(nb, dim);
     require(k >= 1, "k must be at least 1, got " + std::to_string(k));
     require(k <= nb, "k (" + std::to_string(k) + ") exceeds the memory bank size (" +
@@ -331,7 +381,17 @@ void knn_search(const float* queries, std::size_t nq, const float* bank, const f
         require_finite(own_norms.data(), nb, "bank (squared row norms overflow float32)");
         bank_norms = own_norms.data();
     }
-    knn_core(queries, nq, bank, bank_norms, nb, dim, k, distances, indices, threads, dots);
+    // Every thread walks the whole bank: packed per thread, the bank would be packed once per
+    // thread. A bank of modest size is packed once, shared (in a parallel pass of its own).
+    std::vector<float> shared;
+    if (packed == nullptr && resolve_threads(threads) > 1 &&
+        detail::packed_bank_floats(nb, dim) * sizeof(float) <= kSharedPackBytes) {
+        shared.resize(detail::packed_bank_floats(nb, dim));
+        detail::pack_bank(bank, nb, dim, shared.data(), threads);
+        packed = shared.data();
+    }
+    knn_core(queries, nq, bank, bank_norms, packed, nb, dim, k, distances, indices, threads,
+             dots);
 }
 
 void matmul_abt(const float* a, std::size_t n, const float* b, std::size_t m, std::size_t dim,

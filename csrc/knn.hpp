@@ -65,11 +65,15 @@ public:
 private:
     void search_pruned(const float* queries, std::size_t nq, std::size_t k, float* distances,
                        std::int64_t* indices, int threads, KernelPath path) const;
+    void compute_norms(int threads);
 
     const float* bank_;
     std::size_t nb_;
     std::size_t dim_;
     std::vector<float> norms_;  // squared row norms
+    // Brute force: the bank packed for the blocked kernel once (not per search), when that
+    // copy is at most kMaxPackedBytes; empty otherwise.
+    std::vector<float> packed_bank_;
     // Pruned form only.
     std::size_t prefix_ = 0;
     std::vector<float> basis_;          // prefix x dim

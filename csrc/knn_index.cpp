@@ -31,6 +31,8 @@ constexpr std::size_t kChunk = 240;
 constexpr std::size_t kTileRows = 24;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+// Largest packed copy of the bank a brute-force index keeps (beyond it: packed per search).
+constexpr std::size_t kMaxPackedBytes = std::size_t{256} << 20;
 
 // Calls visit(j) for every row j in [j0, j1) whose bit is set in hits (one byte per 6 rows).
 template <typename Visit>
@@ -49,17 +51,26 @@ void for_each_hit(const std::uint8_t* hits, std::size_t j0, std::size_t j1, Visi
 
 }  // namespace
 
+void KnnIndex::compute_norms(int threads) {
+    detail::check_bank_dims(nb_, dim_);
+    require_finite(bank_, nb_ * dim_, "bank");
+    squared_norms(bank_, nb_, dim_, norms_.data(), threads);
+    require_finite(norms_.data(), nb_, "bank (squared row norms overflow float32)");
+}
+
 KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, int threads)
     : bank_(bank), nb_(nb), dim_(dim), norms_(nb) {
-    detail::check_bank_dims(nb, dim);
-    require_finite(bank, nb * dim, "bank");
-    squared_norms(bank, nb, dim, norms_.data(), threads);
-    require_finite(norms_.data(), nb, "bank (squared row norms overflow float32)");
+    compute_norms(threads);
+    if (detail::packed_bank_floats(nb, dim) * sizeof(float) <= kMaxPackedBytes) {
+        packed_bank_.resize(detail::packed_bank_floats(nb, dim));
+        detail::pack_bank(bank, nb, dim, packed_bank_.data(), threads);
+    }
 }
 
 KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, const float* basis,
                    std::size_t prefix, int threads)
-    : KnnIndex(bank, nb, dim, threads) {
+    : bank_(bank), nb_(nb), dim_(dim), norms_(nb) {
+    compute_norms(threads);
     require(prefix >= 1 && prefix < dim, "prefix must be in [1, " + std::to_string(dim) +
                                              "), got " + std::to_string(prefix));
     require_finite(basis, prefix * dim, "basis");
@@ -92,8 +103,9 @@ KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, const flo
 void KnnIndex::search(const float* queries, std::size_t nq, std::size_t k, float* distances,
                       std::int64_t* indices, int threads, KernelPath path) const {
     if (prefix_ == 0) {
-        knn_search(queries, nq, bank_, norms_.data(), nb_, dim_, k, distances, indices, threads,
-                   path);
+        detail::knn_search_packed(queries, nq, bank_, norms_.data(),
+                                  packed_bank_.empty() ? nullptr : packed_bank_.data(), nb_, dim_,
+                                  k, distances, indices, threads, path);
         return;
     }
     search_pruned(queries, nq, k, distances, indices, threads, path);

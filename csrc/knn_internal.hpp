@@ -74,6 +74,17 @@ struct AlignedFloats {
     }
 };
 
+// The bank in the packed layout the brute-force search walks (its blocks of rows, each depth
+// chunk in 6-row tiles): packed_bank_floats(nb, dim) floats, filled by pack_bank.
+std::size_t packed_bank_floats(std::size_t nb, std::size_t dim);
+void pack_bank(const float* bank, std::size_t nb, std::size_t dim, float* dst, int threads);
+
+// knn_search with the bank already packed by pack_bank (nullptr: packed here).
+void knn_search_packed(const float* queries, std::size_t nq, const float* bank,
+                       const float* bank_norms, const float* packed, std::size_t nb,
+                       std::size_t dim, std::size_t k, float* distances, std::int64_t* indices,
+                       int threads, KernelPath path);
+
 // Writes the k kept (value, index) pairs of one query as Euclidean distances
 // sqrt(max(0, qn + value)) sorted by (distance, index) into distances / indices (k each).
 void finish_row(float qn, const float* value, const std::int64_t* index, std::size_t k,

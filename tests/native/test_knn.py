@@ -57,6 +57,7 @@ SHAPES = [
     (50, 500, 152),
     (33, 300, 257),  # one past the 256-wide depth chunk
     (5, 64, 1),
+    (9, 130, 2100),  # two depth chunks (deeper than 2048): partial sums carried between them
 ]
 
 
@@ -87,6 +88,23 @@ def test_knn_k_up_to_bank_size_and_exact_ties():
     distances, indices = native.knn(queries, bank, 4)
     np.testing.assert_array_equal(indices, [[0, 2, 1, 3], [1, 3, 0, 2]])
     assert distances[1, 0] == 0.0 and distances[1, 1] == 0.0
+
+
+@pytest.mark.parametrize("q,m,d", [(40, 700, 24), (9, 130, 2100)])
+def test_index_with_its_packed_bank_equals_knn_at_any_thread_count(q, m, d):
+    # The brute-force index packs its bank once; knn() packs per call (shared between threads
+    # when there are several): the same kernel on the same layout, the same bits.
+    bank, queries = tie_free(m, d, 3), tie_free(q, d, 4)
+    index = native.KnnIndex(bank, threads=2, prune=False)
+    reference = native.knn(queries, bank, 5, threads=1)
+    for threads in (1, 2, 3):
+        for got in (
+            index.search(queries, 5, threads=threads),
+            native.knn(queries, bank, 5, threads),
+        ):
+            np.testing.assert_array_equal(got[1], reference[1])
+            np.testing.assert_array_equal(got[0], reference[0])
+    assert_matches(queries, bank, 5, *reference)
 
 
 def test_knn_index_matches_knn_and_keeps_bank():
