@@ -1,13 +1,14 @@
-"""How much of the memory bank an exact kNN really has to look at (issue 7: kNN holds us back).
+"""How much of the memory bank an exact kNN has to look at: the measurement behind the pruned
+search of ``autoweld.native.KnnIndex`` (issue 7).
 
-    python bench/knn_pruning_probe.py --bundle /tmp/bench-bundles/weld [--images 12] [--dims 16 32 48]
+    python bench/knn_pruning_probe.py --bundle bundles/weld [--images 12] [--dims 16 32 48]
 
 Rotating bank and queries onto the bank's principal axes keeps every distance (the rotation is
 orthogonal); the squared distance over the first m axes is then a lower bound of the full one.
 For each query: take the bank row with the smallest bound, compute its full distance (an upper
 bound of the nearest), and only rows whose bound is below it can be nearer. This prints, per m,
-the fraction of the bank that still needs the full 152-dim distance: the work an exact pruned
-search would do beyond the m-dim product (m / D of today's full product).
+the share of the bank that still needs the full distance. KnnIndex does exactly this with the
+m that holds 80 % of the variance (a multiple of 8): 16 of 152 axes on the weld bundle.
 """
 
 from __future__ import annotations
