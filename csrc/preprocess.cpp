@@ -271,7 +271,14 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
     }
     const std::size_t plane = static_cast<std::size_t>(size) * size;
     const bool simd = cpu_has_avx2_fma();
-    detail::dynamic_parallel_for(static_cast<std::size_t>(size), threads, 4, [&](std::size_t b, std::size_t e) {
+    // Every chunk starts with an empty row cache, so the source rows under a chunk boundary
+    // (the vertical band's overlap, up to 6 sigma of rows) are enhanced twice: few, large chunks
+    // (two per thread, for balance) keep that redundant CLAHE + Lab work at a few percent.
+    const int workers = threads == 1 ? 1 : resolve_threads(threads);
+    const std::size_t row_grain = std::max<std::size_t>(
+        4, (static_cast<std::size_t>(size) + 2 * workers - 1) / (2 * static_cast<std::size_t>(workers)));
+    detail::dynamic_parallel_for(static_cast<std::size_t>(size), threads, workers == 1 ? size : row_grain,
+                                 [&](std::size_t b, std::size_t e) {
         std::vector<float> acc(erow);
         const std::size_t slots = static_cast<std::size_t>(fy.max_taps) + 1;
         std::vector<std::uint8_t> cache(in_place ? 0 : slots * erow), light(width);
