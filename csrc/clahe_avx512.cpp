@@ -153,15 +153,17 @@ AUTOWELD_VBMI void bgr_to_lab_planes_avx512(const std::uint8_t* bgr, std::size_t
     }
     const __m512i sel_b = _mm512_load_si512(idx_b), sel_g = _mm512_load_si512(idx_g),
                   sel_r = _mm512_load_si512(idx_r);
-    const __m512i half12 = _mm512_set1_epi32(1 << 11);
     const __m512i l_scale = _mm512_set1_epi32((116 * 255 + 50) / 100);
     const __m512i l_add = _mm512_set1_epi32(-((16 * 255 * (1 << 15) + 50) / 100) + (1 << 14));
     const __m512i ab_add = _mm512_set1_epi32(128 * (1 << 15) + (1 << 14));
     const __m512i c500 = _mm512_set1_epi32(500), c200 = _mm512_set1_epi32(200);
     const __m512i zero = _mm512_setzero_si512();
-    auto coef = [](int v) { return _mm512_set1_epi32(v); };
-    const __m512i k0 = coef(778), k1 = coef(1541), k2 = coef(1777), k3 = coef(296),
-                  k4 = coef(2929), k5 = coef(871), k6 = coef(3575), k7 = coef(448), k8 = coef(73);
+    // 16-bit coefficient pairs for vpmaddwd: (k_b, k_g) and (k_r, 2^11 = the rounding term).
+    auto pair = [](int low, int high) { return _mm512_set1_epi32(low | (high << 16)); };
+    const __m512i k01 = pair(778, 1541), k2r = pair(1777, 1 << 11);
+    const __m512i k34 = pair(296, 2929), k5r = pair(871, 1 << 11);
+    const __m512i k67 = pair(3575, 448), k8r = pair(73, 1 << 11);
+    const __m512i one_high = _mm512_set1_epi32(1 << 16);
     std::size_t i = 0;
     for (; i + 32 <= n; i += 32) {
         const __m512i lo = _mm512_loadu_si512(bgr + 3 * i);
@@ -174,15 +176,18 @@ AUTOWELD_VBMI void bgr_to_lab_planes_avx512(const std::uint8_t* bgr, std::size_t
                 return _mm512_cvtepu16_epi32(half == 0 ? _mm512_castsi512_si256(w)
                                                        : _mm512_extracti64x4_epi64(w, 1));
             };
-            const __m512i vb = widen(gb), vg = widen(gg), vr = widen(gr);
-            auto dot = [&](__m512i c0, __m512i c1, __m512i c2) {
-                __m512i s = _mm512_add_epi32(_mm512_mullo_epi32(vb, c0), _mm512_mullo_epi32(vg, c1));
-                s = _mm512_add_epi32(s, _mm512_mullo_epi32(vr, c2));
-                return _mm512_srai_epi32(_mm512_add_epi32(s, half12), 12);
+            // Per pixel the 16-bit pairs (gamma b, gamma g) and (gamma r, 1): each dot product
+            // (plus the rounding constant) is then two vpmaddwd, exact (all factors < 2^15).
+            const __m512i vbg = _mm512_or_si512(widen(gb), _mm512_slli_epi32(widen(gg), 16));
+            const __m512i vr1 = _mm512_or_si512(widen(gr), one_high);
+            auto dot = [&](__m512i c01, __m512i c2r) {
+                const __m512i s = _mm512_add_epi32(_mm512_madd_epi16(vbg, c01),
+                                                   _mm512_madd_epi16(vr1, c2r));
+                return _mm512_srai_epi32(s, 12);
             };
-            const __m512i fx = _mm512_i32gather_epi32(dot(k0, k1, k2), cbrt, 4);
-            const __m512i fy = _mm512_i32gather_epi32(dot(k3, k4, k5), cbrt, 4);
-            const __m512i fz = _mm512_i32gather_epi32(dot(k6, k7, k8), cbrt, 4);
+            const __m512i fx = _mm512_i32gather_epi32(dot(k01, k2r), cbrt, 4);
+            const __m512i fy = _mm512_i32gather_epi32(dot(k34, k5r), cbrt, 4);
+            const __m512i fz = _mm512_i32gather_epi32(dot(k67, k8r), cbrt, 4);
             const __m512i vl =
                 _mm512_srai_epi32(_mm512_add_epi32(_mm512_mullo_epi32(fy, l_scale), l_add), 15);
             const __m512i va = _mm512_srai_epi32(
