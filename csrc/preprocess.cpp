@@ -271,6 +271,13 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
     }
     const std::size_t plane = static_cast<std::size_t>(size) * size;
     const bool simd = cpu_has_avx2_fma();
+    // Horizontal weights padded to a multiple of 8 taps (zeros) for the vector kernel.
+    const int x_stride = (fx.max_taps + 7) / 8 * 8;
+    std::vector<float> x_weight(static_cast<std::size_t>(size) * x_stride, 0.f);
+    for (int j = 0; j < size; ++j)
+        std::copy(fx.weight.begin() + static_cast<std::ptrdiff_t>(j) * fx.max_taps,
+                  fx.weight.begin() + static_cast<std::ptrdiff_t>(j) * fx.max_taps + fx.taps[j],
+                  x_weight.begin() + static_cast<std::ptrdiff_t>(j) * x_stride);
     // Every chunk starts with an empty row cache, so the source rows under a chunk boundary
     // (the vertical band's overlap, up to 6 sigma of rows) are enhanced twice: few, large chunks
     // (two per thread, for balance) keep that redundant CLAHE + Lab work at a few percent.
@@ -279,7 +286,8 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
         4, (static_cast<std::size_t>(size) + 2 * workers - 1) / (2 * static_cast<std::size_t>(workers)));
     detail::dynamic_parallel_for(static_cast<std::size_t>(size), threads, workers == 1 ? size : row_grain,
                                  [&](std::size_t b, std::size_t e) {
-        std::vector<float> acc(erow);
+        // The padded horizontal kernel reads up to x_stride past a plane's row: zeros (weight 0).
+        std::vector<float> acc(erow + static_cast<std::size_t>(x_stride), 0.f), sums(size);
         const std::size_t slots = static_cast<std::size_t>(fy.max_taps) + 1;
         std::vector<std::uint8_t> cache(in_place ? 0 : slots * erow), light(width);
         std::vector<long long> cached_row(slots, -1);  // source row held by each slot
@@ -310,18 +318,16 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
             // filtered once and written to all three planes.
             for (int src_ch = 0; src_ch < channels; ++src_ch) {
                 const float* v = acc.data() + static_cast<std::size_t>(src_ch) * width;
-                for (int j = 0; j < size; ++j) {
-                    const float* wx = fx.weight.data() + static_cast<std::size_t>(j) * fx.max_taps;
-                    const float* s = v + fx.first[j];
-                    float sum = 0.f;
-                    for (int t = 0; t < fx.taps[j]; ++t) sum += wx[t] * s[t];
-                    if (channels == 1) {
-                        for (int k = 0; k < 3; ++k)
-                            out[k * plane + i * size + j] = sum * scale[k] + bias[k];
-                    } else {
-                        const int k = 2 - src_ch;
-                        out[k * plane + i * size + j] = sum * scale[k] + bias[k];
-                    }
+                if (simd)
+                    detail::filter_columns_avx2(v, x_weight.data(), x_stride, fx.first.data(), size,
+                                                sums.data());
+                else
+                    detail::filter_columns_scalar(v, x_weight.data(), x_stride, fx.first.data(),
+                                                  size, sums.data());
+                for (int k = 0; k < 3; ++k) {
+                    if (channels == 3 && k != 2 - src_ch) continue;
+                    float* dst = out + k * plane + i * size;
+                    for (int j = 0; j < size; ++j) dst[j] = sums[j] * scale[k] + bias[k];
                 }
             }
         }
@@ -329,6 +335,17 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
 }
 
 namespace detail {
+
+void filter_columns_scalar(const float* row, const float* weights, int stride, const int* first,
+                           int count, float* out) {
+    for (int j = 0; j < count; ++j) {
+        const float* v = row + first[j];
+        const float* w = weights + static_cast<std::size_t>(j) * stride;
+        float sum = 0.f;
+        for (int t = 0; t < stride; ++t) sum += w[t] * v[t];
+        out[j] = sum;
+    }
+}
 
 void weighted_rows_scalar(const std::uint8_t* const* rows, const float* weights, int count,
                           std::size_t n, float* out) {

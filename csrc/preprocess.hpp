@@ -60,6 +60,13 @@ void weighted_rows_scalar(const std::uint8_t* const* rows, const float* weights,
                           std::size_t n, float* out);
 void weighted_rows_avx2(const std::uint8_t* const* rows, const float* weights, int count,
                         std::size_t n, float* out);
+// Horizontal filter of one float row: out[j] = sum_{t < stride} weights[j*stride + t] *
+// row[first[j] + t] for j < count. `stride` is a multiple of 8 (weights zero padded), and
+// row[first[j] .. first[j] + stride) must be readable and finite for every j.
+void filter_columns_scalar(const float* row, const float* weights, int stride, const int* first,
+                           int count, float* out);
+void filter_columns_avx2(const float* row, const float* weights, int stride, const int* first,
+                         int count, float* out);
 }  // namespace detail
 
 }  // namespace autoweld

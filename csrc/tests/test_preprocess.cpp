@@ -69,6 +69,36 @@ int main() {
             CHECK(same);
         }
     }
+    // The horizontal kernel: AVX2 (groups of 8 outputs plus a tail) and scalar match a direct
+    // sum over the padded taps, for strides of one and three vectors.
+    for (const int stride : {8, 24}) {
+        const int count = 29, width = 90;  // 29 = 3 groups of 8 + 5 tail outputs
+        std::vector<float> row(width + stride), weights(static_cast<std::size_t>(count) * stride);
+        std::vector<int> first(count);
+        for (int k = 0; k < width + stride; ++k) row[k] = static_cast<float>((k * 53) % 256);
+        for (std::size_t k = 0; k < weights.size(); ++k)
+            weights[k] = static_cast<float>((k * 7) % 11) / 17.0f;
+        for (int j = 0; j < count; ++j) first[j] = (j * 3) % (width - 1);
+        std::vector<float> a(count), b(count, -1.f);
+        autoweld::detail::filter_columns_scalar(row.data(), weights.data(), stride, first.data(),
+                                                count, a.data());
+        bool ok = true;
+        for (int j = 0; j < count; ++j) {
+            double direct = 0;
+            for (int t = 0; t < stride; ++t)
+                direct += static_cast<double>(weights[j * stride + t]) * row[first[j] + t];
+            ok = ok && std::fabs(a[j] - direct) < 1e-3 * (1 + std::fabs(direct));
+        }
+        CHECK(ok);
+        if (autoweld::cpu_has_avx2_fma()) {
+            autoweld::detail::filter_columns_avx2(row.data(), weights.data(), stride, first.data(),
+                                                  count, b.data());
+            bool same = true;
+            for (int j = 0; j < count; ++j)
+                same = same && std::fabs(a[j] - b[j]) < 1e-4 * (1 + std::fabs(a[j]));
+            CHECK(same);
+        }
+    }
     // A constant BGR image without CLAHE comes out as the normalised constant per RGB plane.
     {
         const int h = 37, w = 53, size = 16;
