@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <memory>
 #include <string>
 
 #include "clahe_lab_tables.hpp"
@@ -354,8 +355,9 @@ void clahe_bgr(const std::uint8_t* image, int height, int width, double clip_lim
     check_clahe_args(image, height, width, clip_limit, tiles_x, tiles_y);
     const std::size_t n = static_cast<std::size_t>(height) * width;
     if (n < (std::size_t{1} << 16)) threads = 1;
-    std::vector<std::uint8_t> planes(n * 3);
-    std::uint8_t* l = planes.data();
+    // Every byte is written by the conversion below: no value-initialisation (a serial pass).
+    std::unique_ptr<std::uint8_t[]> planes(new std::uint8_t[n * 3]);
+    std::uint8_t* l = planes.get();
     std::uint8_t* a = l + n;
     std::uint8_t* b = a + n;
     detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t r0, std::size_t r1) {
