@@ -8,6 +8,7 @@
 
 #include "clahe.hpp"
 #include "common.hpp"
+#include "thread_pool.hpp"
 
 namespace autoweld {
 namespace {
@@ -276,6 +277,7 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
     }
     const std::size_t plane = static_cast<std::size_t>(size) * size;
     const bool simd = cpu_has_avx2_fma();
+    const bool avx512 = cpu_has_avx512();
     // Horizontal weights padded to a multiple of 8 taps (zeros) for the vector kernel.
     const int x_stride = (fx.max_taps + 7) / 8 * 8;
     std::vector<float> x_weight(static_cast<std::size_t>(size) * x_stride, 0.f);
@@ -315,7 +317,9 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
                 }
                 rows[t] = dst;
             }
-            if (simd)
+            if (avx512)
+                detail::weighted_rows_avx512(rows.data(), w, fy.taps[i], erow, acc.data());
+            else if (simd)
                 detail::weighted_rows_avx2(rows.data(), w, fy.taps[i], erow, acc.data());
             else
                 detail::weighted_rows_scalar(rows.data(), w, fy.taps[i], erow, acc.data());

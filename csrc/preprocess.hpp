@@ -60,6 +60,9 @@ void weighted_rows_scalar(const std::uint8_t* const* rows, const float* weights,
                           std::size_t n, float* out);
 void weighted_rows_avx2(const std::uint8_t* const* rows, const float* weights, int count,
                         std::size_t n, float* out);
+// Only when cpu_has_avx512().
+void weighted_rows_avx512(const std::uint8_t* const* rows, const float* weights, int count,
+                          std::size_t n, float* out);
 // Horizontal filter of one float row: out[j] = sum_{t < stride} weights[j*stride + t] *
 // row[first[j] + t] for j < count. `stride` is a multiple of 8 (weights zero padded), and
 // row[first[j] .. first[j] + stride) must be readable and finite for every j.

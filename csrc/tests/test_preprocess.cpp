@@ -10,6 +10,7 @@
 #include "check.hpp"
 #include "common.hpp"
 #include "preprocess.hpp"
+#include "thread_pool.hpp"
 
 int main() {
     // OpenCV's fixed-point Gaussian taps sum to exactly 256 and are symmetric.
@@ -64,6 +65,13 @@ int main() {
         CHECK(ok);
         if (autoweld::cpu_has_avx2_fma()) {
             autoweld::detail::weighted_rows_avx2(ptrs, w, 5, n, b.data());
+            bool same = true;
+            for (std::size_t k = 0; k < n; ++k) same = same && std::fabs(a[k] - b[k]) < 1e-4;
+            CHECK(same);
+        }
+        if (autoweld::cpu_has_avx512()) {  // 64 columns per step, then a tail of 13
+            std::fill(b.begin(), b.end(), -1.f);
+            autoweld::detail::weighted_rows_avx512(ptrs, w, 5, n, b.data());
             bool same = true;
             for (std::size_t k = 0; k < n; ++k) same = same && std::fabs(a[k] - b[k]) < 1e-4;
             CHECK(same);
