@@ -299,12 +299,12 @@ void clahe_row_scalar(const ClaheTables& t, const std::uint32_t* packed, float y
 
 }  // namespace detail
 
-ClaheRowApplier::ClaheRowApplier(const ClaheTables& tables)
+ClaheRowApplier::ClaheRowApplier(const ClaheTables& tables, bool portable)
     : tables_(tables),
       packed_(static_cast<std::size_t>(tables.tiles_x + 1) * 256),
       inv_tile_height_(1.0f / static_cast<float>(tables.tile_height)),
-      simd_(cpu_has_avx2_fma()),
-      vbmi_(cpu_has_avx512_vbmi()) {}
+      simd_(!portable && cpu_has_avx2_fma()),
+      vbmi_(!portable && cpu_has_avx512_vbmi()) {}
 
 void ClaheRowApplier::apply(int y, const std::uint8_t* src, std::uint8_t* dst) {
     const float prod = static_cast<float>(y) * inv_tile_height_;

@@ -204,9 +204,10 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
             detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16,
                          [&](std::size_t b, std::size_t e) {
                              const std::size_t p0 = b * width, p1 = e * width;
-                             detail::bgr_to_lab_planes(image + p0 * 3, p1 - p0,
-                                                       lightness + p0, lab + p0,
-                                                       lab + pixels + p0);
+                             (c.portable ? detail::bgr_to_lab_planes_scalar
+                                         : detail::bgr_to_lab_planes)(
+                                 image + p0 * 3, p1 - p0, lightness + p0, lab + p0,
+                                 lab + pixels + p0);
                          });
             clahe_build_tables(lightness, height, width, c.clip_limit, c.tiles_x,
                                c.tiles_y, threads, tables);
@@ -225,10 +226,9 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
                 std::copy(src_image + y * width, src_image + (y + 1) * width, planes);
         } else if (with_clahe) {
             applier->apply(static_cast<int>(y), lightness + y * width, light);
-            detail::lab_planes_to_bgr(light, lab + y * width,
-                                      lab + pixels + y * width,
-                                      static_cast<std::size_t>(width), planes, planes + width,
-                                      planes + 2 * width);
+            (c.portable ? detail::lab_planes_to_bgr_scalar : detail::lab_planes_to_bgr)(
+                light, lab + y * width, lab + pixels + y * width, static_cast<std::size_t>(width),
+                planes, planes + width, planes + 2 * width);
         } else {
             const std::uint8_t* row = src_image + y * width * 3;
             for (int x = 0; x < width; ++x) {
@@ -245,7 +245,7 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
         std::vector<std::uint8_t> enhanced_image(pixels * channels);
         detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
             std::unique_ptr<ClaheRowApplier> applier;
-            if (c.clahe) applier = std::make_unique<ClaheRowApplier>(tables);
+            if (c.clahe) applier = std::make_unique<ClaheRowApplier>(tables, c.portable);
             std::vector<std::uint8_t> planes(static_cast<std::size_t>(width) * channels), light(width);
             for (std::size_t y = b; y < e; ++y) {
                 enhanced_planes(y, image, c.clahe, applier.get(), planes.data(), light.data());
@@ -276,8 +276,8 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
         bias[k] = static_cast<float>(-c.mean[k] / c.std[k]);
     }
     const std::size_t plane = static_cast<std::size_t>(size) * size;
-    const bool simd = cpu_has_avx2_fma();
-    const bool avx512 = cpu_has_avx512();
+    const bool simd = !c.portable && cpu_has_avx2_fma();
+    const bool avx512 = !c.portable && cpu_has_avx512();
     // Horizontal weights padded to a multiple of 8 taps (zeros) for the vector kernel.
     const int x_stride = (fx.max_taps + 7) / 8 * 8;
     std::vector<float> x_weight(static_cast<std::size_t>(size) * x_stride, 0.f);
@@ -300,7 +300,7 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
         std::vector<long long> cached_row(slots, -1);  // source row held by each slot
         std::vector<const std::uint8_t*> rows(static_cast<std::size_t>(fy.max_taps));
         std::unique_ptr<ClaheRowApplier> applier;
-        if (use_clahe) applier = std::make_unique<ClaheRowApplier>(tables);
+        if (use_clahe) applier = std::make_unique<ClaheRowApplier>(tables, c.portable);
         for (std::size_t i = b; i < e; ++i) {
             const float* w = fy.weight.data() + i * fy.max_taps;
             for (int t = 0; t < fy.taps[i]; ++t) {

@@ -25,6 +25,7 @@ struct PreprocessConfig {
     std::array<double, 3> mean{0.485, 0.456, 0.406};  // RGB order
     std::array<double, 3> std{0.229, 0.224, 0.225};
     int threads = 0;  // <= 0: all hardware threads
+    bool portable = false;  // scalar kernels only, even where AVX2 / AVX-512 exist (for tests)
 };
 
 // One output index's contiguous band of source weights.
