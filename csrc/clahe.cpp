@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <memory>
 #include <string>
 
 #include "clahe_lab_tables.hpp"
@@ -298,12 +299,12 @@ void clahe_row_scalar(const ClaheTables& t, const std::uint32_t* packed, float y
 
 }  // namespace detail
 
-ClaheRowApplier::ClaheRowApplier(const ClaheTables& tables)
+ClaheRowApplier::ClaheRowApplier(const ClaheTables& tables, bool portable)
     : tables_(tables),
       packed_(static_cast<std::size_t>(tables.tiles_x + 1) * 256),
       inv_tile_height_(1.0f / static_cast<float>(tables.tile_height)),
-      simd_(cpu_has_avx2_fma()),
-      vbmi_(cpu_has_avx512_vbmi()) {}
+      simd_(!portable && cpu_has_avx2_fma()),
+      vbmi_(!portable && cpu_has_avx512_vbmi()) {}
 
 void ClaheRowApplier::apply(int y, const std::uint8_t* src, std::uint8_t* dst) {
     const float prod = static_cast<float>(y) * inv_tile_height_;
@@ -354,8 +355,9 @@ void clahe_bgr(const std::uint8_t* image, int height, int width, double clip_lim
     check_clahe_args(image, height, width, clip_limit, tiles_x, tiles_y);
     const std::size_t n = static_cast<std::size_t>(height) * width;
     if (n < (std::size_t{1} << 16)) threads = 1;
-    std::vector<std::uint8_t> planes(n * 3);
-    std::uint8_t* l = planes.data();
+    // Every byte is written by the conversion below: no value-initialisation (a serial pass).
+    std::unique_ptr<std::uint8_t[]> planes(new std::uint8_t[n * 3]);
+    std::uint8_t* l = planes.get();
     std::uint8_t* a = l + n;
     std::uint8_t* b = a + n;
     detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t r0, std::size_t r1) {

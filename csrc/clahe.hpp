@@ -45,7 +45,8 @@ void clahe_apply_rows(const ClaheTables& tables, const std::uint8_t* image, int 
 // per thread; cheap to construct).
 class ClaheRowApplier {
 public:
-    explicit ClaheRowApplier(const ClaheTables& tables);
+    // `portable`: the scalar row kernel even where AVX2 / AVX-512 exist (for tests).
+    explicit ClaheRowApplier(const ClaheTables& tables, bool portable = false);
     // Row `y` of the image: `src` and `dst` point at `tables.width` bytes each.
     void apply(int y, const std::uint8_t* src, std::uint8_t* dst);
 

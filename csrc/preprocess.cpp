@@ -8,6 +8,7 @@
 
 #include "clahe.hpp"
 #include "common.hpp"
+#include "thread_pool.hpp"
 
 namespace autoweld {
 namespace {
@@ -187,22 +188,28 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
 
     // CLAHE tables (for colour: of OpenCV's 8-bit Lab lightness).
     ClaheTables tables;
-    std::vector<std::uint8_t> lab, lightness;
+    // L, a, b planes of the whole image: written in full before they are read, so allocated
+    // without value-initialising (zero-filling 3 bytes a pixel was a serial ~1 ms at 2048^2).
+    std::unique_ptr<std::uint8_t[]> lab_planes;
+    std::uint8_t* lightness = nullptr;
+    std::uint8_t* lab = nullptr;  // a plane, then b plane
     if (c.clahe) {
         if (channels == 1) {
             clahe_build_tables(image, height, width, c.clip_limit, c.tiles_x, c.tiles_y, threads,
                                tables);
         } else {
-            lab.resize(pixels * 2);  // a plane, then b plane
-            lightness.resize(pixels);
+            lab_planes.reset(new std::uint8_t[pixels * 3]);
+            lightness = lab_planes.get();
+            lab = lightness + pixels;
             detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16,
                          [&](std::size_t b, std::size_t e) {
                              const std::size_t p0 = b * width, p1 = e * width;
-                             detail::bgr_to_lab_planes(image + p0 * 3, p1 - p0,
-                                                       lightness.data() + p0, lab.data() + p0,
-                                                       lab.data() + pixels + p0);
+                             (c.portable ? detail::bgr_to_lab_planes_scalar
+                                         : detail::bgr_to_lab_planes)(
+                                 image + p0 * 3, p1 - p0, lightness + p0, lab + p0,
+                                 lab + pixels + p0);
                          });
-            clahe_build_tables(lightness.data(), height, width, c.clip_limit, c.tiles_x,
+            clahe_build_tables(lightness, height, width, c.clip_limit, c.tiles_x,
                                c.tiles_y, threads, tables);
         }
     }
@@ -218,11 +225,10 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
             else
                 std::copy(src_image + y * width, src_image + (y + 1) * width, planes);
         } else if (with_clahe) {
-            applier->apply(static_cast<int>(y), lightness.data() + y * width, light);
-            detail::lab_planes_to_bgr(light, lab.data() + y * width,
-                                      lab.data() + pixels + y * width,
-                                      static_cast<std::size_t>(width), planes, planes + width,
-                                      planes + 2 * width);
+            applier->apply(static_cast<int>(y), lightness + y * width, light);
+            (c.portable ? detail::lab_planes_to_bgr_scalar : detail::lab_planes_to_bgr)(
+                light, lab + y * width, lab + pixels + y * width, static_cast<std::size_t>(width),
+                planes, planes + width, planes + 2 * width);
         } else {
             const std::uint8_t* row = src_image + y * width * 3;
             for (int x = 0; x < width; ++x) {
@@ -239,7 +245,7 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
         std::vector<std::uint8_t> enhanced_image(pixels * channels);
         detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
             std::unique_ptr<ClaheRowApplier> applier;
-            if (c.clahe) applier = std::make_unique<ClaheRowApplier>(tables);
+            if (c.clahe) applier = std::make_unique<ClaheRowApplier>(tables, c.portable);
             std::vector<std::uint8_t> planes(static_cast<std::size_t>(width) * channels), light(width);
             for (std::size_t y = b; y < e; ++y) {
                 enhanced_planes(y, image, c.clahe, applier.get(), planes.data(), light.data());
@@ -270,15 +276,31 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
         bias[k] = static_cast<float>(-c.mean[k] / c.std[k]);
     }
     const std::size_t plane = static_cast<std::size_t>(size) * size;
-    const bool simd = cpu_has_avx2_fma();
-    detail::dynamic_parallel_for(static_cast<std::size_t>(size), threads, 4, [&](std::size_t b, std::size_t e) {
-        std::vector<float> acc(erow);
+    const bool simd = !c.portable && cpu_has_avx2_fma();
+    const bool avx512 = !c.portable && cpu_has_avx512();
+    // Horizontal weights padded to a multiple of 8 taps (zeros) for the vector kernel.
+    const int x_stride = (fx.max_taps + 7) / 8 * 8;
+    std::vector<float> x_weight(static_cast<std::size_t>(size) * x_stride, 0.f);
+    for (int j = 0; j < size; ++j)
+        std::copy(fx.weight.begin() + static_cast<std::ptrdiff_t>(j) * fx.max_taps,
+                  fx.weight.begin() + static_cast<std::ptrdiff_t>(j) * fx.max_taps + fx.taps[j],
+                  x_weight.begin() + static_cast<std::ptrdiff_t>(j) * x_stride);
+    // Every chunk starts with an empty row cache, so the source rows under a chunk boundary
+    // (the vertical band's overlap, up to 6 sigma of rows) are enhanced twice: few, large chunks
+    // (two per thread, for balance) keep that redundant CLAHE + Lab work at a few percent.
+    const int workers = threads == 1 ? 1 : resolve_threads(threads);
+    const std::size_t row_grain = std::max<std::size_t>(
+        4, (static_cast<std::size_t>(size) + 2 * workers - 1) / (2 * static_cast<std::size_t>(workers)));
+    detail::dynamic_parallel_for(static_cast<std::size_t>(size), threads, workers == 1 ? size : row_grain,
+                                 [&](std::size_t b, std::size_t e) {
+        // The padded horizontal kernel reads up to x_stride past a plane's row: zeros (weight 0).
+        std::vector<float> acc(erow + static_cast<std::size_t>(x_stride), 0.f), sums(size);
         const std::size_t slots = static_cast<std::size_t>(fy.max_taps) + 1;
         std::vector<std::uint8_t> cache(in_place ? 0 : slots * erow), light(width);
         std::vector<long long> cached_row(slots, -1);  // source row held by each slot
         std::vector<const std::uint8_t*> rows(static_cast<std::size_t>(fy.max_taps));
         std::unique_ptr<ClaheRowApplier> applier;
-        if (use_clahe) applier = std::make_unique<ClaheRowApplier>(tables);
+        if (use_clahe) applier = std::make_unique<ClaheRowApplier>(tables, c.portable);
         for (std::size_t i = b; i < e; ++i) {
             const float* w = fy.weight.data() + i * fy.max_taps;
             for (int t = 0; t < fy.taps[i]; ++t) {
@@ -295,7 +317,9 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
                 }
                 rows[t] = dst;
             }
-            if (simd)
+            if (avx512)
+                detail::weighted_rows_avx512(rows.data(), w, fy.taps[i], erow, acc.data());
+            else if (simd)
                 detail::weighted_rows_avx2(rows.data(), w, fy.taps[i], erow, acc.data());
             else
                 detail::weighted_rows_scalar(rows.data(), w, fy.taps[i], erow, acc.data());
@@ -303,18 +327,16 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
             // filtered once and written to all three planes.
             for (int src_ch = 0; src_ch < channels; ++src_ch) {
                 const float* v = acc.data() + static_cast<std::size_t>(src_ch) * width;
-                for (int j = 0; j < size; ++j) {
-                    const float* wx = fx.weight.data() + static_cast<std::size_t>(j) * fx.max_taps;
-                    const float* s = v + fx.first[j];
-                    float sum = 0.f;
-                    for (int t = 0; t < fx.taps[j]; ++t) sum += wx[t] * s[t];
-                    if (channels == 1) {
-                        for (int k = 0; k < 3; ++k)
-                            out[k * plane + i * size + j] = sum * scale[k] + bias[k];
-                    } else {
-                        const int k = 2 - src_ch;
-                        out[k * plane + i * size + j] = sum * scale[k] + bias[k];
-                    }
+                if (simd)
+                    detail::filter_columns_avx2(v, x_weight.data(), x_stride, fx.first.data(), size,
+                                                sums.data());
+                else
+                    detail::filter_columns_scalar(v, x_weight.data(), x_stride, fx.first.data(),
+                                                  size, sums.data());
+                for (int k = 0; k < 3; ++k) {
+                    if (channels == 3 && k != 2 - src_ch) continue;
+                    float* dst = out + k * plane + i * size;
+                    for (int j = 0; j < size; ++j) dst[j] = sums[j] * scale[k] + bias[k];
                 }
             }
         }
@@ -322,6 +344,17 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
 }
 
 namespace detail {
+
+void filter_columns_scalar(const float* row, const float* weights, int stride, const int* first,
+                           int count, float* out) {
+    for (int j = 0; j < count; ++j) {
+        const float* v = row + first[j];
+        const float* w = weights + static_cast<std::size_t>(j) * stride;
+        float sum = 0.f;
+        for (int t = 0; t < stride; ++t) sum += w[t] * v[t];
+        out[j] = sum;
+    }
+}
 
 void weighted_rows_scalar(const std::uint8_t* const* rows, const float* weights, int count,
                           std::size_t n, float* out) {

@@ -25,6 +25,7 @@ struct PreprocessConfig {
     std::array<double, 3> mean{0.485, 0.456, 0.406};  // RGB order
     std::array<double, 3> std{0.229, 0.224, 0.225};
     int threads = 0;  // <= 0: all hardware threads
+    bool portable = false;  // scalar kernels only, even where AVX2 / AVX-512 exist (for tests)
 };
 
 // One output index's contiguous band of source weights.
@@ -60,6 +61,16 @@ void weighted_rows_scalar(const std::uint8_t* const* rows, const float* weights,
                           std::size_t n, float* out);
 void weighted_rows_avx2(const std::uint8_t* const* rows, const float* weights, int count,
                         std::size_t n, float* out);
+// Only when cpu_has_avx512().
+void weighted_rows_avx512(const std::uint8_t* const* rows, const float* weights, int count,
+                          std::size_t n, float* out);
+// Horizontal filter of one float row: out[j] = sum_{t < stride} weights[j*stride + t] *
+// row[first[j] + t] for j < count. `stride` is a multiple of 8 (weights zero padded), and
+// row[first[j] .. first[j] + stride) must be readable and finite for every j.
+void filter_columns_scalar(const float* row, const float* weights, int stride, const int* first,
+                           int count, float* out);
+void filter_columns_avx2(const float* row, const float* weights, int stride, const int* first,
+                         int count, float* out);
 }  // namespace detail
 
 }  // namespace autoweld

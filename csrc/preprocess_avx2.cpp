@@ -37,7 +37,48 @@ void weighted_rows_avx2(const std::uint8_t* const* rows, const float* weights, i
         out[k] = sum;
     }
 #else
-    weighted_rows_scalar(rows, stride, weights, count, n, out);
+    weighted_rows_scalar(rows, weights, count, n, out);
+#endif
+}
+
+#if defined(__AVX2__)
+namespace {
+// Sum of the 8 lanes of each of a[0..7], as one vector (lane k = sum of a[k]).
+inline __m256 sum_lanes8(const __m256* a) {
+    const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+}  // namespace
+#endif
+
+void filter_columns_avx2(const float* row, const float* weights, int stride, const int* first,
+                         int count, float* out) {
+#if defined(__AVX2__)
+    int j = 0;
+    // Eight outputs at a time: one 8-lane accumulator each, then one transposing reduction.
+    for (; j + 8 <= count; j += 8) {
+        __m256 acc[8];
+        for (int o = 0; o < 8; ++o) {
+            const float* v = row + first[j + o];
+            const float* w = weights + static_cast<std::size_t>(j + o) * stride;
+            __m256 a = _mm256_mul_ps(_mm256_loadu_ps(v), _mm256_loadu_ps(w));
+            for (int t = 8; t < stride; t += 8)
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(v + t), _mm256_loadu_ps(w + t), a);
+            acc[o] = a;
+        }
+        _mm256_storeu_ps(out + j, sum_lanes8(acc));
+    }
+    for (; j < count; ++j) {  // tail outputs
+        float sum = 0.f;
+        const float* v = row + first[j];
+        const float* w = weights + static_cast<std::size_t>(j) * stride;
+        for (int t = 0; t < stride; ++t) sum += w[t] * v[t];
+        out[j] = sum;
+    }
+#else
+    filter_columns_scalar(row, weights, stride, first, count, out);
 #endif
 }
 
