@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -228,7 +229,8 @@ std::size_t packed_bank_floats(std::size_t nb, std::size_t dim) {
     return round_up(nb, kBankTile) * dim;
 }
 
-void pack_bank(const float* bank, std::size_t nb, std::size_t dim, float* dst, int threads) {
+void pack_bank(const float* bank, std::size_t nb, std::size_t dim, float* dst, int threads,
+               float* norms) {
     // The layout knn_core walks: blocks of bank_block_rows() rows, each holding its depth
     // chunks one after the other, each chunk in 6-row tiles (pack_bank_block).
     const std::size_t kc_block = std::min(dim, kMaxKc);
@@ -239,6 +241,8 @@ void pack_bank(const float* bank, std::size_t nb, std::size_t dim, float* dst, i
             for (std::size_t kc0 = 0; kc0 < dim; kc0 += kc_block)
                 pack_bank_block(bank, dim, kc0, std::min(dim, kc0 + kc_block), j0, j1,
                                 dst + j0 * dim + round_up(j1 - j0, kBankTile) * kc0);
+            // The block's rows are still in cache: their norms cost no second pass over memory.
+            if (norms != nullptr) squared_norms(bank + j0 * dim, j1 - j0, dim, norms + j0, 1);
         }
     });
 }
@@ -368,10 +372,22 @@ void detail::knn_search_packed(const float* queries, std::size_t nq, const float
     const detail::PanelDots dots = detail::resolve_dots(path);
     if (nq == 0) return;
     require_finite(queries, nq * dim, "queries");
+    // Every thread walks the whole bank: packed per thread, the bank would be packed once per
+    // thread. A bank of modest size is packed once, shared (in a parallel pass of its own that
+    // also computes the bank's norms when the caller has none).
+    std::unique_ptr<float[]> shared;  // not zero-filled: pack_bank writes every float
     std::vector<float> own_norms;
-    if (bank_norms == nullptr) {
-        own_norms.resize(nb);
+    if (bank_norms == nullptr) own_norms.resize(nb);
+    if (packed == nullptr && resolve_threads(threads) > 1 &&
+        detail::packed_bank_floats(nb, dim) * sizeof(float) <= kSharedPackBytes) {
+        shared.reset(new float[detail::packed_bank_floats(nb, dim)]);
+        detail::pack_bank(bank, nb, dim, shared.get(), threads,
+                          bank_norms == nullptr ? own_norms.data() : nullptr);
+        packed = shared.get();
+    } else if (bank_norms == nullptr) {
         squared_norms(bank, nb, dim, own_norms.data(), threads);
+    }
+    if (bank_norms == nullptr) {
         // A NaN or Inf anywhere in a row makes that row's squared norm NaN or Inf, so the
         // element-wise pass over the whole bank (for its precise message) is only needed when
         // some norm is not finite: one pass over the bank instead of two.
@@ -380,15 +396,6 @@ void detail::knn_search_packed(const float* queries, std::size_t nq, const float
         if (!norms_finite) require_finite(bank, nb * dim, "bank");
         require_finite(own_norms.data(), nb, "bank (squared row norms overflow float32)");
         bank_norms = own_norms.data();
-    }
-    // Every thread walks the whole bank: packed per thread, the bank would be packed once per
-    // thread. A bank of modest size is packed once, shared (in a parallel pass of its own).
-    std::vector<float> shared;
-    if (packed == nullptr && resolve_threads(threads) > 1 &&
-        detail::packed_bank_floats(nb, dim) * sizeof(float) <= kSharedPackBytes) {
-        shared.resize(detail::packed_bank_floats(nb, dim));
-        detail::pack_bank(bank, nb, dim, shared.data(), threads);
-        packed = shared.data();
     }
     knn_core(queries, nq, bank, bank_norms, packed, nb, dim, k, distances, indices, threads,
              dots);

@@ -75,9 +75,11 @@ struct AlignedFloats {
 };
 
 // The bank in the packed layout the brute-force search walks (its blocks of rows, each depth
-// chunk in 6-row tiles): packed_bank_floats(nb, dim) floats, filled by pack_bank.
+// chunk in 6-row tiles): packed_bank_floats(nb, dim) floats, filled by pack_bank, which also
+// writes the rows' squared norms to `norms` (nb floats) unless it is nullptr.
 std::size_t packed_bank_floats(std::size_t nb, std::size_t dim);
-void pack_bank(const float* bank, std::size_t nb, std::size_t dim, float* dst, int threads);
+void pack_bank(const float* bank, std::size_t nb, std::size_t dim, float* dst, int threads,
+               float* norms = nullptr);
 
 // knn_search with the bank already packed by pack_bank (nullptr: packed here).
 void knn_search_packed(const float* queries, std::size_t nq, const float* bank,
