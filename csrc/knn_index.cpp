@@ -148,7 +148,7 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
         std::vector<std::uint8_t> hits(detail::round_up(nb, kTileRows) / kBankTile);
         std::vector<float> seed_v(kPanel * k), heap_v(kPanel * k);
         std::vector<std::int64_t> seed_i(kPanel * k), heap_i(kPanel * k);
-        const std::size_t max_rows = std::max(kChunk, kPanel * k);
+        const std::size_t max_rows = std::max(kChunk, k);
         std::vector<const float*> row_ptr(max_rows);
         std::vector<float> row_dots(max_rows * kPanel);  // 16 dot products per bank row
         std::uint32_t hit_rows[kChunk];
@@ -191,13 +191,14 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
             }
             // The seeds' full values |b|^2 - 2 q.b bound the k-th nearest from above: a row can
             // beat that bound only if |Ub|^2 - 2 Uq.Ub <= upper + |q|^2 - |Uq|^2.
-            for (std::size_t t = 0; t < lanes * k; ++t)
-                row_ptr[t] = bank_ + static_cast<std::size_t>(seed_i[t]) * dim;
-            rows_dots(qpack.data, row_ptr.data(), lanes * k, dim, row_dots.data());
             for (std::size_t l = 0; l < lanes; ++l) {
+                const std::int64_t* lane_seeds = seed_i.data() + l * k;
+                for (std::size_t t = 0; t < k; ++t)
+                    row_ptr[t] = bank_ + static_cast<std::size_t>(lane_seeds[t]) * dim;
+                rows_dots(qpack.data, row_ptr.data(), k, dim, row_dots.data());
                 float tau = -kInf;
-                for (std::size_t t = l * k; t < (l + 1) * k; ++t)
-                    tau = std::max(tau, norms_[static_cast<std::size_t>(seed_i[t])] -
+                for (std::size_t t = 0; t < k; ++t)
+                    tau = std::max(tau, norms_[static_cast<std::size_t>(lane_seeds[t])] -
                                             2.0f * row_dots[t * kPanel + l]);
                 const float qn_l = qn[row0 + l];
                 upper[l] = tau;
