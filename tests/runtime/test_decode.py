@@ -126,7 +126,7 @@ def test_unreadable_paths(tmp_path):
 
 
 def test_not_an_image():
-    with pytest.raises(ImageError, match="not a PNG, JPEG or BMP"):
+    with pytest.raises(ImageError, match="not a PNG, JPEG, BMP or TIFF"):
         decode_image(b"hello, I am text, not pixels")
 
 
@@ -194,3 +194,119 @@ def test_check_array():
         check_array(np.zeros((2, 3, 4, 3), np.uint8))
     with pytest.raises(ImageError, match="numpy array"):
         check_array([[1, 2]])  # type: ignore[arg-type]
+
+
+# ---- TIFF ---------------------------------------------------------------------------------
+
+
+def tiff_bytes(
+    pixels: np.ndarray,
+    order: str = ">",
+    *,
+    claim: tuple[int, int] | None = None,
+    photometric: int | None = None,
+    extra: dict[int, tuple[int, list[int]]] | None = None,
+) -> bytes:
+    """An uncompressed baseline TIFF written by hand: header, first image directory right after
+    it, then the pixels as one strip (the layout other writers use; OpenCV puts the directory
+    last). ``claim`` overrides the width x height the header states."""
+    height, width = pixels.shape[:2]
+    samples = 1 if pixels.ndim == 2 else pixels.shape[2]
+    if claim is not None:
+        width, height = claim
+    tags: dict[int, tuple[int, list[int]]] = {
+        256: (4, [width]),
+        257: (4, [height]),
+        258: (3, [8] * samples),
+        259: (3, [1]),  # no compression
+        262: (3, [photometric if photometric is not None else (1 if samples == 1 else 2)]),
+        273: (4, [0]),  # strip offset, patched below
+        277: (3, [samples]),
+        278: (4, [height]),
+        279: (4, [pixels.nbytes]),
+    }
+    tags.update(extra or {})
+    ifd_size = 2 + 12 * len(tags) + 4
+    values = b""
+    value_base = 8 + ifd_size
+    entries = b""
+    for tag in sorted(tags):
+        kind, vals = tags[tag]
+        code, size = {3: ("H", 2), 4: ("I", 4)}[kind]
+        raw = struct.pack(f"{order}{len(vals)}{code}", *vals)
+        if len(raw) <= 4:
+            field = raw.ljust(4, b"\x00")
+        else:
+            field = struct.pack(order + "I", value_base + len(values))
+            values += raw
+        entries += struct.pack(order + "HHI", tag, kind, len(vals)) + field
+    strip_at = value_base + len(values)
+    entries = entries.replace(
+        struct.pack(order + "HHI", 273, 4, 1) + struct.pack(order + "I", 0),
+        struct.pack(order + "HHI", 273, 4, 1) + struct.pack(order + "I", strip_at),
+    )
+    magic = b"MM\x00*" if order == ">" else b"II*\x00"
+    ifd = struct.pack(order + "H", len(tags)) + entries + b"\x00\x00\x00\x00"
+    return magic + struct.pack(order + "I", 8) + ifd + values + pixels.tobytes()
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_tiff_written_by_hand_decodes_exactly(order, colour):
+    for pixels in (colour[:, :, ::-1].copy(), colour[:, :, 0].copy()):  # RGB on disk, grey
+        data = tiff_bytes(pixels, order)
+        header = read_header(data)
+        assert (header.format, header.width, header.height, header.bit_depth) == ("TIFF", 41, 30, 8)
+        assert header.channels == (1 if pixels.ndim == 2 else 3)
+        decoded = decode_image(data)
+        expected = colour if pixels.ndim == 3 else pixels  # colour comes back as BGR
+        np.testing.assert_array_equal(decoded, expected)
+
+
+@pytest.mark.parametrize("ext", [".tif", ".tiff"])
+def test_tiff_from_opencv_round_trips(ext, colour, tmp_path):
+    path = tmp_path / f"part{ext}"
+    path.write_bytes(_encode(ext, colour))
+    np.testing.assert_array_equal(decode_image(path), colour)
+    grey = colour[:, :, 2].copy()
+    np.testing.assert_array_equal(decode_image(_encode(ext, grey)), grey)
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.95])
+def test_truncated_tiff_is_refused(keep, colour):
+    for data in (_encode(".tif", colour), tiff_bytes(colour)):  # directory last / first
+        with pytest.raises(ImageError, match="truncated TIFF"):
+            decode_image(data[: int(len(data) * keep)])
+
+
+def test_tiff_strip_outside_the_file_is_named():
+    data = tiff_bytes(np.zeros((10, 10), np.uint8))
+    with pytest.raises(ImageError, match=r"truncated TIFF \(strip 0 ends at byte"):
+        decode_image(data[:-1])
+
+
+def test_tiff_bomb_refused_before_decoding(monkeypatch):
+    data = tiff_bytes(np.zeros((2, 2), np.uint8), claim=(20_000, 20_000))
+    monkeypatch.setattr(cv2, "imdecode", lambda *a, **k: pytest.fail("must not decode a bomb"))
+    with pytest.raises(ImageError, match="400.0 megapixels exceeds"):
+        decode_image(data)
+
+
+def test_tiff_refusals_say_why(colour):
+    with pytest.raises(ImageError, match="16-bit image"):
+        decode_image(_encode(".tif", colour.astype(np.uint16) * 200))
+    with pytest.raises(ImageError, match=r"4 channels \(colour\+alpha\)"):
+        decode_image(_encode(".tif", np.dstack([colour, colour[:, :, :1]])))
+    cmyk = np.zeros((4, 4, 4), np.uint8)
+    with pytest.raises(ImageError, match="photometric interpretation 5"):
+        decode_image(tiff_bytes(cmyk, photometric=5))
+    with pytest.raises(ImageError, match="floating-point"):
+        decode_image(tiff_bytes(np.zeros((4, 4), np.uint8), extra={339: (3, [3])}))
+    with pytest.raises(ImageError, match="BigTIFF"):
+        decode_image(b"II+\x00" + b"\x00" * 12)
+    with pytest.raises(ImageError, match="corrupt TIFF"):
+        decode_image(b"II\x07\x00\x08\x00\x00\x00")
+    no_strips = tiff_bytes(np.zeros((4, 4), np.uint8))
+    with pytest.raises(ImageError, match="no strip or tile"):
+        read_header(
+            no_strips.replace(struct.pack(">HHI", 279, 4, 1), struct.pack(">HHI", 280, 4, 1))
+        )

@@ -35,7 +35,7 @@ def grey_texture(seed: int, height: int = 120, width: int = 96) -> np.ndarray:
     return np.clip(ramp + rng.normal(0, 25, (height, width)), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
 def test_grey_file_preprocesses_bit_for_bit_like_training(tmp_path, suffix):
     path = tmp_path / f"part{suffix}"
     grey = grey_texture(3)

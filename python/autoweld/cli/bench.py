@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--bundle", required=True, help="bundle directory (autoweld-export)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--images", help="folder of images to inspect (PNG, JPEG, BMP)")
+    source.add_argument("--images", help="folder of images to inspect (PNG, JPEG, BMP, TIFF)")
     source.add_argument(
         "--category",
         default="weld",

@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Inspect one image against a model bundle; exit 0 PASS, 1 FAIL, 2 usage error.",
     )
     parser.add_argument("--bundle", required=True, help="bundle directory")
-    parser.add_argument("--image", required=True, help="image file (PNG, JPEG, BMP)")
+    parser.add_argument("--image", required=True, help="image file (PNG, JPEG, BMP, TIFF)")
     parser.add_argument("--part-id", required=True, help="part identifier for the quality record")
     parser.add_argument("--ledger", help="quality ledger URL (sqlite:///path or postgresql://...)")
     parser.add_argument("--plc", help="PLC URL (tcp://host:port or modbus://host:port?...)")

@@ -4,12 +4,15 @@ A station must never be taken down by one bad file, so every way an image can be
 :class:`ImageError` (a ``ValueError``) with a message that says why:
 
 - unreadable (missing file, a directory, no permission) or empty (0 bytes);
-- a format we do not read: PNG, JPEG and BMP are read (what cameras and MVTec AD use);
+- a format we do not read: PNG, JPEG, BMP and baseline TIFF are read (what cameras and MVTec AD
+  use; training reads the same four). A multi-page TIFF is inspected on its first page; BigTIFF
+  and TIFFs in CMYK or other colour spaces are refused;
 - a **decompression bomb**: width x height is read from the header *before* anything is decoded
   and refused above ``DecodeLimits.max_pixels`` (64 megapixels by default), so a small file that
   claims 10000 x 10000 pixels never allocates 300 MB; files above ``max_bytes`` are not read at all;
 - truncated or corrupt: PNG chunks are walked and their CRCs checked up to ``IEND``; a JPEG must
-  reach its end-of-image marker; anything OpenCV cannot decode is refused;
+  reach its end-of-image marker; every strip or tile a TIFF's first directory lists must lie
+  inside the file; anything OpenCV cannot decode is refused;
 - channels: 1 (grey) and 3 (BGR) are inspected; the Inspector expands grey to BGR with
   :func:`as_bgr` exactly as training's ``cv2.IMREAD_COLOR`` does, so CLAHE (on Lab L for colour)
   sees the same pixels in both. Images
@@ -85,7 +88,7 @@ class ImageHeader:
 
 
 def read_header(data: bytes, name: str = "image") -> ImageHeader:
-    """Parse width, height, channels and bit depth from a PNG, JPEG or BMP header.
+    """Parse width, height, channels and bit depth from a PNG, JPEG, BMP or TIFF header.
 
     Raises :class:`ImageError` for empty data, an unknown format or a malformed header.
     """
@@ -97,7 +100,9 @@ def read_header(data: bytes, name: str = "image") -> ImageHeader:
         return _jpeg_header(data, name)
     if data.startswith(b"BM"):
         return _bmp_header(data, name)
-    raise ImageError(f"{name}: not a PNG, JPEG or BMP image (first bytes {data[:8]!r})")
+    if data[:2] in (b"II", b"MM"):
+        return _tiff_header(data, name)
+    raise ImageError(f"{name}: not a PNG, JPEG, BMP or TIFF image (first bytes {data[:8]!r})")
 
 
 def _png_header(data: bytes, name: str) -> ImageHeader:
@@ -156,6 +161,80 @@ def _bmp_header(data: bytes, name: str) -> ImageHeader:
     if channels == 0:
         raise ImageError(f"{name}: BMP with unsupported {bpp} bits per pixel")
     return ImageHeader("BMP", width, height, channels, 8)
+
+
+# TIFF tags the header reader needs, and the field types whose values it reads.
+_TIFF_WIDTH, _TIFF_HEIGHT, _TIFF_BITS, _TIFF_PHOTOMETRIC = 256, 257, 258, 262
+_TIFF_STRIP_OFFSETS, _TIFF_SAMPLES, _TIFF_STRIP_BYTES = 273, 277, 279
+_TIFF_TILE_OFFSETS, _TIFF_TILE_BYTES, _TIFF_SAMPLE_FORMAT = 324, 325, 339
+_TIFF_TYPES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4)}  # BYTE, SHORT, LONG
+# Photometric interpretation -> channels OpenCV decodes it to (grey stays grey).
+_TIFF_PHOTOMETRIC_NAMES = {0: "grey", 1: "grey", 2: "RGB", 3: "palette", 6: "YCbCr"}
+
+
+def _tiff_header(data: bytes, name: str) -> ImageHeader:
+    """Baseline TIFF: the first image directory's size, samples and bit depth, and a check that
+    every strip (or tile) it lists lies inside the file (what truncation cuts off)."""
+    order = "<" if data[:2] == b"II" else ">"
+    if len(data) < 8:
+        raise ImageError(f"{name}: truncated TIFF header")
+    (magic,) = struct.unpack(order + "H", data[2:4])
+    if magic == 43:
+        raise ImageError(f"{name}: BigTIFF is not read (save as baseline TIFF, PNG or BMP)")
+    if magic != 42:
+        raise ImageError(f"{name}: corrupt TIFF (magic number {magic}, expected 42)")
+    (ifd,) = struct.unpack(order + "I", data[4:8])
+    if ifd < 8 or ifd + 2 > len(data):
+        raise ImageError(
+            f"{name}: truncated TIFF (image directory at byte {ifd} is not in the file)"
+        )
+    (count,) = struct.unpack(order + "H", data[ifd : ifd + 2])
+    if ifd + 2 + 12 * count > len(data):
+        raise ImageError(f"{name}: truncated TIFF (image directory cut short)")
+    tags: dict[int, list[int]] = {}
+    for i in range(count):
+        entry = data[ifd + 2 + 12 * i : ifd + 14 + 12 * i]
+        tag, kind, n = struct.unpack(order + "HHI", entry[:8])
+        if kind not in _TIFF_TYPES:
+            continue  # rationals, ASCII, ...: nothing we need
+        code, size = _TIFF_TYPES[kind]
+        if n * size <= 4:
+            raw = entry[8 : 8 + n * size]
+        else:
+            (offset,) = struct.unpack(order + "I", entry[8:12])
+            if offset + n * size > len(data):
+                raise ImageError(f"{name}: truncated TIFF (values of tag {tag} cut off)")
+            raw = data[offset : offset + n * size]
+        tags[tag] = list(struct.unpack(f"{order}{n}{code}", raw))
+    if _TIFF_WIDTH not in tags or _TIFF_HEIGHT not in tags:
+        raise ImageError(f"{name}: corrupt TIFF (no image width or height)")
+    width, height = tags[_TIFF_WIDTH][0], tags[_TIFF_HEIGHT][0]
+    samples = tags.get(_TIFF_SAMPLES, [1])[0]
+    bits = tags.get(_TIFF_BITS, [1])
+    photometric = tags.get(_TIFF_PHOTOMETRIC, [1])[0]
+    if photometric not in _TIFF_PHOTOMETRIC_NAMES:
+        raise ImageError(
+            f"{name}: TIFF photometric interpretation {photometric} (CMYK, Lab, ...) is not "
+            "read; save as grey or RGB"
+        )
+    if tags.get(_TIFF_SAMPLE_FORMAT, [1])[0] not in (1,):
+        raise ImageError(f"{name}: TIFF with signed or floating-point samples; only 8-bit unsigned")
+    if photometric == 3:
+        channels, bit_depth = 3, 8  # palette indices expand to 8-bit colour
+    else:
+        channels, bit_depth = samples, max(bits)
+        bit_depth = 8 if bit_depth < 8 else bit_depth  # 1/2/4-bit grey expands to 8-bit
+    offsets = tags.get(_TIFF_STRIP_OFFSETS) or tags.get(_TIFF_TILE_OFFSETS)
+    lengths = tags.get(_TIFF_STRIP_BYTES) or tags.get(_TIFF_TILE_BYTES)
+    if not offsets or not lengths or len(offsets) != len(lengths):
+        raise ImageError(f"{name}: corrupt TIFF (no strip or tile offsets and byte counts)")
+    for i, (offset, length) in enumerate(zip(offsets, lengths, strict=True)):
+        if offset + length > len(data):
+            raise ImageError(
+                f"{name}: truncated TIFF (strip {i} ends at byte {offset + length}, the file "
+                f"has {len(data)})"
+            )
+    return ImageHeader("TIFF", width, height, channels, bit_depth)
 
 
 def _check_header(header: ImageHeader, limits: DecodeLimits, name: str) -> None:

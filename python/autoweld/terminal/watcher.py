@@ -15,8 +15,8 @@ Half-written files are never inspected, by two rules (use the first where you ca
    changed for ``settle_s`` seconds (and it is not empty, unless it stays empty for
    ``empty_s`` seconds: then it is inspected and recorded as a FAIL, so a camera fault is seen).
 
-Should a file still be cut short, the decoder detects the truncated PNG/JPEG/BMP and the part is
-a recorded FAIL, never a pass. After its inspection a file is moved into ``DIR/inspected/`` (so a
+Should a file still be cut short, the decoder detects the truncated PNG/JPEG/BMP/TIFF and the part
+is a recorded FAIL, never a pass. After its inspection a file is moved into ``DIR/inspected/`` (so a
 restart does not inspect it again); files already there when the terminal starts are inspected
 (they arrived while it was down). Polling, not inotify: it works the same on local disks and on
 network shares, and costs one directory listing per ``poll_s``.
