@@ -43,7 +43,7 @@ def test_usage_errors_exit_2(capsys, tiny_bundle, tmp_path):
     base = ["--bundle", str(tiny_bundle), "--image", str(image), "--part-id", "P1"]
     assert main([*base, "--providers", "warp-drive"]) == 2
     err = capsys.readouterr().err
-    assert "'warp-drive' is unknown; available:" in err and "CPUExecutionProvider" in err
+    assert "'warp-drive' is unknown; available: best" in err and "cpu" in err
     assert main([*base, "--heatmap", str(tmp_path / "h.jpg")]) == 2
     assert main([*base, "--threads", "0"]) == 2
     assert main([*base, "--plc", "ftp://plc:1"]) == 2
@@ -247,3 +247,19 @@ def test_bad_part_or_station_id_is_a_usage_error(
     assert main(argv) == 2
     assert flag in capsys.readouterr().err
     assert not (tmp_path / "l.db").exists()
+
+
+@pytest.mark.parametrize("providers", [["best"], ["tensorrt", "cpu"], ["CPUExecutionProvider"]])
+def test_engine_choices_that_run_on_a_cpu_machine(capsys, tiny_bundle, tmp_path, providers):
+    # 'best' and 'tensorrt' pass the usage check and run the ONNX graph where no plan can run
+    # (the bundle has none): the same result as 'cpu'. Asking for TensorRT by name says why not.
+    image = _image(tmp_path, defect_image(2))
+    base = ["--bundle", tiny_bundle, "--image", image, "--part-id", "P1"]
+    if providers[0] == "tensorrt":
+        with pytest.warns(RuntimeWarning, match="TensorRT plan not used: the bundle has no"):
+            status, chosen = _run_json(capsys, *base, "--providers", *providers)
+    else:
+        status, chosen = _run_json(capsys, *base, "--providers", *providers)
+    _, reference = _run_json(capsys, *base, "--providers", "cpu")
+    assert status == 1 and chosen["decision"] == "FAIL" and chosen["error"] is None
+    assert chosen["probability"] == reference["probability"]

@@ -212,7 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-root", help="data root (MVTec AD layout; weld is generated)")
     parser.add_argument("--json", dest="json_path", help="also write the report as JSON here")
     parser.add_argument("--limit", type=int, help="evaluate at most N test images (spread evenly)")
-    parser.add_argument("--providers", nargs="+", default=["cpu"], help="execution providers")
+    parser.add_argument(
+        "--providers",
+        nargs="+",
+        default=["cpu"],
+        help="engines in order of preference: best, tensorrt, cuda, cpu or ORT provider names",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per engine call")
     parser.add_argument("-v", "--verbose", action="store_true")

@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         "--providers",
         nargs="+",
         default=["cpu"],
-        help="execution providers in order of preference: cpu, cuda, tensorrt or ORT names",
+        help="engines in order of preference: best, tensorrt, cuda, cpu or ORT provider names",
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     parser.add_argument("--max-megapixels", type=float, default=64.0, help="decode limit")
@@ -155,11 +155,11 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     from autoweld.bundle import BundleError, manifest_identity
     from autoweld.quality.record import check_part_id, check_station_id
     from autoweld.runtime.decode import DecodeLimits
-    from autoweld.runtime.engine import resolve_providers
+    from autoweld.runtime.engine import check_engine_request
     from autoweld.runtime.inspector import Inspector, failed_result
 
     # Usage errors first: nothing is inspected or recorded for them.
-    resolve_providers(args.providers)
+    check_engine_request(args.providers)
     try:
         args.part_id = check_part_id(args.part_id)
     except ValueError as error:

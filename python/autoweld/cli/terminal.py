@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--heatmap-dir", help="also save every heat-map picture here (recorded)")
     parser.add_argument(
-        "--providers", nargs="+", default=["cpu"], help="execution providers (cpu, cuda, ...)"
+        "--providers",
+        nargs="+",
+        default=["cpu"],
+        help="engines in order of preference: best, tensorrt, cuda, cpu or ORT provider names",
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     parser.add_argument(
@@ -114,13 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as error:
         return usage(f"the terminal needs its extra: pip install 'autoweld[terminal]' ({error})")
     from autoweld.quality.record import check_station_id
-    from autoweld.runtime.engine import resolve_providers
+    from autoweld.runtime.engine import check_engine_request
     from autoweld.terminal.station import Station, StationConfig
     from autoweld.terminal.watcher import FolderWatcher, WatchConfig
 
     try:
         args.station = check_station_id(args.station)  # printable, non-empty, <= 200
-        resolve_providers(args.providers)
+        check_engine_request(args.providers)
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         if args.watch is not None and not Path(args.watch).is_dir():

@@ -50,6 +50,7 @@ __all__ = [
     "choose_engine",
     "current_environment",
     "open_engine",
+    "check_engine_request",
     "resolve_providers",
 ]
 
@@ -504,6 +505,24 @@ class TensorRTRunner:
         self.close()
 
 
+def _environment_for(names: Sequence[str]) -> EngineEnvironment:
+    """What open_engine looks at: the whole environment only when TensorRT may be wanted (a
+    plain ONNX Runtime request does not import tensorrt/cupy for nothing)."""
+    wants_trt = any(isinstance(n, str) and n.lower() in ("best", "tensorrt", "trt") for n in names)
+    if wants_trt:
+        return current_environment()
+    return EngineEnvironment(ort_providers=tuple(available_providers()))
+
+
+def check_engine_request(providers: Sequence[str] | str) -> None:
+    """Raises ``ValueError`` now for a ``providers`` request that :func:`open_engine` would
+    refuse on this machine whatever the bundle (an unknown name, an ONNX Runtime provider that is
+    not installed): for command lines, before anything is inspected or recorded. ``"best"`` and
+    ``"tensorrt"`` always pass (without a usable plan they run the ONNX graph, with a warning)."""
+    names = [providers] if isinstance(providers, str) else list(providers)
+    choose_engine(names, {}, _environment_for(names))
+
+
 def open_engine(
     bundle: Bundle,
     providers: Sequence[str] | str = ("best",),
@@ -517,12 +536,8 @@ def open_engine(
     error: the ONNX graph runs instead, with a ``RuntimeWarning`` and a log warning saying why.
     """
     names = [providers] if isinstance(providers, str) else list(providers)
-    wants_trt = any(isinstance(n, str) and n.lower() in ("best", "tensorrt", "trt") for n in names)
     if environment is None:
-        if wants_trt:
-            environment = current_environment()
-        else:  # a plain ORT request: do not import tensorrt/cupy for nothing
-            environment = EngineEnvironment(ort_providers=tuple(available_providers()))
+        environment = _environment_for(names)
     choice = choose_engine(names, bundle.manifest, environment)
     explicit_trt = any(isinstance(n, str) and n.lower() in ("tensorrt", "trt") for n in names)
     for message in choice.warnings:
