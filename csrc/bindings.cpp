@@ -147,6 +147,14 @@ static py::tuple knn_result(std::size_t nq, std::size_t k,
     return py::make_tuple(distances, indices);
 }
 
+// k must not exceed the bank: checked before the (Q, k) outputs are allocated, so an absurd k
+// is the same ValueError as a slightly too large one, never a MemoryError.
+static void require_k_within(std::int64_t k, std::size_t nb) {
+    autoweld::require(static_cast<std::uint64_t>(k) <= nb,
+                      "k (" + std::to_string(k) + ") exceeds the memory bank size (" +
+                          std::to_string(nb) + " rows)");
+}
+
 static void bind_numeric_kernels(py::module_& m) {
     m.def(
         "knn",
@@ -161,6 +169,7 @@ static void bind_numeric_kernels(py::module_& m) {
             const auto nq = static_cast<std::size_t>(queries.shape(0));
             const auto nb = static_cast<std::size_t>(bank.shape(0));
             const auto dim = static_cast<std::size_t>(bank.shape(1));
+            require_k_within(k, nb);  // before the (Q, k) outputs are allocated
             const float* q = queries.data();
             const float* b = bank.data();
             return knn_result(nq, static_cast<std::size_t>(k), [&](float* d, std::int64_t* i) {
@@ -211,6 +220,7 @@ static void bind_numeric_kernels(py::module_& m) {
                 autoweld::require(k >= 1, "k must be at least 1");
                 const auto kp = kernel_path(path);
                 const auto nq = static_cast<std::size_t>(queries.shape(0));
+                require_k_within(k, self.index->size());  // before the outputs are allocated
                 const float* q = queries.data();
                 return knn_result(nq, static_cast<std::size_t>(k),
                                   [&](float* d, std::int64_t* i) {

@@ -47,8 +47,9 @@ void knn_search(const float* queries, std::size_t nq, const float* bank, const f
 // takes the k rows with the smallest bound, whose full distances bound the k-th nearest from
 // above, and computes the full distance (|q|^2 + |b|^2 - 2 q.b on the original features, as
 // the brute force does) only for rows whose bound, less a round-off margin, does not exceed
-// the k-th nearest found so far. Same neighbours and distances as the brute force, up to the
-// order of equal-to-round-off ties.
+// the k-th nearest found so far. Same neighbours and distances as the brute force. A query the
+// bound cannot serve (a non-finite projected norm) is searched in full. Each search thread
+// needs 64 bytes per bank row of workspace (the bound of 16 queries against every row).
 class KnnIndex {
 public:
     KnnIndex(const float* bank, std::size_t nb, std::size_t dim, int threads);
@@ -77,11 +78,11 @@ private:
     // Pruned form only.
     std::size_t prefix_ = 0;
     std::vector<float> basis_;          // prefix x dim
-    std::vector<float> prefix_norms_;   // squared norms of the projected rows, +Inf-padded to
-                                        // whole 24-row kernel tiles
+    std::vector<float> bound_norms_;    // |Ub|^2 less the row's round-off margin, +Inf-padded
+                                        // to whole 24-row kernel tiles
     std::vector<float> packed_prefix_;  // the projected rows in the kernel's tiles
-    float max_norm_ = 0.0f;             // largest squared row norm   } for the round-off
-    float basis_error_ = 0.0f;          // max |U U^T - I|            } margin
+    float margin_rate_ = 0.0f;          // round-off margin per unit of squared norm
+    float basis_error_ = 0.0f;          // max |U U^T - I|
 };
 
 // For each bank row its b nearest bank rows (itself first: ties at distance 0 are broken so
@@ -121,7 +122,9 @@ void panel_dots_portable(const float* qpack, const float* bpack, std::size_t kc,
 
 // out[r * 16 + l] = sum over d < n of rows[r][d] * qt[d * 16 + l]: the dot products of `count`
 // bank rows with the 16 queries of a panel stored column by column (qt[d][16]). Rows are taken
-// four at a time so that four independent sums keep the FMA pipes busy.
+// four at a time so that four independent sums keep the FMA pipes busy. Every path sums each
+// value as the panel kernel does (one FMA chain over d in order), so the pruned search's full
+// distances are the brute force's to the bit.
 void panel_rows_dots_portable(const float* qt, const float* const* rows, std::size_t count,
                               std::size_t n, float* out);
 void panel_rows_dots_avx2(const float* qt, const float* const* rows, std::size_t count,

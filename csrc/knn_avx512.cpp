@@ -111,17 +111,14 @@ void panel_rows_dots_avx512(const float* qt, const float* const* rows, std::size
         _mm512_storeu_ps(out + (r + 2) * kPanel, a2);
         _mm512_storeu_ps(out + (r + 3) * kPanel, a3);
     }
+    // The remaining rows: one chain over d in order, as above and as the brute-force kernel
+    // sums - so a row's value never depends on where it falls in the batch (equal rows, equal
+    // values: ties then go to the lower index, as the brute force breaks them).
     for (; r < count; ++r) {
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0;
-        std::size_t d = 0;
-        for (; d + 2 <= n; d += 2) {
+        __m512 a0 = _mm512_setzero_ps();
+        for (std::size_t d = 0; d < n; ++d)
             a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qt + d * kPanel), _mm512_set1_ps(rows[r][d]), a0);
-            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qt + (d + 1) * kPanel),
-                                 _mm512_set1_ps(rows[r][d + 1]), a1);
-        }
-        if (d < n)
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qt + d * kPanel), _mm512_set1_ps(rows[r][d]), a0);
-        _mm512_storeu_ps(out + r * kPanel, _mm512_add_ps(a0, a1));
+        _mm512_storeu_ps(out + r * kPanel, a0);
     }
 }
 

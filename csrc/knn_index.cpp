@@ -93,11 +93,20 @@ KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, const flo
     basis_.assign(basis, basis + prefix * dim);
     std::vector<float> projected(nb * prefix);
     matmul_abt(bank, nb, basis, prefix, dim, projected.data(), threads);
-    prefix_norms_.assign(detail::round_up(nb, kTileRows), kInf);
-    squared_norms(projected.data(), nb, prefix, prefix_norms_.data(), threads);
+    bound_norms_.assign(detail::round_up(nb, kTileRows), kInf);
+    squared_norms(projected.data(), nb, prefix, bound_norms_.data(), threads);
+    require_finite(bound_norms_.data(), nb, "bank (projected squared norms overflow float32)");
+    // Round-off: each value compared in the search is a float sum of at most dim products, off
+    // by at most dim * eps * (|q|^2 + |b|^2) from the exact one, and a basis orthonormal only to
+    // within e stretches the projected squared distance (at most 2 (|q|^2 + |b|^2)) by up to a
+    // factor 1 + m e. Twice the first plus the second, per unit of |q|^2 + |b|^2, keeps the
+    // filter from ever dropping a row the exact comparison would keep. The row's share of the
+    // margin is taken off its bound here, the query's share is added to its threshold.
+    margin_rate_ = 2.0f * static_cast<float>(dim) * std::numeric_limits<float>::epsilon() +
+                   2.0f * static_cast<float>(prefix) * basis_error_;
+    for (std::size_t j = 0; j < nb; ++j) bound_norms_[j] -= margin_rate_ * norms_[j];
     packed_prefix_.resize(detail::round_up(nb, kBankTile) * prefix);
     detail::pack_bank_block(projected.data(), prefix, 0, prefix, 0, nb, packed_prefix_.data());
-    max_norm_ = *std::max_element(norms_.begin(), norms_.end());
 }
 
 void KnnIndex::search(const float* queries, std::size_t nq, std::size_t k, float* distances,
@@ -130,15 +139,7 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
     matmul_abt(queries, nq, basis_.data(), m, dim, projected.data(), threads, path);
     std::vector<float> pqn(nq);
     squared_norms(projected.data(), nq, m, pqn.data(), threads);
-    // Round-off: each value compared below is a float sum of at most dim products, off by at
-    // most dim * eps * (|q|^2 + |b|^2) from the exact one, and a basis that is orthonormal only
-    // to within e stretches the projected squared distance (at most 2 (|q|^2 + |b|^2)) by up to
-    // a factor 1 + m e. Twice the first plus the second keeps the filter from ever dropping a
-    // row the exact comparison would keep.
-    const float margin_rate =
-        2.0f * static_cast<float>(dim) * std::numeric_limits<float>::epsilon() +
-        2.0f * static_cast<float>(m) * basis_error_;
-    const float* pnorms = prefix_norms_.data();
+    const float* pnorms = bound_norms_.data();
     const std::size_t panels = (nq + kPanel - 1) / kPanel;
 
     pool::parallel_for_static(panels, threads, [&](std::size_t p0, std::size_t p1) {
@@ -166,6 +167,8 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
             auto heap = [&](std::size_t l) {
                 return detail::TopK{heap_v.data() + l * k, heap_i.data() + l * k, k};
             };
+            // Lanes the bound cannot serve are searched in full at the end.
+            bool exhaustive[kPanel] = {};
             for (std::size_t l = 0; l < kPanel; ++l) {
                 seeds(l).reset();
                 heap(l).reset();
@@ -192,6 +195,13 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
             // The seeds' full values |b|^2 - 2 q.b bound the k-th nearest from above: a row can
             // beat that bound only if |Ub|^2 - 2 Uq.Ub <= upper + |q|^2 - |Uq|^2.
             for (std::size_t l = 0; l < lanes; ++l) {
+                const float qn_l = qn[row0 + l];
+                slack[l] = qn_l - pqn[row0 + l] + margin_rate_ * qn_l;
+                if (!seeds(l).full() || !std::isfinite(slack[l])) {
+                    exhaustive[l] = true;  // no bound for this query (its projection overflows)
+                    thr[l] = -kInf;
+                    continue;
+                }
                 const std::int64_t* lane_seeds = seed_i.data() + l * k;
                 for (std::size_t t = 0; t < k; ++t)
                     row_ptr[t] = bank_ + static_cast<std::size_t>(lane_seeds[t]) * dim;
@@ -200,9 +210,7 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
                 for (std::size_t t = 0; t < k; ++t)
                     tau = std::max(tau, norms_[static_cast<std::size_t>(lane_seeds[t])] -
                                             2.0f * row_dots[t * kPanel + l]);
-                const float qn_l = qn[row0 + l];
                 upper[l] = tau;
-                slack[l] = qn_l - pqn[row0 + l] + margin_rate * (qn_l + max_norm_);
                 thr[l] = tau + slack[l];
             }
             // Pass 2: full values for the rows that pass the bound for some query of the panel,
@@ -229,8 +237,10 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
             for (std::size_t l = 0; l < lanes; ++l) {
                 auto h = heap(l);
                 const std::size_t q = row0 + l;
-                if (!h.full()) {
-                    // Round-off beyond the margin kept a seed out: search this query in full.
+                if (exhaustive[l] || !h.full()) {
+                    // No bound for this query, or round-off beyond the margin kept a seed out:
+                    // search it in full (from an empty heap: no row may enter twice).
+                    h.reset();
                     for (std::size_t j0 = 0; j0 < nb; j0 += kChunk) {
                         const std::size_t count = std::min(kChunk, nb - j0);
                         for (std::size_t r = 0; r < count; ++r)

@@ -192,6 +192,30 @@ int main() {
             CHECK(ok);
         }
     }
+    // Pruned KnnIndex at the edge of float32: a bank whose projection overflows is refused (its
+    // bound would be NaN), and a query whose projection overflows is searched in full.
+    {
+        const float c = 0.99998492f, s = 0.00549497223f;  // c*c + s*s == 1 in float
+        const float r0 = 1.84464648e+19f, r1 = 1.01364338e+17f;  // |row|^2 finite, |Ub|^2 not
+        std::vector<float> bank = {r0, r1, r0, r1}, basis = {c, s};
+        CHECK_THROWS(autoweld::KnnIndex(bank.data(), 2, 2, basis.data(), 1, 1),
+                     std::invalid_argument);
+        std::vector<float> small = {1, 0, 2, 0, -1, 0, 0, 3};
+        std::vector<float> stretched = {1.00004f, 0.0f};  // within the 1e-4 tolerance
+        autoweld::KnnIndex index(small.data(), 4, 2, stretched.data(), 1, 1);
+        std::vector<float> q = {1.8446742e19f, 0.0f, 1.8f, 0.1f};  // |Uq|^2 of the first: +Inf
+        std::vector<float> d1(4), d2(4);
+        std::vector<std::int64_t> i1(4), i2(4);
+        for (KernelPath path : paths) {
+            index.search(q.data(), 2, 2, d1.data(), i1.data(), 1, path);
+            autoweld::knn_search(q.data(), 2, small.data(), nullptr, 4, 2, 2, d2.data(), i2.data(),
+                                 1, path);
+            CHECK(i1 == i2 && d1 == d2);
+            // The huge query is equally far from every row in float (|q|^2 swamps the rest):
+            // ties, lower index first. The other: (2, 0), then (1, 0).
+            CHECK(i1[0] == 0 && i1[1] == 1 && i1[2] == 1 && i1[3] == 0);
+        }
+    }
     // Pruned KnnIndex: bad bases and prefixes.
     {
         auto b = random_matrix(30, 4, 3);

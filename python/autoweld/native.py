@@ -422,12 +422,12 @@ class KnnIndex:
                 raise ValueError(
                     f"basis must be (P, {dim}) with 1 <= P < {dim} for this bank, got {basis.shape}"
                 )
-        elif prune is not False and dim >= 2:
-            pca = principal_axes(bank)
+        elif prune or (prune is None and dim >= 2 and rows >= PRUNE_MIN_ROWS):
+            if dim < 2:
+                raise ValueError(f"bank: pruning needs at least 2 features, the bank has {dim}")
+            pca = principal_axes(bank)  # a D x D eigenproblem: only when it may be used
             if prune or pca.worth_pruning(rows):
                 basis = np.ascontiguousarray(pca.axes[: pca.prefix_for()])
-        if prune is True and dim < 2:
-            raise ValueError(f"bank: pruning needs at least 2 features, the bank has {dim}")
         if prune is False or basis is None:
             self._index = _native.KnnIndex(bank, _threads(threads))
         else:

@@ -306,6 +306,49 @@ def test_pruned_index_ties_list_the_lower_index_first():
     assert (distances[:, 0] <= 1e-3 * np.linalg.norm(base[:50], axis=1)).all()
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_pruned_index_breaks_ties_between_equal_rows_as_the_brute_force(path):
+    # Every value the pruned search compares is summed as the brute force sums it, whatever
+    # row batch it falls in: equal rows, equal distances, the lower index first - exactly the
+    # brute force's answer, on every kernel path.
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        nb, dim, m = int(rng.integers(30, 230)), int(rng.integers(9, 69)), int(rng.integers(1, 5))
+        bank = rng.uniform(-1, 1, (nb, dim)).astype(np.float32)
+        half = nb // 2
+        bank[half:] = bank[rng.integers(0, half, nb - half)]  # each later row repeats one
+        queries = rng.uniform(-1, 1, (int(rng.integers(1, 21)), dim)).astype(np.float32)
+        basis = np.eye(m, dim, dtype=np.float32)
+        pruned = native._native.KnnIndex(bank, basis, 1)
+        brute = native._native.KnnIndex(bank, 1)
+        for k in (1, 3, 8):
+            d1, i1 = pruned.search(queries, k, 1, path)
+            d2, i2 = brute.search(queries, k, 1, path)
+            np.testing.assert_array_equal(i1, i2)
+            np.testing.assert_array_equal(d1, d2)
+
+
+def test_absurd_k_is_a_value_error_not_a_memory_error():
+    bank, queries = tie_free(50, 8, 1), tie_free(3, 8, 2)
+    for search in (
+        lambda k: native._native.knn(queries, bank, k, 1),
+        lambda k: native._native.KnnIndex(bank, 1).search(queries, k, 1),
+        lambda k: native._native.KnnIndex(bank, np.eye(2, 8, dtype=np.float32), 1).search(
+            queries, k, 1
+        ),
+    ):
+        with pytest.raises(ValueError, match="exceeds the memory bank size"):
+            search(2**40)
+
+
+def test_small_banks_skip_the_principal_axes(monkeypatch):
+    def no_pca(*args, **kwargs):
+        raise AssertionError("a bank too small to prune must not pay for a PCA")
+
+    monkeypatch.setattr(native, "principal_axes", no_pca)
+    assert native.KnnIndex(low_rank(native.PRUNE_MIN_ROWS - 1, 64, 4, seed=0)).prefix_dims == 0
+
+
 def test_automatic_choice_prunes_concentrated_banks_only():
     concentrated = low_rank(2000, 64, 4, seed=1)
     auto = native.KnnIndex(concentrated)
