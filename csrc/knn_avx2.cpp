@@ -123,49 +123,51 @@ void panel_dots_avx2(const float* qpack, const float* bpack, std::size_t kc, std
     }
 }
 
+namespace {
+
+// Four rows x two 8-lane halves: eight independent sums, each one FMA chain over d in order.
+inline void four_rows_avx2(const float* qt, const float* const* b, std::size_t n, float* o) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, c0 = a0, c1 = a0, e0 = a0, e1 = a0, g0 = a0, g1 = a0;
+    for (std::size_t d = 0; d < n; ++d) {
+        const __m256 q0 = _mm256_loadu_ps(qt + d * kPanel);
+        const __m256 q1 = _mm256_loadu_ps(qt + d * kPanel + 8);
+        __m256 v = _mm256_broadcast_ss(b[0] + d);
+        a0 = _mm256_fmadd_ps(q0, v, a0);
+        a1 = _mm256_fmadd_ps(q1, v, a1);
+        v = _mm256_broadcast_ss(b[1] + d);
+        c0 = _mm256_fmadd_ps(q0, v, c0);
+        c1 = _mm256_fmadd_ps(q1, v, c1);
+        v = _mm256_broadcast_ss(b[2] + d);
+        e0 = _mm256_fmadd_ps(q0, v, e0);
+        e1 = _mm256_fmadd_ps(q1, v, e1);
+        v = _mm256_broadcast_ss(b[3] + d);
+        g0 = _mm256_fmadd_ps(q0, v, g0);
+        g1 = _mm256_fmadd_ps(q1, v, g1);
+    }
+    _mm256_storeu_ps(o, a0);
+    _mm256_storeu_ps(o + 8, a1);
+    _mm256_storeu_ps(o + 16, c0);
+    _mm256_storeu_ps(o + 24, c1);
+    _mm256_storeu_ps(o + 32, e0);
+    _mm256_storeu_ps(o + 40, e1);
+    _mm256_storeu_ps(o + 48, g0);
+    _mm256_storeu_ps(o + 56, g1);
+}
+
+}  // namespace
+
 void panel_rows_dots_avx2(const float* qt, const float* const* rows, std::size_t count,
                           std::size_t n, float* out) {
     std::size_t r = 0;
-    for (; r + 4 <= count; r += 4) {  // 4 rows x 2 halves: eight independent sums
-        const float *b0 = rows[r], *b1 = rows[r + 1], *b2 = rows[r + 2], *b3 = rows[r + 3];
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, c0 = a0, c1 = a0, e0 = a0, e1 = a0, g0 = a0,
-               g1 = a0;
-        for (std::size_t d = 0; d < n; ++d) {
-            const __m256 q0 = _mm256_loadu_ps(qt + d * kPanel);
-            const __m256 q1 = _mm256_loadu_ps(qt + d * kPanel + 8);
-            __m256 v = _mm256_broadcast_ss(b0 + d);
-            a0 = _mm256_fmadd_ps(q0, v, a0);
-            a1 = _mm256_fmadd_ps(q1, v, a1);
-            v = _mm256_broadcast_ss(b1 + d);
-            c0 = _mm256_fmadd_ps(q0, v, c0);
-            c1 = _mm256_fmadd_ps(q1, v, c1);
-            v = _mm256_broadcast_ss(b2 + d);
-            e0 = _mm256_fmadd_ps(q0, v, e0);
-            e1 = _mm256_fmadd_ps(q1, v, e1);
-            v = _mm256_broadcast_ss(b3 + d);
-            g0 = _mm256_fmadd_ps(q0, v, g0);
-            g1 = _mm256_fmadd_ps(q1, v, g1);
-        }
-        float* o = out + r * kPanel;
-        _mm256_storeu_ps(o, a0);
-        _mm256_storeu_ps(o + 8, a1);
-        _mm256_storeu_ps(o + 16, c0);
-        _mm256_storeu_ps(o + 24, c1);
-        _mm256_storeu_ps(o + 32, e0);
-        _mm256_storeu_ps(o + 40, e1);
-        _mm256_storeu_ps(o + 48, g0);
-        _mm256_storeu_ps(o + 56, g1);
-    }
-    for (; r < count; ++r) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-        for (std::size_t d = 0; d < n; ++d) {
-            const __m256 v = _mm256_broadcast_ss(rows[r] + d);
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qt + d * kPanel), v, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qt + d * kPanel + 8), v, a1);
-        }
-        _mm256_storeu_ps(out + r * kPanel, a0);
-        _mm256_storeu_ps(out + r * kPanel + 8, a1);
-    }
+    for (; r + 4 <= count; r += 4) four_rows_avx2(qt, rows + r, n, out + r * kPanel);
+    if (r == count) return;
+    // 1-3 rows left: one more group of four with the last row repeated (the same sums, so the
+    // same values as in any other group; a single row's chain alone would wait on latency).
+    const float* last[4];
+    float tmp[4 * kPanel];
+    for (std::size_t t = 0; t < 4; ++t) last[t] = rows[std::min(r + t, count - 1)];
+    four_rows_avx2(qt, last, n, tmp);
+    std::copy(tmp, tmp + (count - r) * kPanel, out + r * kPanel);
 }
 
 std::size_t bound_rows_avx2(const float* dots, const float* norms, std::size_t rows,

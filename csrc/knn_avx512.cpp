@@ -93,33 +93,40 @@ void panel_dots_avx512(const float* qpack, const float* bpack, std::size_t kc, s
         micro_16xT<1>(qpack, b, kc, o, accumulate, n, thr, h);
 }
 
+namespace {
+
+// Four rows: four independent sums, each one FMA chain over d in order.
+inline void four_rows_avx512(const float* qt, const float* const* b, std::size_t n, float* o) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (std::size_t d = 0; d < n; ++d) {
+        const __m512 q = _mm512_loadu_ps(qt + d * kPanel);
+        a0 = _mm512_fmadd_ps(q, _mm512_set1_ps(b[0][d]), a0);
+        a1 = _mm512_fmadd_ps(q, _mm512_set1_ps(b[1][d]), a1);
+        a2 = _mm512_fmadd_ps(q, _mm512_set1_ps(b[2][d]), a2);
+        a3 = _mm512_fmadd_ps(q, _mm512_set1_ps(b[3][d]), a3);
+    }
+    _mm512_storeu_ps(o, a0);
+    _mm512_storeu_ps(o + kPanel, a1);
+    _mm512_storeu_ps(o + 2 * kPanel, a2);
+    _mm512_storeu_ps(o + 3 * kPanel, a3);
+}
+
+}  // namespace
+
 void panel_rows_dots_avx512(const float* qt, const float* const* rows, std::size_t count,
                             std::size_t n, float* out) {
     std::size_t r = 0;
-    for (; r + 4 <= count; r += 4) {  // four rows: four independent sums
-        const float *b0 = rows[r], *b1 = rows[r + 1], *b2 = rows[r + 2], *b3 = rows[r + 3];
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (std::size_t d = 0; d < n; ++d) {
-            const __m512 q = _mm512_loadu_ps(qt + d * kPanel);
-            a0 = _mm512_fmadd_ps(q, _mm512_set1_ps(b0[d]), a0);
-            a1 = _mm512_fmadd_ps(q, _mm512_set1_ps(b1[d]), a1);
-            a2 = _mm512_fmadd_ps(q, _mm512_set1_ps(b2[d]), a2);
-            a3 = _mm512_fmadd_ps(q, _mm512_set1_ps(b3[d]), a3);
-        }
-        _mm512_storeu_ps(out + r * kPanel, a0);
-        _mm512_storeu_ps(out + (r + 1) * kPanel, a1);
-        _mm512_storeu_ps(out + (r + 2) * kPanel, a2);
-        _mm512_storeu_ps(out + (r + 3) * kPanel, a3);
-    }
-    // The remaining rows: one chain over d in order, as above and as the brute-force kernel
-    // sums - so a row's value never depends on where it falls in the batch (equal rows, equal
-    // values: ties then go to the lower index, as the brute force breaks them).
-    for (; r < count; ++r) {
-        __m512 a0 = _mm512_setzero_ps();
-        for (std::size_t d = 0; d < n; ++d)
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qt + d * kPanel), _mm512_set1_ps(rows[r][d]), a0);
-        _mm512_storeu_ps(out + r * kPanel, a0);
-    }
+    for (; r + 4 <= count; r += 4) four_rows_avx512(qt, rows + r, n, out + r * kPanel);
+    if (r == count) return;
+    // 1-3 rows left: one more group of four with the last row repeated. Every row is summed the
+    // same way wherever it falls in the batch (and as the brute-force kernel sums it), so equal
+    // rows get equal values and ties go to the lower index; a chain on its own would also wait
+    // on FMA latency.
+    const float* last[4];
+    float tmp[4 * kPanel];
+    for (std::size_t t = 0; t < 4; ++t) last[t] = rows[std::min(r + t, count - 1)];
+    four_rows_avx512(qt, last, n, tmp);
+    std::copy(tmp, tmp + (count - r) * kPanel, out + r * kPanel);
 }
 
 std::size_t bound_rows_avx512(const float* dots, const float* norms, std::size_t rows,
