@@ -116,6 +116,18 @@ BoundRows resolve_bound_rows(KernelPath path) {
     return dots == panel_dots_avx2 ? bound_rows_avx2 : bound_rows_portable;
 }
 
+void rows_in_fours(FourRows four_rows, const float* qt, const float* const* rows,
+                   std::size_t count, std::size_t n, float* out) {
+    std::size_t r = 0;
+    for (; r + 4 <= count; r += 4) four_rows(qt, rows + r, n, out + r * kPanel);
+    if (r == count) return;
+    const float* last[4];
+    float tmp[4 * kPanel];
+    for (std::size_t t = 0; t < 4; ++t) last[t] = rows[std::min(r + t, count - 1)];
+    four_rows(qt, last, n, tmp);
+    std::copy(tmp, tmp + (count - r) * kPanel, out + r * kPanel);
+}
+
 void panel_rows_dots_portable(const float* qt, const float* const* rows, std::size_t count,
                               std::size_t n, float* out) {
     for (std::size_t r = 0; r < count; ++r) {

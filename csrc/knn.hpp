@@ -127,6 +127,14 @@ void panel_dots_portable(const float* qpack, const float* bpack, std::size_t kc,
 // distances are the brute force's to the bit.
 void panel_rows_dots_portable(const float* qt, const float* const* rows, std::size_t count,
                               std::size_t n, float* out);
+// The SIMD versions: their kernel for exactly four rows, driven by rows_in_fours - groups of
+// four, then the 1-3 rows left as one more group with the last row repeated. Every row is then
+// summed by the same code wherever it falls in the batch (equal rows, equal values: ties go to
+// the lower index, as the brute force breaks them), and no row's FMA chain runs alone, waiting
+// on latency. rows_in_fours lives in the portable translation unit (no ISA flags leak into it).
+using FourRows = void (*)(const float* qt, const float* const* rows, std::size_t n, float* out);
+void rows_in_fours(FourRows four_rows, const float* qt, const float* const* rows,
+                   std::size_t count, std::size_t n, float* out);
 void panel_rows_dots_avx2(const float* qt, const float* const* rows, std::size_t count,
                           std::size_t n, float* out);
 void panel_rows_dots_avx512(const float* qt, const float* const* rows, std::size_t count,

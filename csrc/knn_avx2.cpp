@@ -158,16 +158,7 @@ inline void four_rows_avx2(const float* qt, const float* const* b, std::size_t n
 
 void panel_rows_dots_avx2(const float* qt, const float* const* rows, std::size_t count,
                           std::size_t n, float* out) {
-    std::size_t r = 0;
-    for (; r + 4 <= count; r += 4) four_rows_avx2(qt, rows + r, n, out + r * kPanel);
-    if (r == count) return;
-    // 1-3 rows left: one more group of four with the last row repeated (the same sums, so the
-    // same values as in any other group; a single row's chain alone would wait on latency).
-    const float* last[4];
-    float tmp[4 * kPanel];
-    for (std::size_t t = 0; t < 4; ++t) last[t] = rows[std::min(r + t, count - 1)];
-    four_rows_avx2(qt, last, n, tmp);
-    std::copy(tmp, tmp + (count - r) * kPanel, out + r * kPanel);
+    rows_in_fours(four_rows_avx2, qt, rows, count, n, out);
 }
 
 std::size_t bound_rows_avx2(const float* dots, const float* norms, std::size_t rows,

@@ -115,18 +115,7 @@ inline void four_rows_avx512(const float* qt, const float* const* b, std::size_t
 
 void panel_rows_dots_avx512(const float* qt, const float* const* rows, std::size_t count,
                             std::size_t n, float* out) {
-    std::size_t r = 0;
-    for (; r + 4 <= count; r += 4) four_rows_avx512(qt, rows + r, n, out + r * kPanel);
-    if (r == count) return;
-    // 1-3 rows left: one more group of four with the last row repeated. Every row is summed the
-    // same way wherever it falls in the batch (and as the brute-force kernel sums it), so equal
-    // rows get equal values and ties go to the lower index; a chain on its own would also wait
-    // on FMA latency.
-    const float* last[4];
-    float tmp[4 * kPanel];
-    for (std::size_t t = 0; t < 4; ++t) last[t] = rows[std::min(r + t, count - 1)];
-    four_rows_avx512(qt, last, n, tmp);
-    std::copy(tmp, tmp + (count - r) * kPanel, out + r * kPanel);
+    rows_in_fours(four_rows_avx512, qt, rows, count, n, out);
 }
 
 std::size_t bound_rows_avx512(const float* dots, const float* norms, std::size_t rows,
