@@ -147,12 +147,11 @@ static py::tuple knn_result(std::size_t nq, std::size_t k,
     return py::make_tuple(distances, indices);
 }
 
-// k must not exceed the bank: checked before the (Q, k) outputs are allocated, so an absurd k
-// is the same ValueError as a slightly too large one, never a MemoryError.
+// k is checked before the (Q, k) outputs are allocated, so an absurd k is the same ValueError
+// as a slightly too large one, never a MemoryError.
 static void require_k_within(std::int64_t k, std::size_t nb) {
-    autoweld::require(static_cast<std::uint64_t>(k) <= nb,
-                      "k (" + std::to_string(k) + ") exceeds the memory bank size (" +
-                          std::to_string(nb) + " rows)");
+    autoweld::require(k >= 1, "k must be at least 1");
+    autoweld::detail::check_k(static_cast<std::size_t>(k), nb);
 }
 
 static void bind_numeric_kernels(py::module_& m) {
@@ -164,7 +163,6 @@ static void bind_numeric_kernels(py::module_& m) {
             require_2d(bank, "bank");
             autoweld::require(queries.shape(1) == bank.shape(1),
                               "queries and bank must have the same feature dimension");
-            autoweld::require(k >= 1, "k must be at least 1");
             const auto kp = kernel_path(path);
             const auto nq = static_cast<std::size_t>(queries.shape(0));
             const auto nb = static_cast<std::size_t>(bank.shape(0));
@@ -217,7 +215,6 @@ static void bind_numeric_kernels(py::module_& m) {
                 require_2d(queries, "queries");
                 autoweld::require(static_cast<std::size_t>(queries.shape(1)) == self.index->dim(),
                                   "queries and bank must have the same feature dimension");
-                autoweld::require(k >= 1, "k must be at least 1");
                 const auto kp = kernel_path(path);
                 const auto nq = static_cast<std::size_t>(queries.shape(0));
                 require_k_within(k, self.index->size());  // before the outputs are allocated

@@ -104,16 +104,17 @@ PanelDots resolve_dots(KernelPath path) {
     }
 }
 
-PanelRowsDots resolve_panel_rows_dots(KernelPath path) {
-    const PanelDots dots = resolve_dots(path);  // the same choice, checked the same way
-    if (dots == panel_dots_avx512) return panel_rows_dots_avx512;
-    return dots == panel_dots_avx2 ? panel_rows_dots_avx2 : panel_rows_dots_portable;
+PrunedKernels resolve_pruned_kernels(KernelPath path) {
+    const PanelDots dots = resolve_dots(path);  // the choice, checked once
+    if (dots == panel_dots_avx512) return {dots, panel_rows_dots_avx512, bound_rows_avx512};
+    if (dots == panel_dots_avx2) return {dots, panel_rows_dots_avx2, bound_rows_avx2};
+    return {dots, panel_rows_dots_portable, bound_rows_portable};
 }
 
-BoundRows resolve_bound_rows(KernelPath path) {
-    const PanelDots dots = resolve_dots(path);
-    if (dots == panel_dots_avx512) return bound_rows_avx512;
-    return dots == panel_dots_avx2 ? bound_rows_avx2 : bound_rows_portable;
+void check_k(std::size_t k, std::size_t nb) {
+    require(k >= 1, "k must be at least 1, got " + std::to_string(k));
+    require(k <= nb, "k (" + std::to_string(k) + ") exceeds the memory bank size (" +
+                         std::to_string(nb) + " rows)");
 }
 
 void rows_in_fours(FourRows four_rows, const float* qt, const float* const* rows,
@@ -325,26 +326,10 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
                     dots(qpack.data + p * kPanel * dim + kc0 * kPanel, bp, kc1 - kc0,
                          j1 - j0, out, kc0 > 0, last ? block_norms : nullptr, thr, hits);
                     if (!last) continue;
-                    const std::size_t tiles = (j1 - j0 + detail::kBankTile - 1) / detail::kBankTile;
-                    for (std::size_t t = 0; t < tiles; ++t) {
-                        if (hits[t] == 0) continue;
-                        for (std::size_t r = 0; r < detail::kBankTile; ++r) {
-                            if (!((hits[t] >> r) & 1u)) continue;
-                            const std::size_t j = j0 + t * detail::kBankTile + r;
-                            if (j >= j1) break;
-                            const float* d = out + (j - j0) * kPanel;
-                            const float b = bn[j];
-                            for (std::size_t l = 0; l < lanes; ++l) {
-                                const float v = b - 2.0f * d[l];
-                                if (v <= thr[l]) {
-                                    TopK h{heap_v.data() + (p * kPanel + l) * k,
-                                           heap_i.data() + (p * kPanel + l) * k, k};
-                                    h.push(v, static_cast<std::int64_t>(j));
-                                    thr[l] = h.threshold();
-                                }
-                            }
-                        }
-                    }
+                    detail::merge_hits(hits, j0, j1, out, bn, lanes, thr, [&](std::size_t l) {
+                        return TopK{heap_v.data() + (p * kPanel + l) * k,
+                                    heap_i.data() + (p * kPanel + l) * k, k};
+                    });
                 }
             }
         }
@@ -378,9 +363,7 @@ void detail::knn_search_packed(const float* queries, std::size_t nq, const float
                                std::size_t dim, std::size_t k, float* distances,
                                std::int64_t* indices, int threads, KernelPath path) {
     detail::check_bank_dims(nb, dim);
-    require(k >= 1, "k must be at least 1, got " + std::to_string(k));
-    require(k <= nb, "k (" + std::to_string(k) + ") exceeds the memory bank size (" +
-                         std::to_string(nb) + " rows)");
+    detail::check_k(k, nb);
     const detail::PanelDots dots = detail::resolve_dots(path);
     if (nq == 0) return;
     require_finite(queries, nq * dim, "queries");

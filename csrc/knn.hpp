@@ -91,6 +91,9 @@ void bank_neighbours(const float* bank, std::size_t nb, std::size_t dim, std::si
                      std::int64_t* out, int threads, KernelPath path = KernelPath::automatic);
 
 namespace detail {
+// Throws std::invalid_argument unless 1 <= k <= nb (k nearest of a bank of nb rows).
+void check_k(std::size_t k, std::size_t nb);
+
 // Size of one query panel of the blocked kernel (the AVX2 micro-kernel computes 16 queries x
 // 6 bank rows at a time).
 constexpr std::size_t kPanel = 16;

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <string>
 
 #include "common.hpp"
@@ -33,21 +34,6 @@ constexpr std::size_t kTileRows = 24;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 // Largest packed copy of the bank a brute-force index keeps (beyond it: packed per search).
 constexpr std::size_t kMaxPackedBytes = std::size_t{256} << 20;
-
-// Calls visit(j) for every row j in [j0, j1) whose bit is set in hits (one byte per 6 rows).
-template <typename Visit>
-void for_each_hit(const std::uint8_t* hits, std::size_t j0, std::size_t j1, Visit&& visit) {
-    const std::size_t tiles = (j1 - j0 + kBankTile - 1) / kBankTile;
-    for (std::size_t t = 0; t < tiles; ++t) {
-        unsigned bits = hits[t];
-        while (bits != 0) {
-            const unsigned r = static_cast<unsigned>(__builtin_ctz(bits));
-            bits &= bits - 1;
-            const std::size_t j = j0 + t * kBankTile + r;
-            if (j < j1) visit(j);
-        }
-    }
-}
 
 }  // namespace
 
@@ -123,12 +109,11 @@ void KnnIndex::search(const float* queries, std::size_t nq, std::size_t k, float
 void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k,
                              float* distances, std::int64_t* indices, int threads,
                              KernelPath path) const {
-    require(k >= 1, "k must be at least 1, got " + std::to_string(k));
-    require(k <= nb_, "k (" + std::to_string(k) + ") exceeds the memory bank size (" +
-                          std::to_string(nb_) + " rows)");
-    const detail::PanelDots dots = detail::resolve_dots(path);
-    const detail::PanelRowsDots rows_dots = detail::resolve_panel_rows_dots(path);
-    const detail::BoundRows bound_rows = detail::resolve_bound_rows(path);
+    detail::check_k(k, nb_);
+    const detail::PrunedKernels kernels = detail::resolve_pruned_kernels(path);
+    const detail::PanelDots dots = kernels.dots;
+    const detail::PanelRowsDots rows_dots = kernels.rows_dots;
+    const detail::BoundRows bound_rows = kernels.bound_rows;
     if (nq == 0) return;
     require_finite(queries, nq * dim_, "queries");
     const std::size_t dim = dim_, m = prefix_, nb = nb_;
@@ -145,7 +130,9 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
     pool::parallel_for_static(panels, threads, [&](std::size_t p0, std::size_t p1) {
         detail::AlignedFloats ppack(kPanel * m);    // projected panel, column by column
         detail::AlignedFloats qpack(kPanel * dim);  // the panel itself, column by column
-        std::vector<float> block(detail::round_up(nb, kTileRows) * kPanel);  // prefix dots
+        // The projected dots of every row, written by pass 1 before pass 2 reads them: not
+        // zero-filled (that would be a serial pass over 64 bytes a row on every search).
+        std::unique_ptr<float[]> block(new float[detail::round_up(nb, kTileRows) * kPanel]);
         std::vector<std::uint8_t> hits(detail::round_up(nb, kTileRows) / kBankTile);
         std::vector<float> seed_v(kPanel * k), heap_v(kPanel * k);
         std::vector<std::int64_t> seed_i(kPanel * k), heap_i(kPanel * k);
@@ -179,18 +166,9 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
             for (std::size_t j0 = 0; j0 < nb; j0 += kChunk) {
                 const std::size_t j1 = std::min(nb, j0 + kChunk);
                 dots(ppack.data, packed_prefix_.data() + j0 * m, m, j1 - j0,
-                     block.data() + j0 * kPanel, false, pnorms + j0, thr, hits.data());
-                for_each_hit(hits.data(), j0, j1, [&](std::size_t j) {
-                    const float* d = block.data() + j * kPanel;
-                    for (std::size_t l = 0; l < lanes; ++l) {
-                        const float v = pnorms[j] - 2.0f * d[l];
-                        if (v <= thr[l]) {
-                            auto s = seeds(l);
-                            s.push(v, static_cast<std::int64_t>(j));
-                            thr[l] = s.threshold();
-                        }
-                    }
-                });
+                     block.get() + j0 * kPanel, false, pnorms + j0, thr, hits.data());
+                detail::merge_hits(hits.data(), j0, j1, block.get() + j0 * kPanel, pnorms, lanes,
+                                   thr, seeds);
             }
             // The seeds' full values |b|^2 - 2 q.b bound the k-th nearest from above: a row can
             // beat that bound only if |Ub|^2 - 2 Uq.Ub <= upper + |q|^2 - |Uq|^2.
@@ -217,7 +195,7 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
             // chunk by chunk, the bound tightening as nearer rows are found.
             for (std::size_t j0 = 0; j0 < nb; j0 += kChunk) {
                 const std::size_t j1 = std::min(nb, j0 + kChunk);
-                const std::size_t count = bound_rows(block.data() + j0 * kPanel, pnorms + j0,
+                const std::size_t count = bound_rows(block.get() + j0 * kPanel, pnorms + j0,
                                                      j1 - j0, thr, hit_rows, hit_lanes);
                 if (count == 0) continue;
                 for (std::size_t r = 0; r < count; ++r)

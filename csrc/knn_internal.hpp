@@ -1,5 +1,6 @@
-// Pieces the exact kNN searches share (knn.cpp: brute force; knn_pruned.cpp: the pruned
-// search of KnnIndex). Internal to the core: not part of its interface.
+// Pieces the exact kNN searches share (knn.cpp: brute force; knn_index.cpp: the pruned
+// search of KnnIndex). Internal to the core: not part of its interface. Included only by
+// portable files (its inline code must not be compiled with AVX flags: see CMakeLists.txt).
 #pragma once
 
 #include <algorithm>
@@ -19,11 +20,17 @@ using PanelRowsDots = void (*)(const float*, const float* const*, std::size_t, s
 using BoundRows = std::size_t (*)(const float*, const float*, std::size_t, const float*,
                                   std::uint32_t*, std::uint16_t*);
 
-// The panel kernels and the bound filter for `path` (automatic: the best this CPU
-// runs). Throws std::invalid_argument when an explicit path is not available here.
+// The panel kernel for `path` (automatic: the best this CPU runs). Throws
+// std::invalid_argument when an explicit path is not available here.
 PanelDots resolve_dots(KernelPath path);
-PanelRowsDots resolve_panel_rows_dots(KernelPath path);
-BoundRows resolve_bound_rows(KernelPath path);
+
+// The kernels of the pruned search, all for the same path as resolve_dots(path).
+struct PrunedKernels {
+    PanelDots dots;
+    PanelRowsDots rows_dots;
+    BoundRows bound_rows;
+};
+PrunedKernels resolve_pruned_kernels(KernelPath path);
 
 inline std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
 
@@ -63,6 +70,32 @@ struct TopK {
         index[i] = j;
     }
 };
+
+// After a panel_dots call with norms and thresholds over bank rows [j0, j1): for each row it
+// flagged in `hits` (one byte per 6-row tile) and each of the first `lanes` queries, the value
+// v = norms[j] - 2 * dots[(j - j0) * 16 + lane] enters that query's top-k heap (heap_of(lane))
+// when it passes thr[lane], and thr[lane] follows the heap's worst kept value.
+template <typename HeapOf>
+inline void merge_hits(const std::uint8_t* hits, std::size_t j0, std::size_t j1,
+                       const float* dots, const float* norms, std::size_t lanes, float* thr,
+                       HeapOf&& heap_of) {
+    const std::size_t tiles = (j1 - j0 + kBankTile - 1) / kBankTile;
+    for (std::size_t t = 0; t < tiles; ++t) {
+        for (unsigned bits = hits[t]; bits != 0; bits &= bits - 1) {
+            const std::size_t j = j0 + t * kBankTile + static_cast<unsigned>(__builtin_ctz(bits));
+            if (j >= j1) break;  // a padding row of the last tile
+            const float* d = dots + (j - j0) * kPanel;
+            for (std::size_t l = 0; l < lanes; ++l) {
+                const float v = norms[j] - 2.0f * d[l];
+                if (v <= thr[l]) {
+                    TopK h = heap_of(l);
+                    h.push(v, static_cast<std::int64_t>(j));
+                    thr[l] = h.threshold();
+                }
+            }
+        }
+    }
+}
 
 // 32-byte aligned float buffer (the AVX2 kernel uses aligned loads on packed panels).
 struct AlignedFloats {
