@@ -360,6 +360,11 @@ class PrincipalAxes:
         dim = self.axes.shape[0]
         return dim >= 2 and rows >= PRUNE_MIN_ROWS and self.prefix_for() <= PRUNE_MAX_SHARE * dim
 
+    def basis(self) -> np.ndarray:
+        """The pruning basis :class:`KnnIndex` takes: the first :meth:`prefix_for` axes,
+        float32 ``(P, D)``, C-contiguous."""
+        return np.ascontiguousarray(self.axes[: self.prefix_for()])
+
 
 def principal_axes(bank: np.ndarray, sample_rows: int = PCA_SAMPLE_ROWS) -> PrincipalAxes:
     """Principal axes of ``bank`` (float32 ``(M, D)``), from at most ``sample_rows`` rows chosen
@@ -427,7 +432,7 @@ class KnnIndex:
                 raise ValueError(f"bank: pruning needs at least 2 features, the bank has {dim}")
             pca = principal_axes(bank)  # a D x D eigenproblem: only when it may be used
             if prune or pca.worth_pruning(rows):
-                basis = np.ascontiguousarray(pca.axes[: pca.prefix_for()])
+                basis = pca.basis()
         if prune is False or basis is None:
             self._index = _native.KnnIndex(bank, _threads(threads))
         else:

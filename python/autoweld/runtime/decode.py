@@ -168,8 +168,8 @@ _TIFF_WIDTH, _TIFF_HEIGHT, _TIFF_BITS, _TIFF_PHOTOMETRIC = 256, 257, 258, 262
 _TIFF_STRIP_OFFSETS, _TIFF_SAMPLES, _TIFF_STRIP_BYTES = 273, 277, 279
 _TIFF_TILE_OFFSETS, _TIFF_TILE_BYTES, _TIFF_SAMPLE_FORMAT = 324, 325, 339
 _TIFF_TYPES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4)}  # BYTE, SHORT, LONG
-# Photometric interpretation -> channels OpenCV decodes it to (grey stays grey).
-_TIFF_PHOTOMETRIC_NAMES = {0: "grey", 1: "grey", 2: "RGB", 3: "palette", 6: "YCbCr"}
+# Photometric interpretations read: grey (0 white-is-zero, 1 black-is-zero), RGB, palette, YCbCr.
+_TIFF_PHOTOMETRICS = frozenset({0, 1, 2, 3, 6})
 
 
 def _tiff_header(data: bytes, name: str) -> ImageHeader:
@@ -212,12 +212,12 @@ def _tiff_header(data: bytes, name: str) -> ImageHeader:
     samples = tags.get(_TIFF_SAMPLES, [1])[0]
     bits = tags.get(_TIFF_BITS, [1])
     photometric = tags.get(_TIFF_PHOTOMETRIC, [1])[0]
-    if photometric not in _TIFF_PHOTOMETRIC_NAMES:
+    if photometric not in _TIFF_PHOTOMETRICS:
         raise ImageError(
             f"{name}: TIFF photometric interpretation {photometric} (CMYK, Lab, ...) is not "
             "read; save as grey or RGB"
         )
-    if tags.get(_TIFF_SAMPLE_FORMAT, [1])[0] not in (1,):
+    if tags.get(_TIFF_SAMPLE_FORMAT, [1])[0] != 1:  # 1: unsigned integer
         raise ImageError(f"{name}: TIFF with signed or floating-point samples; only 8-bit unsigned")
     if photometric == 3:
         channels, bit_depth = 3, 8  # palette indices expand to 8-bit colour

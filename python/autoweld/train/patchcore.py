@@ -108,8 +108,8 @@ class PatchCoreHead(ExportHead):
         # Fitted state: numpy, not parameters — it lives in the bundle, not in the graph.
         self.memory_bank: np.ndarray | None = None
         self.bank_neighbours: np.ndarray | None = None
-        self._knn_basis: np.ndarray | None = None  # computed with the bank (see knn_basis)
-        self._knn_basis_done = False
+        # knn_basis() of the bank it was computed for: (that bank, its basis or None).
+        self._knn_basis: tuple[np.ndarray, np.ndarray | None] | None = None
         self.n_patches_seen = 0
         self._feature_map: tuple[int, int] | None = None
 
@@ -172,7 +172,6 @@ class PatchCoreHead(ExportHead):
         b = min(self.settings.reweight_neighbours, bank.shape[0])
         self.memory_bank = bank
         self.bank_neighbours = np.asarray(native.bank_neighbours(bank, b), dtype=np.int64)
-        self._knn_basis_done = False
         self.n_patches_seen = total
 
     def _require_fitted(self) -> tuple[np.ndarray, np.ndarray]:
@@ -193,22 +192,17 @@ class PatchCoreHead(ExportHead):
                 f"bank_neighbours: expected ({memory_bank.shape[0]}, b), got {bank_neighbours.shape}"
             )
         self.memory_bank, self.bank_neighbours = memory_bank, bank_neighbours
-        self._knn_basis_done = False
 
     def knn_basis(self) -> np.ndarray | None:
         """The runtime's kNN pruning basis for this bank: its leading principal axes, float32
         ``(P, D)`` (see :class:`autoweld.native.KnnIndex`), or None when the bank's variance is
         too spread for pruning to pay (the runtime then searches by brute force)."""
         bank, _ = self._require_fitted()
-        if not self._knn_basis_done:
+        # manifest_entry and bundle_files both ask: one PCA per bank (a new bank, a new one).
+        if self._knn_basis is None or self._knn_basis[0] is not bank:
             pca = native.principal_axes(bank)
-            self._knn_basis = (
-                np.ascontiguousarray(pca.axes[: pca.prefix_for()])
-                if pca.worth_pruning(bank.shape[0])
-                else None
-            )
-            self._knn_basis_done = True
-        return self._knn_basis
+            self._knn_basis = (bank, pca.basis() if pca.worth_pruning(bank.shape[0]) else None)
+        return self._knn_basis[1]
 
     def manifest_entry(self) -> dict[str, Any]:
         bank, neighbours = self._require_fitted()
