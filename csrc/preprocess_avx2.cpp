@@ -70,13 +70,9 @@ void filter_columns_avx2(const float* row, const float* weights, int stride, con
         }
         _mm256_storeu_ps(out + j, sum_lanes8(acc));
     }
-    for (; j < count; ++j) {  // tail outputs
-        float sum = 0.f;
-        const float* v = row + first[j];
-        const float* w = weights + static_cast<std::size_t>(j) * stride;
-        for (int t = 0; t < stride; ++t) sum += w[t] * v[t];
-        out[j] = sum;
-    }
+    if (j < count)  // the last 1-7 outputs
+        filter_columns_scalar(row, weights + static_cast<std::size_t>(j) * stride, stride,
+                              first + j, count - j, out + j);
 #else
     filter_columns_scalar(row, weights, stride, first, count, out);
 #endif
