@@ -1,0 +1,62 @@
+"""Weld bundles decide today as they did when ``tests/golden/*.json`` were written (before the
+issue-14 refactor): same manifest, same files, same scores to the bit. Two cases: the default
+weld bundle, and a tiny one with every head fused (tests/golden/make_golden.py).
+
+Export of the default recipe is deterministic on a given machine (seeded data, seeded coreset,
+torch on the CPU). Where the exported files hash as in the golden file, every score and
+probability must be bit-identical; on a machine whose float kernels differ (the bank's hash then
+differs) scores must still agree within 1e-4 relative and decisions must be the same.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
+
+
+def _make_golden():
+    spec = importlib.util.spec_from_file_location("make_golden", GOLDEN_DIR / "make_golden.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module", params=["default", "all_heads"])
+def golden_and_now(request, tmp_path_factory):
+    module = _make_golden()
+    golden = json.loads(module.GOLDEN[request.param].read_text())
+    now = module.export_and_inspect(tmp_path_factory.mktemp("golden"), request.param)
+    return golden, now
+
+
+def test_manifest_is_unchanged(golden_and_now):
+    golden, now = golden_and_now
+    assert now["manifest"] == golden["manifest"]
+    assert sorted(now["files"]) == sorted(golden["files"])
+
+
+def test_scores_and_decisions_are_unchanged(golden_and_now):
+    golden, now = golden_and_now
+    assert sorted(now["images"]) == sorted(golden["images"])
+    same_files = now["files"] == golden["files"]
+    for key, expected in golden["images"].items():
+        got = now["images"][key]
+        assert got["error"] == expected["error"], key
+        assert got["decision"] == expected["decision"], key
+        if same_files:
+            # the same bundle: every number to the bit
+            assert got == expected, key
+            continue
+        for field in ("scores", "probabilities"):
+            for head, value in expected[field].items():
+                assert math.isclose(
+                    float.fromhex(got[field][head]), float.fromhex(value), rel_tol=1e-4
+                ), (key, field, head)
