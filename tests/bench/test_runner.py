@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from autoweld.bench.runner import STAGES, BenchConfig, load_images, measure_side, run_bench
-from autoweld.bench.station import StationSink
+from autoweld.bench.sink import StationSink
 from autoweld.bundle import load_bundle
 from autoweld.cli.bench import main
 from autoweld.runtime.inspector import Inspector
@@ -177,7 +177,7 @@ def test_bench_package_import_loads_no_torch():
 
     code = (
         "import sys, autoweld.bench, autoweld.bench.runner, autoweld.bench.report, "
-        "autoweld.bench.station, autoweld.bench.coldstart, autoweld.cli.bench\n"
+        "autoweld.bench.sink, autoweld.bench.coldstart, autoweld.cli.bench\n"
         "assert 'torch' not in sys.modules\nprint('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

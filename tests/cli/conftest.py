@@ -3,8 +3,10 @@ from pathlib import Path
 
 import pytest
 
-# The tiny ONNX graph + bundle builders live beside the runtime tests; the CLI tests share them.
+# The tiny ONNX graph + bundle builders live beside the runtime tests, the tiny evaluation
+# category beside the evaluation tests; the CLI tests share them.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluation"))
 
 from tinybundle import write_tiny_bundle  # noqa: E402
 

@@ -91,3 +91,62 @@ def test_an_error_must_be_a_fail(make_record):
 def test_from_dict_refuses_unknown_fields(make_record):
     with pytest.raises(ValueError, match="unknown record fields"):
         InspectionRecord.from_dict({**make_record(0).to_dict(), "extra": 1})
+
+
+def _one_ulp_up(value):
+    return math.nextafter(value, math.inf)
+
+
+#: For every record field but ``mac``: a different value the record still accepts. A field added
+#: to InspectionRecord without an entry here fails the test below, so the MAC check keeps up.
+_CHANGED_FIELD = {
+    "station_id": lambda v: v + "x",
+    "part_id": lambda v: v + "x",
+    "bundle_sha256": lambda v: "cd" * 32,
+    "package_version": lambda v: v + ".post1",
+    "decision": lambda v: "PASS",
+    "scores": lambda v: {**v, "patchcore": _one_ulp_up(v["patchcore"])},
+    "probabilities": lambda v: {**v, "student": _one_ulp_up(v["student"])},
+    "fused_probability": _one_ulp_up,
+    "threshold": _one_ulp_up,
+    "heatmap_sha256": lambda v: "ef" * 32,
+    "heatmap_path": lambda v: v + "x",
+    "plc_delivered": lambda v: not v,
+    "error": lambda v: "camera fault",
+    "seq": lambda v: v + 1,
+    "record_id": lambda v: v[:-1] + "f",
+    "utc_time": lambda v: v.replace(".000001", ".000002"),
+    "key_id": lambda v: "k2",
+    "prev_mac": lambda v: "1" * 64,
+}
+
+
+def test_the_mac_covers_every_field_of_the_record(make_record):
+    """Change any one field of a validly signed record (a float by one ulp) and its MAC no longer
+    verifies: no field of the record can be edited unseen."""
+    from dataclasses import fields
+
+    unsigned = make_record(
+        1,
+        heatmap_sha256="ab" * 32,
+        heatmap_path="/var/lib/autoweld/maps/0001.png",
+        plc_delivered=False,
+        seq=7,
+        record_id="00000000-0000-4000-8000-000000000000",
+        utc_time="2026-12-03T10:00:00.000001+00:00",
+        key_id="k1",
+        prev_mac="2" * 64,
+    )
+    assert unsigned.decision == "FAIL" and unsigned.error is None  # both may change validly
+    signed = InspectionRecord(**{**unsigned.to_dict(), "mac": compute_mac(KEY, unsigned)})
+    assert mac_matches(KEY, signed)
+    covered = [f.name for f in fields(InspectionRecord) if f.name != "mac"]
+    assert sorted(_CHANGED_FIELD) == sorted(covered), "a record field has no changed value here"
+    unseen = []
+    for name in covered:
+        original = getattr(signed, name)
+        edited = InspectionRecord(**{**signed.to_dict(), name: _CHANGED_FIELD[name](original)})
+        assert getattr(edited, name) != original, name  # the edit really changed the field
+        if mac_matches(KEY, edited):
+            unseen.append(name)
+    assert not unseen, f"the MAC does not cover the field(s) {unseen}"

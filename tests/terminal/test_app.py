@@ -18,7 +18,7 @@ pytest.importorskip("fastapi", reason="the terminal extra (fastapi) is not insta
 from fastapi.testclient import TestClient  # noqa: E402
 
 from autoweld.terminal.app import create_app  # noqa: E402
-from autoweld.terminal.station import Station, StationConfig  # noqa: E402
+from autoweld.terminal.service import Station, StationConfig  # noqa: E402
 
 
 def png(image) -> bytes:

@@ -6,7 +6,7 @@ batch 1, then throughput at ``batch``; then the same for the torch way
 (:class:`~autoweld.bench.torch_way.TorchWay`, imported only now, so torch is not even loaded
 while ours is measured); then the cold starts, alternating sides, each a new process
 (:mod:`autoweld.bench.coldstart`). Every inspection of both sides ends at the same station: PLC
-signal, then a signed ledger record (:class:`~autoweld.bench.station.StationSink`).
+signal, then a signed ledger record (:class:`~autoweld.bench.sink.StationSink`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from autoweld.bench.station import StationSink
+from autoweld.bench.sink import StationSink
 from autoweld.bench.stats import median, ratio, summarize
 
 __all__ = [

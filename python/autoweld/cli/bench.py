@@ -19,24 +19,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from autoweld.cli import configure_logging
+from autoweld.cli import _args, configure_logging
 
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("autoweld.bench")
-
-
-def _int_at_least(low: int):  # noqa: ANN202 - argparse type factory
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-        if number < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {number}")
-        return number
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,11 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="use this category's test images (default: weld, generated on first use)",
     )
     parser.add_argument("--data-root", help="data root for --category (default: $AUTOWELD_DATA)")
-    parser.add_argument("-n", type=_int_at_least(1), default=200, help="timed inspections per side")
-    parser.add_argument("--warmup", type=_int_at_least(0), default=20, help="warm-up inspections")
-    parser.add_argument("--batch", type=_int_at_least(1), default=8, help="batch for throughput")
     parser.add_argument(
-        "--threads", type=_int_at_least(1), default=2, help="threads for each side (default 2)"
+        "-n", type=_args.int_at_least(1), default=200, help="timed inspections per side"
+    )
+    parser.add_argument(
+        "--warmup", type=_args.int_at_least(0), default=20, help="warm-up inspections"
+    )
+    parser.add_argument(
+        "--batch", type=_args.int_at_least(1), default=8, help="batch for throughput"
+    )
+    parser.add_argument(
+        "--threads", type=_args.int_at_least(1), default=2, help="threads for each side (default 2)"
     )
     parser.add_argument(
         "--ledger",
@@ -82,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--cold-repeats",
-        type=_int_at_least(0),
+        type=_args.int_at_least(0),
         default=3,
         help="new processes per side for the cold start (median; default 3)",
     )

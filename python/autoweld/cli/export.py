@@ -7,6 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from autoweld.cli import _args
+
 __all__ = ["build_parser", "main"]
 
 
@@ -15,26 +17,6 @@ def _models(value: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError("--models needs at least one name, e.g. patchcore")
     return names
-
-
-def _ratio(value: str) -> float:
-    try:
-        ratio = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 0.0 < ratio <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {ratio}")
-    return ratio
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
-    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="random backbone weights: for timing runs only, useless for inspection",
     )
-    parser.add_argument("--image-size", type=_positive, help="input size S (S x S)")
+    parser.add_argument("--image-size", type=_args.positive_int, help="input size S (S x S)")
     parser.add_argument("--models", type=_models, help="comma-separated heads, e.g. patchcore")
     parser.add_argument("--seed", type=int, help="seed for splits, synthesis and coreset")
     parser.add_argument(
@@ -65,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="labelled calibration images: VAL_ROOT/good/* normal, VAL_ROOT/<defect>/* "
         "anomalous (default: held-out training images + synthesised anomalies)",
     )
-    parser.add_argument("--coreset-ratio", type=_ratio, help="PatchCore coreset fraction")
-    parser.add_argument("--coreset-max", type=_positive, help="PatchCore memory bank rows, at most")
+    parser.add_argument("--coreset-ratio", type=_args.ratio, help="PatchCore coreset fraction")
+    parser.add_argument(
+        "--coreset-max", type=_args.positive_int, help="PatchCore memory bank rows, at most"
+    )
     parser.add_argument("--recipe", help="a recipe .toml file instead of the category's own")
     # --- GPU section: TensorRT engine (docs/gpu.md) ---
     trt = parser.add_argument_group("TensorRT engine (NVIDIA GPU + pip install '.[gpu]')")
@@ -81,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --trt: add the engine to this existing bundle instead of exporting one",
     )
     trt.add_argument(
-        "--trt-max-batch", type=_positive, default=8, help="largest batch the engine takes"
+        "--trt-max-batch", type=_args.positive_int, default=8, help="largest batch the engine takes"
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     return parser

@@ -24,8 +24,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -33,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from autoweld import __version__
-from autoweld.cli import configure_logging
+from autoweld.cli import _args, configure_logging
 
 __all__ = ["main"]
 
@@ -52,28 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bundle", required=True, help="bundle directory")
     parser.add_argument("--image", required=True, help="image file (PNG, JPEG, BMP, TIFF)")
     parser.add_argument("--part-id", required=True, help="part identifier for the quality record")
-    parser.add_argument("--ledger", help="quality ledger URL (sqlite:///path or postgresql://...)")
-    parser.add_argument("--plc", help="PLC URL (tcp://host:port or modbus://host:port?...)")
-    parser.add_argument(
-        "--plc-timeout",
-        type=float,
-        default=0.05,
-        help="seconds to wait for the PLC before recording 'not delivered' (default 0.05)",
+    _args.add_ledger(parser)
+    _args.add_plc(parser)
+    _args.add_plc_timeout(
+        parser, "seconds to wait for the PLC before recording 'not delivered' (default 0.05)"
     )
     parser.add_argument("--heatmap", help="write the image with its anomaly map here (PNG)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument(
-        "--station",
-        default=os.environ.get("AUTOWELD_STATION_ID") or socket.gethostname(),
-        help="station id for the record (default: $AUTOWELD_STATION_ID or the host name)",
+    _args.add_station(
+        parser, "station id for the record (default: $AUTOWELD_STATION_ID or the host name)"
     )
-    parser.add_argument(
-        "--providers",
-        nargs="+",
-        default=["cpu"],
-        help="engines in order of preference: best, tensorrt, cuda, cpu or ORT provider names",
-    )
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    _args.add_providers(parser)
+    _args.add_threads(parser)
     parser.add_argument("--max-megapixels", type=float, default=64.0, help="decode limit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     return parser
@@ -127,15 +115,14 @@ def _record_and_signal(
     heatmap_sha256: str | None,
     ledger: Any,
     link: Any,
-) -> tuple[bool | None, int | None]:
-    """PLC and ledger through :func:`autoweld.quality.record_inspection`; returns (delivered,
-    seq). The result's decision and error are updated: a record that could not be written, or
-    was refused (then a minimal FAIL record stands for it), makes the inspection a FAIL."""
-    if ledger is None and link is None:
-        return None, None
+) -> Any:
+    """PLC and ledger through :func:`autoweld.quality.record_inspection`; returns its
+    :class:`~autoweld.quality.RecordedInspection`, whose ``result`` is the final one: a record
+    that could not be written, or was refused (then a minimal FAIL record stands for it), makes
+    the inspection a FAIL."""
     from autoweld.quality import record_inspection
 
-    outcome = record_inspection(
+    return record_inspection(
         result,
         part_id=args.part_id,
         station_id=args.station,
@@ -146,8 +133,6 @@ def _record_and_signal(
         heatmap_sha256=heatmap_sha256,
         heatmap_path=str(Path(args.heatmap).resolve()) if heatmap_sha256 else None,
     )
-    result.decision, result.error = outcome.decision, outcome.error
-    return outcome.plc_delivered, outcome.record_seq
 
 
 def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
@@ -155,11 +140,10 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     from autoweld.bundle import BundleError, manifest_identity
     from autoweld.quality.record import check_part_id, check_station_id
     from autoweld.runtime.decode import DecodeLimits
-    from autoweld.runtime.engine import check_engine_request
     from autoweld.runtime.inspector import Inspector, failed_result
 
     # Usage errors first: nothing is inspected or recorded for them.
-    check_engine_request(args.providers)
+    _args.check_engine_flags(args.providers, args.threads)
     try:
         args.part_id = check_part_id(args.part_id)
     except ValueError as error:
@@ -168,8 +152,6 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         args.station = check_station_id(args.station)
     except ValueError as error:
         raise ValueError(f"--station: {error}") from None
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if not args.max_megapixels > 0:
         raise ValueError(f"--max-megapixels must be > 0, got {args.max_megapixels}")
     if args.heatmap and not args.heatmap.lower().endswith(".png"):
@@ -204,9 +186,8 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             except Exception as error:  # noqa: BLE001 - a missing picture must not hide a result
                 log.warning("heat-map not written: %s", error)
 
-        plc_delivered, record_seq = _record_and_signal(
-            args, result, bundle_sha256, heatmap_sha256, ledger, link
-        )
+        recorded = _record_and_signal(args, result, bundle_sha256, heatmap_sha256, ledger, link)
+        result = recorded.result
     finally:
         if link is not None:
             link.close()
@@ -214,8 +195,8 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             ledger.close()
 
     payload = result.to_json()
-    payload["record_seq"] = record_seq
-    payload["plc_delivered"] = plc_delivered
+    payload["record_seq"] = recorded.record_seq
+    payload["plc_delivered"] = recorded.plc_delivered
     ordered = {
         key: payload[key]
         for key in (

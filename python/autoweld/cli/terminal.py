@@ -12,39 +12,17 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import os
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from autoweld.cli import configure_logging
+from autoweld.cli import _args, configure_logging
 
 __all__ = ["main"]
 
 log = logging.getLogger("autoweld.terminal")
 
 EXIT_USAGE = 2
-
-
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return number
-
-
-def _port(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
-    if not 0 < number < 65536:
-        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {number}")
-    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,37 +32,28 @@ def build_parser() -> argparse.ArgumentParser:
         "the PLC, write the signed ledger, and show it all on a local web page.",
     )
     parser.add_argument("--bundle", required=True, help="bundle directory")
-    parser.add_argument(
-        "--ledger", required=True, help="quality ledger URL (sqlite:///path or postgresql://...)"
-    )
-    parser.add_argument("--plc", help="PLC URL (tcp://host:port or modbus://host:port?...)")
+    _args.add_ledger(parser, required=True)
+    _args.add_plc(parser)
     parser.add_argument("--watch", help="camera folder: new images in it are inspected")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=8080, help="port to serve on (8080)")
-    parser.add_argument(
-        "--station",
-        default=os.environ.get("AUTOWELD_STATION_ID") or socket.gethostname(),
-        help="station id for the records (default: $AUTOWELD_STATION_ID or the host name)",
+    parser.add_argument("--port", type=_args.port, default=8080, help="port to serve on (8080)")
+    _args.add_station(
+        parser, "station id for the records (default: $AUTOWELD_STATION_ID or the host name)"
     )
-    parser.add_argument(
-        "--plc-timeout",
-        type=_positive_float,
-        default=0.05,
-        help="seconds the PLC may take to confirm a signal (0.05)",
+    _args.add_plc_timeout(
+        parser, "seconds the PLC may take to confirm a signal (0.05)", _args.positive_float
     )
     parser.add_argument("--heatmap-dir", help="also save every heat-map picture here (recorded)")
+    _args.add_providers(parser)
+    _args.add_threads(parser)
     parser.add_argument(
-        "--providers",
-        nargs="+",
-        default=["cpu"],
-        help="engines in order of preference: best, tensorrt, cuda, cpu or ORT provider names",
-    )
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
-    parser.add_argument(
-        "--settle", type=_positive_float, default=0.5, help="seconds a file's size must hold still"
+        "--settle",
+        type=_args.positive_float,
+        default=0.5,
+        help="seconds a file's size must hold still",
     )
     parser.add_argument(
-        "--poll", type=_positive_float, default=0.2, help="seconds between looks at --watch"
+        "--poll", type=_args.positive_float, default=0.2, help="seconds between looks at --watch"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every inspection")
     return parser
@@ -117,15 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as error:
         return usage(f"the terminal needs its extra: pip install 'autoweld[terminal]' ({error})")
     from autoweld.quality.record import check_station_id
-    from autoweld.runtime.engine import check_engine_request
-    from autoweld.terminal.station import Station, StationConfig
+    from autoweld.terminal.service import Station, StationConfig
     from autoweld.terminal.watcher import FolderWatcher, WatchConfig
 
     try:
         args.station = check_station_id(args.station)  # printable, non-empty, <= 200
-        check_engine_request(args.providers)
-        if args.threads is not None and args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        _args.check_engine_flags(args.providers, args.threads)
         if args.watch is not None and not Path(args.watch).is_dir():
             raise ValueError(f"--watch {args.watch!r} is not a directory")
         config = StationConfig(

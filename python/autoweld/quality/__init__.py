@@ -1,5 +1,12 @@
 """Quality records: the signed, hash-chained ledger and the PLC link. Never imports torch."""
 
+from autoweld.quality.dispatch import (
+    InspectionLike,
+    RecordedInspection,
+    finite_or_none,
+    record_inspection,
+    signal_and_record,
+)
 from autoweld.quality.keys import KeyRing, MissingKeyError, load_keyring
 from autoweld.quality.ledger import Ledger, LedgerError, VerifyReport, open_ledger
 from autoweld.quality.plc import PlcLink, open_plc
@@ -9,15 +16,10 @@ from autoweld.quality.record import (
     check_part_id,
     check_station_id,
 )
-from autoweld.quality.station import (
-    RecordedInspection,
-    finite_or_none,
-    record_inspection,
-    signal_and_record,
-)
 
 __all__ = [
     "GENESIS_MAC",
+    "InspectionLike",
     "InspectionRecord",
     "KeyRing",
     "Ledger",

@@ -28,7 +28,7 @@ from fastapi.staticfiles import StaticFiles
 
 from autoweld import __version__
 from autoweld.quality.ledger import _redact
-from autoweld.terminal.station import Station, check_part_id
+from autoweld.terminal.service import Station, check_part_id
 
 __all__ = ["create_app"]
 

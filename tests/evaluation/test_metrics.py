@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from autoweld.runtime.metrics import aupro, auroc, pixel_auroc, pro_curve
+from autoweld.evaluation.metrics import aupro, auroc, pixel_auroc, pro_curve
 
 
 def brute_auroc(scores, labels):

@@ -1,11 +1,11 @@
-"""The station behind the operator terminal: one worker thread that inspects, signals and records.
+"""The terminal's station service: one worker thread that inspects, signals and records.
 
 Every image, whether it came from the watched folder or was uploaded from the page, becomes a
 :class:`Job` on one queue. A single worker thread takes jobs in arrival order and, for each one:
 inspects it (the :class:`~autoweld.runtime.inspector.Inspector` never raises: a bad image is a
 FAIL with the reason), renders the heat-map overlay for the page, tells the PLC and writes the
 signed ledger record (:func:`autoweld.quality.record_inspection`, shared with
-``autoweld-inspect``: PLC first, then the record; a PASS whose record cannot be written is
+``autoweld-inspect`` and the benchmark: PLC first, then the record; a PASS whose record cannot be written is
 corrected with a FAIL, and a refused record is replaced by a minimal FAIL record). An inspection
 without its record never counts as a pass.
 
@@ -34,8 +34,8 @@ import numpy as np
 
 from autoweld import __version__
 from autoweld.bundle import manifest_identity
+from autoweld.quality.dispatch import RecordedInspection, finite_or_none, record_inspection
 from autoweld.quality.record import check_part_id, check_station_id
-from autoweld.quality.station import finite_or_none
 from autoweld.runtime.decode import DecodeLimits, decode_image
 from autoweld.runtime.heatmap import render_heatmap
 from autoweld.runtime.inspector import InspectionResult, Inspector, failed_result
@@ -368,7 +368,8 @@ class Station:
             log.warning("overlay not rendered for %s: %s", job.part_id, error)
             overlay = b""
         heatmap_sha256, heatmap_path = self._save_heatmap(job, overlay)
-        record_seq, delivered = self._signal_and_record(job, result, heatmap_sha256, heatmap_path)
+        recorded = self._signal_and_record(job, result, heatmap_sha256, heatmap_path)
+        result, record_seq, delivered = recorded.result, recorded.record_seq, recorded.plc_delivered
         if record_seq is None and overlay:
             # the banner was drawn before the record: redraw it, the result may now be a FAIL
             try:
@@ -461,13 +462,12 @@ class Station:
         result: InspectionResult,
         heatmap_sha256: str | None,
         heatmap_path: str | None,
-    ) -> tuple[int | None, bool | None]:
-        """PLC and ledger through :func:`autoweld.quality.record_inspection`: a record that
-        cannot be written turns the result into a FAIL with the reason (a PASS already signalled
-        is corrected with a FAIL); a refused record is replaced by a minimal FAIL record."""
-        from autoweld.quality import record_inspection
-
-        outcome = record_inspection(
+    ) -> RecordedInspection[InspectionResult]:
+        """PLC and ledger through :func:`autoweld.quality.record_inspection`; its ``result`` is
+        the final one: a record that cannot be written makes it a FAIL with the reason (a PASS
+        already signalled is corrected with a FAIL); a refused record is replaced by a minimal
+        FAIL record."""
+        return record_inspection(
             result,
             part_id=job.part_id,
             station_id=self.config.station_id,
@@ -478,8 +478,6 @@ class Station:
             heatmap_sha256=heatmap_sha256,
             heatmap_path=heatmap_path,
         )
-        result.decision, result.error = outcome.decision, outcome.error
-        return outcome.record_seq, outcome.plc_delivered
 
     # ---- what the page reads ----------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The order of PLC signal and ledger record (autoweld.quality.station), against a real SQLite
+"""The order of PLC signal and ledger record (autoweld.quality.dispatch), against a real SQLite
 ledger and a real TCP PLC on loopback."""
 
 import sqlite3

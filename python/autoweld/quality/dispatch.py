@@ -1,19 +1,22 @@
-"""One inspection's two outputs, the PLC signal and the ledger record, in a fail-safe order
-(docs/ledger.md, "Why this order").
+"""Dispatch one inspection to its two outputs, the PLC signal and the ledger record, in a
+fail-safe order (docs/ledger.md, "Why this order").
 
-:func:`record_inspection` is what ``autoweld-inspect`` and the terminal call after inspecting: it
-builds the record (or, if the record is refused, a minimal FAIL record carrying the reason, so no
-inspection goes unrecorded), signals the PLC and appends the record through
-:func:`signal_and_record`. See docs/ledger.md, "Why this order".
+:func:`record_inspection` is the one place an inspection result becomes a record and a signal;
+``autoweld-inspect``, the terminal and the benchmark all call it. It builds the record (or, if the
+record is refused, a minimal FAIL record carrying the reason, so no inspection goes unrecorded),
+signals the PLC and appends the record through :func:`signal_and_record`, and returns a *new*
+result with the final decision and error (the caller's result is never changed).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Protocol
+from dataclasses import dataclass, field, is_dataclass, replace
+from typing import Generic, Protocol, TypeVar
 
 from autoweld.quality.ledger import Ledger
 from autoweld.quality.plc import PlcLink
@@ -21,6 +24,7 @@ from autoweld.quality.record import InspectionRecord, check_part_id, check_stati
 
 __all__ = [
     "CORRECTIVE_FAIL_ATTEMPTS",
+    "InspectionLike",
     "RecordedInspection",
     "finite_or_none",
     "record_inspection",
@@ -59,16 +63,32 @@ def signal_and_record(
     treat the inspection as a FAIL (``record_inspection`` does). Why this order: docs/ledger.md.
     Returns the stored record (or the record with ``plc_delivered`` set, without a ledger).
     """
+    return _signal_then_append(record, ledger, link, {})
+
+
+def _signal_then_append(
+    record: InspectionRecord,
+    ledger: Ledger | None,
+    link: PlcLink | None,
+    timings_ms: dict[str, float],
+) -> InspectionRecord:
+    """:func:`signal_and_record`, adding the milliseconds of the PLC send (``"plc"``) and of the
+    ledger append (``"record"``) to ``timings_ms`` (the benchmark reports them as stages)."""
+    start = time.perf_counter()
     delivered = link.send(record.decision) if link is not None else None
+    timings_ms["plc"] = (time.perf_counter() - start) * 1e3
     record = replace(record, plc_delivered=delivered)
     if ledger is None:
         return record
+    start = time.perf_counter()
     try:
-        return ledger.append(record)
+        stored = ledger.append(record)
     except BaseException:
         if link is not None and record.decision == "PASS":
             _corrective_fail(link, record.part_id)
         raise
+    timings_ms["record"] = timings_ms.get("record", 0.0) + (time.perf_counter() - start) * 1e3
+    return stored
 
 
 def _corrective_fail(link: PlcLink, part_id: str) -> bool:
@@ -87,7 +107,8 @@ def _corrective_fail(link: PlcLink, part_id: str) -> bool:
 
 class InspectionLike(Protocol):
     """What :func:`record_inspection` reads from an inspection result (the runtime's
-    ``InspectionResult`` fits; quality does not import the runtime)."""
+    ``InspectionResult`` and the benchmark's ``TorchResult`` fit; quality does not import the
+    runtime). The result it hands back is a copy (``dataclasses.replace`` for a dataclass)."""
 
     decision: str
     probability: float
@@ -97,17 +118,33 @@ class InspectionLike(Protocol):
     error: str | None
 
 
-@dataclass(frozen=True)
-class RecordedInspection:
-    """What became of one inspection: the stored record (``None`` without a ledger or when it
-    could not be written), the final decision, whether the PLC got it, and the error (``None``
-    only for a clean inspection whose record, if a ledger is configured, was written).
-    ``decision`` is ``"PASS"`` only if the inspection passed *and* its record was written."""
+ResultT = TypeVar("ResultT", bound=InspectionLike)
 
+
+@dataclass(frozen=True)
+class RecordedInspection(Generic[ResultT]):
+    """What became of one inspection.
+
+    ``result`` is a copy of the inspection result with the final ``decision`` and ``error``:
+    ``"PASS"`` only if the inspection passed *and* its record, if a ledger is configured, was
+    written; ``error`` is ``None`` only for such a clean inspection. ``record`` is the stored
+    record (``None`` without a ledger or when it could not be written), ``plc_delivered``
+    whether the PLC got the signal (``None`` without a link). ``timings_ms`` holds ``"plc"`` (the
+    send) and ``"record"`` (building plus appending the record) when they ran.
+    """
+
+    result: ResultT
     record: InspectionRecord | None
-    decision: str
     plc_delivered: bool | None
-    error: str | None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def decision(self) -> str:
+        return self.result.decision
+
+    @property
+    def error(self) -> str | None:
+        return self.result.error
 
     @property
     def record_seq(self) -> int | None:
@@ -150,7 +187,7 @@ def _decision_of(result: InspectionLike) -> tuple[str, str | None]:
 
 
 def record_inspection(
-    result: InspectionLike,
+    result: ResultT,
     *,
     part_id: str,
     station_id: str,
@@ -160,7 +197,7 @@ def record_inspection(
     link: PlcLink | None = None,
     heatmap_sha256: str | None = None,
     heatmap_path: str | None = None,
-) -> RecordedInspection:
+) -> RecordedInspection[ResultT]:
     """Record and signal one inspection result; never raises for ledger, PLC or record trouble.
 
     * The record is built from the result; if it is refused (a whitespace part id, a fused
@@ -170,46 +207,79 @@ def record_inspection(
     * :func:`signal_and_record` then signals the PLC and appends the record. FAIL is always
       signalled at once; a PASS whose record cannot be written is corrected with a FAIL.
     * Without a ledger and a PLC link nothing is signalled or recorded.
+
+    ``result`` is not changed: the returned :class:`RecordedInspection` holds a copy with the
+    final decision and error.
     """
     decision, error = _decision_of(result)
+    timings: dict[str, float] = {}
+
+    def outcome(
+        decision: str, error: str | None, record: InspectionRecord | None, delivered: bool | None
+    ) -> RecordedInspection[ResultT]:
+        return RecordedInspection(_decided(result, decision, error), record, delivered, timings)
+
     if ledger is None and link is None:
-        return RecordedInspection(None, decision, None, error)
+        return outcome(decision, error, None, None)
+    start = time.perf_counter()
     try:
-        record = InspectionRecord(
-            station_id=check_station_id(station_id),
-            part_id=check_part_id(part_id),
-            bundle_sha256=bundle_sha256,
-            package_version=package_version,
-            scores=dict(result.scores),
-            probabilities={k: _probability(v) for k, v in result.probabilities.items()},
-            fused_probability=_probability(result.probability),
-            threshold=finite_or_none(result.threshold),
-            decision=decision,
-            heatmap_sha256=heatmap_sha256,
-            heatmap_path=heatmap_path,
-            error=error,
-        )
+        record = _record_of(
+            result, part_id, station_id, bundle_sha256, package_version, decision, error,
+            heatmap_sha256, heatmap_path,
+        )  # fmt: skip
     except ValueError as refused:
         log.error("quality record refused for part %r: %s", part_id, refused)
         decision, error = "FAIL", _joined(f"quality record refused: {refused}", error)
-        record = _minimal_record(part_id, station_id, bundle_sha256, package_version, error)
-        if record is None:  # pragma: no cover - the minimal record takes only checked values
+        minimal = _minimal_record(part_id, station_id, bundle_sha256, package_version, error)
+        if minimal is None:  # pragma: no cover - the minimal record takes only checked values
             delivered = link.send("FAIL") if link is not None else None
-            return RecordedInspection(None, decision, delivered, error)
-        error = record.error
+            return outcome(decision, error, None, delivered)
+        record, error = minimal, minimal.error
+    timings["record"] = (time.perf_counter() - start) * 1e3
     try:
-        stored = signal_and_record(record, ledger, link)
+        stored = _signal_then_append(record, ledger, link, timings)
     except Exception as failure:  # noqa: BLE001 - an unrecorded inspection is not a pass
         log.error("ledger write failed for part %r: %s", part_id, failure)
         delivered = link.last_delivered if link is not None else None
-        return RecordedInspection(
-            None, "FAIL", delivered, _joined(f"ledger write failed: {failure}", error)
-        )
-    return RecordedInspection(
-        stored if ledger is not None else None,
-        stored.decision,
-        stored.plc_delivered,
-        error,
+        return outcome("FAIL", _joined(f"ledger write failed: {failure}", error), None, delivered)
+    kept = stored if ledger is not None else None
+    return outcome(stored.decision, error, kept, stored.plc_delivered)
+
+
+def _decided(result: ResultT, decision: str, error: str | None) -> ResultT:
+    """A copy of ``result`` with the final decision and error; ``result`` stays as it was."""
+    if is_dataclass(result):
+        return replace(result, decision=decision, error=error)  # type: ignore[type-var]
+    final = copy.copy(result)
+    final.decision, final.error = decision, error
+    return final
+
+
+def _record_of(
+    result: InspectionLike,
+    part_id: str,
+    station_id: str,
+    bundle_sha256: str,
+    package_version: str,
+    decision: str,
+    error: str | None,
+    heatmap_sha256: str | None,
+    heatmap_path: str | None,
+) -> InspectionRecord:
+    """The record of ``result`` as decided; ``ValueError`` when the record refuses a value."""
+    return InspectionRecord(
+        station_id=check_station_id(station_id),
+        part_id=check_part_id(part_id),
+        bundle_sha256=bundle_sha256,
+        package_version=package_version,
+        scores=dict(result.scores),
+        probabilities={k: _probability(v) for k, v in result.probabilities.items()},
+        fused_probability=_probability(result.probability),
+        threshold=finite_or_none(result.threshold),
+        decision=decision,
+        heatmap_sha256=heatmap_sha256,
+        heatmap_path=heatmap_path,
+        error=error,
     )
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from autoweld.bench.station import LoopbackPlc, StationSink
+from autoweld.bench.sink import LoopbackPlc, StationSink
 from autoweld.runtime.inspector import InspectionResult, failed_result
 
 

@@ -11,7 +11,7 @@ import cv2
 import pytest
 from tinybundle import normal_image
 
-from autoweld.terminal.station import Station, StationConfig
+from autoweld.terminal.service import Station, StationConfig
 from autoweld.terminal.watcher import INSPECTED, INVALID_NAME_PREFIX, FolderWatcher, WatchConfig
 
 

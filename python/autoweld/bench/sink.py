@@ -1,8 +1,8 @@
-"""The station end of an inspection for the benchmark: PLC signal and signed ledger record.
+"""The benchmark's sink for inspections: PLC signal and signed ledger record, timed.
 
-Both sides of the benchmark (the runtime and the torch way) hand their decision to the same
-:class:`StationSink`, so these two stages cost the same on both sides and the ratios compare
-only what differs. By default the sink uses a temporary SQLite ledger signed with a key
+Both sides of the benchmark (the runtime and the torch way) hand their result to the same
+:class:`StationSink`, which goes through :func:`autoweld.quality.record_inspection` as a station
+does, so these two stages cost the same on both sides and the ratios compare only what differs. By default the sink uses a temporary SQLite ledger signed with a key
 generated for the run (never a station key) and a loopback one-byte PLC started here
 (:class:`LoopbackPlc`), which echoes each byte like a real controller with ``ack=echo``.
 """
@@ -14,13 +14,19 @@ import secrets
 import socket
 import tempfile
 import threading
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from autoweld import __version__
-from autoweld.quality import InspectionRecord, KeyRing, Ledger, PlcLink, open_ledger, open_plc
+from autoweld.quality import (
+    InspectionLike,
+    KeyRing,
+    Ledger,
+    PlcLink,
+    open_ledger,
+    open_plc,
+    record_inspection,
+)
 
 __all__ = ["LoopbackPlc", "StationSink", "StationTimings"]
 
@@ -101,8 +107,8 @@ class StationTimings:
 
 
 class StationSink:
-    """PLC send then ledger append (the order of ``autoweld.quality.signal_and_record``), each
-    timed on its own.
+    """PLC send then ledger append through ``autoweld.quality.record_inspection``, each timed on
+    its own.
 
     ``ledger_url``: ``None`` for a temporary SQLite ledger with a key generated for this run;
     otherwise the URL is opened with the station's key from the environment
@@ -153,33 +159,27 @@ class StationSink:
         """Bytes the loopback PLC echoed (None with an external PLC)."""
         return self._plc_server.received if self._plc_server is not None else None
 
-    def deliver(self, result: Any) -> StationTimings:
-        """Signal ``result.decision`` and append its record. ``result``: an object with
-        ``decision``, ``probability``, ``scores``, ``probabilities``, ``threshold``, ``error``
-        (an :class:`~autoweld.runtime.inspector.InspectionResult` or the torch way's result)."""
+    def deliver(self, result: InspectionLike) -> StationTimings:
+        """Signal ``result.decision`` and append its record (an
+        :class:`~autoweld.runtime.inspector.InspectionResult` or the torch way's result).
+        ``record_ms`` covers building and appending the record, ``plc_ms`` the send."""
         self._part += 1
-        start = time.perf_counter()
-        record = InspectionRecord(
-            station_id=self.station_id,
+        recorded = record_inspection(
+            result,
             part_id=f"bench-{self._part:06d}",
+            station_id=self.station_id,
             bundle_sha256=self.bundle_sha256,
             package_version=__version__,
-            scores=result.scores,
-            probabilities=result.probabilities,
-            fused_probability=result.probability if result.error is None else None,
-            threshold=result.threshold,
-            decision=result.decision,
-            error=result.error,
+            ledger=self.ledger,
+            link=self.link,
         )
-        build_ms = (time.perf_counter() - start) * 1e3
-        start = time.perf_counter()
-        delivered = self.link.send(record.decision)
-        plc_ms = (time.perf_counter() - start) * 1e3
-        start = time.perf_counter()
-        stored = self.ledger.append(replace(record, plc_delivered=delivered))
-        record_ms = build_ms + (time.perf_counter() - start) * 1e3
+        if recorded.record is None:  # the bench measures writes: an unwritten record is an error
+            raise RuntimeError(f"bench record not written: {recorded.error}")
         return StationTimings(
-            record_ms=record_ms, plc_ms=plc_ms, delivered=delivered, seq=int(stored.seq)
+            record_ms=recorded.timings_ms["record"],
+            plc_ms=recorded.timings_ms["plc"],
+            delivered=recorded.plc_delivered,
+            seq=recorded.record_seq,
         )
 
     def close(self) -> None:
