@@ -30,7 +30,6 @@ def _met(goal: Mapping[str, Any] | None) -> str:
 def markdown_report(report: Mapping[str, Any]) -> str:
     """A Markdown table of one report: per stage p50/p95/p99/max for both sides, end to end,
     throughput, cold start, peak memory, the ratios with the issue's goals, and the machine."""
-    ref = report.get("reference")
     labels = {**STAGE_LABELS, **report.get("stage_labels", {})}
     lines = ["# autoweld-bench: runtime vs the plain PyTorch way", ""]
     if report.get("command"):
@@ -42,12 +41,21 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         f"files). Times in ms. Ratio = torch way ÷ ours at p50 (above 1: we are faster).",
         "",
     ]
+    lines += _stage_table(report, labels)
+    lines += _measure_table(report)
+    lines += _notes(report, labels)
+    return "\n".join(lines)
+
+
+def _stage_table(report: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    """Per stage and end to end: p50/p95/p99/max of both sides and the p50 ratio."""
+    ref = report.get("reference")
     header = "| stage | ours p50 | p95 | p99 | max |"
     rule = "|---|---:|---:|---:|---:|"
     if ref:
         header += " torch p50 | p95 | p99 | max | ratio p50 |"
         rule += "---:|---:|---:|---:|---:|"
-    lines += [header, rule]
+    lines = [header, rule]
     rows = [
         (labels.get(s, s), report["stages"].get(s), ref and ref["stages"].get(s), s)
         for s in report["stages"]
@@ -65,8 +73,14 @@ def markdown_report(report: Mapping[str, Any]) -> str:
             cells.append(_x(value))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    return lines
 
-    lines += ["| measure | ours | torch way | ratio | goal |", "|---|---:|---:|---:|---|"]
+
+def _measure_table(report: Mapping[str, Any]) -> list[str]:
+    """End-to-end median, cold start, peak memory and throughput, with the goals."""
+    ref = report.get("reference")
+    config = report["config"]
+    lines = ["| measure | ours | torch way | ratio | goal |", "|---|---:|---:|---:|---|"]
     goals = report.get("goals", {})
     ratios = report.get("ratios", {})
     lines.append(
@@ -95,6 +109,12 @@ def markdown_report(report: Mapping[str, Any]) -> str:
             f"{_x(ratios.get('throughput_' + key.replace('_images_per_s', '')))} | |"
         )
     lines.append("")
+    return lines
+
+
+def _notes(report: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    """Agreement of the two sides, machine, versions, bundle, station and the slowest stage."""
+    lines: list[str] = []
     agreement = report.get("agreement")
     if agreement:
         lines += [
@@ -124,7 +144,36 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         f"Slowest stage of ours at p50: {labels.get(report['bottleneck'], report['bottleneck'])}.",
         "",
     ]
-    return "\n".join(lines)
+    return lines
+
+
+def _box(ax: Any, data: list[float], position: float, colour: str, horizontal: dict) -> None:
+    """One side's box of one stage, with its median written right of it."""
+    import numpy as np
+
+    ax.boxplot(
+        [data],
+        positions=[position],
+        **horizontal,
+        widths=0.3,
+        whis=(1, 99),
+        showfliers=True,
+        patch_artist=True,
+        boxprops={"facecolor": colour, "alpha": 0.5, "edgecolor": colour},
+        medianprops={"color": "black"},
+        whiskerprops={"color": colour},
+        capprops={"color": colour},
+        flierprops={"marker": ".", "markersize": 3, "markeredgecolor": colour},
+    )
+    ax.annotate(
+        _ms(float(np.median(data))),
+        (float(np.max(data)), position),
+        xytext=(6, 0),
+        textcoords="offset points",
+        va="center",
+        fontsize=8,
+        color=colour,
+    )
 
 
 def plot_report(
@@ -136,7 +185,6 @@ def plot_report(
     matplotlib is imported here, with the Agg backend, so the rest of the bench never needs it.
     """
     import matplotlib
-    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -161,30 +209,7 @@ def plot_report(
             if not data:
                 continue
             offset = 0.18 if len(sides) == 2 and k == 0 else -0.18 if len(sides) == 2 else 0
-            ax.boxplot(
-                [data],
-                positions=[base + offset],
-                **horizontal,
-                widths=0.3,
-                whis=(1, 99),
-                showfliers=True,
-                patch_artist=True,
-                boxprops={"facecolor": colour, "alpha": 0.5, "edgecolor": colour},
-                medianprops={"color": "black"},
-                whiskerprops={"color": colour},
-                capprops={"color": colour},
-                flierprops={"marker": ".", "markersize": 3, "markeredgecolor": colour},
-            )
-            middle = float(np.median(data))
-            ax.annotate(
-                _ms(middle),
-                (float(np.max(data)), base + offset),
-                xytext=(6, 0),
-                textcoords="offset points",
-                va="center",
-                fontsize=8,
-                color=colour,
-            )
+            _box(ax, data, base + offset, colour, horizontal)
         ticks.append(base)
         tick_labels.append(labels.get(stage, stage))
     if "end_to_end" in stages:

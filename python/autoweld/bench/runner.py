@@ -380,17 +380,41 @@ class BenchResult:
 
 def run_bench(config: BenchConfig, command: str | None = None) -> BenchResult:
     """Run the benchmark (see the module docstring)."""
-    from autoweld.runtime.inspector import Inspector
-
     images = load_images(config)
     log.info("%d images, %d inspections per side", len(images), config.n)
-    cold_image = images[0][0]
+    ours, context = _measure_ours(config, images)
+    reference = reference_file = None
+    if config.reference:
+        reference, context["model_source"], reference_file = _measure_reference(
+            config, images, context["bundle"].sha256
+        )
+    cold = _cold_starts(config, images[0][0], reference_file)
+    report = _report(config, command, images, ours, cold["ours"], context)
+    if reference is not None:
+        _add_reference(report, config, ours, reference, cold["reference"], context)
+    report["bottleneck"] = max(report["stages"], key=lambda s: report["stages"][s]["p50_ms"])
+    samples = {"ours": {**ours.stage_ms, "end_to_end": ours.end_to_end_ms}}
+    if reference is not None:
+        samples["reference"] = {**reference.stage_ms, "end_to_end": reference.end_to_end_ms}
+    return BenchResult(report=report, samples=samples)
+
+
+def _measure_ours(config: BenchConfig, images: list[Any]) -> tuple[SideRun, dict[str, Any]]:
+    """The runtime's side; also what the report says of the bundle, engine and station."""
+    from autoweld.runtime.inspector import Inspector
 
     with Inspector(config.bundle, threads=config.threads) as inspector:
         bundle = inspector.bundle
-        providers = inspector.engine.active_providers
+        context: dict[str, Any] = {
+            "bundle": bundle,
+            "providers": inspector.engine.active_providers,
+            "model_source": None,
+        }
         with StationSink(bundle.sha256, config.ledger, config.plc) as station:
-            quality = {"ledger": station.ledger_description, "plc": station.plc_description}
+            context["quality"] = {
+                "ledger": station.ledger_description,
+                "plc": station.plc_description,
+            }
             ours = measure_side(
                 "ours",
                 inspector.inspect_batch,
@@ -401,31 +425,37 @@ def run_bench(config: BenchConfig, command: str | None = None) -> BenchResult:
                 config.batch,
                 config.progress,
             )
+    return ours, context
 
-    reference = None
-    model_source = None
-    if config.reference:
-        from autoweld.bench.torch_way import TorchWay
 
-        way = TorchWay(config.bundle, config.reference_file, threads=config.threads)
-        model_source = way.model_source
-        reference_file = way.reference_file
-        with StationSink(bundle.sha256, config.ledger, config.plc) as station:
-            reference = measure_side(
-                "torch way",
-                way.inspect_batch,
-                station,
-                images,
-                config.n,
-                config.warmup,
-                config.batch,
-                config.progress,
-            )
-        del way
-    else:
-        reference_file = None
+def _measure_reference(
+    config: BenchConfig, images: list[Any], bundle_sha256: str
+) -> tuple[SideRun, str, Path | None]:
+    """The torch way's side: its run, where its model came from, and its reference file."""
+    from autoweld.bench.torch_way import TorchWay
 
-    # Cold starts alternate sides, so a load spike on this machine hits both alike.
+    way = TorchWay(config.bundle, config.reference_file, threads=config.threads)
+    model_source, reference_file = way.model_source, way.reference_file
+    with StationSink(bundle_sha256, config.ledger, config.plc) as station:
+        reference = measure_side(
+            "torch way",
+            way.inspect_batch,
+            station,
+            images,
+            config.n,
+            config.warmup,
+            config.batch,
+            config.progress,
+        )
+    del way
+    return reference, model_source, reference_file
+
+
+def _cold_starts(
+    config: BenchConfig, cold_image: Any, reference_file: Path | None
+) -> dict[str, list[dict[str, Any]]]:
+    """Cold starts per side. They alternate sides, so a load spike on this machine hits both
+    alike."""
     cold: dict[str, list[dict[str, Any]]] = {"ours": [], "reference": []}
     sides = ["ours", "reference"] if config.reference else ["ours"]
     for _ in tqdm(range(config.cold_repeats), desc="cold starts", disable=not config.progress):
@@ -439,9 +469,21 @@ def run_bench(config: BenchConfig, command: str | None = None) -> BenchResult:
                 reference_file=reference_file if side == "reference" else None,
                 progress=False,
             )
+    return cold
 
+
+def _report(
+    config: BenchConfig,
+    command: str | None,
+    images: list[Any],
+    ours: SideRun,
+    cold_ours: list[dict[str, Any]],
+    context: dict[str, Any],
+) -> dict[str, Any]:
+    """The report of the runtime's side; the reference's keys are filled by _add_reference."""
+    bundle = context["bundle"]
     ours_json = ours.to_json()
-    report: dict[str, Any] = {
+    return {
         "schema": 1,
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
@@ -458,7 +500,7 @@ def run_bench(config: BenchConfig, command: str | None = None) -> BenchResult:
         "stages": ours_json.pop("stages"),
         "end_to_end": ours_json.pop("end_to_end"),
         "throughput": ours_json.pop("throughput"),
-        **_cold_summary(cold["ours"]),
+        **_cold_summary(cold_ours),
         "inspections": ours_json,
         "reference": None,
         "speedup_median": None,
@@ -466,7 +508,7 @@ def run_bench(config: BenchConfig, command: str | None = None) -> BenchResult:
         "goals": {},
         "agreement": None,
         "machine": machine_info(config.threads),
-        "providers": providers,
+        "providers": context["providers"],
         "versions": versions(),
         "bundle": {
             "path": str(config.bundle),
@@ -477,68 +519,63 @@ def run_bench(config: BenchConfig, command: str | None = None) -> BenchResult:
             "heads": list(bundle.heads),
             "onnx_sha256": _sha256(bundle.onnx_path),
         },
-        "quality": quality,
+        "quality": context["quality"],
         "stage_labels": STAGE_LABELS,
     }
-    if reference is not None:
-        ref_json = reference.to_json()
-        ref_cold = _cold_summary(cold["reference"])
-        report["reference"] = {
-            "what": "torch eager model, torch.cdist + topk, OpenCV + numpy preprocessing, "
-            "torch interpolate + blur for maps",
-            "model": model_source,
-            "stages": ref_json.pop("stages"),
-            "end_to_end": ref_json.pop("end_to_end"),
-            "throughput": ref_json.pop("throughput"),
-            **ref_cold,
-            "inspections": ref_json,
-        }
-        ref = report["reference"]
-        speedup = ratio(ref["end_to_end"]["p50_ms"], report["end_to_end"]["p50_ms"])
-        cold_ratio = ratio(ref["cold_start_ms"], report["cold_start_ms"])
-        rss_ratio = ratio(report["peak_rss_mb"], ref["peak_rss_mb"])
-        report["speedup_median"] = None if speedup is None else round(speedup, 3)
-        report["ratios"] = {
-            "speedup_median": report["speedup_median"],
-            "speedup_p95": _round(
-                ratio(ref["end_to_end"]["p95_ms"], report["end_to_end"]["p95_ms"])
-            ),
-            "speedup_p99": _round(
-                ratio(ref["end_to_end"]["p99_ms"], report["end_to_end"]["p99_ms"])
-            ),
-            "cold_start_speedup": _round(cold_ratio),
-            "peak_rss_ratio": _round(rss_ratio),
-            "throughput_batch_1": _round(
+
+
+def _add_reference(
+    report: dict[str, Any],
+    config: BenchConfig,
+    ours: SideRun,
+    reference: SideRun,
+    cold_reference: list[dict[str, Any]],
+    context: dict[str, Any],
+) -> None:
+    """The torch way's side, the ratios of ours to it, the goals and the agreement."""
+    ref_json = reference.to_json()
+    report["reference"] = {
+        "what": "torch eager model, torch.cdist + topk, OpenCV + numpy preprocessing, "
+        "torch interpolate + blur for maps",
+        "model": context["model_source"],
+        "stages": ref_json.pop("stages"),
+        "end_to_end": ref_json.pop("end_to_end"),
+        "throughput": ref_json.pop("throughput"),
+        **_cold_summary(cold_reference),
+        "inspections": ref_json,
+    }
+    ref = report["reference"]
+    speedup = ratio(ref["end_to_end"]["p50_ms"], report["end_to_end"]["p50_ms"])
+    cold_ratio = ratio(ref["cold_start_ms"], report["cold_start_ms"])
+    rss_ratio = ratio(report["peak_rss_mb"], ref["peak_rss_mb"])
+    report["speedup_median"] = None if speedup is None else round(speedup, 3)
+    report["ratios"] = {
+        "speedup_median": report["speedup_median"],
+        "speedup_p95": _round(ratio(ref["end_to_end"]["p95_ms"], report["end_to_end"]["p95_ms"])),
+        "speedup_p99": _round(ratio(ref["end_to_end"]["p99_ms"], report["end_to_end"]["p99_ms"])),
+        "cold_start_speedup": _round(cold_ratio),
+        "peak_rss_ratio": _round(rss_ratio),
+        **{
+            f"throughput_batch_{batch}": _round(
                 ratio(
-                    report["throughput"]["batch_1_images_per_s"],
-                    ref["throughput"]["batch_1_images_per_s"],
+                    report["throughput"][f"batch_{batch}_images_per_s"],
+                    ref["throughput"][f"batch_{batch}_images_per_s"],
                 )
-            ),
-            f"throughput_batch_{config.batch}": _round(
-                ratio(
-                    report["throughput"][f"batch_{config.batch}_images_per_s"],
-                    ref["throughput"][f"batch_{config.batch}_images_per_s"],
-                )
-            ),
-            "stage_speedup_p50": {
-                stage: _round(
-                    ratio(ref["stages"][stage]["p50_ms"], report["stages"][stage]["p50_ms"])
-                )
-                for stage in STAGES
-                if stage in ref["stages"] and stage in report["stages"]
-            },
-        }
-        report["goals"] = {
-            "speedup_median": _goal(speedup, GOALS["speedup_median"], True),
-            "cold_start_speedup": _goal(cold_ratio, GOALS["cold_start_speedup"], True),
-            "peak_rss_ratio": _goal(rss_ratio, GOALS["peak_rss_ratio"], False),
-        }
-        report["agreement"] = _agreement(ours, reference)
-    report["bottleneck"] = max(report["stages"], key=lambda s: report["stages"][s]["p50_ms"])
-    samples = {"ours": {**ours.stage_ms, "end_to_end": ours.end_to_end_ms}}
-    if reference is not None:
-        samples["reference"] = {**reference.stage_ms, "end_to_end": reference.end_to_end_ms}
-    return BenchResult(report=report, samples=samples)
+            )
+            for batch in (1, config.batch)
+        },
+        "stage_speedup_p50": {
+            stage: _round(ratio(ref["stages"][stage]["p50_ms"], report["stages"][stage]["p50_ms"]))
+            for stage in STAGES
+            if stage in ref["stages"] and stage in report["stages"]
+        },
+    }
+    report["goals"] = {
+        "speedup_median": _goal(speedup, GOALS["speedup_median"], True),
+        "cold_start_speedup": _goal(cold_ratio, GOALS["cold_start_speedup"], True),
+        "peak_rss_ratio": _goal(rss_ratio, GOALS["peak_rss_ratio"], False),
+    }
+    report["agreement"] = _agreement(ours, reference)
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:

@@ -52,12 +52,16 @@ def int_at_least(low: int) -> Callable[[str], int]:
 positive_int = int_at_least(1)
 
 
-def positive_float(value: str) -> float:
-    """An argparse type: a number above 0."""
+def _number(value: str) -> float:
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+
+
+def positive_float(value: str) -> float:
+    """An argparse type: a number above 0."""
+    number = _number(value)
     if not number > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return number
@@ -65,10 +69,7 @@ def positive_float(value: str) -> float:
 
 def ratio(value: str) -> float:
     """An argparse type: a fraction in (0, 1]."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    number = _number(value)
     if not 0.0 < number <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {number}")
     return number

@@ -609,7 +609,7 @@ class PostgresLedger(Ledger):
         self, url: str, keys: KeyRing, read_only: bool = False, connect_timeout: float = 10.0
     ) -> None:
         dsn, self.timeouts = pg_timeouts(url, read_only)
-        super().__init__(keys, _redact(dsn), read_only)
+        super().__init__(keys, redact_url(dsn), read_only)
         try:
             import psycopg
         except ImportError as error:  # pragma: no cover - depends on the install
@@ -752,7 +752,7 @@ def pg_timeouts(url: str, read_only: bool = False) -> tuple[str, PgTimeouts]:
             seconds = float("nan")
         if not 0.0 < seconds <= _PG_MAX_TIMEOUT_S:  # NaN fails this too
             raise ValueError(
-                f"ledger url {_redact(url)!r}: {name} must be seconds in (0, "
+                f"ledger url {redact_url(url)!r}: {name} must be seconds in (0, "
                 f"{_PG_MAX_TIMEOUT_S:g}], got {value!r}"
             )
         found[name] = seconds
@@ -777,7 +777,7 @@ def _check_schema_version(rows: Iterator[tuple[Any, ...]], url: str) -> None:
         )
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
     parts = urlsplit(url)
     if parts.password is None:
@@ -823,6 +823,6 @@ def open_ledger(url: str | Path, keys: KeyRing | None = None, read_only: bool = 
             url = url[len("file://") :]
         return SQLiteLedger(sqlite_path(url), keys, url, read_only)
     raise ValueError(
-        f"ledger url {_redact(url)!r}: unknown scheme {scheme!r} (use sqlite:///path.db, a file "
+        f"ledger url {redact_url(url)!r}: unknown scheme {scheme!r} (use sqlite:///path.db, a file "
         "path, or postgresql://...)"
     )

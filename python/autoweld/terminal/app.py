@@ -27,7 +27,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from autoweld import __version__
-from autoweld.quality.ledger import _redact
+from autoweld.quality.ledger import redact_url
 from autoweld.terminal.service import Station, check_part_id
 
 __all__ = ["create_app"]
@@ -53,6 +53,14 @@ def create_app(station: Station, *, watch_folder: str | None = None) -> FastAPI:
     )
     app.state.station = station
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    _add_read_routes(app, station, watch_folder)
+    _add_upload_route(app, station)
+    return app
+
+
+def _add_read_routes(app: FastAPI, station: Station, watch_folder: str | None) -> None:
+    """The page and every GET route: they only read (the ledger through its read-only
+    connection)."""
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -65,7 +73,7 @@ def create_app(station: Station, *, watch_folder: str | None = None) -> FastAPI:
             "station_id": station.config.station_id,
             "package_version": __version__,
             "bundle": station.bundle.to_json(),
-            "ledger": _redact(station.config.ledger_url),
+            "ledger": redact_url(station.config.ledger_url),
             "watch_folder": watch_folder,
             "plc": station.plc_state(),
             "counts": station.counts(),
@@ -102,26 +110,34 @@ def create_app(station: Station, *, watch_folder: str | None = None) -> FastAPI:
             report = {"ok": False, "checked": 0, "reason": f"verify could not run: {error}"}
         return JSONResponse(report, headers=_NO_CACHE)
 
+
+async def _read_upload(request: Request) -> bytes:
+    """The uploaded image, refused (413) past MAX_UPLOAD_BYTES before it is all read."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+        raise HTTPException(status_code=413, detail=f"image larger than {MAX_UPLOAD_BYTES} B")
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise HTTPException(status_code=413, detail=f"image larger than {MAX_UPLOAD_BYTES} B")
+    if not data:
+        raise HTTPException(status_code=400, detail="empty body: send the image file")
+    return bytes(data)
+
+
+def _add_upload_route(app: FastAPI, station: Station) -> None:
+    """``POST /api/inspect``: the one route that leads to a write, through the inspection path."""
+
     @app.post("/api/inspect")
     async def inspect(request: Request, part_id: str = Query(max_length=200)) -> JSONResponse:
         try:
             part_id = check_part_id(part_id)
         except ValueError as error:
             raise HTTPException(status_code=400, detail=str(error)) from None
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
-            raise HTTPException(status_code=413, detail=f"image larger than {MAX_UPLOAD_BYTES} B")
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > MAX_UPLOAD_BYTES:
-                raise HTTPException(
-                    status_code=413, detail=f"image larger than {MAX_UPLOAD_BYTES} B"
-                )
-        if not data:
-            raise HTTPException(status_code=400, detail="empty body: send the image file")
+        data = await _read_upload(request)
         try:
-            future = station.submit(part_id, data=bytes(data), source="upload")
+            future = station.submit(part_id, data=data, source="upload")
         except ValueError as error:
             raise HTTPException(status_code=400, detail=str(error)) from None
         try:
@@ -134,5 +150,3 @@ def create_app(station: Station, *, watch_folder: str | None = None) -> FastAPI:
         except Exception as error:  # noqa: BLE001
             raise HTTPException(status_code=503, detail=f"not inspected: {error}") from None
         return JSONResponse(outcome.to_json(), headers=_NO_CACHE)
-
-    return app
