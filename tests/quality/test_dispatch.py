@@ -165,3 +165,26 @@ def test_unwritable_record_is_a_fail_and_corrected_on_the_plc(db, byte_server_fa
     assert outcome.error.startswith("ledger write failed")
     assert outcome.plc_delivered is True  # the FAIL that now stands was delivered
     assert received == [PASS, FAIL]
+
+
+def test_the_caller_result_is_left_alone_and_a_new_one_returned(db):
+    """record_inspection hands back a copy with the final decision; the result it was given,
+    which the caller may still hold, keeps what the inspection said."""
+    given = Result()
+    with open_ledger(db) as ledger:
+        break_ledger(db)
+        outcome = _record(given, ledger)
+    assert (given.decision, given.error) == ("PASS", None)
+    assert outcome.result is not given and isinstance(outcome.result, Result)
+    assert (outcome.result.decision, outcome.decision) == ("FAIL", "FAIL")
+    assert outcome.result.error == outcome.error and outcome.error.startswith("ledger write")
+    assert outcome.result.scores == given.scores and outcome.result.probability == 0.2
+
+
+def test_plc_and_record_times_are_reported(db, byte_server_factory):
+    """The benchmark's two station stages come from here: the send and the record."""
+    plc = byte_server_factory("echo")
+    with open_ledger(db) as ledger, open_plc(f"tcp://127.0.0.1:{plc.port}", timeout=1.0) as link:
+        outcome = _record(Result(), ledger, link)
+    assert set(outcome.timings_ms) == {"plc", "record"}
+    assert all(ms > 0 for ms in outcome.timings_ms.values())
