@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from autoweld.bundle import Manifest
+
 if TYPE_CHECKING:
     from autoweld.bundle import Bundle
 
@@ -287,7 +289,7 @@ def available_engines(env: EngineEnvironment) -> list[str]:
 
 
 def choose_engine(
-    requested: Sequence[str] | str, manifest: Mapping[str, Any], env: EngineEnvironment
+    requested: Sequence[str] | str, manifest: Manifest | Mapping[str, Any], env: EngineEnvironment
 ) -> EngineChoice:
     """Picks the engine for a bundle. Pure: no GPU, TensorRT or ONNX Runtime is touched.
 
@@ -322,7 +324,7 @@ def choose_engine(
 
     notes: list[str] = []
     if expanded[0] == "tensorrt":
-        plan = manifest.get("engine", {}).get("tensorrt")
+        plan = _tensorrt_entry(manifest)
         check = check_plan(plan, env)
         if check.usable:
             return EngineChoice(engine="tensorrt", plan=str(plan["plan"]))  # type: ignore[index]
@@ -340,6 +342,14 @@ def choose_engine(
         if ort_name not in providers:
             providers.append(ort_name)
     return EngineChoice(engine="onnx", providers=tuple(providers), warnings=tuple(notes))
+
+
+def _tensorrt_entry(manifest: Manifest | Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The manifest's ``engine.tensorrt`` entry as JSON (None without a plan)."""
+    if isinstance(manifest, Manifest):
+        plan = manifest.engine.tensorrt
+        return plan.to_json() if plan is not None else None
+    return manifest.get("engine", {}).get("tensorrt")
 
 
 def _gpu_from_native(device: int = 0) -> GpuInfo | None:
@@ -543,7 +553,7 @@ def open_engine(
     for message in choice.warnings:
         # "best" quietly skips a missing plan; an explicit request for TensorRT, or a plan the
         # bundle has but this machine refuses, is worth a warning.
-        has_plan = bool(bundle.manifest.get("engine", {}).get("tensorrt"))
+        has_plan = bundle.manifest.engine.tensorrt is not None
         if explicit_trt or has_plan:
             log.warning("%s: %s", bundle.root, message)
             warnings.warn(f"{bundle.root}: {message}", RuntimeWarning, stacklevel=2)
@@ -551,5 +561,5 @@ def open_engine(
         assert choice.plan is not None
         return TensorRTRunner(bundle.read_verified(choice.plan))
     # from the bytes checked against the manifest, not the path (which may have changed since)
-    onnx_bytes = bundle.read_verified(bundle.manifest["engine"]["onnx"])
+    onnx_bytes = bundle.read_verified(bundle.manifest.engine.onnx)
     return OnnxRunner(onnx_bytes, providers=list(choice.providers), threads=threads)
