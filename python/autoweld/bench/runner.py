@@ -415,17 +415,16 @@ def _measure_ours(config: BenchConfig, images: list[Any]) -> tuple[SideRun, dict
                 "ledger": station.ledger_description,
                 "plc": station.plc_description,
             }
-            ours = measure_side(
-                "ours",
-                inspector.inspect_batch,
-                station,
-                images,
-                config.n,
-                config.warmup,
-                config.batch,
-                config.progress,
-            )
+            ours = _measure("ours", inspector.inspect_batch, station, images, config)
     return ours, context
+
+
+def _measure(
+    name: str, inspect_batch: Any, station: StationSink, images: list[Any], config: BenchConfig
+) -> SideRun:
+    return measure_side(
+        name, inspect_batch, station, images, config.n, config.warmup, config.batch, config.progress
+    )
 
 
 def _measure_reference(
@@ -437,16 +436,7 @@ def _measure_reference(
     way = TorchWay(config.bundle, config.reference_file, threads=config.threads)
     model_source, reference_file = way.model_source, way.reference_file
     with StationSink(bundle_sha256, config.ledger, config.plc) as station:
-        reference = measure_side(
-            "torch way",
-            way.inspect_batch,
-            station,
-            images,
-            config.n,
-            config.warmup,
-            config.batch,
-            config.progress,
-        )
+        reference = _measure("torch way", way.inspect_batch, station, images, config)
     del way
     return reference, model_source, reference_file
 
