@@ -45,5 +45,16 @@ def test_runtime_side_never_imports_torch():
 
 
 def test_subpackages_import():
-    for name in ("data", "train", "export", "bundle", "runtime", "quality", "cli"):
+    for name in (
+        "data",
+        "train",
+        "export",
+        "bundle",
+        "runtime",
+        "quality",
+        "evaluation",
+        "terminal",
+        "bench",
+        "cli",
+    ):
         importlib.import_module(f"autoweld.{name}")
