@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -326,8 +327,10 @@ def test_threads_reach_every_threaded_kernel(tiny_bundle, monkeypatch):
             return self.index.search(queries, k, threads=threads)
 
     with Inspector(tiny_bundle, threads=1) as inspector:
-        index, bank, neighbours = inspector._knn["patchcore"]
-        monkeypatch.setitem(inspector._knn, "patchcore", (Spy(index), bank, neighbours))
+        scorer = inspector._scorers["patchcore"]
+        monkeypatch.setattr(
+            scorer, "knn", dataclasses.replace(scorer.knn, index=Spy(scorer.knn.index))
+        )
         result = inspector.inspect(normal_image(1))
     assert result.error is None
     assert calls == [1]
@@ -338,8 +341,10 @@ def test_knn_basis_from_the_bundle_prunes_with_the_same_results(tiny_bundle, tmp
     pruned_dir = write_tiny_bundle(tmp_path / "pruned", knn_basis=basis)
     images = [normal_image(5), defect_image(6)]
     with Inspector(tiny_bundle, threads=1) as plain, Inspector(pruned_dir, threads=1) as pruned:
-        assert pruned._knn["patchcore"][0].prefix_dims == 1
-        assert plain._knn["patchcore"][0].prefix_dims == 0  # no key, bank too small to prune
+        assert pruned._scorers["patchcore"].knn.index.prefix_dims == 1
+        assert (
+            plain._scorers["patchcore"].knn.index.prefix_dims == 0
+        )  # no key, bank too small to prune
         for image in images:
             a, b = plain.inspect(image), pruned.inspect(image)
             assert a.decision == b.decision
@@ -350,7 +355,7 @@ def test_knn_basis_from_the_bundle_prunes_with_the_same_results(tiny_bundle, tmp
 def test_knn_basis_null_means_brute_force(tmp_path):
     bundle_dir = write_tiny_bundle(tmp_path / "b", knn_basis=None)
     with Inspector(bundle_dir, threads=1) as inspector:
-        assert inspector._knn["patchcore"][0].prefix_dims == 0
+        assert inspector._scorers["patchcore"].knn.index.prefix_dims == 0
 
 
 @pytest.mark.parametrize(
