@@ -372,3 +372,71 @@ def test_bad_knn_basis_is_refused_with_the_bundle_named(tmp_path, basis, match):
     with pytest.raises(ValueError, match=match) as refused:
         Inspector(write_tiny_bundle(tmp_path / "b", knn_basis=basis), threads=1)
     assert str(tmp_path / "b") in str(refused.value)
+
+
+def _is_dark(values: np.ndarray) -> np.ndarray:
+    """Per image of a batch: True for the black image (about -0.5 everywhere after the tiny
+    bundle's normalisation), whatever else is in the batch."""
+    return values.reshape(len(values), -1).max(axis=1) < -0.45
+
+
+def _overflowing_reweighted_score(inspector, monkeypatch):
+    real = native.patchcore_score
+
+    def score(embeddings, *args):
+        return float("inf") if _is_dark(embeddings[None])[0] else real(embeddings, *args)
+
+    monkeypatch.setattr(native, "patchcore_score", score)
+
+
+def _nan_map_maximum(inspector, monkeypatch):
+    scorer = inspector._scorers["feature_ae"]
+    real = scorer.score
+
+    def score(output, skip=()):
+        scores = real(output, skip)
+        scores.image_scores[_is_dark(output)] = np.nan
+        return scores
+
+    monkeypatch.setattr(scorer, "score", score)
+
+
+def _overflowing_knn_distance(inspector, monkeypatch):
+    real = inspector.engine.infer
+
+    def infer(batch, names):
+        outputs = dict(real(batch, names))
+        embeddings = outputs["patchcore_embeddings"].copy()
+        # finite (the engine check passes), but its squared distances overflow float32
+        embeddings[_is_dark(embeddings)] *= np.float32(1e20)
+        return {**outputs, "patchcore_embeddings": embeddings}
+
+    monkeypatch.setattr(inspector.engine, "infer", infer)
+
+
+@pytest.mark.parametrize(
+    "plant,head,reason",
+    [
+        (_overflowing_reweighted_score, "patchcore", "non-finite"),
+        (_nan_map_maximum, "feature_ae", "non-finite"),
+        (_overflowing_knn_distance, "patchcore", "overflow"),
+    ],
+)
+def test_non_finite_head_score_fails_that_image_naming_the_head(
+    inspector, monkeypatch, plant, head, reason
+):
+    """Engine outputs all finite, yet one head's score for one image is not (must-show (d)):
+    that image FAILs with a reason naming the head; the rest of the batch is scored as alone."""
+    good = [normal_image(1), defect_image(2)]
+    alone = [inspector.inspect(image) for image in good]
+    dark = np.zeros((40, 40, 3), np.uint8)
+    plant(inspector, monkeypatch)
+    (alone_dark,) = inspector.inspect_batch([dark])
+    first, failed, second = inspector.inspect_batch([good[0], dark, good[1]])
+    for result in (alone_dark, failed):
+        _assert_failed(result, f"head {head!r}")
+        assert reason in result.error, result.error
+        assert np.isnan(result.probability) and result.scores == {}
+    for result, expected in zip((first, second), alone, strict=True):
+        assert result.error is None and result.decision == expected.decision
+        assert result.scores == expected.scores
