@@ -3,6 +3,9 @@
 Scoring follows docs/bundle.md, "From head outputs to a decision", step by step:
 patch score map per head -> image score per head -> anomaly map per head at S x S -> Platt
 probability per head -> fused probability and decision -> fused anomaly map at the image's size.
+The first two steps run in one scorer per head kind, the rest in :class:`Fusion`
+(:mod:`autoweld.runtime.scoring`); this module decodes, runs the engine, applies the fail-safe
+rules and assembles one :class:`InspectionResult` per image.
 """
 
 from __future__ import annotations
