@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -326,8 +327,10 @@ def test_threads_reach_every_threaded_kernel(tiny_bundle, monkeypatch):
             return self.index.search(queries, k, threads=threads)
 
     with Inspector(tiny_bundle, threads=1) as inspector:
-        index, bank, neighbours = inspector._knn["patchcore"]
-        monkeypatch.setitem(inspector._knn, "patchcore", (Spy(index), bank, neighbours))
+        scorer = inspector._scorers["patchcore"]
+        monkeypatch.setattr(
+            scorer, "knn", dataclasses.replace(scorer.knn, index=Spy(scorer.knn.index))
+        )
         result = inspector.inspect(normal_image(1))
     assert result.error is None
     assert calls == [1]
@@ -338,8 +341,10 @@ def test_knn_basis_from_the_bundle_prunes_with_the_same_results(tiny_bundle, tmp
     pruned_dir = write_tiny_bundle(tmp_path / "pruned", knn_basis=basis)
     images = [normal_image(5), defect_image(6)]
     with Inspector(tiny_bundle, threads=1) as plain, Inspector(pruned_dir, threads=1) as pruned:
-        assert pruned._knn["patchcore"][0].prefix_dims == 1
-        assert plain._knn["patchcore"][0].prefix_dims == 0  # no key, bank too small to prune
+        assert pruned._scorers["patchcore"].knn.index.prefix_dims == 1
+        assert (
+            plain._scorers["patchcore"].knn.index.prefix_dims == 0
+        )  # no key, bank too small to prune
         for image in images:
             a, b = plain.inspect(image), pruned.inspect(image)
             assert a.decision == b.decision
@@ -350,7 +355,7 @@ def test_knn_basis_from_the_bundle_prunes_with_the_same_results(tiny_bundle, tmp
 def test_knn_basis_null_means_brute_force(tmp_path):
     bundle_dir = write_tiny_bundle(tmp_path / "b", knn_basis=None)
     with Inspector(bundle_dir, threads=1) as inspector:
-        assert inspector._knn["patchcore"][0].prefix_dims == 0
+        assert inspector._scorers["patchcore"].knn.index.prefix_dims == 0
 
 
 @pytest.mark.parametrize(
@@ -367,3 +372,71 @@ def test_bad_knn_basis_is_refused_with_the_bundle_named(tmp_path, basis, match):
     with pytest.raises(ValueError, match=match) as refused:
         Inspector(write_tiny_bundle(tmp_path / "b", knn_basis=basis), threads=1)
     assert str(tmp_path / "b") in str(refused.value)
+
+
+def _is_dark(values: np.ndarray) -> np.ndarray:
+    """Per image of a batch: True for the black image (about -0.5 everywhere after the tiny
+    bundle's normalisation), whatever else is in the batch."""
+    return values.reshape(len(values), -1).max(axis=1) < -0.45
+
+
+def _overflowing_reweighted_score(inspector, monkeypatch):
+    real = native.patchcore_score
+
+    def score(embeddings, *args):
+        return float("inf") if _is_dark(embeddings[None])[0] else real(embeddings, *args)
+
+    monkeypatch.setattr(native, "patchcore_score", score)
+
+
+def _nan_map_maximum(inspector, monkeypatch):
+    scorer = inspector._scorers["feature_ae"]
+    real = scorer.score
+
+    def score(output, skip=()):
+        scores = real(output, skip)
+        scores.image_scores[_is_dark(output)] = np.nan
+        return scores
+
+    monkeypatch.setattr(scorer, "score", score)
+
+
+def _overflowing_knn_distance(inspector, monkeypatch):
+    real = inspector.engine.infer
+
+    def infer(batch, names):
+        outputs = dict(real(batch, names))
+        embeddings = outputs["patchcore_embeddings"].copy()
+        # finite (the engine check passes), but its squared distances overflow float32
+        embeddings[_is_dark(embeddings)] *= np.float32(1e20)
+        return {**outputs, "patchcore_embeddings": embeddings}
+
+    monkeypatch.setattr(inspector.engine, "infer", infer)
+
+
+@pytest.mark.parametrize(
+    "plant,head,reason",
+    [
+        (_overflowing_reweighted_score, "patchcore", "non-finite"),
+        (_nan_map_maximum, "feature_ae", "non-finite"),
+        (_overflowing_knn_distance, "patchcore", "overflow"),
+    ],
+)
+def test_non_finite_head_score_fails_that_image_naming_the_head(
+    inspector, monkeypatch, plant, head, reason
+):
+    """Engine outputs all finite, yet one head's score for one image is not (must-show (d)):
+    that image FAILs with a reason naming the head; the rest of the batch is scored as alone."""
+    good = [normal_image(1), defect_image(2)]
+    alone = [inspector.inspect(image) for image in good]
+    dark = np.zeros((40, 40, 3), np.uint8)
+    plant(inspector, monkeypatch)
+    (alone_dark,) = inspector.inspect_batch([dark])
+    first, failed, second = inspector.inspect_batch([good[0], dark, good[1]])
+    for result in (alone_dark, failed):
+        _assert_failed(result, f"head {head!r}")
+        assert reason in result.error, result.error
+        assert np.isnan(result.probability) and result.scores == {}
+    for result, expected in zip((first, second), alone, strict=True):
+        assert result.error is None and result.decision == expected.decision
+        assert result.scores == expected.scores

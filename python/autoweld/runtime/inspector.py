@@ -3,6 +3,9 @@
 Scoring follows docs/bundle.md, "From head outputs to a decision", step by step:
 patch score map per head -> image score per head -> anomaly map per head at S x S -> Platt
 probability per head -> fused probability and decision -> fused anomaly map at the image's size.
+The first two steps run in one scorer per head kind, the rest in :class:`Fusion`
+(:mod:`autoweld.runtime.scoring`); this module decodes, runs the engine, applies the fail-safe
+rules and assembles one :class:`InspectionResult` per image.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import cv2
 import numpy as np
 
 from autoweld import native
-from autoweld.bundle import Bundle, HeadSpec, KnnHeadSpec, load_bundle
+from autoweld.bundle import Bundle, HeadSpec, load_bundle
 from autoweld.runtime.decode import DecodeLimits, image_for_inspection
 from autoweld.runtime.engine import OnnxRunner, open_engine
+from autoweld.runtime.scoring import BatchScores, Fusion, HeadScorer, HeadScores, head_scorer
 
 __all__ = [
     "STAGES",
@@ -116,16 +120,13 @@ def decide(probability: float, threshold: float) -> str:
     return "FAIL"
 
 
+class HeadScoringError(ValueError):
+    """A head's scorer failed; the message names the head."""
+
+
 def _describe(error: BaseException) -> str:
     text = str(error).strip() or "no message"
     return text if isinstance(error, ValueError) else f"{type(error).__name__}: {text}"
-
-
-def _platt(values: np.ndarray, a: float, b: float) -> np.ndarray:
-    """p = 1 / (1 + exp(a*s + b)) per pixel, in float32 (maps need no more); the exponent is
-    clipped where the result is 0 or 1 to float32 precision anyway, so exp never overflows."""
-    z = np.clip(np.float32(a) * values + np.float32(b), -88.0, 88.0)
-    return 1.0 / (1.0 + np.exp(z, dtype=np.float32))
 
 
 class Inspector:
@@ -165,33 +166,20 @@ class Inspector:
         self.heads: Mapping[str, HeadSpec] = self.bundle.heads
         self.threshold = self.bundle.threshold
         self.map_sigma = self.bundle.map_sigma
-        weights = self.bundle.fusion_weights
-        self.fused_heads = [name for name in self.heads if weights.get(name, 0.0) > 0.0]
-        if not self.fused_heads:
+        self.fusion = Fusion(
+            self.heads,
+            self.bundle.fusion_weights,
+            self.map_sigma,
+            self.preprocess_spec.size,
+            threads,
+        )
+        if not self.fusion.fused_heads:
             raise ValueError(f"{self.bundle.root}: fusion weights are all zero")
-        self.fusion_weights = np.array([weights[n] for n in self.fused_heads], dtype=np.float64)
-        self._knn: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}
-        for name, head in self.heads.items():
-            if head.kind == "knn":
-                for key in ("memory_bank", "bank_neighbours"):
-                    if getattr(head, key) is None:
-                        raise ValueError(f"{self.bundle.root}: head {name!r} names no {key}")
-                bank = np.ascontiguousarray(
-                    self.bundle.load_array(head.memory_bank), dtype=np.float32
-                )
-                neighbours = np.ascontiguousarray(
-                    self.bundle.load_array(head.bank_neighbours), dtype=np.int64
-                )
-                if bank.ndim != 2 or neighbours.ndim != 2 or neighbours.shape[0] != bank.shape[0]:
-                    raise ValueError(
-                        f"{self.bundle.root}: head {name!r}: memory bank {bank.shape} and "
-                        f"bank neighbours {neighbours.shape} do not fit together"
-                    )
-                self._knn[name] = (
-                    self._knn_index(name, head, bank, threads),
-                    bank,
-                    neighbours,
-                )
+        self.fused_heads = self.fusion.fused_heads
+        self.fusion_weights = self.fusion.weights
+        self._scorers: dict[str, HeadScorer] = {
+            name: head_scorer(self.bundle, name, threads) for name in self.heads
+        }
         self.engine: OnnxRunner = open_engine(self.bundle, providers=providers, threads=threads)
         missing = [
             h.output for h in self.heads.values() if h.output not in self.engine.output_names
@@ -265,22 +253,6 @@ class Inspector:
                 results[position] = result
         return [r if r is not None else failed_result("not inspected") for r in results]
 
-    def _knn_index(
-        self, name: str, head: KnnHeadSpec, bank: np.ndarray, threads: int | None
-    ) -> native.KnnIndex:
-        """The head's exact kNN index: pruned with the bundle's basis when export stored one,
-        brute force when export found pruning not worth it (``knn_basis: null``), the automatic
-        choice for bundles written before the key existed."""
-        if head.choose_pruning:
-            return native.KnnIndex(bank, threads=threads)
-        if head.knn_basis is None:
-            return native.KnnIndex(bank, threads=threads, prune=False)
-        basis = self.bundle.load_array(head.knn_basis)
-        try:
-            return native.KnnIndex(bank, threads=threads, basis=basis)
-        except ValueError as error:
-            raise ValueError(f"{self.bundle.root}: head {name!r}: knn_basis: {error}") from error
-
     def close(self) -> None:
         """Release the engine. Later inspections return FAIL ("inspector is closed")."""
         self._closed.set()
@@ -316,147 +288,142 @@ class Inspector:
         return results
 
     def _score(self, images: list[np.ndarray], keep_head_maps: bool) -> list[InspectionResult]:
+        """docs/bundle.md's steps for a batch. An image whose engine output or head score is not
+        finite fails alone; an exception fails the batch (``_score_safely`` then retries)."""
         n = len(images)
         spec = self.preprocess_spec
-        size = spec.size
         timings: dict[str, float] = {}
 
         start = time.perf_counter()
-        batch = native.preprocess_batch(images, size, threads=self.threads, **spec.as_kwargs())
+        batch = native.preprocess_batch(images, spec.size, threads=self.threads, **spec.as_kwargs())
         timings["preprocess"] = (time.perf_counter() - start) * 1e3
 
         start = time.perf_counter()
         outputs = self.engine.infer(batch, self._outputs)
         timings["engine"] = (time.perf_counter() - start) * 1e3
 
-        # Non-finite engine output fails that image only (others in the batch are still valid).
-        bad: dict[int, str] = {}
+        failures = self._engine_failures(outputs, n)
+        head_scores: dict[str, HeadScores] = {}
+        start = time.perf_counter()
+        self._run_scorers("knn", outputs, failures, head_scores)
+        timings["knn"] = (time.perf_counter() - start) * 1e3
+
+        start = time.perf_counter()
+        self._run_scorers("scoring", outputs, failures, head_scores)
+        head_scores = self._fail_non_finite_scores(head_scores, failures)
+        scores = self.fusion.calibrate(head_scores)
+        timings["scoring"] = (time.perf_counter() - start) * 1e3
+
+        share = {stage: ms / n for stage, ms in timings.items()}
+        return [
+            failed_result(failures[i], self.threshold, share)
+            if i in failures
+            else self._result(image, i, head_scores, scores, share, keep_head_maps)
+            for i, image in enumerate(images)
+        ]
+
+    def _engine_failures(self, outputs: Mapping[str, np.ndarray], n: int) -> dict[int, str]:
+        """Image -> why it fails, for images with a non-finite engine output (the others in the
+        batch are still valid). An output of the wrong shape fails the batch."""
+        failures: dict[int, str] = {}
         for name, head in self.heads.items():
             out = outputs[head.output]
-            expect = 3
-            if out.ndim != expect or out.shape[0] != n:
+            if out.ndim != 3 or out.shape[0] != n:
                 raise ValueError(
-                    f"engine output {head.output!r} has shape {out.shape}; expected {expect}-D "
+                    f"engine output {head.output!r} has shape {out.shape}; expected 3-D "
                     f"with batch {n}"
                 )
             finite = np.isfinite(out.reshape(n, -1)).all(axis=1)
             for i in np.flatnonzero(~finite):
-                bad.setdefault(int(i), f"engine output {head.output!r} (head {name}) has NaN/Inf")
+                failures.setdefault(
+                    int(i), f"engine output {head.output!r} (head {name}) has NaN/Inf"
+                )
+        return failures
 
+    def _run_scorers(
+        self,
+        stage: str,
+        outputs: Mapping[str, np.ndarray],
+        failures: Mapping[int, str],
+        into: dict[str, HeadScores],
+    ) -> None:
+        """Steps 1-2 for the heads whose time counts to ``stage``; an exception names the head."""
+        for name, scorer in self._scorers.items():
+            if scorer.stage != stage:
+                continue
+            try:
+                into[name] = scorer.score(outputs[scorer.head.output], failures)
+            except Exception as error:
+                raise HeadScoringError(f"head {name!r}: {_describe(error)}") from error
+
+    def _fail_non_finite_scores(
+        self, head_scores: dict[str, HeadScores], failures: dict[int, str]
+    ) -> dict[str, HeadScores]:
+        """Fail every image with a non-finite image score or patch score of some head (a kNN
+        distance or re-weighted score that overflowed, say), naming the head, and give back
+        the scores with those images zeroed: a NaN never reaches a probability or a decision."""
+        failed: list[int] = []
+        for name in self.heads:
+            scores = head_scores[name]
+            n = scores.image_scores.shape[0]
+            finite = np.isfinite(scores.image_scores) & np.isfinite(
+                scores.patch_maps.reshape(n, -1)
+            ).all(axis=1)
+            for i in np.flatnonzero(~finite):
+                if int(i) not in failures:
+                    value = scores.image_scores[i]
+                    failures[int(i)] = f"head {name!r} scored a non-finite value (score {value})"
+                    failed.append(int(i))
+        if not failed:
+            return head_scores
+        cleared = {}
+        for name, scores in head_scores.items():
+            maps, values = scores.patch_maps.copy(), scores.image_scores.copy()
+            maps[failed] = 0.0
+            values[failed] = 0.0
+            cleared[name] = HeadScores(maps, values)
+        return cleared
+
+    def _result(
+        self,
+        image: np.ndarray,
+        i: int,
+        head_scores: Mapping[str, HeadScores],
+        scores: BatchScores,
+        share: Mapping[str, float],
+        keep_head_maps: bool,
+    ) -> InspectionResult:
+        """Image ``i``'s result: its decision, and its maps resized to the image."""
         start = time.perf_counter()
-        patch_maps: dict[str, np.ndarray] = {}  # head -> float32 (n, h, w)
-        image_scores: dict[str, np.ndarray] = {}  # head -> float64 (n,)
-        for name, head in self.heads.items():
-            h, w = head.feature_map
-            out = outputs[head.output]
-            if head.kind != "knn":
-                continue
-            if out.shape[1] != h * w:
-                raise ValueError(
-                    f"engine output {head.output!r} has {out.shape[1]} patches; the manifest "
-                    f"says feature_map {h}x{w}"
+        height, width = image.shape[:2]
+        anomaly_map = cv2.resize(
+            self.fusion.fused_map(scores, i), (width, height), interpolation=cv2.INTER_LINEAR
+        )
+        head_maps = {}
+        if keep_head_maps:
+            head_maps = {
+                name: cv2.resize(
+                    scores.maps[name][i], (width, height), interpolation=cv2.INTER_LINEAR
                 )
-            index, bank, neighbours = self._knn[name]
-            maps = np.zeros((n, h, w), dtype=np.float32)
-            scores = np.zeros(n)  # images in `bad` keep 0: their results are FAIL anyway
-            good = [i for i in range(n) if i not in bad]
-            if good:
-                # One search over every patch of every image: one parallel pass over the bank.
-                queries = np.ascontiguousarray(out[good].reshape(-1, out.shape[2]), np.float32)
-                distances, indices = index.search(queries, 1, threads=self.threads)
-                patches = h * w
-                for j, i in enumerate(good):
-                    rows = slice(j * patches, (j + 1) * patches)
-                    maps[i] = distances[rows, 0].reshape(h, w)
-                    scores[i] = native.patchcore_score(
-                        queries[rows], distances[rows], indices[rows], bank, neighbours
-                    )
-            patch_maps[name] = maps
-            image_scores[name] = scores
-        timings["knn"] = (time.perf_counter() - start) * 1e3
-
-        start = time.perf_counter()
-        for name, head in self.heads.items():
-            if head.kind != "map":
-                continue
-            out = outputs[head.output]
-            if tuple(out.shape[1:]) != head.feature_map:
-                raise ValueError(
-                    f"engine output {head.output!r} has map shape {out.shape[1:]}; the manifest "
-                    f"says feature_map {head.feature_map}"
-                )
-            maps = np.ascontiguousarray(out, dtype=np.float32)
-            if bad:
-                maps = maps.copy()
-                maps[list(bad)] = 0.0
-            patch_maps[name] = maps
-            image_scores[name] = maps.reshape(n, -1).max(axis=1).astype(np.float64)
-
-        full_maps = {
-            name: native.anomaly_map(
-                patch_maps[name], size, sigma=self.map_sigma, threads=self.threads
+                for name in self.heads
+            }
+        probability = float(scores.fused[i])
+        own = {**share, "scoring": share["scoring"] + (time.perf_counter() - start) * 1e3}
+        if not math.isfinite(probability):
+            return failed_result(
+                f"scoring produced a non-finite fused probability ({probability})",
+                self.threshold,
+                own,
             )
-            for name in self.heads
-        }
-        probabilities = {
-            name: np.asarray(
-                native.platt(image_scores[name], head.platt_a, head.platt_b), dtype=np.float64
-            )
-            for name, head in self.heads.items()
-        }
-        fused_probability = np.asarray(
-            native.fuse(
-                np.stack([probabilities[name] for name in self.fused_heads], axis=1),
-                self.fusion_weights,
-            ),
-            dtype=np.float64,
-        ).reshape(n)
-        timings["scoring"] = (time.perf_counter() - start) * 1e3
-
-        results: list[InspectionResult] = []
-        share = {stage: ms / n for stage, ms in timings.items()}
-        for i, image in enumerate(images):
-            if i in bad:
-                results.append(failed_result(bad[i], self.threshold, share))
-                continue
-            start = time.perf_counter()
-            height, width = image.shape[:2]
-            fused_map = np.zeros((size, size), dtype=np.float32)
-            for weight, name in zip(self.fusion_weights, self.fused_heads, strict=True):
-                head = self.heads[name]
-                fused_map += np.float32(weight) * _platt(
-                    full_maps[name][i], head.platt_a, head.platt_b
-                )
-            anomaly_map = cv2.resize(fused_map, (width, height), interpolation=cv2.INTER_LINEAR)
-            head_maps = {}
-            if keep_head_maps:
-                head_maps = {
-                    name: cv2.resize(
-                        full_maps[name][i], (width, height), interpolation=cv2.INTER_LINEAR
-                    )
-                    for name in self.heads
-                }
-            probability = float(fused_probability[i])
-            own = {**share, "scoring": share["scoring"] + (time.perf_counter() - start) * 1e3}
-            scores_i = {name: float(image_scores[name][i]) for name in self.heads}
-            probs_i = {name: float(probabilities[name][i]) for name in self.heads}
-            if not math.isfinite(probability) or not all(map(math.isfinite, scores_i.values())):
-                results.append(
-                    failed_result("scoring produced a non-finite value", self.threshold, own)
-                )
-                continue
-            results.append(
-                InspectionResult(
-                    decision=decide(probability, self.threshold),
-                    probability=probability,
-                    scores=scores_i,
-                    probabilities=probs_i,
-                    threshold=self.threshold,
-                    anomaly_map=anomaly_map,
-                    timings_ms=own,
-                    error=None,
-                    image_shape=tuple(image.shape),
-                    head_maps=head_maps,
-                )
-            )
-        return results
+        return InspectionResult(
+            decision=decide(probability, self.threshold),
+            probability=probability,
+            scores={name: float(head_scores[name].image_scores[i]) for name in self.heads},
+            probabilities={name: float(scores.probabilities[name][i]) for name in self.heads},
+            threshold=self.threshold,
+            anomaly_map=anomaly_map,
+            timings_ms=own,
+            error=None,
+            image_shape=tuple(image.shape),
+            head_maps=head_maps,
+        )

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
+from autoweld.bundle import Calibration
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -43,9 +45,9 @@ def _check_scores_labels(scores: np.ndarray, labels: np.ndarray, name: str) -> t
 
 
 def platt(scores: np.ndarray, a: float, b: float) -> np.ndarray:
-    """``1 / (1 + exp(a*s + b))``, computed without overflow."""
-    z = a * np.asarray(scores, dtype=np.float64) + b
-    return np.exp(-np.logaddexp(0.0, z))
+    """``1 / (1 + exp(a*s + b))`` in float64, computed without overflow (the bundle's
+    :meth:`~autoweld.bundle.Calibration.probability`)."""
+    return Calibration(a=a, b=b).probability(scores)
 
 
 def fit_platt(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from autoweld.bundle import Bundle, KnnHeadSpec, load_bundle
 from autoweld.train.backbones import assemble_backbone
 from autoweld.train.heads import HeadContext, InspectionGraph, build_head
 
@@ -35,8 +36,11 @@ __all__ = [
     "ReferenceScores",
     "ScoringSettings",
     "TorchReference",
+    "anomaly_maps",
     "gaussian_kernel",
     "load_reference",
+    "patchcore_scores",
+    "platt",
     "save_reference",
 ]
 
@@ -57,23 +61,23 @@ class ScoringSettings:
     fusion_weights: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any], bundle_dir: str | Path) -> ScoringSettings:
-        """Read banks and calibration from a bundle directory (``np.load``, no pickle)."""
-        root = Path(bundle_dir)
+    def from_bundle(cls, bundle: Bundle) -> ScoringSettings:
+        """Banks (hash-checked: :meth:`~autoweld.bundle.Bundle.load_array`), calibration and
+        fusion of a loaded bundle."""
         banks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        platt: dict[str, tuple[float, float]] = {}
-        for name, spec in manifest["models"].items():
-            if spec["kind"] == "knn":
+        for name, head in bundle.heads.items():
+            if isinstance(head, KnnHeadSpec):
+                if head.memory_bank is None or head.bank_neighbours is None:
+                    raise ValueError(f"{bundle.root}: head {name!r} names no memory bank")
                 banks[name] = (
-                    np.load(root / spec["memory_bank"], allow_pickle=False),
-                    np.load(root / spec["bank_neighbours"], allow_pickle=False),
+                    bundle.load_array(head.memory_bank),
+                    bundle.load_array(head.bank_neighbours),
                 )
-            platt[name] = (float(spec["calibration"]["a"]), float(spec["calibration"]["b"]))
         return cls(
             banks=banks,
-            map_sigma=float(manifest.get("scoring", {}).get("map_sigma", 4.0)),
-            platt=platt,
-            fusion_weights={k: float(v) for k, v in manifest["fusion"]["weights"].items()},
+            map_sigma=bundle.map_sigma,
+            platt={name: (head.platt_a, head.platt_b) for name, head in bundle.heads.items()},
+            fusion_weights=bundle.fusion_weights,
         )
 
 
@@ -95,6 +99,12 @@ def gaussian_kernel(sigma: float) -> Tensor:
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-(x**2) / (2.0 * sigma * sigma))
     return kernel / kernel.sum()
+
+
+def platt(values: Tensor, a: float, b: float) -> Tensor:
+    """The torch Platt: p = 1 / (1 + exp(a·s + b)) = sigmoid(-(a·s + b)), in the dtype of
+    ``values`` (the numpy one is :meth:`autoweld.bundle.Calibration.probability`)."""
+    return torch.sigmoid(-(a * values + b))
 
 
 def anomaly_maps(patch_scores: Tensor, size: int, sigma: float) -> Tensor:
@@ -131,7 +141,13 @@ def patchcore_scores(
 
 
 class TorchReference:
-    """Score preprocessed batches the plain torch way."""
+    """Score preprocessed batches the plain torch way: docs/bundle.md's steps, in torch.
+
+    The one torch scoring path: :meth:`score` (export's calibration, the parity tests) and the
+    benchmark's torch way (:class:`autoweld.bench.torch_way.TorchWay`, which times the steps)
+    both run :meth:`head_scores` (steps 1-2), :meth:`anomaly_maps` (3) and :meth:`calibrate`
+    (4-6).
+    """
 
     def __init__(self, graph: InspectionGraph, settings: ScoringSettings) -> None:
         self.graph = graph.eval()
@@ -161,24 +177,27 @@ class TorchReference:
         return cls(graph, ScoringSettings(banks=banks, map_sigma=map_sigma, **calibration))
 
     @classmethod
-    def from_bundle(cls, bundle_dir: str | Path, graph: InspectionGraph) -> TorchReference:
-        """Graph + the bank, calibration and fusion stored in a bundle directory."""
-        manifest = json.loads((Path(bundle_dir) / "manifest.json").read_text(encoding="utf-8"))
-        return cls(graph, ScoringSettings.from_manifest(manifest, bundle_dir))
+    def from_bundle(cls, bundle: Bundle | str | Path, graph: InspectionGraph) -> TorchReference:
+        """Graph + the bank, calibration and fusion of a bundle (a loaded one, or its directory,
+        which is loaded and checked here)."""
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(bundle)
+        return cls(graph, ScoringSettings.from_bundle(bundle))
 
     @torch.no_grad()
-    def patch_scores(self, batch: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """(image scores [N], patch score maps [N,h,w]) per head."""
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise ValueError(f"batch must be [N,3,S,S], got {tuple(batch.shape)}")
-        outputs = self.graph.run(batch.float())
-        size = int(batch.shape[-1])
+    def head_scores(
+        self, outputs: Mapping[str, Tensor], size: int, kind: str | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Steps 1-2 from the graph's outputs for a batch of S x S images (``size`` = S), for
+        every head or those of ``kind``: (image scores [N], patch score maps [N,h,w]) per head."""
         scores: dict[str, Tensor] = {}
         maps: dict[str, Tensor] = {}
         for head in self.graph.heads:
+            if kind is not None and head.kind != kind:
+                continue
             out = outputs[head.name]
-            h, w = head.feature_map_size(size)
             if head.kind == "knn":
+                h, w = head.feature_map_size(size)
                 bank, neighbours = self._banks[head.name]
                 per_image = [patchcore_scores(e, bank, neighbours) for e in out]
                 maps[head.name] = torch.stack([p for p, _ in per_image]).view(-1, h, w)
@@ -187,6 +206,42 @@ class TorchReference:
                 maps[head.name] = out
                 scores[head.name] = out.flatten(1).amax(dim=1)
         return scores, maps
+
+    def anomaly_maps(self, patch_maps: Mapping[str, Tensor], size: int) -> dict[str, Tensor]:
+        """Step 3: each head's patch score map at S x S ([N,S,S] float32)."""
+        return {k: anomaly_maps(v, size, self.settings.map_sigma) for k, v in patch_maps.items()}
+
+    @torch.no_grad()
+    def calibrate(
+        self,
+        scores: Mapping[str, Tensor],
+        maps: Mapping[str, Tensor],
+        map_dtype: torch.dtype = torch.float64,
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """Steps 4-6: (Platt probability [N] per head, fused probability [N], fused map
+        [N,S,S]). Probabilities are float64; the maps' Platt and weighted sum are computed in
+        ``map_dtype`` and the fused map returned as float32. A head of weight 0 gets its
+        probability but enters neither fused value."""
+        first = next(iter(maps.values()))
+        probabilities: dict[str, Tensor] = {}
+        fused = torch.zeros(first.shape[0], dtype=torch.float64)
+        fused_map = torch.zeros(first.shape, dtype=map_dtype)
+        for name, values in scores.items():
+            a, b = self.settings.platt[name]
+            probabilities[name] = platt(values.double(), a, b)
+            weight = self.settings.fusion_weights.get(name, 0.0)
+            if weight > 0:
+                fused += weight * probabilities[name]
+                fused_map += weight * platt(maps[name].to(map_dtype), a, b)
+        return probabilities, fused, fused_map.float()
+
+    @torch.no_grad()
+    def patch_scores(self, batch: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(image scores [N], patch score maps [N,h,w]) per head."""
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"batch must be [N,3,S,S], got {tuple(batch.shape)}")
+        outputs = self.graph.run(batch.float())
+        return self.head_scores(outputs, int(batch.shape[-1]))
 
     @torch.no_grad()
     def score(self, batch: Tensor | np.ndarray) -> ReferenceScores:
@@ -197,26 +252,17 @@ class TorchReference:
             batch = batch[None]
         size = int(batch.shape[-1])
         scores, patch_maps = self.patch_scores(batch)
-        maps = {k: anomaly_maps(v, size, self.settings.map_sigma) for k, v in patch_maps.items()}
+        maps = self.anomaly_maps(patch_maps, size)
         result = ReferenceScores(
             scores={k: v.numpy() for k, v in scores.items()},
             maps={k: v.numpy() for k, v in maps.items()},
         )
         if not self.settings.platt:
             return result
-        probabilities: dict[str, np.ndarray] = {}
-        fused = torch.zeros(batch.shape[0], dtype=torch.float64)
-        fused_map = torch.zeros(maps[next(iter(maps))].shape, dtype=torch.float64)
-        for name in scores:
-            a, b = self.settings.platt[name]
-            p = torch.sigmoid(-(a * scores[name].double() + b))
-            probabilities[name] = p.numpy()
-            weight = self.settings.fusion_weights.get(name, 0.0)
-            fused += weight * p
-            fused_map += weight * torch.sigmoid(-(a * maps[name].double() + b))
-        result.probabilities = probabilities
+        probabilities, fused, fused_map = self.calibrate(scores, maps)
+        result.probabilities = {k: v.numpy() for k, v in probabilities.items()}
         result.fused = fused.numpy()
-        result.fused_map = fused_map.float().numpy()
+        result.fused_map = fused_map.numpy()
         return result
 
 
@@ -239,8 +285,9 @@ def save_reference(
     return path
 
 
-def load_reference(path: str | Path, bundle_dir: str | Path) -> TorchReference:
-    """Rebuild the torch reference of a bundle from the file :func:`save_reference` wrote."""
+def load_reference(path: str | Path, bundle: Bundle | str | Path) -> TorchReference:
+    """Rebuild the torch reference of a bundle (a loaded one, or its directory) from the file
+    :func:`save_reference` wrote."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"reference: {path} is not a file")
@@ -264,4 +311,4 @@ def load_reference(path: str | Path, bundle_dir: str | Path) -> TorchReference:
     ]
     graph = InspectionGraph(extractor, heads)
     graph.load_state_dict(state, strict=True)
-    return TorchReference.from_bundle(bundle_dir, graph)
+    return TorchReference.from_bundle(bundle, graph)
