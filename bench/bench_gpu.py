@@ -68,10 +68,8 @@ def gpu_specs(bundle: Any, torch: Any) -> list[native.GpuHeadSpec]:
     for name, head in bundle.heads.items():
         bank = neighbours = None
         if head.kind == "knn":
-            bank = np.ascontiguousarray(bundle.load_array(head.settings["memory_bank"]), np.float32)
-            neighbours = np.ascontiguousarray(
-                bundle.load_array(head.settings["bank_neighbours"]), np.int64
-            )
+            bank = np.ascontiguousarray(bundle.load_array(head.memory_bank), np.float32)
+            neighbours = np.ascontiguousarray(bundle.load_array(head.bank_neighbours), np.int64)
         specs.append(
             native.GpuHeadSpec(
                 name,
@@ -158,9 +156,9 @@ def make_engine(
 
     env = current_environment()
     heads = bundle.heads
-    plan = bundle.manifest["engine"].get("tensorrt")
-    if check_plan(plan, env).usable:
-        runner = TensorRTRunner(bundle.path(plan["plan"]))
+    plan = bundle.manifest.engine.tensorrt
+    if plan is not None and check_plan(plan.to_json(), env).usable:
+        runner = TensorRTRunner(bundle.path(plan.plan))
         import cupy
 
         def run_trt(batch: np.ndarray) -> dict:
@@ -302,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             "sha256": bundle.sha256,
             "size": size,
             "heads": {s.name: s.kind for s in specs},
-            "backbone": bundle.manifest.get("backbone"),
+            "backbone": bundle.manifest.backbone.to_json() if bundle.manifest.backbone else None,
         },
         "knn_scoring": knn,
         "stages": {k: percentiles(v) for k, v in stage.items()},

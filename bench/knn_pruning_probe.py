@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     bundle = load_bundle(Path(args.bundle))
     head = next(h for h in bundle.heads.values() if h.kind == "knn")
-    bank = bundle.load_array(head.settings["memory_bank"]).astype(np.float64)
+    bank = bundle.load_array(head.memory_bank).astype(np.float64)
     mean = bank.mean(axis=0)
     eigenvalues, vectors = np.linalg.eigh(np.cov((bank - mean).T))
     order = np.argsort(eigenvalues)[::-1]

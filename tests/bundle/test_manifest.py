@@ -49,7 +49,7 @@ def bundle_dir(tmp_path):
 def test_roundtrip_lists_hashes_and_loads_arrays(bundle_dir):
     bundle = load_bundle(bundle_dir, key=None)
     assert bundle.format_version == 1
-    assert set(bundle.manifest["files"]) == {"model.onnx", "memory_bank.npy"}
+    assert set(bundle.manifest.files) == {"model.onnx", "memory_bank.npy"}
     np.testing.assert_array_equal(
         bundle.load_array("memory_bank.npy"), np.arange(12, dtype=np.float32).reshape(4, 3)
     )

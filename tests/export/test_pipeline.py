@@ -51,7 +51,7 @@ def weld_export(tiny_weld, tmp_path_factory):
 def test_weld_bundle_follows_the_contract(weld_export, tiny_weld):
     result = weld_export
     bundle = load_bundle(result.bundle_dir)  # hashes and sizes of every file check out
-    m = bundle.manifest
+    m = bundle.manifest.to_json()
     assert m["format_version"] == 1 and m["category"] == "weld"
     assert set(m["files"]) == {"model.onnx", "memory_bank.npy", "bank_neighbours.npy"}
     assert m["preprocess"]["size"] == SIZE and m["preprocess"]["color_order"] == "BGR"

@@ -20,6 +20,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = {"default": HERE / "weld_default.json", "all_heads": HERE / "weld_all_heads.json"}
+#: torch intra-op threads for the export (float results depend on it)
+TORCH_THREADS = 2
 #: Manifest keys that say when and with what a bundle was made, not what it is.
 PROVENANCE_KEYS = ("created_utc", "autoweld_version", "packages")
 
@@ -57,49 +59,63 @@ CASES = {
 
 def export_and_inspect(workdir: Path, case: str = "default") -> dict:
     """Export one of :data:`CASES` under ``workdir`` and inspect its weld test split."""
+    import torch
+
     from autoweld import data
     from autoweld.data import WeldParams
     from autoweld.export.pipeline import ExportOptions, export_category
-    from autoweld.runtime.inspector import Inspector
 
     settings = dict(CASES[case])
     params = WeldParams(**settings.pop("weld_params")) if "weld_params" in settings else None
     data_root = workdir / "data"
-    result = export_category(
-        ExportOptions(
-            category="weld",
-            data_root=data_root,
-            out_dir=workdir / "bundles",
-            weld_params=params,
-            **settings,
-        )
+    options = ExportOptions(
+        category="weld", data_root=data_root, out_dir=workdir / "bundles", weld_params=params
     )
+    for key, value in settings.items():
+        setattr(options, key, value)
+    # torch's float reductions depend on its thread count (another test may have changed it):
+    # the golden files were written with TORCH_THREADS
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    try:
+        result = export_category(options)
+    finally:
+        torch.set_num_threads(threads_before)
+    test_split = data.load_category("weld", data_root=data_root, weld_params=params).test
     manifest = json.loads((result.bundle_dir / "manifest.json").read_text())
-    category = data.load_category("weld", data_root=data_root, weld_params=params)
+    return {
+        "manifest": comparable_manifest(manifest),
+        "files": {name: entry["sha256"] for name, entry in manifest["files"].items()},
+        "images": _inspect(result.bundle_dir, test_split),
+    }
+
+
+def _inspect(bundle_dir: Path, samples) -> dict:
+    from autoweld.runtime.inspector import Inspector
+
     images = {}
-    with Inspector(result.bundle_dir, threads=2) as inspector:
-        for sample in category.test:
+    with Inspector(bundle_dir, threads=2) as inspector:
+        for sample in samples:
             outcome = inspector.inspect(sample.path)
-            key = f"{sample.defect_type}/{Path(sample.path).name}"
-            images[key] = {
+            images[f"{sample.defect_type}/{Path(sample.path).name}"] = {
                 "decision": outcome.decision,
                 "error": outcome.error,
                 "probability": float(outcome.probability).hex(),
                 "scores": {k: float(v).hex() for k, v in outcome.scores.items()},
                 "probabilities": {k: float(v).hex() for k, v in outcome.probabilities.items()},
             }
-    return {
-        "manifest": comparable_manifest(manifest),
-        "files": {name: entry["sha256"] for name, entry in manifest["files"].items()},
-        "images": images,
-    }
+    return images
 
 
 def main(cases: list[str]) -> int:
     for case in cases or list(CASES):
         with tempfile.TemporaryDirectory(prefix="autoweld-golden-") as tmp:
             golden = export_and_inspect(Path(tmp), case)
-        golden["made_on"] = {"machine": platform.machine(), "python": platform.python_version()}
+        golden["made_on"] = {
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "torch_threads": TORCH_THREADS,
+        }
         GOLDEN[case].write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
         print(f"wrote {GOLDEN[case]} ({len(golden['images'])} images)")
     return 0

@@ -19,7 +19,7 @@ def test_build_plan_and_run_it(tensorrt, cupy, tmp_path):
     entry = result.entry
     assert entry["tensorrt_version"] == tensorrt.__version__
     bundle = load_bundle(bundle_dir)
-    assert bundle.manifest["engine"]["tensorrt"]["plan"] == "model.plan"
+    assert bundle.manifest.engine.tensorrt.plan == "model.plan"
     x = np.random.default_rng(0).random((2, 3, SIZE, SIZE), dtype=np.float32)
     with open_engine(bundle, providers=["tensorrt"]) as runner:
         assert isinstance(runner, TensorRTRunner)

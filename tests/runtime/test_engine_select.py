@@ -107,16 +107,16 @@ def test_requested_cuda_that_is_missing_is_an_error():
 
 def test_attach_plan_rewrites_bundle_with_hashes(tiny_bundle):
     before = load_bundle(tiny_bundle)
-    onnx_name = before.manifest["engine"]["onnx"]
-    onnx_hash = before.manifest["files"][onnx_name]["sha256"]
+    onnx_name = before.manifest.engine.onnx
+    onnx_hash = before.manifest.files[onnx_name].sha256
     bundle = attach_plan(tiny_bundle, b"plan bytes v1", plan_entry(A100))
-    assert bundle.manifest["engine"]["tensorrt"]["gpu"] == A100.name
-    assert bundle.manifest["files"][PLAN_NAME]["sha256"] == sha256_file(tiny_bundle / PLAN_NAME)
-    assert bundle.manifest["files"][onnx_name]["sha256"] == onnx_hash
+    assert bundle.manifest.engine.tensorrt.gpu == A100.name
+    assert bundle.manifest.files[PLAN_NAME].sha256 == sha256_file(tiny_bundle / PLAN_NAME)
+    assert bundle.manifest.files[onnx_name].sha256 == onnx_hash
     assert bundle.sha256 != before.sha256
     again = attach_plan(tiny_bundle, b"plan bytes v2", plan_entry(H100))
     assert (tiny_bundle / PLAN_NAME).read_bytes() == b"plan bytes v2"
-    assert again.manifest["engine"]["tensorrt"]["gpu"] == H100.name
+    assert again.manifest.engine.tensorrt.gpu == H100.name
     load_bundle(tiny_bundle)  # every hash still checks out
     with pytest.raises(ValueError, match="entry"):
         attach_plan(tiny_bundle, b"x", {**plan_entry(), "plan": "other.plan"})

@@ -276,10 +276,10 @@ def test_export_pipeline_and_runtime_score_the_head_like_torch(tmp_path):
             models=["patchcore", "global_reference"],
         )
     )
-    entry = result.bundle.manifest["models"]["global_reference"]
+    entry = result.bundle.manifest.to_json()["models"]["global_reference"]
     assert entry["kind"] == "map" and entry["output"] == "global_reference_map"
     assert entry["feature_map"] == [8, 8] and entry["n_images_fitted"] == result.n_fit
-    assert set(result.bundle.manifest["fusion"]["weights"]) == {"patchcore", "global_reference"}
+    assert set(result.bundle.manifest.fusion.weights) == {"patchcore", "global_reference"}
     reference = TorchReference.from_bundle(result.bundle_dir, result.graph)
     images = [_part(50 + i) for i in range(2)]
     for i in range(2):

@@ -472,7 +472,7 @@ def run_bench(config: BenchConfig, command: str | None = None) -> BenchResult:
             "path": str(config.bundle),
             "sha256": bundle.sha256,
             "category": bundle.category,
-            "backbone": bundle.manifest.get("backbone", {}).get("name"),
+            "backbone": bundle.manifest.backbone.name if bundle.manifest.backbone else None,
             "image_size": bundle.preprocess.size,
             "heads": list(bundle.heads),
             "onnx_sha256": _sha256(bundle.onnx_path),

@@ -1,25 +1,57 @@
-"""Model bundle: the contract between export and runtime (see docs/bundle.md). No torch."""
+"""Model bundle: the contract between export and runtime (see docs/bundle.md). No torch.
+
+:class:`Manifest` (``schema.py``) is the typed ``manifest.json``; :func:`load_bundle` checks a
+bundle directory and gives a :class:`Bundle`; :func:`write_bundle` writes one atomically.
+"""
 
 from autoweld.bundle.manifest import (
-    FORMAT_VERSION,
     Bundle,
-    BundleError,
-    HeadSpec,
-    PreprocessSpec,
     bundle_key_from_env,
+    canonical_json,
     load_bundle,
     manifest_identity,
     sha256_file,
     write_bundle,
 )
+from autoweld.bundle.schema import (
+    FORMAT_VERSION,
+    HEAD_KINDS,
+    BackboneSpec,
+    BundleError,
+    Calibration,
+    EngineSpec,
+    FileEntry,
+    FusionSpec,
+    HeadSpec,
+    KnnHeadSpec,
+    Manifest,
+    MapHeadSpec,
+    PreprocessSpec,
+    Provenance,
+    ScoringSpec,
+    TensorRTSpec,
+)
 
 __all__ = [
     "FORMAT_VERSION",
+    "HEAD_KINDS",
+    "BackboneSpec",
     "Bundle",
     "BundleError",
+    "Calibration",
+    "EngineSpec",
+    "FileEntry",
+    "FusionSpec",
     "HeadSpec",
+    "KnnHeadSpec",
+    "Manifest",
+    "MapHeadSpec",
     "PreprocessSpec",
+    "Provenance",
+    "ScoringSpec",
+    "TensorRTSpec",
     "bundle_key_from_env",
+    "canonical_json",
     "load_bundle",
     "manifest_identity",
     "sha256_file",

@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import io
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -17,125 +16,69 @@ from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+from autoweld.bundle.schema import (
+    FORMAT_VERSION,
+    BundleError,
+    FileEntry,
+    HeadSpec,
+    Manifest,
+    PreprocessSpec,
+)
+
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig.json"
 BUNDLE_KEY_ENV = "AUTOWELD_BUNDLE_KEY"
 BUNDLE_KEY_ID_ENV = "AUTOWELD_BUNDLE_KEY_ID"
 DEFAULT_BUNDLE_KEY_ID = "bundle-k1"
-HEAD_KINDS = ("knn", "map")
-_REQUIRED_KEYS = ("format_version", "category", "preprocess", "engine", "models", "fusion", "files")
 _CHUNK = 1 << 20
-_WEIGHT_SUM_TOLERANCE = 1e-6
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be used: the message names the file and says why."""
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """The arguments of ``autoweld.native.preprocess`` the bundle was trained with."""
-
-    size: int
-    clahe: bool
-    clip_limit: float
-    tile_grid: tuple[int, int]
-    sigma: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def as_kwargs(self) -> dict[str, Any]:
-        return {
-            "clahe": self.clahe,
-            "clip_limit": self.clip_limit,
-            "tile_grid": self.tile_grid,
-            "sigma": self.sigma,
-            "mean": self.mean,
-            "std": self.std,
-        }
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """One model head of the bundle (see docs/bundle.md, 'Heads')."""
-
-    name: str
-    kind: str
-    output: str
-    feature_map: tuple[int, int]
-    platt_a: float
-    platt_b: float
-    settings: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded, checked bundle. ``sha256`` is the hash of manifest.json: the bundle's identity."""
+    """A loaded, checked bundle. ``manifest`` is the typed :class:`Manifest`; ``sha256`` is the
+    hash of manifest.json: the bundle's identity."""
 
     root: Path
-    manifest: Mapping[str, Any]
+    manifest: Manifest
     sha256: str
     signed_by: str | None
 
+    # Shorthands for what every reader needs; the rest is on ``manifest``.
     @property
     def category(self) -> str:
-        return str(self.manifest["category"])
+        return self.manifest.category
 
     @property
     def format_version(self) -> int:
-        return int(self.manifest["format_version"])
+        return self.manifest.format_version
 
     @property
     def preprocess(self) -> PreprocessSpec:
-        p = self.manifest["preprocess"]
-        return PreprocessSpec(
-            size=int(p["size"]),
-            clahe=bool(p.get("clahe", True)),
-            clip_limit=float(p.get("clip_limit", 2.0)),
-            tile_grid=(int(p["tile_grid"][0]), int(p["tile_grid"][1]))
-            if "tile_grid" in p
-            else (8, 8),
-            sigma=float(p.get("sigma", 0.0)),
-            mean=tuple(float(v) for v in p["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in p["std"]),  # type: ignore[arg-type]
-        )
+        return self.manifest.preprocess
 
     @property
-    def heads(self) -> dict[str, HeadSpec]:
-        heads = {}
-        for name, spec in self.manifest["models"].items():
-            heads[name] = HeadSpec(
-                name=name,
-                kind=spec["kind"],
-                output=spec["output"],
-                feature_map=(int(spec["feature_map"][0]), int(spec["feature_map"][1])),
-                platt_a=float(spec["calibration"]["a"]),
-                platt_b=float(spec["calibration"]["b"]),
-                settings=spec,
-            )
-        return heads
+    def heads(self) -> Mapping[str, HeadSpec]:
+        return self.manifest.heads
 
     @property
     def fusion_weights(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.manifest["fusion"]["weights"].items()}
+        return {k: float(v) for k, v in self.manifest.fusion.weights.items()}
 
     @property
     def threshold(self) -> float:
-        return float(self.manifest["fusion"]["threshold"])
+        return float(self.manifest.fusion.threshold)
 
     @property
     def map_sigma(self) -> float:
-        return float(self.manifest.get("scoring", {}).get("map_sigma", 4.0))
+        return float(self.manifest.scoring.map_sigma)
 
     @property
     def onnx_path(self) -> Path:
-        return self.path(self.manifest["engine"]["onnx"])
+        return self.path(self.manifest.engine.onnx)
 
     def path(self, name: str) -> Path:
         """Path of a file the manifest lists (names outside the bundle are refused)."""
-        if name not in self.manifest["files"]:
+        if name not in self.manifest.files:
             raise BundleError(f"{self.root}: {name!r} is not a file of this bundle")
         return self.root / name
 
@@ -147,17 +90,17 @@ class Bundle:
         used unchecked. Not cached: each call reads the file again (the bank can be ~100 MB).
         """
         path = self.path(name)
-        entry = self.manifest["files"][name]
+        entry = self.manifest.files[name]
         try:
             data = path.read_bytes()
         except OSError as error:
             raise BundleError(f"{path}: cannot be read ({error.strerror or error})") from None
-        if len(data) != entry.get("bytes"):
+        if len(data) != entry.bytes:
             raise BundleError(
-                f"{path}: size {len(data)} bytes, manifest says {entry.get('bytes')} "
+                f"{path}: size {len(data)} bytes, manifest says {entry.bytes} "
                 "(changed since the bundle was loaded)"
             )
-        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
             raise BundleError(
                 f"{path}: sha256 does not match the manifest (changed since the bundle was loaded)"
             )
@@ -216,7 +159,7 @@ def _sign(manifest_bytes: bytes, key: bytes) -> str:
 
 def write_bundle(
     out_dir: str | Path,
-    manifest: Mapping[str, Any],
+    manifest: Manifest | Mapping[str, Any],
     files: Mapping[str, Path | bytes | np.ndarray],
     *,
     sign_with: tuple[str, bytes] | None = None,
@@ -224,20 +167,27 @@ def write_bundle(
 ) -> Bundle:
     """Write a bundle atomically: into a temporary sibling directory, then renamed into place.
 
-    ``files`` maps a file name (no directories) to a path to copy, raw bytes, or a numpy array
-    (saved as ``.npy``). The manifest's ``files`` entry is filled in here; ``format_version`` is
-    set when missing. ``sign_with=(key_id, key)`` also writes ``manifest.sig.json``.
+    ``manifest`` is a :class:`Manifest` (what export builds) or its JSON object (checked here
+    through :meth:`Manifest.from_json`; ``format_version`` is set when missing). Its file table
+    is filled in here from ``files``, which maps a file name (no directories) to a path to copy,
+    raw bytes, or a numpy array (saved as ``.npy``). ``sign_with=(key_id, key)`` also writes
+    ``manifest.sig.json``.
     """
     out_dir = Path(out_dir)
+    where = str(out_dir / MANIFEST_NAME)
     for name in files:
         if not name or Path(name).name != name or name in (MANIFEST_NAME, SIGNATURE_NAME):
             raise BundleError(f"bad bundle file name {name!r}: a plain file name is required")
+    if not isinstance(manifest, Manifest):
+        manifest = Manifest.from_json(
+            {"format_version": FORMAT_VERSION, **manifest, "files": {}}, where
+        )
     if out_dir.exists() and not overwrite:
         raise BundleError(f"{out_dir} exists (pass overwrite=True to replace it)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        listed: dict[str, dict[str, Any]] = {}
+        listed: dict[str, FileEntry] = {}
         for name, content in files.items():
             target = staging / name
             if isinstance(content, np.ndarray):
@@ -250,15 +200,11 @@ def write_bundle(
                 target.write_bytes(bytes(content))
             else:
                 shutil.copyfile(content, target)
-            listed[name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
-        full = dict(manifest)
-        full.setdefault("format_version", FORMAT_VERSION)
-        full["files"] = listed
-        _check_manifest(full, staging / MANIFEST_NAME)
+            listed[name] = FileEntry(sha256=sha256_file(target), bytes=target.stat().st_size)
         try:
-            manifest_bytes = canonical_json(full)
-        except ValueError as error:  # NaN/Infinity somewhere the checks above do not look
-            raise BundleError(f"{out_dir / MANIFEST_NAME}: not serialisable ({error})") from None
+            manifest_bytes = canonical_json(manifest.with_files(listed).to_json())
+        except ValueError as error:  # NaN/Infinity somewhere the checks do not look
+            raise BundleError(f"{where}: not serialisable ({error})") from None
         (staging / MANIFEST_NAME).write_bytes(manifest_bytes)
         if sign_with is not None:
             key_id, key = sign_with
@@ -284,77 +230,6 @@ def write_bundle(
     return load_bundle(out_dir, key=sign_with)
 
 
-def _check_manifest(manifest: Mapping[str, Any], where: Path) -> None:
-    missing = [k for k in _REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise BundleError(f"{where}: manifest lacks required field(s) {', '.join(missing)}")
-    version = manifest["format_version"]
-    if version not in SUPPORTED_FORMAT_VERSIONS:
-        raise BundleError(
-            f"{where}: format_version {version!r} is not supported by this autoweld "
-            f"(supported: {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}); "
-            "re-export the bundle or upgrade autoweld"
-        )
-    models = manifest["models"]
-    if not isinstance(models, Mapping) or not models:
-        raise BundleError(f"{where}: manifest lists no models")
-    for name, spec in models.items():
-        for key in ("kind", "output", "feature_map", "calibration"):
-            if key not in spec:
-                raise BundleError(f"{where}: model {name!r} lacks {key!r}")
-        if spec["kind"] not in HEAD_KINDS:
-            raise BundleError(f"{where}: model {name!r} has unknown kind {spec['kind']!r}")
-        _check_feature_map(spec["feature_map"], f"{where}: model {name!r} feature_map")
-        calibration = spec["calibration"]
-        if not isinstance(calibration, Mapping):
-            raise BundleError(f"{where}: model {name!r} calibration must be an object")
-        for key in ("a", "b"):
-            _finite_number(calibration.get(key), f"{where}: model {name!r} calibration.{key}")
-    fusion = manifest["fusion"]
-    if not isinstance(fusion, Mapping):
-        raise BundleError(f"{where}: fusion must be an object")
-    weights = fusion.get("weights", {})
-    if not isinstance(weights, Mapping) or not weights:
-        raise BundleError(f"{where}: fusion weights must be a non-empty object")
-    if set(weights) - set(models):
-        raise BundleError(
-            f"{where}: fusion weights name unknown models {sorted(set(weights) - set(models))}"
-        )
-    total = 0.0
-    for name, weight in weights.items():
-        value = _finite_number(weight, f"{where}: fusion weight {name!r}")
-        if value < 0.0:
-            raise BundleError(f"{where}: fusion weight {name!r} is negative ({value!r})")
-        total += value
-    if abs(total - 1.0) > _WEIGHT_SUM_TOLERANCE:
-        raise BundleError(f"{where}: fusion weights sum to {total!r}, not 1")
-    if "threshold" not in fusion:
-        raise BundleError(f"{where}: fusion lacks 'threshold'")
-    threshold = _finite_number(fusion["threshold"], f"{where}: fusion threshold")
-    if not 0.0 < threshold <= 1.0:
-        # fused probabilities lie in [0, 1]: a threshold above 1 would pass every part
-        raise BundleError(f"{where}: fusion threshold {threshold!r} is outside (0, 1]")
-
-
-def _finite_number(value: Any, what: str) -> float:
-    """``value`` as a float if it is a finite JSON number (not a bool or a string)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BundleError(f"{what} must be a number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise BundleError(f"{what} must be finite, got {value!r}")
-    return number
-
-
-def _check_feature_map(value: Any, what: str) -> None:
-    if (
-        not isinstance(value, (list, tuple))
-        or len(value) != 2
-        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
-    ):
-        raise BundleError(f"{what} must be two positive integers, got {value!r}")
-
-
 def load_bundle(
     path: str | Path,
     *,
@@ -375,31 +250,27 @@ def load_bundle(
         raise BundleError(f"{manifest_path}: missing — not a bundle, or a half-written one")
     manifest_bytes = manifest_path.read_bytes()
     try:
-        manifest = json.loads(manifest_bytes)
+        parsed = json.loads(manifest_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BundleError(f"{manifest_path}: not valid JSON ({error})") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{manifest_path}: not a JSON object")
-    _check_manifest(manifest, manifest_path)
+    manifest = Manifest.from_json(parsed, str(manifest_path))
 
     signed_by = _check_signature(
         root, manifest_bytes, bundle_key_from_env() if key is True else key
     )
 
     if verify_files:
-        for name, entry in manifest["files"].items():
+        for name, entry in manifest.files.items():
             file_path = root / name
-            if Path(name).name != name:
-                raise BundleError(f"{manifest_path}: file name {name!r} leaves the bundle")
             if not file_path.is_file():
                 raise BundleError(f"{file_path}: listed in the manifest but missing")
             size = file_path.stat().st_size
-            if size != entry.get("bytes"):
+            if size != entry.bytes:
                 raise BundleError(
-                    f"{file_path}: size {size} bytes, manifest says {entry.get('bytes')} "
+                    f"{file_path}: size {size} bytes, manifest says {entry.bytes} "
                     "(truncated or replaced)"
                 )
-            if sha256_file(file_path) != entry.get("sha256"):
+            if sha256_file(file_path) != entry.sha256:
                 raise BundleError(
                     f"{file_path}: sha256 does not match the manifest (file was modified)"
                 )

@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"fitted on   {result.n_fit} images",
     ]
     for name, size in result.bank_sizes.items():
-        d = result.bundle.manifest["models"][name].get("embedding_dim")
+        d = getattr(result.bundle.heads[name], "embedding_dim", None)
         lines.append(f"{name:<11} memory bank {size} x {d}")
     platt_text = ", ".join(f"{n}: a={a:.4g} b={b:.4g}" for n, (a, b) in cal.platt.items())
     lines += [

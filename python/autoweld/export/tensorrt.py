@@ -17,12 +17,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from autoweld.bundle import Bundle, BundleError, bundle_key_from_env, load_bundle, write_bundle
+from autoweld.bundle import (
+    Bundle,
+    BundleError,
+    TensorRTSpec,
+    bundle_key_from_env,
+    load_bundle,
+    write_bundle,
+)
 
 __all__ = [
     "PLAN_NAME",
@@ -101,12 +108,13 @@ def attach_plan(
                 f"{bundle.root}: the bundle is signed; set AUTOWELD_BUNDLE_KEY (and "
                 "AUTOWELD_BUNDLE_KEY_ID) so the manifest with the plan can be re-signed"
             )
-    manifest = {k: v for k, v in bundle.manifest.items() if k != "files"}
-    engine = dict(manifest["engine"])
-    engine["tensorrt"] = dict(entry)
-    manifest["engine"] = engine
+    engine = replace(
+        bundle.manifest.engine,
+        tensorrt=TensorRTSpec.from_json(entry, str(bundle.root / "manifest.json")),
+    )
+    manifest = replace(bundle.manifest, engine=engine)
     files: dict[str, Path | bytes] = {
-        name: bundle.root / name for name in bundle.manifest["files"] if name != PLAN_NAME
+        name: bundle.root / name for name in bundle.manifest.files if name != PLAN_NAME
     }
     files[PLAN_NAME] = bytes(plan)
     return write_bundle(bundle.root, manifest, files, sign_with=sign_with)

@@ -12,7 +12,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from autoweld import native
-from autoweld.bundle import Bundle, HeadSpec, load_bundle
+from autoweld.bundle import Bundle, HeadSpec, KnnHeadSpec, load_bundle
 from autoweld.runtime.decode import DecodeLimits, image_for_inspection
 from autoweld.runtime.engines import BaseRunner, open_engine
 
@@ -165,7 +165,7 @@ class Inspector:
         self.threads = threads
         self.decode_limits = decode_limits or DecodeLimits()
         self.preprocess_spec = self.bundle.preprocess
-        self.heads: dict[str, HeadSpec] = self.bundle.heads
+        self.heads: Mapping[str, HeadSpec] = self.bundle.heads
         self.threshold = self.bundle.threshold
         self.map_sigma = self.bundle.map_sigma
         weights = self.bundle.fusion_weights
@@ -176,11 +176,14 @@ class Inspector:
         self._knn: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}
         for name, head in self.heads.items():
             if head.kind == "knn":
+                for key in ("memory_bank", "bank_neighbours"):
+                    if getattr(head, key) is None:
+                        raise ValueError(f"{self.bundle.root}: head {name!r} names no {key}")
                 bank = np.ascontiguousarray(
-                    self.bundle.load_array(head.settings["memory_bank"]), dtype=np.float32
+                    self.bundle.load_array(head.memory_bank), dtype=np.float32
                 )
                 neighbours = np.ascontiguousarray(
-                    self.bundle.load_array(head.settings["bank_neighbours"]), dtype=np.int64
+                    self.bundle.load_array(head.bank_neighbours), dtype=np.int64
                 )
                 if bank.ndim != 2 or neighbours.ndim != 2 or neighbours.shape[0] != bank.shape[0]:
                     raise ValueError(
@@ -188,7 +191,7 @@ class Inspector:
                         f"bank neighbours {neighbours.shape} do not fit together"
                     )
                 self._knn[name] = (
-                    self._knn_index(name, head.settings, bank, threads),
+                    self._knn_index(name, head, bank, threads),
                     bank,
                     neighbours,
                 )
@@ -266,21 +269,16 @@ class Inspector:
         return [r if r is not None else failed_result("not inspected") for r in results]
 
     def _knn_index(
-        self, name: str, settings: dict[str, Any], bank: np.ndarray, threads: int | None
+        self, name: str, head: KnnHeadSpec, bank: np.ndarray, threads: int | None
     ) -> native.KnnIndex:
         """The head's exact kNN index: pruned with the bundle's basis when export stored one,
         brute force when export found pruning not worth it (``knn_basis: null``), the automatic
         choice for bundles written before the key existed."""
-        if "knn_basis" not in settings:
+        if head.choose_pruning:
             return native.KnnIndex(bank, threads=threads)
-        if settings["knn_basis"] is None:
+        if head.knn_basis is None:
             return native.KnnIndex(bank, threads=threads, prune=False)
-        if not isinstance(settings["knn_basis"], str):
-            raise ValueError(
-                f"{self.bundle.root}: head {name!r}: knn_basis must be a file name or null, "
-                f"got {settings['knn_basis']!r}"
-            )
-        basis = self.bundle.load_array(settings["knn_basis"])
+        basis = self.bundle.load_array(head.knn_basis)
         try:
             return native.KnnIndex(bank, threads=threads, basis=basis)
         except ValueError as error:

@@ -262,13 +262,12 @@ class Station:
             reason = f"bundle could not be loaded: {type(error).__name__}: {error}"
         else:
             bundle = self.inspector.bundle
-            fusion = bundle.manifest.get("fusion", {})
             return BundleInfo(
                 path=str(bundle.root),
                 sha256=bundle.sha256,
                 category=bundle.category,
                 threshold=bundle.threshold,
-                threshold_method=fusion.get("threshold_method"),
+                threshold_method=bundle.manifest.fusion.threshold_method,
                 models=tuple(bundle.heads),
                 image_size=bundle.preprocess.size,
             )

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from autoweld.bundle import Manifest
 from autoweld.runtime.engines.base import BaseRunner
 from autoweld.runtime.engines.onnxrt import OnnxRunner
 from autoweld.runtime.engines.providers import PROVIDER_ALIASES, available_providers
@@ -44,14 +45,22 @@ _ENGINE_ALIASES = {"trt": "tensorrt", "tensorrt": "tensorrt", "cuda": "cuda", "c
 # ---- the manifest's engine entry: the only reads of it in the engine code -----------------
 
 
-def _plan_entry(manifest: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The manifest's ``engine.tensorrt`` entry (None without a plan)."""
+def _plan_entry(manifest: Manifest | Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The manifest's ``engine.tensorrt`` entry as JSON (None without a plan). A plain mapping
+    is accepted for the bundle-free check of :func:`check_engine_request` and for tests."""
+    if isinstance(manifest, Manifest):
+        plan = manifest.engine.tensorrt
+        return plan.to_json() if plan is not None else None
     return manifest.get("engine", {}).get("tensorrt")
+
+
+def _has_plan(bundle: Bundle) -> bool:
+    return bundle.manifest.engine.tensorrt is not None
 
 
 def _onnx_file(bundle: Bundle) -> str:
     """The bundle's ONNX graph file name (``engine.onnx``)."""
-    return str(bundle.manifest["engine"]["onnx"])
+    return bundle.manifest.engine.onnx
 
 
 # ---- the decision -------------------------------------------------------------------------
@@ -125,7 +134,7 @@ def available_engines(env: EngineEnvironment) -> list[str]:
 
 
 def choose_engine(
-    requested: Sequence[str] | str, manifest: Mapping[str, Any], env: EngineEnvironment
+    requested: Sequence[str] | str, manifest: Manifest | Mapping[str, Any], env: EngineEnvironment
 ) -> EngineChoice:
     """Picks the engine for a bundle. Pure: no GPU, TensorRT or ONNX Runtime is touched.
 
@@ -218,7 +227,7 @@ def open_engine(
     explicit_trt = any(isinstance(n, str) and n.lower() in ("tensorrt", "trt") for n in names)
     # "best" quietly skips a missing plan; an explicit request for TensorRT, or a plan the
     # bundle has but this machine refuses, is worth a warning.
-    if explicit_trt or _plan_entry(bundle.manifest):
+    if explicit_trt or _has_plan(bundle):
         for message in choice.warnings:
             log.warning("%s: %s", bundle.root, message)
             warnings.warn(f"{bundle.root}: {message}", RuntimeWarning, stacklevel=2)
