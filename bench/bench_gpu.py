@@ -148,7 +148,7 @@ def make_engine(
     bundle: Any, reference: Any, torch: Any
 ) -> tuple[str, Callable[[np.ndarray], dict]]:
     """(label, run(batch float32 host) -> {head name: device array}) for the best engine here."""
-    from autoweld.runtime.engine import (
+    from autoweld.runtime.engines import (
         TensorRTRunner,
         check_plan,
         current_environment,

@@ -22,7 +22,7 @@ from autoweld import native
 from autoweld.bundle import load_bundle
 from autoweld.data import load_category
 from autoweld.runtime.decode import decode_image
-from autoweld.runtime.engine import open_engine
+from autoweld.runtime.engines import open_engine
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from tinybundle import SIZE, write_tiny_bundle
 
 from autoweld.bundle import load_bundle
 from autoweld.export.tensorrt import TrtBuildOptions, build_tensorrt_plan
-from autoweld.runtime.engine import OnnxRunner, TensorRTRunner, open_engine
+from autoweld.runtime.engines import OnnxRunner, TensorRTRunner, open_engine
 
 pytestmark = pytest.mark.gpu
 

@@ -3,7 +3,7 @@ import pytest
 from tinybundle import FEATURE, SIZE, make_graph
 
 from autoweld.bundle import load_bundle
-from autoweld.runtime.engine import (
+from autoweld.runtime.engines import (
     OnnxRunner,
     available_providers,
     open_engine,
@@ -82,3 +82,42 @@ def test_open_engine_for_bundle(tiny_bundle):
     bundle = load_bundle(tiny_bundle)
     with open_engine(bundle, providers=["cpu"], threads=1) as runner:
         assert "patchcore_embeddings" in runner.output_names
+
+
+def test_runner_checks_every_input_against_the_bundle_shape():
+    x = np.zeros((1, 3, SIZE, SIZE), dtype=np.float32)
+    with OnnxRunner(make_graph(), threads=1, image_shape=(3, SIZE, SIZE)) as runner:
+        with pytest.raises(ValueError, match="'image' must be float32, got float64"):
+            runner.infer(x.astype(np.float64))
+        with pytest.raises(
+            ValueError, match=r"must be 4-D \[N, C, H, W\], got shape \(3, 32, 32\)"
+        ):
+            runner.infer(x[0])
+        with pytest.raises(ValueError, match="empty batch"):
+            runner.infer(x[:0])
+        with pytest.raises(ValueError, match=r"the bundle's images are \[N, 3, 32, 32\]"):
+            runner.infer(np.zeros((1, 3, SIZE // 2, SIZE // 2), dtype=np.float32))
+        with pytest.raises(ValueError, match=r"missing \['image'\], unknown \['img'\]"):
+            runner.infer({"img": x})
+        with pytest.raises(ValueError, match="must be an array, got list"):
+            runner.infer([[0.0]])
+        assert runner.infer(x)["feature_ae_map"].shape == (1, FEATURE, FEATURE)
+
+
+def test_runner_close_is_idempotent_and_use_after_close_is_clear():
+    runner = OnnxRunner(make_graph(), threads=1)
+    runner.close()
+    runner.close()
+    assert runner.closed
+    with pytest.raises(RuntimeError, match="OnnxRunner is closed"):
+        runner.active_providers  # noqa: B018 - the property raises
+    with pytest.raises(RuntimeError, match="OnnxRunner is closed"):
+        runner.__enter__()
+
+
+def test_open_engine_checks_the_bundles_image_size(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    with open_engine(bundle, providers=["cpu"], threads=1) as runner:
+        assert runner.image_shape == (3, SIZE, SIZE)
+        with pytest.raises(ValueError, match=r"the bundle's images are \[N, 3, 32, 32\]"):
+            runner.infer(np.zeros((1, 3, SIZE * 2, SIZE * 2), dtype=np.float32))

@@ -7,7 +7,7 @@ from tinybundle import SIZE
 
 from autoweld.bundle import load_bundle, sha256_file
 from autoweld.export.tensorrt import PLAN_NAME, attach_plan
-from autoweld.runtime.engine import (
+from autoweld.runtime.engines import (
     EngineEnvironment,
     GpuInfo,
     OnnxRunner,

@@ -135,7 +135,7 @@ def add_plc_timeout(
 
 def check_engine_flags(providers: Sequence[str], threads: int | None) -> None:
     """``ValueError`` for an engine the runtime does not know or ``--threads`` below 1."""
-    from autoweld.runtime.engine import check_engine_request
+    from autoweld.runtime.engines import check_engine_request
 
     check_engine_request(providers)
     if threads is not None and threads < 1:

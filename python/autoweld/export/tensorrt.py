@@ -6,7 +6,7 @@ batch is the only mode in TensorRT 10; the flag is passed only to older versions
 and one optimisation profile over the dynamic batch -> ``build_serialized_network``. The plan is
 written into the bundle through :func:`autoweld.bundle.write_bundle`, so the manifest lists it
 with its sha256, and ``engine.tensorrt`` records the GPU, compute capability and TensorRT version
-it was built for; the runtime refuses it anywhere else (see ``autoweld.runtime.engine``).
+it was built for; the runtime refuses it anywhere else (see ``autoweld.runtime.engines``).
 
 ``tensorrt`` is imported lazily: without it (or without a GPU) :func:`build_tensorrt_plan` raises
 a clear error. No torch here.
@@ -121,9 +121,9 @@ def attach_plan(
 
 
 def _gpu(device: int) -> tuple[str, str]:
-    from autoweld.runtime.engine import _gpu_from_cupy, _gpu_from_native
+    from autoweld.runtime.gpu import detect_gpu
 
-    gpu = _gpu_from_native(device) or _gpu_from_cupy(device)
+    gpu = detect_gpu(device)
     if gpu is None:
         raise RuntimeError(_NEEDS + " (no CUDA GPU found)")
     return gpu.name, gpu.compute_capability

@@ -1,7 +1,7 @@
 """The lean runtime: engine runners and the Inspector. Never imports torch."""
 
 from autoweld.runtime.decode import DecodeLimits, ImageError, decode_image
-from autoweld.runtime.engine import OnnxRunner, available_providers, resolve_providers
+from autoweld.runtime.engines import OnnxRunner, available_providers, resolve_providers
 from autoweld.runtime.inspector import InspectionResult, Inspector, failed_result
 
 __all__ = [

@@ -26,7 +26,7 @@ import numpy as np
 from autoweld import native
 from autoweld.bundle import Bundle, HeadSpec, load_bundle
 from autoweld.runtime.decode import DecodeLimits, image_for_inspection
-from autoweld.runtime.engine import OnnxRunner, open_engine
+from autoweld.runtime.engines import BaseRunner, open_engine
 from autoweld.runtime.scoring import BatchScores, Fusion, HeadScorer, HeadScores, head_scorer
 
 __all__ = [
@@ -143,9 +143,12 @@ class Inspector:
     ``error`` saying why, and the Inspector stays usable for the next image.
 
     **Thread safety:** an Inspector may be shared by several threads and called concurrently.
-    After construction it holds only read-only state (bundle settings, bank arrays, the kNN index,
-    the ONNX Runtime session, whose ``run`` is safe to call concurrently); each call keeps its
-    intermediate arrays and timings to itself. ``close`` must not race with running inspections.
+    After construction it holds only read-only state (bundle settings, bank arrays, the kNN index)
+    and its engine, which is safe to share: an ONNX Runtime session runs concurrent calls in
+    parallel; a TensorRT plan has one execution context, so its runner takes a lock and the
+    engine stage of concurrent calls runs one at a time (the other stages still overlap). Each
+    call keeps its intermediate arrays and timings to itself. ``close`` must not race with
+    running inspections.
     """
 
     def __init__(
@@ -180,7 +183,7 @@ class Inspector:
         self._scorers: dict[str, HeadScorer] = {
             name: head_scorer(self.bundle, name, threads) for name in self.heads
         }
-        self.engine: OnnxRunner = open_engine(self.bundle, providers=providers, threads=threads)
+        self.engine: BaseRunner = open_engine(self.bundle, providers=providers, threads=threads)
         missing = [
             h.output for h in self.heads.values() if h.output not in self.engine.output_names
         ]
