@@ -31,8 +31,22 @@ def tiny_weld(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def weld_export(tiny_weld, tmp_path_factory):
+def built_manifests():
+    """Every :class:`Manifest` that ``build_manifest`` returned during ``weld_export``."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def weld_export(tiny_weld, tmp_path_factory, built_manifests):
+    from autoweld.export import pipeline
     from autoweld.export.pipeline import ExportOptions, export_category
+
+    build_manifest = pipeline.build_manifest
+
+    def recording_build_manifest(*args, **kwargs):
+        content = build_manifest(*args, **kwargs)
+        built_manifests.append(content.manifest)
+        return content
 
     root, params = tiny_weld
     out = tmp_path_factory.mktemp("bundles")
@@ -45,7 +59,9 @@ def weld_export(tiny_weld, tmp_path_factory):
         coreset_max=60,
         weld_params=params,
     )
-    return export_category(options)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "build_manifest", recording_build_manifest)
+        return export_category(options)
 
 
 def test_weld_bundle_follows_the_contract(weld_export, tiny_weld):
@@ -82,6 +98,19 @@ def test_weld_bundle_follows_the_contract(weld_export, tiny_weld):
     assert bank.dtype == np.float32 and bank.shape == (60, 152)
     assert neighbours.dtype == np.int64 and neighbours.shape == (60, 9)
     np.testing.assert_array_equal(neighbours[:, 0], np.arange(60))
+
+
+def test_the_built_manifest_is_the_one_written(weld_export, built_manifests):
+    """Export builds a typed Manifest that is already what a loader reads back: the bytes of
+    manifest.json are its JSON plus the file table, with nothing coerced by the check."""
+    from autoweld.bundle import FORMAT_VERSION, Manifest, canonical_json
+
+    (built,) = built_manifests
+    assert isinstance(built, Manifest) and built.format_version == FORMAT_VERSION
+    written = (weld_export.bundle_dir / "manifest.json").read_bytes()
+    files = weld_export.bundle.manifest.files
+    assert canonical_json(built.with_files(files).to_json()) == written
+    assert weld_export.bank_sizes == {"patchcore": 60}
 
 
 def test_onnx_in_the_bundle_equals_the_torch_graph(weld_export):

@@ -3,6 +3,7 @@ import pytest
 
 from autoweld.train.calibration import (
     choose_threshold,
+    fit_calibration,
     fit_fusion_weights,
     fit_platt,
     platt,
@@ -146,3 +147,50 @@ def test_threshold_is_never_zero():
     fused = np.array([0.0, 0.0, 0.0, 0.0])
     labels = np.array([1, 1, 0, 0])
     assert choose_threshold(fused, labels, "best_f1").threshold > 0.0
+
+
+def _two_head_scores(seed=7):
+    """An informative head and a noisy one, on different scales, 60 normals + 30 anomalies."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([0] * 60 + [1] * 30)
+    sharp = np.where(labels == 1, 3.0, 1.0) + rng.normal(0, 0.6, labels.size)
+    noisy = 100.0 * rng.uniform(0, 1, labels.size) + 20.0 * labels
+    return {"noisy": noisy, "sharp": sharp}, labels
+
+
+@pytest.mark.parametrize("method", ["best_f1", "target_frr"])
+def test_fit_calibration_is_platt_then_fusion_then_threshold(method):
+    """The entry point export runs equals the three fits done by hand, to the bit, per head
+    name (the fusion columns follow the order of ``raw_scores``)."""
+    raw, labels = _two_head_scores()
+    summary = fit_calibration(raw, labels, method=method, target_frr=0.05, source="val_root")
+    params = {name: fit_platt(scores, labels) for name, scores in raw.items()}
+    probabilities = np.stack([platt(raw[n], *params[n]) for n in ("noisy", "sharp")], axis=1)
+    weights = fit_fusion_weights(probabilities, labels)
+    choice = choose_threshold(probabilities @ weights, labels, method, target_frr=0.05)
+    assert summary.platt == params
+    assert summary.fusion_weights == {"noisy": float(weights[0]), "sharp": float(weights[1])}
+    assert summary.fusion_weights["sharp"] > summary.fusion_weights["noisy"]
+    assert (summary.threshold, summary.threshold_method) == (choice.threshold, method)
+    assert (summary.f1, summary.frr, summary.far) == (choice.f1, choice.frr, choice.far)
+    assert summary.target_frr == (0.05 if method == "target_frr" else None)
+    assert (summary.source, summary.n_normal, summary.n_anomalous) == ("val_root", 60, 30)
+
+
+def test_fit_calibration_weights_follow_the_head_names():
+    """Reordering the heads reorders nothing that matters: each head keeps its own Platt
+    parameters and weight."""
+    raw, labels = _two_head_scores()
+    forward = fit_calibration(raw, labels, source="synthesised")
+    backward = fit_calibration(dict(reversed(raw.items())), labels, source="synthesised")
+    assert list(backward.fusion_weights) == ["sharp", "noisy"]
+    assert backward.platt == forward.platt
+    for name in raw:
+        assert backward.fusion_weights[name] == pytest.approx(
+            forward.fusion_weights[name], abs=1e-6
+        )
+
+
+def test_fit_calibration_needs_a_head():
+    with pytest.raises(ValueError, match="at least one head"):
+        fit_calibration({}, np.array([0, 1]), source="synthesised")

@@ -1,26 +1,36 @@
 """Recipe -> data -> fit -> calibrate -> ONNX + bundle: what ``autoweld-export`` runs.
 
-1. Resolve the recipe (CLI flags override it) and load the category's training images.
-2. Split them into a *fit* part (the heads learn from it) and a held-out *validation* part.
-3. Fit every head on the fit part.
-4. Calibrate on validation normals plus anomalies — labelled images from ``--val-root`` or,
-   by default, anomalies synthesised from the validation normals (weld: every defect kind of
-   ``synthesize_defect``; other categories: ``synthesize_anomaly``). The test split is never
-   touched. Scores come from the torch reference pipeline; Platt per head, fusion weights and
-   the decision threshold are fitted on them.
-5. Export the ONNX graph (verified against torch) and write the bundle atomically.
+:func:`export_category` is a short sequence of named steps, each a function with typed inputs
+and outputs:
+
+1. :func:`resolve_export_recipe` -- the recipe, with the CLI flags applied.
+2. :func:`load_export_data` -- the category's training images, split into a *fit* part
+   (:class:`FitSet`, the heads learn from it) and held-out calibration data
+   (:class:`CalibrationSet`): validation normals plus anomalies, either labelled images from
+   ``--val-root`` or, by default, anomalies synthesised from the validation normals (weld: every
+   defect kind of ``synthesize_defect``; other categories: ``synthesize_anomaly``). The test
+   split is never touched.
+3. :func:`fit_model` -- every head fitted on the fit part, then on the validation normals
+   (:class:`FittedModel`).
+4. :func:`calibrate` -- the torch reference pipeline scores the calibration data;
+   :func:`autoweld.train.calibration.fit_calibration` fits Platt per head, the fusion weights and
+   the decision threshold (:class:`CalibrationSummary`).
+5. :func:`build_manifest` -- the typed :class:`~autoweld.bundle.Manifest`, after the graph is
+   exported to ONNX (verified against torch) and the bundle's files are collected.
+6. :func:`write_export` -- the bundle, written atomically, and the torch reference file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import importlib.metadata
 import logging
 import platform
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +40,57 @@ import torch
 from tqdm.auto import tqdm
 
 import autoweld
-from autoweld import native
-from autoweld.bundle import Bundle, bundle_key_from_env, write_bundle
-from autoweld.export.onnx_export import DEFAULT_OPSET, export_onnx
-from autoweld.export.recipes import Recipe, resolve_recipe
-from autoweld.train.backbones import build_backbone
-from autoweld.train.calibration import (
-    choose_threshold,
-    fit_fusion_weights,
-    fit_platt,
-    platt,
+from autoweld import data, native
+from autoweld.bundle import (
+    BackboneSpec,
+    Bundle,
+    Calibration,
+    EngineSpec,
+    FusionSpec,
+    HeadSpec,
+    KnnHeadSpec,
+    Manifest,
+    MapHeadSpec,
+    PreprocessSpec,
+    Provenance,
+    ScoringSpec,
+    bundle_key_from_env,
+    write_bundle,
 )
-from autoweld.train.heads import HeadContext, InspectionGraph, available_heads, build_head
+from autoweld.export.onnx_export import DEFAULT_OPSET, OnnxExport, export_onnx
+from autoweld.export.recipes import Recipe, resolve_recipe
+from autoweld.train.backbones import BackboneInfo, build_backbone
+from autoweld.train.calibration import CalibrationSummary, fit_calibration
+from autoweld.train.heads import (
+    ExportHead,
+    HeadContext,
+    InspectionGraph,
+    available_heads,
+    build_head,
+)
 from autoweld.train.reference import TorchReference, save_reference
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExportOptions", "ExportResult", "export_category"]
+__all__ = [
+    "BundleContent",
+    "CalibrationSet",
+    "CalibrationSummary",
+    "ExportOptions",
+    "ExportResult",
+    "FitSet",
+    "FittedModel",
+    "WrittenExport",
+    "build_manifest",
+    "calibrate",
+    "export_category",
+    "fit_model",
+    "load_export_data",
+    "resolve_export_recipe",
+    "write_export",
+]
 
 ONNX_FILE = "model.onnx"
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 _PACKAGES = (
     "numpy",
     "torch",
@@ -59,6 +100,9 @@ _PACKAGES = (
     "opencv-python-headless",
     "scipy",
 )
+#: The manifest type of each head kind (``ExportHead.kind``).
+_HEAD_SPECS: dict[str, type[HeadSpec]] = {"knn": KnnHeadSpec, "map": MapHeadSpec}
+_COMMON_HEAD_FIELDS = frozenset(f.name for f in fields(HeadSpec))
 
 
 @dataclass
@@ -84,22 +128,6 @@ class ExportOptions:
 
 
 @dataclass
-class CalibrationSummary:
-    """What calibration found, on the calibration data (never the test split)."""
-
-    source: str
-    n_normal: int
-    n_anomalous: int
-    platt: dict[str, tuple[float, float]]
-    fusion_weights: dict[str, float]
-    threshold: float
-    threshold_method: str
-    f1: float
-    frr: float
-    far: float
-
-
-@dataclass
 class ExportResult:
     """The written bundle and what it took."""
 
@@ -116,7 +144,63 @@ class ExportResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FitSet:
+    """The training images the heads are fitted on, preprocessed: float32 ``[n, 3, S, S]``."""
+
+    images: torch.Tensor
+
+    @property
+    def n_images(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Held-out images (BGR) that calibration is fitted on -- never the test split."""
+
+    normals: list[np.ndarray]
+    anomalies: list[np.ndarray]
+    source: str  # "synthesised" or "val_root"
+    anomaly_kinds: list[str]  # the synthesised defect kinds, one per anomaly ([] for val_root)
+
+
+@dataclass(frozen=True)
+class FittedModel:
+    """The fitted graph, and the validation normals preprocessed (calibration scores them)."""
+
+    graph: InspectionGraph
+    val_normals: torch.Tensor
+    n_fit: int
+
+
+@dataclass(frozen=True)
+class BundleContent:
+    """What goes into the bundle: the manifest and file name -> array or file to copy."""
+
+    manifest: Manifest
+    files: dict[str, np.ndarray | Path]
+
+    @property
+    def bank_sizes(self) -> dict[str, int]:
+        """Memory-bank rows per head that has a bank."""
+        return {
+            name: int(head.extras["bank_size"])
+            for name, head in self.manifest.heads.items()
+            if "bank_size" in head.extras
+        }
+
+
+@dataclass(frozen=True)
+class WrittenExport:
+    """The bundle as written (and loaded back, checked) and the torch reference file."""
+
+    bundle: Bundle
+    bundle_dir: Path
+    reference_path: Path | None
+
+
+# ---- helpers ----------------------------------------------------------------------------------
 
 
 def _packages() -> dict[str, str]:
@@ -149,7 +233,7 @@ def _batches(images: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return [images[i : i + batch_size] for i in range(0, images.shape[0], batch_size)]
 
 
-def _read_val_root(val_root: Path, test_dir: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _read_val_root(val_root: Path, test_dir: Path) -> CalibrationSet:
     """Labelled calibration images: ``VAL_ROOT/good/*`` normal, every other sub-folder anomalous.
 
     ``test_dir`` is the category's test split: a validation root inside it (or containing it)
@@ -171,7 +255,7 @@ def _read_val_root(val_root: Path, test_dir: Path) -> tuple[list[np.ndarray], li
     anomalies: list[np.ndarray] = []
     for folder in sorted(p for p in val_root.iterdir() if p.is_dir()):
         for path in sorted(folder.iterdir()):
-            if path.suffix.lower() not in _IMAGE_SUFFIXES:
+            if path.suffix.lower() not in data.IMAGE_SUFFIXES:
                 continue
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is None:
@@ -182,14 +266,13 @@ def _read_val_root(val_root: Path, test_dir: Path) -> tuple[list[np.ndarray], li
             f"val_root: {val_root} needs normal images in good/ and anomalous ones in other "
             f"sub-folders (found {len(normals)} normal, {len(anomalies)} anomalous)"
         )
-    return normals, anomalies
+    return CalibrationSet(normals, anomalies, source="val_root", anomaly_kinds=[])
 
 
 def _synthesise(
-    normals: Sequence[np.ndarray], category: str, per_image: int, seed: int
-) -> tuple[list[np.ndarray], list[str]]:
-    from autoweld import data
-
+    normals: list[np.ndarray], category: str, per_image: int, seed: int
+) -> CalibrationSet:
+    """``per_image`` anomalies synthesised from each held-out normal (seeded)."""
     rng = np.random.default_rng(seed + 7919)
     anomalies: list[np.ndarray] = []
     kinds: list[str] = []
@@ -204,7 +287,7 @@ def _synthesise(
                 anomalous, _mask = data.synthesize_anomaly(image, rng)
             anomalies.append(anomalous)
             kinds.append(kind)
-    return anomalies, kinds
+    return CalibrationSet(normals, anomalies, source="synthesised", anomaly_kinds=kinds)
 
 
 def _score(reference: TorchReference, batches: list[torch.Tensor]) -> dict[str, np.ndarray]:
@@ -220,15 +303,18 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
 
 
-# ---------------------------------------------------------------------------------------------
-
-
-def export_category(options: ExportOptions) -> ExportResult:
-    """Fit, calibrate and export the bundle of one category to ``OUT/CATEGORY/``."""
-    from autoweld import data
-
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
     started = time.perf_counter()
-    seconds: dict[str, float] = {}
+    yield
+    seconds[stage] = time.perf_counter() - started
+
+
+# ---- the steps --------------------------------------------------------------------------------
+
+
+def resolve_export_recipe(options: ExportOptions) -> Recipe:
+    """The category's recipe with the CLI flags applied; unknown heads are refused here."""
     head_overrides: dict[str, dict[str, Any]] = {}
     if options.coreset_ratio is not None or options.coreset_max is not None:
         head_overrides["patchcore"] = {
@@ -252,48 +338,45 @@ def export_category(options: ExportOptions) -> ExportResult:
         )
     if "patchcore" in head_overrides and "patchcore" not in recipe.models:
         raise ValueError("--coreset-ratio/--coreset-max need the patchcore model in --models")
-    seed = recipe.seed
-    out_dir = Path(options.out_dir)
     logger.info("recipe %s, profile %s, models %s", recipe.source, recipe.profile, recipe.models)
+    return recipe
 
-    # -- data ------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    load_kwargs: dict[str, Any] = {"seed": seed}
+
+def load_export_data(options: ExportOptions, recipe: Recipe) -> tuple[FitSet, CalibrationSet]:
+    """The fit part of the training images (preprocessed) and the held-out calibration data."""
+    load_kwargs: dict[str, Any] = {"seed": recipe.seed}
     if options.weld_params is not None:
         load_kwargs["weld_params"] = options.weld_params
     category = data.load_category(options.category, data_root=options.data_root, **load_kwargs)
-    val_fraction = recipe.calibration["val_fraction"]
     if options.val_root is not None:
         fit_samples = list(category.train)
-        val_normal_images, val_anomalous_images = _read_val_root(
-            Path(options.val_root), category.root / "test"
-        )
-        anomaly_kinds: list[str] = []
-        source = "val_root"
+        calibration_set = _read_val_root(Path(options.val_root), category.root / "test")
     else:
-        fit_samples, val_samples = data.split_train(category.train, val_fraction, seed)
+        val_fraction = recipe.calibration["val_fraction"]
+        fit_samples, val_samples = data.split_train(category.train, val_fraction, recipe.seed)
         if not val_samples:
             raise ValueError(
                 f"category {options.category!r}: too few training images to hold out a "
                 f"validation part ({len(category.train)} images, val_fraction {val_fraction})"
             )
-        val_normal_images = [s.load_image() for s in val_samples]
-        val_anomalous_images, anomaly_kinds = _synthesise(
-            val_normal_images,
+        calibration_set = _synthesise(
+            [s.load_image() for s in val_samples],
             options.category,
             recipe.calibration["anomalies_per_image"],
-            seed,
+            recipe.seed,
         )
-        source = "synthesised"
     if not fit_samples:
         raise ValueError(f"category {options.category!r}: no training images to fit on")
-    fit_images = _preprocess_all(
-        [s.load_image() for s in fit_samples], recipe, "preprocess: fit images"
-    )
-    seconds["data"] = time.perf_counter() - t0
+    images = [s.load_image() for s in fit_samples]
+    return FitSet(_preprocess_all(images, recipe, "preprocess: fit images")), calibration_set
 
-    # -- fit -------------------------------------------------------------------------------
-    t0 = time.perf_counter()
+
+def fit_model(
+    fit_set: FitSet, calibration_set: CalibrationSet, recipe: Recipe, options: ExportOptions
+) -> FittedModel:
+    """Every head of the recipe fitted on the fit part, then on the held-out normals (what a
+    head takes from validation data: the student-teacher's map quantiles, the feature
+    autoencoder's threshold) -- never on the test split."""
     extractor = build_backbone(
         recipe.backbone,
         weights=options.weights,
@@ -303,164 +386,225 @@ def export_category(options: ExportOptions) -> ExportResult:
     heads = [
         build_head(
             name,
-            HeadContext(extractor, recipe.image_size, recipe.head_settings.get(name, {}), seed),
+            HeadContext(
+                extractor, recipe.image_size, recipe.head_settings.get(name, {}), recipe.seed
+            ),
         )
         for name in recipe.models
     ]
-    fit_batches = _batches(fit_images, recipe.batch_size)
-    torch.manual_seed(seed)
+    fit_batches = _batches(fit_set.images, recipe.batch_size)
+    torch.manual_seed(recipe.seed)
     for head in heads:
-        logger.info("fitting %s on %d images", head.name, len(fit_samples))
+        logger.info("fitting %s on %d images", head.name, fit_set.n_images)
         head.fit(extractor, fit_batches)
-    del fit_batches, fit_images
-    # held-out normals: what heads take from validation data (the student-teacher's map
-    # quantiles, the feature autoencoder's threshold) -- never the test split
-    val_normal_tensor = _preprocess_all(val_normal_images, recipe, "preprocess: validation normals")
+    del fit_batches
+    val_normals = _preprocess_all(calibration_set.normals, recipe, "preprocess: validation normals")
     for head in heads:
-        head.fit_validation(extractor, _batches(val_normal_tensor, recipe.batch_size))
-    graph = InspectionGraph(extractor, heads)
-    seconds["fit"] = time.perf_counter() - t0
+        head.fit_validation(extractor, _batches(val_normals, recipe.batch_size))
+    return FittedModel(InspectionGraph(extractor, heads), val_normals, fit_set.n_images)
 
-    # -- calibrate -------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    reference = TorchReference.from_graph(graph, map_sigma=recipe.scoring["map_sigma"])
-    cal_images = torch.cat(
-        [
-            val_normal_tensor,
-            _preprocess_all(val_anomalous_images, recipe, "preprocess: calibration anomalies"),
-        ]
+
+def calibrate(
+    model: FittedModel, calibration_set: CalibrationSet, recipe: Recipe
+) -> CalibrationSummary:
+    """Score the calibration data with the torch reference, then fit Platt per head, the
+    fusion weights and the threshold on those scores."""
+    reference = TorchReference.from_graph(model.graph, map_sigma=recipe.scoring["map_sigma"])
+    anomalies = _preprocess_all(
+        calibration_set.anomalies, recipe, "preprocess: calibration anomalies"
     )
-    labels = np.array([0] * len(val_normal_images) + [1] * len(val_anomalous_images))
-    raw = _score(reference, _batches(cal_images, recipe.batch_size))
-    platt_params = {name: fit_platt(raw[name], labels) for name in graph.head_names}
-    probabilities = np.stack(
-        [platt(raw[name], *platt_params[name]) for name in graph.head_names], axis=1
-    )
-    weights = fit_fusion_weights(probabilities, labels)
-    fused = probabilities @ weights
-    choice = choose_threshold(
-        fused,
+    images = torch.cat([model.val_normals, anomalies])
+    labels = np.array([0] * len(calibration_set.normals) + [1] * len(calibration_set.anomalies))
+    raw = _score(reference, _batches(images, recipe.batch_size))
+    return fit_calibration(
+        {name: raw[name] for name in model.graph.head_names},  # head order: fusion columns
         labels,
         method=recipe.calibration["threshold_method"],
         target_frr=recipe.calibration["target_frr"],
+        source=calibration_set.source,
     )
-    calibration = CalibrationSummary(
-        source=source,
-        n_normal=len(val_normal_images),
-        n_anomalous=len(val_anomalous_images),
-        platt=platt_params,
-        fusion_weights={n: float(w) for n, w in zip(graph.head_names, weights, strict=True)},
-        threshold=choice.threshold,
-        threshold_method=choice.method,
-        f1=choice.f1,
-        frr=choice.frr,
-        far=choice.far,
-    )
-    seconds["calibrate"] = time.perf_counter() - t0
 
-    # -- export ----------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    files: dict[str, Any] = {}
-    models: dict[str, Any] = {}
-    bank_sizes: dict[str, int] = {}
+
+def _head_spec(head: ExportHead, calibration: Calibration, image_size: int) -> HeadSpec:
+    """A head's manifest entry: its typed fields, the rest of ``manifest_entry()`` as extras.
+
+    A ``knn`` head that names no ``knn_basis`` is searched brute force."""
+    spec_type = _HEAD_SPECS[head.kind]
+    entry = head.manifest_entry()
+    typed = {f.name for f in fields(spec_type) if f.init} - _COMMON_HEAD_FIELDS
+    return spec_type(
+        name=head.name,
+        kind=head.kind,
+        output=head.output_name,
+        feature_map=tuple(head.feature_map_size(image_size)),
+        calibration=calibration,
+        extras={k: v for k, v in entry.items() if k not in typed},
+        **{k: v for k, v in entry.items() if k in typed},
+    )
+
+
+def _head_files(graph: InspectionGraph) -> dict[str, np.ndarray | Path]:
+    """Every head's bundle files; two heads naming the same file is an error."""
+    files: dict[str, np.ndarray | Path] = {}
     for head in graph.heads:
-        entry = head.manifest_entry()
-        a, b = platt_params[head.name]
-        models[head.name] = {
-            **entry,
-            "kind": head.kind,
-            "output": head.output_name,
-            "feature_map": list(head.feature_map_size(recipe.image_size)),
-            "calibration": {"a": a, "b": b},
-        }
         head_files = head.bundle_files()
         clash = set(head_files) & set(files)
         if clash:
             raise ValueError(f"heads write the same bundle file(s) {sorted(clash)}")
         files.update(head_files)
-        if "bank_size" in entry:
-            bank_sizes[head.name] = int(entry["bank_size"])
-    info = extractor.info
-    manifest: dict[str, Any] = {
-        "format_version": 1,
-        "category": options.category,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "autoweld_version": autoweld.__version__,
-        "packages": _packages(),
-        "preprocess": {
-            "size": recipe.image_size,
-            **recipe.preprocess,
-            "mean": list(recipe.mean),
-            "std": list(recipe.std),
-            "color_order": "BGR",
-        },
-        "backbone": {
-            "name": info.name,
-            "layers": list(info.layers),
-            "channels": list(info.channels),
-            "strides": list(info.strides),
-            "weights": info.weights,
-            "weights_sha256": info.weights_sha256,
-        },
-        "models": models,
-        "scoring": {"map_sigma": recipe.scoring["map_sigma"]},
-        "fusion": {
-            "weights": calibration.fusion_weights,
-            "threshold": calibration.threshold,
-            "threshold_method": calibration.threshold_method,
-            "target_frr": choice.target_frr,
-        },
-        "calibration_data": {
-            "source": source,
-            "val_root": str(options.val_root) if options.val_root is not None else None,
-            "n_normal": calibration.n_normal,
-            "n_anomalous": calibration.n_anomalous,
-            "val_fraction": val_fraction if options.val_root is None else None,
-            "seed": seed,
-            "anomaly_kinds": sorted(set(anomaly_kinds)),
-            "f1": calibration.f1,
-            "frr": calibration.frr,
-            "far": calibration.far,
-        },
-        "training_data": {
-            "category": options.category,
-            "data_root": str(options.data_root) if options.data_root is not None else None,
-            "n_fit": len(fit_samples),
-            "seed": seed,
-        },
-        "recipe": recipe.as_dict(),
+    return files
+
+
+def _preprocess_spec(recipe: Recipe) -> PreprocessSpec:
+    settings = recipe.preprocess
+    return PreprocessSpec(
+        size=recipe.image_size,
+        clahe=settings["clahe"],
+        clip_limit=float(settings["clip_limit"]),
+        tile_grid=(int(settings["tile_grid"][0]), int(settings["tile_grid"][1])),
+        sigma=float(settings["sigma"]),
+        mean=recipe.mean,
+        std=recipe.std,
+    )
+
+
+def _backbone_spec(info: BackboneInfo) -> BackboneSpec:
+    return BackboneSpec(
+        name=info.name,
+        layers=tuple(info.layers),
+        channels=tuple(info.channels),
+        strides=tuple(info.strides),
+        weights=info.weights,
+        weights_sha256=info.weights_sha256,
+    )
+
+
+def _provenance(
+    options: ExportOptions,
+    recipe: Recipe,
+    calibration: CalibrationSummary,
+    calibration_set: CalibrationSet,
+    n_fit: int,
+) -> Provenance:
+    """When and with what the bundle was made, and which data it was fitted and calibrated
+    on (never the test split)."""
+    by_val_root = options.val_root is not None
+    calibration_data = {
+        "source": calibration.source,
+        "val_root": str(options.val_root) if by_val_root else None,
+        "n_normal": calibration.n_normal,
+        "n_anomalous": calibration.n_anomalous,
+        "val_fraction": None if by_val_root else recipe.calibration["val_fraction"],
+        "seed": recipe.seed,
+        "anomaly_kinds": sorted(set(calibration_set.anomaly_kinds)),
+        "f1": calibration.f1,
+        "frr": calibration.frr,
+        "far": calibration.far,
     }
-    with tempfile.TemporaryDirectory(prefix="autoweld-export-") as scratch:
-        onnx_path = Path(scratch) / ONNX_FILE
-        onnx_result = export_onnx(graph, onnx_path, recipe.image_size, opset=options.opset)
-        manifest["engine"] = {
-            "onnx": ONNX_FILE,
-            "input": onnx_result.input_name,
-            "opset": onnx_result.opset,
-        }
-        files[ONNX_FILE] = onnx_path
-        bundle_dir = out_dir / options.category
-        bundle = write_bundle(bundle_dir, manifest, files, sign_with=bundle_key_from_env())
+    training_data = {
+        "category": options.category,
+        "data_root": str(options.data_root) if options.data_root is not None else None,
+        "n_fit": n_fit,
+        "seed": recipe.seed,
+    }
+    return Provenance(
+        created_utc=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        autoweld_version=autoweld.__version__,
+        packages=_packages(),
+        training_data=training_data,
+        calibration_data=calibration_data,
+        recipe=recipe.as_dict(),
+    )
+
+
+def build_manifest(
+    options: ExportOptions,
+    recipe: Recipe,
+    model: FittedModel,
+    calibration: CalibrationSummary,
+    calibration_set: CalibrationSet,
+    onnx: OnnxExport,
+) -> BundleContent:
+    """The typed manifest of the bundle and its files (the ONNX graph and the heads' arrays);
+    ``write_bundle`` fills in the file table."""
+    graph = model.graph
+    files = {**_head_files(graph), ONNX_FILE: onnx.path}
+    heads = {
+        head.name: _head_spec(head, Calibration(*calibration.platt[head.name]), recipe.image_size)
+        for head in graph.heads
+    }
+    manifest = Manifest(
+        category=options.category,
+        preprocess=_preprocess_spec(recipe),
+        engine=EngineSpec(onnx=ONNX_FILE, input=onnx.input_name, opset=onnx.opset),
+        heads=heads,
+        fusion=FusionSpec(
+            weights=dict(calibration.fusion_weights),
+            threshold=calibration.threshold,
+            threshold_method=calibration.threshold_method,
+            target_frr=calibration.target_frr,
+        ),
+        scoring=ScoringSpec(map_sigma=float(recipe.scoring["map_sigma"])),
+        backbone=_backbone_spec(graph.extractor.info),
+        provenance=_provenance(options, recipe, calibration, calibration_set, model.n_fit),
+    )
+    return BundleContent(manifest, files)
+
+
+def write_export(
+    options: ExportOptions, recipe: Recipe, model: FittedModel, content: BundleContent
+) -> WrittenExport:
+    """Write the bundle atomically to ``OUT/CATEGORY/`` (signed when a bundle key is set) and
+    the torch reference file beside it.
+
+    The manifest is checked first, as a loader will read it, so a manifest the runtime would
+    refuse never replaces a bundle already there."""
+    bundle_dir = Path(options.out_dir) / options.category
+    checked = Manifest.from_json(content.manifest.to_json(), str(bundle_dir / "manifest.json"))
+    bundle = write_bundle(bundle_dir, checked, content.files, sign_with=bundle_key_from_env())
     reference_path = None
     if options.save_reference:
         reference_path = save_reference(
-            out_dir / f"{options.category}.reference.pt",
-            graph,
+            Path(options.out_dir) / f"{options.category}.reference.pt",
+            model.graph,
             recipe.image_size,
             recipe.head_settings,
         )
-    seconds["export"] = time.perf_counter() - t0
+    return WrittenExport(bundle, bundle_dir, reference_path)
+
+
+def export_category(options: ExportOptions) -> ExportResult:
+    """Fit, calibrate and export the bundle of one category to ``OUT/CATEGORY/``."""
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    recipe = resolve_export_recipe(options)
+    with _timed(seconds, "data"):
+        fit_set, calibration_set = load_export_data(options, recipe)
+    with _timed(seconds, "fit"):
+        model = fit_model(fit_set, calibration_set, recipe, options)
+    del fit_set  # the preprocessed fit images are not needed past fitting
+    with _timed(seconds, "calibrate"):
+        calibration = calibrate(model, calibration_set, recipe)
+    with (
+        _timed(seconds, "export"),
+        tempfile.TemporaryDirectory(prefix="autoweld-export-") as scratch,
+    ):
+        onnx = export_onnx(
+            model.graph, Path(scratch) / ONNX_FILE, recipe.image_size, opset=options.opset
+        )
+        content = build_manifest(options, recipe, model, calibration, calibration_set, onnx)
+        written = write_export(options, recipe, model, content)
     seconds["total"] = time.perf_counter() - started
     return ExportResult(
-        bundle=bundle,
-        bundle_dir=bundle_dir,
-        bundle_bytes=_dir_bytes(bundle_dir),
-        reference_path=reference_path,
+        bundle=written.bundle,
+        bundle_dir=written.bundle_dir,
+        bundle_bytes=_dir_bytes(written.bundle_dir),
+        reference_path=written.reference_path,
         recipe=recipe,
-        graph=graph,
+        graph=model.graph,
         calibration=calibration,
-        n_fit=len(fit_samples),
-        bank_sizes=bank_sizes,
-        onnx_max_abs_diff=onnx_result.max_abs_diff,
+        n_fit=model.n_fit,
+        bank_sizes=content.bank_sizes,
+        onnx_max_abs_diff=onnx.max_abs_diff,
         seconds=seconds,
     )

@@ -135,6 +135,55 @@ def _triple(value: Any, where: str) -> tuple[float, float, float]:
     return (float(value[0]), float(value[1]), float(value[2]))
 
 
+def _profile(
+    raw: Mapping[str, Any], path: Path, backbone: str | None
+) -> tuple[str, dict[str, Any], dict[str, dict[str, Any]]]:
+    """The profile to use: its name, its plain keys and its head tables (``[<profile>.<head>]``).
+
+    ``backbone`` picks the profile of that name when the recipe has one, else the default."""
+    profiles = {k: v for k, v in raw.items() if isinstance(v, dict) and k not in _TOP_KEYS}
+    _check_keys({k: v for k, v in raw.items() if k not in profiles}, _TOP_KEYS, str(path))
+    default_profile = raw.get("profile")
+    if default_profile not in profiles:
+        raise ValueError(f"{path}: 'profile' must name one of the profiles {sorted(profiles)}")
+    chosen = backbone if backbone in profiles else default_profile
+    table = dict(profiles[chosen])
+    heads = {k: dict(v) for k, v in table.items() if isinstance(v, dict)}
+    plain = {k: v for k, v in table.items() if k not in heads}
+    _check_keys(plain, _PROFILE_KEYS, f"{path} [{chosen}]")
+    for key in ("backbone", "image_size", "mean", "std", "models"):
+        if key not in plain:
+            raise ValueError(f"{path} [{chosen}]: missing {key!r}")
+    return chosen, plain, heads
+
+
+def _section(raw: Mapping[str, Any], name: str, allowed: set[str], path: Path) -> dict[str, Any]:
+    table = dict(raw.get(name, {}))
+    _check_keys(table, allowed, f"{path} [{name}]")
+    return table
+
+
+def _typed_sections(
+    preprocess: Mapping[str, Any], calibration: Mapping[str, Any], scoring: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """``[preprocess]``, ``[calibration]`` and ``[scoring]`` with their defaults, typed."""
+    return {
+        "preprocess": {
+            "clahe": bool(preprocess.get("clahe", True)),
+            "clip_limit": float(preprocess.get("clip_limit", 2.0)),
+            "tile_grid": [int(v) for v in preprocess.get("tile_grid", [8, 8])],
+            "sigma": float(preprocess.get("sigma", 0.0)),
+        },
+        "calibration": {
+            "val_fraction": float(calibration.get("val_fraction", 0.2)),
+            "threshold_method": str(calibration.get("threshold_method", "best_f1")),
+            "target_frr": float(calibration.get("target_frr", 0.01)),
+            "anomalies_per_image": int(calibration.get("anomalies_per_image", 1)),
+        },
+        "scoring": {"map_sigma": float(scoring.get("map_sigma", 4.0))},
+    }
+
+
 def resolve_recipe(
     category: str,
     *,
@@ -156,25 +205,10 @@ def resolve_recipe(
         raw, path = load_recipe("default")
     else:
         raw, path = load_recipe(recipe if recipe is not None else category)
-    profiles = {k: v for k, v in raw.items() if isinstance(v, dict) and k not in _TOP_KEYS}
-    _check_keys({k: v for k, v in raw.items() if k not in profiles}, _TOP_KEYS, str(path))
-    default_profile = raw.get("profile")
-    if default_profile not in profiles:
-        raise ValueError(f"{path}: 'profile' must name one of the profiles {sorted(profiles)}")
-    chosen = backbone if backbone in profiles else default_profile
-    table = dict(profiles[chosen])
-    heads = {k: dict(v) for k, v in table.items() if isinstance(v, dict)}
-    plain = {k: v for k, v in table.items() if k not in heads}
-    _check_keys(plain, _PROFILE_KEYS, f"{path} [{chosen}]")
-    for key in ("backbone", "image_size", "mean", "std", "models"):
-        if key not in plain:
-            raise ValueError(f"{path} [{chosen}]: missing {key!r}")
-    preprocess = dict(raw.get("preprocess", {}))
-    _check_keys(preprocess, _PREPROCESS_KEYS, f"{path} [preprocess]")
-    calibration = dict(raw.get("calibration", {}))
-    _check_keys(calibration, _CALIBRATION_KEYS, f"{path} [calibration]")
-    scoring = dict(raw.get("scoring", {}))
-    _check_keys(scoring, _SCORING_KEYS, f"{path} [scoring]")
+    chosen, plain, heads = _profile(raw, path, backbone)
+    preprocess = _section(raw, "preprocess", _PREPROCESS_KEYS, path)
+    calibration = _section(raw, "calibration", _CALIBRATION_KEYS, path)
+    scoring = _section(raw, "scoring", _SCORING_KEYS, path)
 
     size = int(image_size if image_size is not None else plain["image_size"])
     if size < 32 or size % 8:
@@ -202,19 +236,7 @@ def resolve_recipe(
         batch_size=int(plain.get("batch_size", 8)),
         layers=layers,
         seed=int(seed if seed is not None else raw.get("seed", 0)),
-        preprocess={
-            "clahe": bool(preprocess.get("clahe", True)),
-            "clip_limit": float(preprocess.get("clip_limit", 2.0)),
-            "tile_grid": [int(v) for v in preprocess.get("tile_grid", [8, 8])],
-            "sigma": float(preprocess.get("sigma", 0.0)),
-        },
-        calibration={
-            "val_fraction": float(calibration.get("val_fraction", 0.2)),
-            "threshold_method": str(calibration.get("threshold_method", "best_f1")),
-            "target_frr": float(calibration.get("target_frr", 0.01)),
-            "anomalies_per_image": int(calibration.get("anomalies_per_image", 1)),
-        },
-        scoring={"map_sigma": float(scoring.get("map_sigma", 4.0))},
+        **_typed_sections(preprocess, calibration, scoring),
         head_settings={name: heads.get(name, {}) for name in chosen_models},
     )
     if not 0.0 < result.calibration["val_fraction"] < 1.0:

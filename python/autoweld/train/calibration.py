@@ -1,12 +1,15 @@
 """Calibration: Platt scaling per head, fusion weights, the decision threshold.
 
 Platt's convention (as in the bundle): ``p = 1 / (1 + exp(a * s + b))``, so a good anomaly score
-(higher = more anomalous) gets ``a < 0``.
+(higher = more anomalous) gets ``a < 0``. :func:`fit_calibration` is what export runs: it fits
+all three on the raw head scores of the calibration data and returns a
+:class:`CalibrationSummary`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,8 +20,10 @@ from autoweld.bundle import Calibration
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CalibrationSummary",
     "ThresholdChoice",
     "choose_threshold",
+    "fit_calibration",
     "fit_fusion_weights",
     "fit_platt",
     "platt",
@@ -180,3 +185,60 @@ def choose_threshold(
     assert best is not None
     f1, frr, far = _rates(f, y, best[1])
     return ThresholdChoice(best[1], method, None, f1, frr, far)
+
+
+@dataclass
+class CalibrationSummary:
+    """What calibration found, on the calibration data (never the test split)."""
+
+    source: str
+    n_normal: int
+    n_anomalous: int
+    platt: dict[str, tuple[float, float]]
+    fusion_weights: dict[str, float]
+    threshold: float
+    threshold_method: str
+    f1: float
+    frr: float
+    far: float
+    target_frr: float | None = None  # the FRR asked for with ``target_frr``, else None
+
+
+def fit_calibration(
+    raw_scores: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    *,
+    method: str = "best_f1",
+    target_frr: float = 0.01,
+    source: str,
+) -> CalibrationSummary:
+    """Platt per head, fusion weights over the heads' probabilities, then the threshold on the
+    fused probability, all fitted on the same calibration data.
+
+    ``raw_scores``: head name -> raw image scores, in head order (the fusion weights are fitted
+    on the probabilities stacked in this order). ``labels``: 0 normal, 1 anomalous. ``source``
+    says where the calibration data came from (``"synthesised"`` or ``"val_root"``).
+    """
+    names = list(raw_scores)
+    if not names:
+        raise ValueError("raw_scores: calibration needs at least one head")
+    platt_params = {name: fit_platt(raw_scores[name], labels) for name in names}
+    probabilities = np.stack(
+        [platt(raw_scores[name], *platt_params[name]) for name in names], axis=1
+    )
+    weights = fit_fusion_weights(probabilities, labels)
+    choice = choose_threshold(probabilities @ weights, labels, method=method, target_frr=target_frr)
+    labels = np.asarray(labels)
+    return CalibrationSummary(
+        source=source,
+        n_normal=int(np.sum(labels == 0)),
+        n_anomalous=int(np.sum(labels == 1)),
+        platt=platt_params,
+        fusion_weights={n: float(w) for n, w in zip(names, weights, strict=True)},
+        threshold=choice.threshold,
+        threshold_method=choice.method,
+        f1=choice.f1,
+        frr=choice.frr,
+        far=choice.far,
+        target_frr=choice.target_frr,
+    )

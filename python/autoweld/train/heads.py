@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from autoweld.bundle import HEAD_KINDS  # the kinds a bundle knows: one definition, no torch
 from autoweld.train.backbones import FeatureExtractor
 
 __all__ = [
-    "HEAD_KINDS",
     "ExportHead",
     "HeadContext",
     "InspectionGraph",
@@ -39,8 +39,6 @@ __all__ = [
     "build_head",
     "register_head",
 ]
-
-HEAD_KINDS = ("knn", "map")
 
 
 class ExportHead(nn.Module):
