@@ -2,6 +2,7 @@
 refused once, on load, naming the field."""
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -142,3 +143,11 @@ def test_written_bundle_loads_the_same_manifest(tmp_path):
     on_disk = json.loads((tmp_path / "b" / MANIFEST_NAME).read_text())
     assert on_disk == bundle.manifest.to_json()
     assert load_bundle(tmp_path / "b", key=None).manifest == bundle.manifest
+
+
+def test_a_manifest_built_in_code_is_checked_before_anything_is_written(tmp_path):
+    typed = Manifest.from_json({**_exported_manifest("default"), "files": {}})
+    bad = dataclasses.replace(typed, fusion=dataclasses.replace(typed.fusion, threshold=1.5))
+    with pytest.raises(BundleError, match=r"fusion threshold 1\.5 is outside"):
+        write_bundle(tmp_path / "b", bad, {"model.onnx": b"x"})
+    assert list(tmp_path.iterdir()) == []

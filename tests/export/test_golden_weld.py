@@ -53,10 +53,21 @@ def _close(got, expected, where=""):
         assert got == expected, where
 
 
+def _same_data_files(golden: dict, now: dict) -> bool:
+    """Whether the exported arrays hash as in the golden file. The ONNX file is left out: its
+    bytes can differ between processes (serialisation details) while the graph computes the
+    same; the scores below show whether it does."""
+    return all(
+        now["files"][name] == digest
+        for name, digest in golden["files"].items()
+        if name.endswith(".npy")
+    )
+
+
 def test_manifest_is_unchanged(golden_and_now):
     golden, now = golden_and_now
     assert sorted(now["files"]) == sorted(golden["files"])
-    if now["files"] == golden["files"]:
+    if _same_data_files(golden, now):
         assert now["manifest"] == golden["manifest"]  # the same bundle: to the bit
     else:
         _close(now["manifest"], golden["manifest"], "manifest")
@@ -65,7 +76,7 @@ def test_manifest_is_unchanged(golden_and_now):
 def test_scores_and_decisions_are_unchanged(golden_and_now):
     golden, now = golden_and_now
     assert sorted(now["images"]) == sorted(golden["images"])
-    same_files = now["files"] == golden["files"]
+    same_files = _same_data_files(golden, now)
     for key, expected in golden["images"].items():
         got = now["images"][key]
         assert got["error"] == expected["error"], key

@@ -30,6 +30,7 @@ from autoweld.bundle.schema import (
     Provenance,
     ScoringSpec,
     TensorRTSpec,
+    head_from_json,
 )
 
 __all__ = [
@@ -55,5 +56,6 @@ __all__ = [
     "load_bundle",
     "manifest_identity",
     "sha256_file",
+    "head_from_json",
     "write_bundle",
 ]

@@ -178,10 +178,12 @@ def write_bundle(
     for name in files:
         if not name or Path(name).name != name or name in (MANIFEST_NAME, SIGNATURE_NAME):
             raise BundleError(f"bad bundle file name {name!r}: a plain file name is required")
-    if not isinstance(manifest, Manifest):
-        manifest = Manifest.from_json(
-            {"format_version": FORMAT_VERSION, **manifest, "files": {}}, where
-        )
+    # checked before anything is written: a Manifest built in code goes through the same
+    # checks as one read from disk
+    json_form = manifest.to_json() if isinstance(manifest, Manifest) else manifest
+    manifest = Manifest.from_json(
+        {"format_version": FORMAT_VERSION, **json_form, "files": {}}, where
+    )
     if out_dir.exists() and not overwrite:
         raise BundleError(f"{out_dir} exists (pass overwrite=True to replace it)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ __all__ = [
     "Provenance",
     "ScoringSpec",
     "TensorRTSpec",
+    "head_from_json",
 ]
 
 #: The manifest layout this autoweld writes, and the ones it reads.
@@ -459,6 +460,19 @@ _HEAD_TYPES: dict[str, Callable[[str, Mapping[str, Any], str], HeadSpec]] = {
 }
 
 
+def head_from_json(name: str, obj: Any, where: str) -> HeadSpec:
+    """One ``models.<name>`` entry, checked and typed by its ``kind``."""
+    what = f"{where}: model {name!r}"
+    if not isinstance(obj, Mapping):
+        raise BundleError(f"{what} must be an object")
+    for key in HeadSpec._COMMON:
+        if key not in obj:
+            raise BundleError(f"{what} lacks {key!r}")
+    if obj["kind"] not in HEAD_KINDS:
+        raise BundleError(f"{what} has unknown kind {obj['kind']!r}")
+    return _HEAD_TYPES[obj["kind"]](name, obj, what)
+
+
 @dataclass(frozen=True)
 class ScoringSpec:
     """How head outputs become maps: σ of the anomaly-map blur."""
@@ -694,17 +708,7 @@ def _read_v1(obj: Mapping[str, Any], where: str) -> Manifest:
     models = obj["models"]
     if not isinstance(models, Mapping) or not models:
         raise BundleError(f"{where}: manifest lists no models")
-    heads: dict[str, HeadSpec] = {}
-    for name, spec in models.items():
-        what = f"{where}: model {name!r}"
-        if not isinstance(spec, Mapping):
-            raise BundleError(f"{what} must be an object")
-        for key in HeadSpec._COMMON:
-            if key not in spec:
-                raise BundleError(f"{what} lacks {key!r}")
-        if spec["kind"] not in HEAD_KINDS:
-            raise BundleError(f"{what} has unknown kind {spec['kind']!r}")
-        heads[name] = _HEAD_TYPES[spec["kind"]](name, spec, what)
+    heads = {name: head_from_json(name, spec, where) for name, spec in models.items()}
     files = _object(obj["files"], f"{where}: files")
     return Manifest(
         format_version=obj["format_version"],

@@ -30,7 +30,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +48,12 @@ from autoweld.bundle import (
     EngineSpec,
     FusionSpec,
     HeadSpec,
-    KnnHeadSpec,
     Manifest,
-    MapHeadSpec,
     PreprocessSpec,
     Provenance,
     ScoringSpec,
     bundle_key_from_env,
+    head_from_json,
     write_bundle,
 )
 from autoweld.export.onnx_export import DEFAULT_OPSET, OnnxExport, export_onnx
@@ -101,8 +100,6 @@ _PACKAGES = (
     "scipy",
 )
 #: The manifest type of each head kind (``ExportHead.kind``).
-_HEAD_SPECS: dict[str, type[HeadSpec]] = {"knn": KnnHeadSpec, "map": MapHeadSpec}
-_COMMON_HEAD_FIELDS = frozenset(f.name for f in fields(HeadSpec))
 
 
 @dataclass
@@ -426,21 +423,16 @@ def calibrate(
 
 
 def _head_spec(head: ExportHead, calibration: Calibration, image_size: int) -> HeadSpec:
-    """A head's manifest entry: its typed fields, the rest of ``manifest_entry()`` as extras.
-
-    A ``knn`` head that names no ``knn_basis`` is searched brute force."""
-    spec_type = _HEAD_SPECS[head.kind]
-    entry = head.manifest_entry()
-    typed = {f.name for f in fields(spec_type) if f.init} - _COMMON_HEAD_FIELDS
-    return spec_type(
-        name=head.name,
-        kind=head.kind,
-        output=head.output_name,
-        feature_map=tuple(head.feature_map_size(image_size)),
-        calibration=calibration,
-        extras={k: v for k, v in entry.items() if k not in typed},
-        **{k: v for k, v in entry.items() if k in typed},
-    )
+    """A head's manifest entry, typed and checked by the bundle schema (``manifest_entry()``
+    gives the head's own fields; the typed ones become attributes, the rest extras)."""
+    entry = {
+        **head.manifest_entry(),
+        "kind": head.kind,
+        "output": head.output_name,
+        "feature_map": list(head.feature_map_size(image_size)),
+        "calibration": calibration.to_json(),
+    }
+    return head_from_json(head.name, entry, "export")
 
 
 def _head_files(graph: InspectionGraph) -> dict[str, np.ndarray | Path]:
@@ -557,11 +549,12 @@ def write_export(
     """Write the bundle atomically to ``OUT/CATEGORY/`` (signed when a bundle key is set) and
     the torch reference file beside it.
 
-    The manifest is checked first, as a loader will read it, so a manifest the runtime would
-    refuse never replaces a bundle already there."""
+    ``write_bundle`` checks the manifest as a loader will read it before it writes anything, so
+    a manifest the runtime would refuse never replaces a bundle already there."""
     bundle_dir = Path(options.out_dir) / options.category
-    checked = Manifest.from_json(content.manifest.to_json(), str(bundle_dir / "manifest.json"))
-    bundle = write_bundle(bundle_dir, checked, content.files, sign_with=bundle_key_from_env())
+    bundle = write_bundle(
+        bundle_dir, content.manifest, content.files, sign_with=bundle_key_from_env()
+    )
     reference_path = None
     if options.save_reference:
         reference_path = save_reference(
