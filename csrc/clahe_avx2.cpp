@@ -1,7 +1,7 @@
 // AVX2 flavour of the CLAHE row interpolation: one gather of the packed four-LUT word per pixel,
 // then exactly OpenCV's float expression (separate multiplies and adds, never fused: the
 // pragma below keeps the compiler from contracting them into FMA, which would change the
-// rounding of a few pixels). Only called when cpu_has_avx2_fma().
+// rounding of a few pixels). Dispatched only when the CPU runs Isa::avx2.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("fp-contract=off")
 #elif defined(__clang__)

@@ -1,5 +1,6 @@
-// Shared plumbing of the AutoWeld core: argument errors, a small parallel-for and CPU feature
-// detection. Python-free: nothing here knows pybind11.
+// Shared plumbing of the AutoWeld core: argument errors, thread counts, the reflect-101 border.
+// Python-free: nothing here knows pybind11. (Parallel loops: thread_pool.hpp; CPU detection and
+// kernel dispatch: isa.hpp.)
 #pragma once
 
 #include <algorithm>
@@ -40,9 +41,5 @@ inline int reflect101(int p, int len) {
     } while (static_cast<unsigned>(p) >= static_cast<unsigned>(len));
     return p;
 }
-
-// True when the CPU running us has AVX2 and FMA (checked once). Kernels compiled in
-// *_avx2.cpp files may only be called when this is true.
-bool cpu_has_avx2_fma();
 
 }  // namespace autoweld
