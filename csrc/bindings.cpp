@@ -145,6 +145,15 @@ static void require_k_within(std::int64_t k, std::size_t nb) {
     autoweld::check_k(static_cast<std::size_t>(k), nb);
 }
 
+// The (n,) output of a coreset selection from `rows` feature rows; n is checked before it is
+// allocated, so a huge n is a ValueError, never an allocation first.
+static I64 selection_output(std::int64_t n, std::size_t rows) {
+    autoweld::require(static_cast<std::size_t>(n) <= rows,
+                      "n must be <= the number of feature rows (" + std::to_string(rows) +
+                          "), got " + std::to_string(n));
+    return I64(static_cast<std::size_t>(n));
+}
+
 static void bind_numeric_kernels(py::module_& m) {
     m.def(
         "knn",
@@ -251,11 +260,7 @@ static void bind_numeric_kernels(py::module_& m) {
             autoweld::require(projection_dim >= 0, "projection_dim must be >= 0");
             const auto rows = static_cast<std::size_t>(features.shape(0));
             const auto dim = static_cast<std::size_t>(features.shape(1));
-            // checked before the output is allocated: a huge n must not allocate first
-            autoweld::require(static_cast<std::size_t>(n) <= rows,
-                              "n must be <= the number of feature rows (" + std::to_string(rows) +
-                                  "), got " + std::to_string(n));
-            I64 out(static_cast<std::size_t>(n));
+            I64 out = selection_output(n, rows);
             std::int64_t* o = out.mutable_data();
             const float* f = features.data();
             py::gil_scoped_release release;
@@ -307,11 +312,7 @@ static void bind_numeric_kernels(py::module_& m) {
             const autoweld::KernelOptions options{threads, autoweld::parse_isa(isa)};
             const auto rows = static_cast<std::size_t>(x.shape(0));
             const auto dim = static_cast<std::size_t>(x.shape(1));
-            // checked before the output is allocated: a huge n must not allocate first
-            autoweld::require(static_cast<std::size_t>(n) <= rows,
-                              "n must be <= the number of feature rows (" + std::to_string(rows) +
-                                  "), got " + std::to_string(n));
-            I64 out(static_cast<std::size_t>(n));
+            I64 out = selection_output(n, rows);
             std::int64_t* o = out.mutable_data();
             const float* p = x.data();
             py::gil_scoped_release release;

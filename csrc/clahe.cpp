@@ -131,12 +131,21 @@ void lab_planes_to_bgr_scalar(const std::uint8_t* l, const std::uint8_t* a,
     }
 }
 
+namespace {
+
+// pick_kernels for the families whose AVX-512 flavour needs VBMI too: without it, AVX2.
+template <class Kernels>
+Kernels pick_vbmi_kernels(Isa cap, const Kernels& scalar, const Kernels& avx2,
+                          const Kernels& avx512_vbmi) {
+    return pick_kernels(cap, scalar, avx2, cpu_has_avx512_vbmi() ? avx512_vbmi : avx2);
+}
+
+}  // namespace
+
 LabKernels lab_kernels(Isa cap) {
-    const bool vbmi = cpu_has_avx512_vbmi();
-    return pick_kernels(cap, LabKernels{bgr_to_lab_planes_scalar, lab_planes_to_bgr_scalar},
-                        LabKernels{bgr_to_lab_planes_avx2, lab_planes_to_bgr_avx2},
-                        vbmi ? LabKernels{bgr_to_lab_planes_avx512, lab_planes_to_bgr_avx512}
-                             : LabKernels{bgr_to_lab_planes_avx2, lab_planes_to_bgr_avx2});
+    return pick_vbmi_kernels(cap, LabKernels{bgr_to_lab_planes_scalar, lab_planes_to_bgr_scalar},
+                             LabKernels{bgr_to_lab_planes_avx2, lab_planes_to_bgr_avx2},
+                             LabKernels{bgr_to_lab_planes_avx512, lab_planes_to_bgr_avx512});
 }
 
 }  // namespace detail
@@ -284,16 +293,10 @@ void clahe_row_scalar(const ClaheTables& t, const std::uint32_t* packed, float y
     }
 }
 
-}  // namespace detail
-
-namespace detail {
-
 ClaheRowKernels clahe_row_kernels(Isa cap) {
-    const bool vbmi = cpu_has_avx512_vbmi();
-    return pick_kernels(cap, ClaheRowKernels{clahe_row_scalar, nullptr},
-                        ClaheRowKernels{clahe_row_avx2, nullptr},
-                        vbmi ? ClaheRowKernels{nullptr, clahe_row_avx512}
-                             : ClaheRowKernels{clahe_row_avx2, nullptr});
+    return pick_vbmi_kernels(cap, ClaheRowKernels{clahe_row_scalar, nullptr},
+                             ClaheRowKernels{clahe_row_avx2, nullptr},
+                             ClaheRowKernels{nullptr, clahe_row_avx512});
 }
 
 }  // namespace detail

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <stdexcept>
 #include <string>
@@ -19,6 +20,12 @@ inline void require(bool condition, const std::string& message) {
 // Largest Gaussian sigma (pixels) any kernel accepts: beyond it the kernel radius int(4*sigma)
 // would overflow int, and no image we inspect is that large anyway.
 constexpr double kMaxSigma = 1000.0;
+
+// Throws std::invalid_argument unless sigma is in [0, kMaxSigma].
+inline void require_sigma(double sigma) {
+    require(std::isfinite(sigma) && sigma >= 0.0, "sigma must be finite and >= 0");
+    require(sigma <= kMaxSigma, "sigma must be <= 1000, got " + std::to_string(sigma));
+}
 
 // Number of worker threads to use: `requested` <= 0 means "all hardware threads".
 inline int resolve_threads(int requested) {

@@ -57,8 +57,7 @@ std::vector<SparseRow> area_linear_rows(int in, int out) {
 }  // namespace
 
 std::vector<int> gaussian_kernel_q8(double sigma) {
-    require(std::isfinite(sigma) && sigma >= 0.0, "sigma must be finite and >= 0");
-    require(sigma <= kMaxSigma, "sigma must be <= 1000, got " + std::to_string(sigma));
+    require_sigma(sigma);
     if (sigma == 0.0) return {256};
     const int n = static_cast<int>(std::lrint(sigma * 6 + 1)) | 1;
     // getGaussianKernelBitExact: symmetric, the centre tap is exp(0) = 1 before normalising.
