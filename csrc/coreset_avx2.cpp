@@ -1,5 +1,5 @@
 // AVX2+FMA kernel of the coreset selection (coreset_internal.hpp). Compiled with -mavx2 -mfma;
-// dispatched (coreset_kernels in coreset.cpp) only when the CPU runs Isa::avx2.
+// dispatched (coreset_select in coreset.cpp) only when the CPU runs Isa::avx2.
 #include <immintrin.h>
 
 #include <algorithm>

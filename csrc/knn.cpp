@@ -75,6 +75,12 @@ void squared_norms(const float* x, std::size_t n, std::size_t dim, float* out, i
     });
 }
 
+void check_k(std::size_t k, std::size_t nb) {
+    require(k >= 1, "k must be at least 1, got " + std::to_string(k));
+    require(k <= nb, "k (" + std::to_string(k) + ") exceeds the memory bank size (" +
+                         std::to_string(nb) + " rows)");
+}
+
 namespace detail {
 
 void check_bank_dims(std::size_t nb, std::size_t dim) {
@@ -83,20 +89,11 @@ void check_bank_dims(std::size_t nb, std::size_t dim) {
 }
 
 KnnKernels knn_kernels(Isa cap) {
-    return pick_kernels(cap, KnnKernels{panel_dots_portable, panel_rows_dots_portable, bound_rows_portable},
-                        KnnKernels{panel_dots_avx2, panel_rows_dots_avx2, bound_rows_avx2},
-                        KnnKernels{panel_dots_avx512, panel_rows_dots_avx512, bound_rows_avx512});
+    return pick_kernels(
+        cap, KnnKernels{panel_dots_portable, panel_rows_dots_portable, bound_rows_portable},
+        KnnKernels{panel_dots_avx2, panel_rows_dots_avx2, bound_rows_avx2},
+        KnnKernels{panel_dots_avx512, panel_rows_dots_avx512, bound_rows_avx512});
 }
-
-}  // namespace detail
-
-void check_k(std::size_t k, std::size_t nb) {
-    require(k >= 1, "k must be at least 1, got " + std::to_string(k));
-    require(k <= nb, "k (" + std::to_string(k) + ") exceeds the memory bank size (" +
-                         std::to_string(nb) + " rows)");
-}
-
-namespace detail {
 
 void rows_in_fours(FourRows four_rows, const float* qt, const float* const* rows,
                    std::size_t count, std::size_t n, float* out) {
@@ -249,10 +246,15 @@ namespace {
 // 16-query panels, packs them once, and walks the bank in blocks of kNc rows; the dot products
 // of a block are turned into v = |b|^2 - 2 q.b and merged into each query's top-k heap (v is
 // the squared distance minus |q|^2, which ranks bank rows the same way).
-void knn_core(const float* queries, std::size_t nq, const float* bank, const float* bn,
-              const float* prepacked, std::size_t nb, std::size_t dim, std::size_t k,
-              float* distances, std::int64_t* indices, int threads, PanelDots dots) {
+// (The bank's norms and, when it is given, its packed layout are set in `prepared` by now.)
+void knn_core(const detail::PreparedBank& prepared, const float* queries, std::size_t nq,
+              std::size_t k, float* distances, std::int64_t* indices, int threads,
+              PanelDots dots) {
     using detail::kPanel;
+    const float* bank = prepared.rows;
+    const float* bn = prepared.norms;
+    const float* prepacked = prepared.packed;
+    const std::size_t nb = prepared.size, dim = prepared.dim;
     const std::size_t panels = (nq + kPanel - 1) / kPanel;
     // Each thread computes the squared norms of its own queries (no extra parallel region).
     std::vector<float> qn(nq);
@@ -376,7 +378,7 @@ void detail::knn_search_prepared(const PreparedBank& prepared, const float* quer
         require_finite(own_norms.data(), nb, "bank (squared row norms overflow float32)");
         bank_norms = own_norms.data();
     }
-    knn_core(queries, nq, bank, bank_norms, packed, nb, dim, k, distances, indices, threads,
+    knn_core({bank, nb, dim, bank_norms, packed}, queries, nq, k, distances, indices, threads,
              dots);
 }
 

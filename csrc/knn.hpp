@@ -11,7 +11,7 @@
 
 namespace autoweld {
 
-// out[i] = sum_d x[i*d + d]^2 for n rows of length dim.
+// out[i] = sum over d < dim of x[i*dim + d]^2, for n rows of length dim.
 void squared_norms(const float* x, std::size_t n, std::size_t dim, float* out, int threads);
 
 // Throws std::invalid_argument naming `name` when any of the n*dim values is NaN or ±Inf.
