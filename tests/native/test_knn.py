@@ -450,6 +450,12 @@ def test_index_owns_its_bank(prune):
         view[0, 0] = 1.0
     with pytest.raises(ValueError):
         view.flags.writeable = True
+    # Scoring can share the view instead of keeping a second copy of the bank.
+    neighbours = native.bank_neighbours(original, 3)
+    distances, indices = after[0][:, :1].copy(), after[1][:, :1].copy()
+    assert native.patchcore_score(queries, distances, indices, view, neighbours) == (
+        native.patchcore_score(queries, distances, indices, original, neighbours)
+    )
     del index  # the view keeps the index's memory alive
     np.testing.assert_array_equal(view, original)
 
