@@ -40,8 +40,7 @@ LinearAxis linear_axis(int in, int out) {
 }  // namespace
 
 std::vector<float> anomaly_gaussian_kernel(double sigma) {
-    require(std::isfinite(sigma) && sigma >= 0.0, "sigma must be finite and >= 0");
-    require(sigma <= kMaxSigma, "sigma must be <= 1000, got " + std::to_string(sigma));
+    require_sigma(sigma);
     if (sigma == 0.0) return {1.0f};
     const int radius = static_cast<int>(4.0 * sigma + 0.5);
     const int size = 2 * radius + 1;

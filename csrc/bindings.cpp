@@ -16,6 +16,7 @@
 #include "clahe.hpp"
 #include "common.hpp"
 #include "coreset.hpp"
+#include "isa.hpp"
 #include "knn.hpp"
 #include "preprocess.hpp"
 #include "scoring.hpp"
@@ -114,23 +115,13 @@ using F32 = py::array_t<float, py::array::c_style>;
 using I64 = py::array_t<std::int64_t, py::array::c_style>;
 using F64 = py::array_t<double, py::array::c_style>;
 
-static autoweld::KernelPath kernel_path(const std::string& name) {
-    if (name == "auto") return autoweld::KernelPath::automatic;
-    if (name == "portable") return autoweld::KernelPath::portable;
-    if (name == "avx2") return autoweld::KernelPath::avx2;
-    if (name == "avx512") return autoweld::KernelPath::avx512;
-    throw std::invalid_argument("path must be 'auto', 'portable', 'avx2' or 'avx512', got '" +
-                                name + "'");
-}
-
 static void require_2d(const py::array& a, const char* name) {
     autoweld::require(a.ndim() == 2, std::string(name) + " must be 2-D, got " +
                                          std::to_string(a.ndim()) + "-D");
 }
 
-// A bank plus its norms; keeps the bank array alive while the index lives.
+// The index owns its copy of the bank; Python sees that copy through a read-only view.
 struct PyKnnIndex {
-    F32 bank;
     std::unique_ptr<autoweld::KnnIndex> index;
 };
 
@@ -151,19 +142,28 @@ static py::tuple knn_result(std::size_t nq, std::size_t k,
 // as a slightly too large one, never a MemoryError.
 static void require_k_within(std::int64_t k, std::size_t nb) {
     autoweld::require(k >= 1, "k must be at least 1");
-    autoweld::detail::check_k(static_cast<std::size_t>(k), nb);
+    autoweld::check_k(static_cast<std::size_t>(k), nb);
+}
+
+// The (n,) output of a coreset selection from `rows` feature rows; n is checked before it is
+// allocated, so a huge n is a ValueError, never an allocation first.
+static I64 selection_output(std::int64_t n, std::size_t rows) {
+    autoweld::require(static_cast<std::size_t>(n) <= rows,
+                      "n must be <= the number of feature rows (" + std::to_string(rows) +
+                          "), got " + std::to_string(n));
+    return I64(static_cast<std::size_t>(n));
 }
 
 static void bind_numeric_kernels(py::module_& m) {
     m.def(
         "knn",
         [](const F32& queries, const F32& bank, std::int64_t k, int threads,
-           const std::string& path) {
+           const std::string& isa) {
             require_2d(queries, "queries");
             require_2d(bank, "bank");
             autoweld::require(queries.shape(1) == bank.shape(1),
                               "queries and bank must have the same feature dimension");
-            const auto kp = kernel_path(path);
+            const autoweld::KernelOptions options{threads, autoweld::parse_isa(isa)};
             const auto nq = static_cast<std::size_t>(queries.shape(0));
             const auto nb = static_cast<std::size_t>(bank.shape(0));
             const auto dim = static_cast<std::size_t>(bank.shape(1));
@@ -171,18 +171,16 @@ static void bind_numeric_kernels(py::module_& m) {
             const float* q = queries.data();
             const float* b = bank.data();
             return knn_result(nq, static_cast<std::size_t>(k), [&](float* d, std::int64_t* i) {
-                autoweld::knn_search(q, nq, b, nullptr, nb, dim, static_cast<std::size_t>(k), d,
-                                     i, threads, kp);
+                autoweld::knn_search(q, nq, b, nb, dim, static_cast<std::size_t>(k), d, i, options);
             });
         },
         py::arg("queries"), py::arg("bank"), py::arg("k"), py::arg("threads") = 0,
-        py::arg("path") = "auto");
+        py::arg("isa") = "best");
 
     py::class_<PyKnnIndex>(m, "KnnIndex")
         .def(py::init([](const F32& bank, int threads) {
                  require_2d(bank, "bank");
                  auto self = std::make_unique<PyKnnIndex>();
-                 self->bank = bank;
                  const float* b = bank.data();
                  const auto nb = static_cast<std::size_t>(bank.shape(0));
                  const auto dim = static_cast<std::size_t>(bank.shape(1));
@@ -200,7 +198,6 @@ static void bind_numeric_kernels(py::module_& m) {
                                    "basis must have the bank's feature dimension as columns");
                  const auto prefix = static_cast<std::size_t>(basis.shape(0));
                  auto self = std::make_unique<PyKnnIndex>();
-                 self->bank = bank;
                  const float* b = bank.data();
                  const float* u = basis.data();
                  py::gil_scoped_release release;
@@ -211,25 +208,32 @@ static void bind_numeric_kernels(py::module_& m) {
         .def(
             "search",
             [](const PyKnnIndex& self, const F32& queries, std::int64_t k, int threads,
-               const std::string& path) {
+               const std::string& isa) {
                 require_2d(queries, "queries");
                 autoweld::require(static_cast<std::size_t>(queries.shape(1)) == self.index->dim(),
                                   "queries and bank must have the same feature dimension");
-                const auto kp = kernel_path(path);
+                const autoweld::KernelOptions options{threads, autoweld::parse_isa(isa)};
                 const auto nq = static_cast<std::size_t>(queries.shape(0));
                 require_k_within(k, self.index->size());  // before the outputs are allocated
                 const float* q = queries.data();
                 return knn_result(nq, static_cast<std::size_t>(k),
                                   [&](float* d, std::int64_t* i) {
                                       self.index->search(q, nq, static_cast<std::size_t>(k), d, i,
-                                                         threads, kp);
+                                                         options);
                                   });
             },
-            py::arg("queries"), py::arg("k"), py::arg("threads") = 0, py::arg("path") = "auto")
+            py::arg("queries"), py::arg("k"), py::arg("threads") = 0, py::arg("isa") = "best")
         .def_property_readonly("size", [](const PyKnnIndex& s) { return s.index->size(); })
         .def_property_readonly("dim", [](const PyKnnIndex& s) { return s.index->dim(); })
         .def_property_readonly("prefix", [](const PyKnnIndex& s) { return s.index->prefix(); })
-        .def_property_readonly("bank", [](const PyKnnIndex& s) { return s.bank; });
+        // A read-only view of the index's own copy (numpy refuses to make it writeable: its
+        // base is the index, which keeps the memory alive and exports no buffer).
+        .def_property_readonly("bank", [](py::object self) {
+            const autoweld::KnnIndex& index = *self.cast<const PyKnnIndex&>().index;
+            F32 view({index.size(), index.dim()}, index.bank(), self);
+            py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+            return view;
+        });
 
     m.def(
         "bank_neighbours",
@@ -242,7 +246,7 @@ static void bind_numeric_kernels(py::module_& m) {
             std::int64_t* o = out.mutable_data();
             const float* p = bank.data();
             py::gil_scoped_release release;
-            autoweld::bank_neighbours(p, nb, dim, static_cast<std::size_t>(b), o, threads);
+            autoweld::bank_neighbours(p, nb, dim, static_cast<std::size_t>(b), o, {threads});
             return out;
         },
         py::arg("bank"), py::arg("b"), py::arg("threads") = 0);
@@ -256,11 +260,7 @@ static void bind_numeric_kernels(py::module_& m) {
             autoweld::require(projection_dim >= 0, "projection_dim must be >= 0");
             const auto rows = static_cast<std::size_t>(features.shape(0));
             const auto dim = static_cast<std::size_t>(features.shape(1));
-            // checked before the output is allocated: a huge n must not allocate first
-            autoweld::require(static_cast<std::size_t>(n) <= rows,
-                              "n must be <= the number of feature rows (" + std::to_string(rows) +
-                                  "), got " + std::to_string(n));
-            I64 out(static_cast<std::size_t>(n));
+            I64 out = selection_output(n, rows);
             std::int64_t* o = out.mutable_data();
             const float* f = features.data();
             py::gil_scoped_release release;
@@ -305,27 +305,23 @@ static void bind_numeric_kernels(py::module_& m) {
     m.def(
         "coreset_select",
         [](const F32& x, std::int64_t n, std::int64_t start, int threads,
-           const std::string& path) {
+           const std::string& isa) {
             require_2d(x, "features");
             autoweld::require(n >= 1, "n must be at least 1");
             autoweld::require(start >= 0, "start must be >= 0");
-            const auto kp = kernel_path(path);
+            const autoweld::KernelOptions options{threads, autoweld::parse_isa(isa)};
             const auto rows = static_cast<std::size_t>(x.shape(0));
             const auto dim = static_cast<std::size_t>(x.shape(1));
-            // checked before the output is allocated: a huge n must not allocate first
-            autoweld::require(static_cast<std::size_t>(n) <= rows,
-                              "n must be <= the number of feature rows (" + std::to_string(rows) +
-                                  "), got " + std::to_string(n));
-            I64 out(static_cast<std::size_t>(n));
+            I64 out = selection_output(n, rows);
             std::int64_t* o = out.mutable_data();
             const float* p = x.data();
             py::gil_scoped_release release;
             autoweld::coreset_select(p, rows, dim, static_cast<std::size_t>(n),
-                                     static_cast<std::size_t>(start), o, threads, kp);
+                                     static_cast<std::size_t>(start), o, options);
             return out;
         },
         py::arg("features"), py::arg("n"), py::arg("start"), py::arg("threads") = 0,
-        py::arg("path") = "auto");
+        py::arg("isa") = "best");
 
     m.def(
         "patchcore_score",
@@ -539,9 +535,9 @@ static void bind_gpu(py::module_& m) {
 PYBIND11_MODULE(_native, m) {
     m.doc() = "AutoWeld C++ core (private; use autoweld.native)";
     m.attr("__version__") = AUTOWELD_VERSION;
-    m.def("has_avx2_fma", &autoweld::cpu_has_avx2_fma,
+    m.def("has_avx2_fma", [] { return autoweld::isa_available(autoweld::Isa::avx2); },
           "True when the kernels run their AVX2+FMA paths on this CPU.");
-    m.def("has_avx512", &autoweld::cpu_has_avx512,
+    m.def("has_avx512", [] { return autoweld::isa_available(autoweld::Isa::avx512); },
           "True when the kNN kernels run their AVX-512 path on this CPU.");
     m.def("hardware_threads", [] { return autoweld::resolve_threads(0); });
     bind_image_kernels(m);

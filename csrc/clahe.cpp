@@ -131,25 +131,21 @@ void lab_planes_to_bgr_scalar(const std::uint8_t* l, const std::uint8_t* a,
     }
 }
 
-void bgr_to_lab_planes(const std::uint8_t* bgr, std::size_t n, std::uint8_t* l, std::uint8_t* a,
-                       std::uint8_t* b) {
-    if (cpu_has_avx512_vbmi())
-        bgr_to_lab_planes_avx512(bgr, n, l, a, b);
-    else if (cpu_has_avx2_fma())
-        bgr_to_lab_planes_avx2(bgr, n, l, a, b);
-    else
-        bgr_to_lab_planes_scalar(bgr, n, l, a, b);
+namespace {
+
+// pick_kernels for the families whose AVX-512 flavour needs VBMI too: without it, AVX2.
+template <class Kernels>
+Kernels pick_vbmi_kernels(Isa cap, const Kernels& scalar, const Kernels& avx2,
+                          const Kernels& avx512_vbmi) {
+    return pick_kernels(cap, scalar, avx2, cpu_has_avx512_vbmi() ? avx512_vbmi : avx2);
 }
 
-void lab_planes_to_bgr(const std::uint8_t* l, const std::uint8_t* a, const std::uint8_t* b,
-                       std::size_t n, std::uint8_t* out_b, std::uint8_t* out_g,
-                       std::uint8_t* out_r) {
-    if (cpu_has_avx512_vbmi())
-        lab_planes_to_bgr_avx512(l, a, b, n, out_b, out_g, out_r);
-    else if (cpu_has_avx2_fma())
-        lab_planes_to_bgr_avx2(l, a, b, n, out_b, out_g, out_r);
-    else
-        lab_planes_to_bgr_scalar(l, a, b, n, out_b, out_g, out_r);
+}  // namespace
+
+LabKernels lab_kernels(Isa cap) {
+    return pick_vbmi_kernels(cap, LabKernels{bgr_to_lab_planes_scalar, lab_planes_to_bgr_scalar},
+                             LabKernels{bgr_to_lab_planes_avx2, lab_planes_to_bgr_avx2},
+                             LabKernels{bgr_to_lab_planes_avx512, lab_planes_to_bgr_avx512});
 }
 
 }  // namespace detail
@@ -188,7 +184,7 @@ void clahe_build_tables(const std::uint8_t* image, int height, int width, double
 
     const int n_tiles = tiles_x * tiles_y;
     t.lut.assign(static_cast<std::size_t>(n_tiles) * 256, 0);
-    detail::dynamic_parallel_for(static_cast<std::size_t>(n_tiles), threads, 1, [&](std::size_t b, std::size_t e) {
+    pool::parallel_for_dynamic(static_cast<std::size_t>(n_tiles), threads, 1, [&](std::size_t b, std::size_t e) {
         // Four interleaved histograms break the store-to-load dependency of equal neighbours.
         std::vector<std::uint32_t> hist4(4 * 256);
         int hist[256];
@@ -297,14 +293,19 @@ void clahe_row_scalar(const ClaheTables& t, const std::uint32_t* packed, float y
     }
 }
 
+ClaheRowKernels clahe_row_kernels(Isa cap) {
+    return pick_vbmi_kernels(cap, ClaheRowKernels{clahe_row_scalar, nullptr},
+                             ClaheRowKernels{clahe_row_avx2, nullptr},
+                             ClaheRowKernels{nullptr, clahe_row_avx512});
+}
+
 }  // namespace detail
 
-ClaheRowApplier::ClaheRowApplier(const ClaheTables& tables, bool portable)
+ClaheRowApplier::ClaheRowApplier(const ClaheTables& tables, Isa isa)
     : tables_(tables),
       packed_(static_cast<std::size_t>(tables.tiles_x + 1) * 256),
       inv_tile_height_(1.0f / static_cast<float>(tables.tile_height)),
-      simd_(!portable && cpu_has_avx2_fma()),
-      vbmi_(!portable && cpu_has_avx512_vbmi()) {}
+      kernels_(detail::clahe_row_kernels(isa)) {}
 
 void ClaheRowApplier::apply(int y, const std::uint8_t* src, std::uint8_t* dst) {
     const float prod = static_cast<float>(y) * inv_tile_height_;
@@ -313,18 +314,15 @@ void ClaheRowApplier::apply(int y, const std::uint8_t* src, std::uint8_t* dst) {
     const float ya = tyf - static_cast<float>(ty1);
     const float ya1 = 1.0f - ya;
     const int band = std::min(ty1 + 1, tables_.tiles_y);
-    if (vbmi_) {
-        detail::clahe_row_avx512(tables_, band, ya, ya1, src, dst);
+    if (kernels_.permute_row != nullptr) {
+        kernels_.permute_row(tables_, band, ya, ya1, src, dst);
         return;
     }
     if (band != band_) {
         detail::clahe_pack_band(tables_, band, packed_.data());
         band_ = band;
     }
-    if (simd_)
-        detail::clahe_row_avx2(tables_, packed_.data(), ya, ya1, src, dst);
-    else
-        detail::clahe_row_scalar(tables_, packed_.data(), ya, ya1, src, dst);
+    kernels_.packed_row(tables_, packed_.data(), ya, ya1, src, dst);
 }
 
 void clahe_apply_rows(const ClaheTables& t, const std::uint8_t* image, int row_begin, int row_end,
@@ -344,7 +342,7 @@ void clahe_gray(const std::uint8_t* image, int height, int width, double clip_li
     ClaheTables tables;
     clahe_build_tables(image, height, width, clip_limit, tiles_x, tiles_y, threads, tables);
     // Bands of whole tiles per chunk keep the packed-table rebuilds rare.
-    detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
+    pool::parallel_for_dynamic(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
         clahe_apply_rows(tables, image, static_cast<int>(b), static_cast<int>(e), out);
     });
 }
@@ -360,13 +358,14 @@ void clahe_bgr(const std::uint8_t* image, int height, int width, double clip_lim
     std::uint8_t* l = planes.get();
     std::uint8_t* a = l + n;
     std::uint8_t* b = a + n;
-    detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t r0, std::size_t r1) {
+    const detail::LabKernels lab = detail::lab_kernels(best_isa());
+    pool::parallel_for_dynamic(static_cast<std::size_t>(height), threads, 16, [&](std::size_t r0, std::size_t r1) {
         const std::size_t p0 = r0 * width, p1 = r1 * width;
-        detail::bgr_to_lab_planes(image + p0 * 3, p1 - p0, l + p0, a + p0, b + p0);
+        lab.to_lab(image + p0 * 3, p1 - p0, l + p0, a + p0, b + p0);
     });
     ClaheTables tables;
     clahe_build_tables(l, height, width, clip_limit, tiles_x, tiles_y, threads, tables);
-    detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t r0, std::size_t r1) {
+    pool::parallel_for_dynamic(static_cast<std::size_t>(height), threads, 16, [&](std::size_t r0, std::size_t r1) {
         ClaheRowApplier applier(tables);
         std::vector<std::uint8_t> row(static_cast<std::size_t>(width) * 4);
         std::uint8_t* lr = row.data();
@@ -376,8 +375,7 @@ void clahe_bgr(const std::uint8_t* image, int height, int width, double clip_lim
         for (std::size_t y = r0; y < r1; ++y) {
             const std::size_t p0 = y * width;
             applier.apply(static_cast<int>(y), l + p0, lr);
-            detail::lab_planes_to_bgr(lr, a + p0, b + p0, static_cast<std::size_t>(width), bo, go,
-                                      ro);
+            lab.to_bgr(lr, a + p0, b + p0, static_cast<std::size_t>(width), bo, go, ro);
             std::uint8_t* dst = out + p0 * 3;
             for (int x = 0; x < width; ++x) {
                 dst[3 * x] = bo[x];

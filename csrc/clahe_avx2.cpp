@@ -1,7 +1,7 @@
 // AVX2 flavour of the CLAHE row interpolation: one gather of the packed four-LUT word per pixel,
 // then exactly OpenCV's float expression (separate multiplies and adds, never fused: the
 // pragma below keeps the compiler from contracting them into FMA, which would change the
-// rounding of a few pixels). Only called when cpu_has_avx2_fma().
+// rounding of a few pixels). Dispatched only when the CPU runs Isa::avx2.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("fp-contract=off")
 #elif defined(__clang__)
@@ -72,6 +72,23 @@ void clahe_row_avx2(const ClaheTables& t, const std::uint32_t* packed, float ya,
 
 // ---- OpenCV's 8-bit Lab conversions, 8 pixels at a time (integer, bit-exact) -----------------
 
+#if defined(__AVX2__)
+namespace {
+
+// The eight int32 lanes of v (0..255 after the caller's clamps; saturated otherwise) as bytes.
+void pack8(__m256i v, std::uint8_t* dst) {
+    const __m256i p16 = _mm256_packus_epi32(v, v);
+    const __m256i p8 = _mm256_packus_epi16(p16, p16);
+    const std::uint32_t lo = static_cast<std::uint32_t>(_mm256_cvtsi256_si32(p8));
+    const std::uint32_t hi =
+        static_cast<std::uint32_t>(_mm_cvtsi128_si32(_mm256_extracti128_si256(p8, 1)));
+    std::memcpy(dst, &lo, 4);
+    std::memcpy(dst + 4, &hi, 4);
+}
+
+}  // namespace
+#endif
+
 void bgr_to_lab_planes_avx2(const std::uint8_t* bgr, std::size_t n, std::uint8_t* l,
                             std::uint8_t* a, std::uint8_t* b) {
 #if defined(__AVX2__)
@@ -86,15 +103,6 @@ void bgr_to_lab_planes_avx2(const std::uint8_t* bgr, std::size_t n, std::uint8_t
     auto coef = [](int v) { return _mm256_set1_epi32(v); };
     const __m256i k0 = coef(778), k1 = coef(1541), k2 = coef(1777), k3 = coef(296),
                   k4 = coef(2929), k5 = coef(871), k6 = coef(3575), k7 = coef(448), k8 = coef(73);
-    auto pack8 = [](__m256i v, std::uint8_t* dst) {
-        const __m256i p16 = _mm256_packus_epi32(v, v);
-        const __m256i p8 = _mm256_packus_epi16(p16, p16);
-        const std::uint32_t lo = static_cast<std::uint32_t>(_mm256_cvtsi256_si32(p8));
-        const std::uint32_t hi =
-            static_cast<std::uint32_t>(_mm_cvtsi128_si32(_mm256_extracti128_si256(p8, 1)));
-        std::memcpy(dst, &lo, 4);
-        std::memcpy(dst + 4, &hi, 4);
-    };
     // Deinterleave 8 BGR pixels (24 bytes) with two byte shuffles per channel.
     const __m128i b_lo = _mm_setr_epi8(0, 3, 6, 9, 12, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
     const __m128i b_hi = _mm_setr_epi8(-1, -1, -1, -1, -1, -1, 2, 5, -1, -1, -1, -1, -1, -1, -1, -1);
@@ -165,15 +173,6 @@ void lab_planes_to_bgr_avx2(const std::uint8_t* l, const std::uint8_t* a, const 
         std::int64_t v;
         std::memcpy(&v, p, 8);
         return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
-    };
-    auto pack8 = [](__m256i v, std::uint8_t* dst) {
-        const __m256i p16 = _mm256_packus_epi32(v, v);
-        const __m256i p8 = _mm256_packus_epi16(p16, p16);
-        const std::uint32_t lo = static_cast<std::uint32_t>(_mm256_cvtsi256_si32(p8));
-        const std::uint32_t hi =
-            static_cast<std::uint32_t>(_mm_cvtsi128_si32(_mm256_extracti128_si256(p8, 1)));
-        std::memcpy(dst, &lo, 4);
-        std::memcpy(dst + 4, &hi, 4);
     };
     std::size_t i = 0;
     for (; i + 8 <= n; i += 8) {

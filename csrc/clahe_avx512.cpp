@@ -2,7 +2,8 @@
 // pixels, the four 256-entry LUTs of a segment (the columns between two tile centres) are held
 // in 16 zmm registers and looked up 64 pixels at a time with byte permutes (vpermi2b), then the
 // exact OpenCV float expression follows (separate multiplies and adds, never fused; see the
-// pragma). Same bytes as clahe_row_scalar. Only called when cpu_has_avx512_vbmi().
+// pragma). Same bytes as clahe_row_scalar. Dispatched only when the CPU runs Isa::avx512
+// and has VBMI.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("fp-contract=off")
 #elif defined(__clang__)
@@ -352,8 +353,8 @@ AUTOWELD_VBMI void lab_planes_to_bgr_avx512(const std::uint8_t* l, const std::ui
 }
 
 #else
-// Built without AVX-512 support in the compiler: never dispatched (cpu_has_avx512_vbmi() is
-// false there); the scalar code keeps the symbols defined.
+// Built by a compiler without AVX-512 support: the AVX-512 flavour is the scalar code (so the
+// symbols exist and an AVX-512 CPU still gets the same bytes).
 void clahe_row_avx512(const ClaheTables& t, int band, float ya, float ya1,
                       const std::uint8_t* src, std::uint8_t* dst) {
     std::vector<std::uint32_t> packed(static_cast<std::size_t>(t.tiles_x + 1) * 256);

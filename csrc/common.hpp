@@ -1,8 +1,10 @@
-// Shared plumbing of the AutoWeld core: argument errors, a small parallel-for and CPU feature
-// detection. Python-free: nothing here knows pybind11.
+// Shared plumbing of the AutoWeld core: argument errors, thread counts, the reflect-101 border.
+// Python-free: nothing here knows pybind11. (Parallel loops: thread_pool.hpp; CPU detection and
+// kernel dispatch: isa.hpp.)
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <stdexcept>
 #include <string>
@@ -18,6 +20,12 @@ inline void require(bool condition, const std::string& message) {
 // Largest Gaussian sigma (pixels) any kernel accepts: beyond it the kernel radius int(4*sigma)
 // would overflow int, and no image we inspect is that large anyway.
 constexpr double kMaxSigma = 1000.0;
+
+// Throws std::invalid_argument unless sigma is in [0, kMaxSigma].
+inline void require_sigma(double sigma) {
+    require(std::isfinite(sigma) && sigma >= 0.0, "sigma must be finite and >= 0");
+    require(sigma <= kMaxSigma, "sigma must be <= 1000, got " + std::to_string(sigma));
+}
 
 // Number of worker threads to use: `requested` <= 0 means "all hardware threads".
 inline int resolve_threads(int requested) {
@@ -40,9 +48,5 @@ inline int reflect101(int p, int len) {
     } while (static_cast<unsigned>(p) >= static_cast<unsigned>(len));
     return p;
 }
-
-// True when the CPU running us has AVX2 and FMA (checked once). Kernels compiled in
-// *_avx2.cpp files may only be called when this is true.
-bool cpu_has_avx2_fma();
 
 }  // namespace autoweld

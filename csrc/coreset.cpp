@@ -9,19 +9,13 @@
 #include <vector>
 
 #include "common.hpp"
+#include "coreset_internal.hpp"
 #include "knn.hpp"
 #include "thread_pool.hpp"
 
 namespace autoweld {
 
 namespace detail {
-
-std::uint64_t splitmix64(std::uint64_t& state) {
-    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 std::size_t coreset_update_portable(const float* x, const float* xn, std::size_t dim,
                                     std::size_t begin, std::size_t end, const float* c, float cn,
@@ -52,9 +46,16 @@ std::size_t coreset_update_portable(const float* x, const float* xn, std::size_t
 
 namespace {
 
+std::uint64_t splitmix64(std::uint64_t& state) {
+    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
 // Uniform double in (0, 1] from the top 53 bits.
 double unit_open(std::uint64_t& state) {
-    return (static_cast<double>(detail::splitmix64(state) >> 11) + 1.0) * 0x1.0p-53;
+    return (static_cast<double>(splitmix64(state) >> 11) + 1.0) * 0x1.0p-53;
 }
 
 // A spinning barrier for the few members of the selection loop's team (one crossing per
@@ -109,27 +110,19 @@ void coreset_project(const float* features, std::size_t n, std::size_t dim,
     for (std::size_t d = 0; d < dim; ++d)
         for (std::size_t p = 0; p < projection_dim; ++p)
             proj_t[p * dim + d] = proj[d * projection_dim + p];
-    matmul_abt(features, n, proj_t.data(), projection_dim, dim, out, threads);
+    matmul_abt(features, n, proj_t.data(), projection_dim, dim, out, {threads});
 }
 
 void coreset_select(const float* x, std::size_t n, std::size_t dim, std::size_t count,
-                    std::size_t start, std::int64_t* out, int threads, KernelPath path) {
+                    std::size_t start, std::int64_t* out, const KernelOptions& options) {
     require(n >= 1, "features: no rows");
     require(count >= 1 && count <= n, "n must be in [1, " + std::to_string(n) + "], got " +
                                           std::to_string(count));
     require(start < n, "start index out of range");
-    bool avx2 = false;
-    if (path == KernelPath::avx2) {
-        require(cpu_has_avx2_fma(), "kernel path avx2 is not available on this CPU");
-        avx2 = true;
-    } else if (path == KernelPath::avx512) {
-        // The update is a memory-bound dot product per row: the AVX2 kernel serves it.
-        require(cpu_has_avx512(), "kernel path avx512 is not available on this CPU");
-        avx2 = true;
-    } else if (path == KernelPath::automatic) {
-        avx2 = cpu_has_avx2_fma();
-    }
-    const auto update = avx2 ? detail::coreset_update_avx2 : detail::coreset_update_portable;
+    // The update is a memory-bound dot product per row: the AVX2 kernel serves AVX-512 CPUs too.
+    const auto update = pick_kernels(options.isa, &detail::coreset_update_portable,
+                                     &detail::coreset_update_avx2, &detail::coreset_update_avx2);
+    const int threads = options.threads;
     std::vector<float> xn(n);
     squared_norms(x, n, dim, xn.data(), threads);
     std::vector<float> min_dist(n, std::numeric_limits<float>::infinity());
@@ -181,15 +174,14 @@ void coreset(const float* features, std::size_t n, std::size_t dim, std::size_t 
         return;
     }
     std::uint64_t state = seed;
-    const std::size_t start = static_cast<std::size_t>(detail::splitmix64(state) % n);
+    const std::size_t start = static_cast<std::size_t>(splitmix64(state) % n);
     if (!coreset_projects(dim, projection_dim)) {
-        coreset_select(features, n, dim, count, start, out, threads, KernelPath::automatic);
+        coreset_select(features, n, dim, count, start, out, {threads});
         return;
     }
     std::vector<float> projected(n * projection_dim);
     coreset_project(features, n, dim, projection_dim, seed, projected.data(), threads);
-    coreset_select(projected.data(), n, projection_dim, count, start, out, threads,
-                   KernelPath::automatic);
+    coreset_select(projected.data(), n, projection_dim, count, start, out, {threads});
 }
 
 }  // namespace autoweld

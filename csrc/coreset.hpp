@@ -4,7 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "knn.hpp"
+#include "isa.hpp"
 
 namespace autoweld {
 
@@ -30,19 +30,9 @@ void coreset_project(const float* features, std::size_t n, std::size_t dim,
 void coreset(const float* features, std::size_t n, std::size_t dim, std::size_t count,
              std::size_t projection_dim, std::uint64_t seed, std::int64_t* out, int threads);
 
-// The greedy selection itself on already projected rows x (n x dim), from a given start row;
-// `path` picks the portable or AVX2 update kernel (exposed so that tests run both).
+// The greedy selection itself on already projected rows x (n x dim), from a given start row
+// (exposed so that tests run every ISA's update kernel: options.isa caps it).
 void coreset_select(const float* x, std::size_t n, std::size_t dim, std::size_t count,
-                    std::size_t start, std::int64_t* out, int threads, KernelPath path);
-
-namespace detail {
-std::uint64_t splitmix64(std::uint64_t& state);
-std::size_t coreset_update_portable(const float* x, const float* xn, std::size_t dim,
-                                    std::size_t begin, std::size_t end, const float* c, float cn,
-                                    float* min_dist, float* best_value);
-std::size_t coreset_update_avx2(const float* x, const float* xn, std::size_t dim,
-                                std::size_t begin, std::size_t end, const float* c, float cn,
-                                float* min_dist, float* best_value);
-}  // namespace detail
+                    std::size_t start, std::int64_t* out, const KernelOptions& options = {});
 
 }  // namespace autoweld

@@ -43,12 +43,6 @@ constexpr std::size_t kGroupPanels = 64;
 
 }  // namespace
 
-bool kernel_path_available(KernelPath path) {
-    if (path == KernelPath::avx2) return cpu_has_avx2_fma();
-    if (path == KernelPath::avx512) return cpu_has_avx512();
-    return true;
-}
-
 void require_finite(const float* x, std::size_t count, const char* name) {
     // Branch-free per block so that the compiler vectorises it: v - v is 0 for finite v and
     // NaN for NaN and +-Inf. Only a block that fails is searched for the culprit.
@@ -81,6 +75,12 @@ void squared_norms(const float* x, std::size_t n, std::size_t dim, float* out, i
     });
 }
 
+void check_k(std::size_t k, std::size_t nb) {
+    require(k >= 1, "k must be at least 1, got " + std::to_string(k));
+    require(k <= nb, "k (" + std::to_string(k) + ") exceeds the memory bank size (" +
+                         std::to_string(nb) + " rows)");
+}
+
 namespace detail {
 
 void check_bank_dims(std::size_t nb, std::size_t dim) {
@@ -88,33 +88,11 @@ void check_bank_dims(std::size_t nb, std::size_t dim) {
     require(dim >= 1, "bank: feature dimension must be at least 1");
 }
 
-PanelDots resolve_dots(KernelPath path) {
-    switch (path) {
-        case KernelPath::portable:
-            return panel_dots_portable;
-        case KernelPath::avx2:
-            require(cpu_has_avx2_fma(), "kernel path avx2 is not available on this CPU");
-            return panel_dots_avx2;
-        case KernelPath::avx512:
-            require(cpu_has_avx512(), "kernel path avx512 is not available on this CPU");
-            return panel_dots_avx512;
-        default:
-            if (cpu_has_avx512()) return panel_dots_avx512;
-            return cpu_has_avx2_fma() ? panel_dots_avx2 : panel_dots_portable;
-    }
-}
-
-PrunedKernels resolve_pruned_kernels(KernelPath path) {
-    const PanelDots dots = resolve_dots(path);  // the choice, checked once
-    if (dots == panel_dots_avx512) return {dots, panel_rows_dots_avx512, bound_rows_avx512};
-    if (dots == panel_dots_avx2) return {dots, panel_rows_dots_avx2, bound_rows_avx2};
-    return {dots, panel_rows_dots_portable, bound_rows_portable};
-}
-
-void check_k(std::size_t k, std::size_t nb) {
-    require(k >= 1, "k must be at least 1, got " + std::to_string(k));
-    require(k <= nb, "k (" + std::to_string(k) + ") exceeds the memory bank size (" +
-                         std::to_string(nb) + " rows)");
+KnnKernels knn_kernels(Isa cap) {
+    return pick_kernels(
+        cap, KnnKernels{panel_dots_portable, panel_rows_dots_portable, bound_rows_portable},
+        KnnKernels{panel_dots_avx2, panel_rows_dots_avx2, bound_rows_avx2},
+        KnnKernels{panel_dots_avx512, panel_rows_dots_avx512, bound_rows_avx512});
 }
 
 void rows_in_fours(FourRows four_rows, const float* qt, const float* const* rows,
@@ -268,10 +246,15 @@ namespace {
 // 16-query panels, packs them once, and walks the bank in blocks of kNc rows; the dot products
 // of a block are turned into v = |b|^2 - 2 q.b and merged into each query's top-k heap (v is
 // the squared distance minus |q|^2, which ranks bank rows the same way).
-void knn_core(const float* queries, std::size_t nq, const float* bank, const float* bn,
-              const float* prepacked, std::size_t nb, std::size_t dim, std::size_t k,
-              float* distances, std::int64_t* indices, int threads, PanelDots dots) {
+// (The bank's norms and, when it is given, its packed layout are set in `prepared` by now.)
+void knn_core(const detail::PreparedBank& prepared, const float* queries, std::size_t nq,
+              std::size_t k, float* distances, std::int64_t* indices, int threads,
+              PanelDots dots) {
     using detail::kPanel;
+    const float* bank = prepared.rows;
+    const float* bn = prepared.norms;
+    const float* prepacked = prepared.packed;
+    const std::size_t nb = prepared.size, dim = prepared.dim;
     const std::size_t panels = (nq + kPanel - 1) / kPanel;
     // Each thread computes the squared norms of its own queries (no extra parallel region).
     std::vector<float> qn(nq);
@@ -351,20 +334,23 @@ void knn_core(const float* queries, std::size_t nq, const float* bank, const flo
 
 }  // namespace
 
-void knn_search(const float* queries, std::size_t nq, const float* bank, const float* bank_norms,
-                std::size_t nb, std::size_t dim, std::size_t k, float* distances,
-                std::int64_t* indices, int threads, KernelPath path) {
-    detail::knn_search_packed(queries, nq, bank, bank_norms, nullptr, nb, dim, k, distances,
-                              indices, threads, path);
+void knn_search(const float* queries, std::size_t nq, const float* bank, std::size_t nb,
+                std::size_t dim, std::size_t k, float* distances, std::int64_t* indices,
+                const KernelOptions& options) {
+    detail::knn_search_prepared({bank, nb, dim}, queries, nq, k, distances, indices, options);
 }
 
-void detail::knn_search_packed(const float* queries, std::size_t nq, const float* bank,
-                               const float* bank_norms, const float* packed, std::size_t nb,
-                               std::size_t dim, std::size_t k, float* distances,
-                               std::int64_t* indices, int threads, KernelPath path) {
+void detail::knn_search_prepared(const PreparedBank& prepared, const float* queries,
+                                 std::size_t nq, std::size_t k, float* distances,
+                                 std::int64_t* indices, const KernelOptions& options) {
+    const float* bank = prepared.rows;
+    const float* bank_norms = prepared.norms;
+    const float* packed = prepared.packed;
+    const std::size_t nb = prepared.size, dim = prepared.dim;
+    const int threads = options.threads;
     detail::check_bank_dims(nb, dim);
-    detail::check_k(k, nb);
-    const detail::PanelDots dots = detail::resolve_dots(path);
+    check_k(k, nb);
+    const detail::PanelDots dots = detail::knn_kernels(options.isa).dots;
     if (nq == 0) return;
     require_finite(queries, nq * dim, "queries");
     // Every thread walks the whole bank: packed per thread, the bank would be packed once per
@@ -392,21 +378,21 @@ void detail::knn_search_packed(const float* queries, std::size_t nq, const float
         require_finite(own_norms.data(), nb, "bank (squared row norms overflow float32)");
         bank_norms = own_norms.data();
     }
-    knn_core(queries, nq, bank, bank_norms, packed, nb, dim, k, distances, indices, threads,
+    knn_core({bank, nb, dim, bank_norms, packed}, queries, nq, k, distances, indices, threads,
              dots);
 }
 
 void matmul_abt(const float* a, std::size_t n, const float* b, std::size_t m, std::size_t dim,
-                float* c, int threads, KernelPath path) {
+                float* c, const KernelOptions& options) {
     using detail::kPanel;
     if (n == 0 || m == 0) return;
     if (dim == 0) {
         std::fill(c, c + n * m, 0.0f);
         return;
     }
-    const detail::PanelDots dots = detail::resolve_dots(path);
+    const detail::PanelDots dots = detail::knn_kernels(options.isa).dots;
     const std::size_t panels = (n + kPanel - 1) / kPanel;
-    pool::parallel_for_static(panels, threads, [&](std::size_t p0, std::size_t p1) {
+    pool::parallel_for_static(panels, options.threads, [&](std::size_t p0, std::size_t p1) {
         // b is small here (the projection): pack all of it once per thread.
         AlignedFloats qpack(kPanel * dim);
         std::vector<float> out(detail::round_up(m, detail::kBankTile) * kPanel);
@@ -431,12 +417,12 @@ void matmul_abt(const float* a, std::size_t n, const float* b, std::size_t m, st
 }
 
 void bank_neighbours(const float* bank, std::size_t nb, std::size_t dim, std::size_t b,
-                     std::int64_t* out, int threads, KernelPath path) {
+                     std::int64_t* out, const KernelOptions& options) {
     detail::check_bank_dims(nb, dim);
     require(b >= 1 && b <= nb, "b must be in [1, " + std::to_string(nb) + "], got " +
                                    std::to_string(b));
     std::vector<float> dist(nb * b);
-    knn_search(bank, nb, bank, nullptr, nb, dim, b, dist.data(), out, threads, path);
+    knn_search(bank, nb, bank, nb, dim, b, dist.data(), out, options);
     // Round-off (or duplicate rows) can put another row ahead of the row itself; the contract
     // is "itself first", so move it there, keeping the order of the others.
     for (std::size_t i = 0; i < nb; ++i) {

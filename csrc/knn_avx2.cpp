@@ -1,13 +1,12 @@
-// AVX2+FMA kernels of the numeric core. Compiled with -mavx2 -mfma; called only when
-// autoweld::cpu_has_avx2_fma() is true.
+// AVX2+FMA kernels of the kNN search (knn_kernels.hpp). Compiled with -mavx2 -mfma; dispatched
+// (knn_kernels in knn.cpp) only when the CPU runs Isa::avx2.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
-#include "coreset.hpp"
-#include "knn.hpp"
+#include "knn_kernels.hpp"
 
 namespace autoweld {
 namespace detail {
@@ -179,48 +178,6 @@ std::size_t bound_rows_avx2(const float* dots, const float* norms, std::size_t r
         count += mask != 0;
     }
     return count;
-}
-
-// Squared distances of rows [begin, end) of x (n x dim, norms xn) to the centre c (norm cn),
-// merged into min_dist (entries < 0 mark selected points and are left alone). Returns the
-// first index of the largest min_dist in the range (or `end` when every entry is selected).
-std::size_t coreset_update_avx2(const float* x, const float* xn, std::size_t dim,
-                                std::size_t begin, std::size_t end, const float* c, float cn,
-                                float* min_dist, float* best_value) {
-    std::size_t best = end;
-    float best_v = -1.0f;
-    const std::size_t dv = dim & ~std::size_t{7};
-    for (std::size_t i = begin; i < end; ++i) {
-        float m = min_dist[i];
-        if (m >= 0.0f) {
-            const float* xi = x + i * dim;
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-            std::size_t d = 0;
-            for (; d + 16 <= dv; d += 16) {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + d), _mm256_loadu_ps(c + d), a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + d + 8), _mm256_loadu_ps(c + d + 8), a1);
-            }
-            for (; d < dv; d += 8)
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + d), _mm256_loadu_ps(c + d), a0);
-            a0 = _mm256_add_ps(a0, a1);
-            __m128 s = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
-            s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            s = _mm_add_ss(s, _mm_movehdup_ps(s));
-            float dot = _mm_cvtss_f32(s);
-            for (; d < dim; ++d) dot += xi[d] * c[d];
-            float dist = std::max(0.0f, xn[i] + cn - 2.0f * dot);
-            if (dist < m) {
-                m = dist;
-                min_dist[i] = m;
-            }
-            if (m > best_v) {
-                best_v = m;
-                best = i;
-            }
-        }
-    }
-    *best_value = best_v;
-    return best;
 }
 
 }  // namespace detail

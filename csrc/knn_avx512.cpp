@@ -1,5 +1,6 @@
-// AVX-512 kernel of the kNN / A·Bᵀ panel product. Compiled with -mavx512f -mavx512dq
-// -mavx512bw -mavx512vl -mfma; called only when autoweld::cpu_has_avx512() is true.
+// AVX-512 kernels of the kNN search (knn_kernels.hpp). Compiled with -mavx512f -mavx512dq
+// -mavx512bw -mavx512vl -mfma; dispatched (knn_kernels in knn.cpp) only when the CPU runs
+// Isa::avx512.
 //
 // Same packed layouts as the AVX2 kernel (queries qpack[k][16], bank tiles bpack[tile][k][6]),
 // but one zmm register holds the 16 queries of a panel, so with 32 registers the micro-kernel
@@ -20,7 +21,7 @@
 #include <cstdint>
 #include <tuple>
 
-#include "knn.hpp"
+#include "knn_kernels.hpp"
 
 namespace autoweld::detail {
 
@@ -135,8 +136,8 @@ std::size_t bound_rows_avx512(const float* dots, const float* norms, std::size_t
 }
 
 #else
-// Built without AVX-512 support in the compiler: never dispatched (cpu_has_avx512() is false
-// on such builds' targets); kept so that the symbol exists.
+// Built by a compiler without AVX-512 support: the avx512 flavour is the portable kernels (so
+// the symbols exist and an AVX-512 CPU still gets correct results).
 void panel_dots_avx512(const float* qpack, const float* bpack, std::size_t kc, std::size_t rows,
                        float* out, bool accumulate, const float* norms, const float* thr,
                        std::uint8_t* hits) {

@@ -37,32 +37,39 @@ constexpr std::size_t kMaxPackedBytes = std::size_t{256} << 20;
 
 }  // namespace
 
-void KnnIndex::compute_norms(int threads) {
+// The copy the index owns (so that the caller's array may change or go away), the rows checked
+// and their squared norms computed in the same parallel pass while they are in cache.
+void KnnIndex::copy_bank(const float* bank, int threads) {
     detail::check_bank_dims(nb_, dim_);
-    require_finite(bank_, nb_ * dim_, "bank");
-    squared_norms(bank_, nb_, dim_, norms_.data(), threads);
+    require_finite(bank, nb_ * dim_, "bank");
+    bank_.resize(nb_ * dim_);
+    norms_.resize(nb_);
+    pool::parallel_for_static(nb_, threads, [&](std::size_t b, std::size_t e) {
+        std::copy(bank + b * dim_, bank + e * dim_, bank_.data() + b * dim_);
+        squared_norms(bank_.data() + b * dim_, e - b, dim_, norms_.data() + b, 1);
+    });
     require_finite(norms_.data(), nb_, "bank (squared row norms overflow float32)");
 }
 
 KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, int threads)
-    : bank_(bank), nb_(nb), dim_(dim), norms_(nb) {
-    compute_norms(threads);
+    : nb_(nb), dim_(dim) {
+    copy_bank(bank, threads);
     if (detail::packed_bank_floats(nb, dim) * sizeof(float) <= kMaxPackedBytes) {
         packed_bank_.resize(detail::packed_bank_floats(nb, dim));
-        detail::pack_bank(bank, nb, dim, packed_bank_.data(), threads);
+        detail::pack_bank(bank_.data(), nb, dim, packed_bank_.data(), threads);
     }
 }
 
 KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, const float* basis,
                    std::size_t prefix, int threads)
-    : bank_(bank), nb_(nb), dim_(dim), norms_(nb) {
-    compute_norms(threads);
+    : nb_(nb), dim_(dim) {
+    copy_bank(bank, threads);
     require(prefix >= 1 && prefix < dim, "prefix must be in [1, " + std::to_string(dim) +
                                              "), got " + std::to_string(prefix));
     require_finite(basis, prefix * dim, "basis");
     // The bound is only a bound when the rows are orthonormal: check U U^T = I.
     std::vector<float> gram(prefix * prefix);
-    matmul_abt(basis, prefix, basis, prefix, dim, gram.data(), threads);
+    matmul_abt(basis, prefix, basis, prefix, dim, gram.data(), {threads});
     std::size_t at = 0;
     for (std::size_t i = 0; i < prefix * prefix; ++i) {
         const float dev = std::fabs(gram[i] - (i / prefix == i % prefix ? 1.0f : 0.0f));
@@ -78,7 +85,7 @@ KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, const flo
     prefix_ = prefix;
     basis_.assign(basis, basis + prefix * dim);
     std::vector<float> projected(nb * prefix);
-    matmul_abt(bank, nb, basis, prefix, dim, projected.data(), threads);
+    matmul_abt(bank_.data(), nb, basis_.data(), prefix, dim, projected.data(), {threads});
     bound_norms_.assign(detail::round_up(nb, kTileRows), kInf);
     squared_norms(projected.data(), nb, prefix, bound_norms_.data(), threads);
     require_finite(bound_norms_.data(), nb, "bank (projected squared norms overflow float32)");
@@ -96,32 +103,33 @@ KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, const flo
 }
 
 void KnnIndex::search(const float* queries, std::size_t nq, std::size_t k, float* distances,
-                      std::int64_t* indices, int threads, KernelPath path) const {
+                      std::int64_t* indices, const KernelOptions& options) const {
     if (prefix_ == 0) {
-        detail::knn_search_packed(queries, nq, bank_, norms_.data(),
-                                  packed_bank_.empty() ? nullptr : packed_bank_.data(), nb_, dim_,
-                                  k, distances, indices, threads, path);
+        const float* packed = packed_bank_.empty() ? nullptr : packed_bank_.data();
+        detail::knn_search_prepared({bank_.data(), nb_, dim_, norms_.data(), packed}, queries, nq,
+                                    k, distances, indices, options);
         return;
     }
-    search_pruned(queries, nq, k, distances, indices, threads, path);
+    search_pruned(queries, nq, k, distances, indices, options);
 }
 
 void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k,
-                             float* distances, std::int64_t* indices, int threads,
-                             KernelPath path) const {
-    detail::check_k(k, nb_);
-    const detail::PrunedKernels kernels = detail::resolve_pruned_kernels(path);
+                             float* distances, std::int64_t* indices,
+                             const KernelOptions& options) const {
+    check_k(k, nb_);
+    const detail::KnnKernels kernels = detail::knn_kernels(options.isa);
     const detail::PanelDots dots = kernels.dots;
     const detail::PanelRowsDots rows_dots = kernels.rows_dots;
     const detail::BoundRows bound_rows = kernels.bound_rows;
     if (nq == 0) return;
     require_finite(queries, nq * dim_, "queries");
+    const int threads = options.threads;
     const std::size_t dim = dim_, m = prefix_, nb = nb_;
     std::vector<float> qn(nq);
     squared_norms(queries, nq, dim, qn.data(), threads);
     require_finite(qn.data(), nq, "queries (squared row norms overflow float32)");
     std::vector<float> projected(nq * m);  // the queries on the basis
-    matmul_abt(queries, nq, basis_.data(), m, dim, projected.data(), threads, path);
+    matmul_abt(queries, nq, basis_.data(), m, dim, projected.data(), options);
     std::vector<float> pqn(nq);
     squared_norms(projected.data(), nq, m, pqn.data(), threads);
     const float* pnorms = bound_norms_.data();
@@ -182,7 +190,7 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
                 }
                 const std::int64_t* lane_seeds = seed_i.data() + l * k;
                 for (std::size_t t = 0; t < k; ++t)
-                    row_ptr[t] = bank_ + static_cast<std::size_t>(lane_seeds[t]) * dim;
+                    row_ptr[t] = bank_.data() + static_cast<std::size_t>(lane_seeds[t]) * dim;
                 rows_dots(qpack.data, row_ptr.data(), k, dim, row_dots.data());
                 float tau = -kInf;
                 for (std::size_t t = 0; t < k; ++t)
@@ -199,7 +207,7 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
                                                      j1 - j0, thr, hit_rows, hit_lanes);
                 if (count == 0) continue;
                 for (std::size_t r = 0; r < count; ++r)
-                    row_ptr[r] = bank_ + (j0 + hit_rows[r]) * dim;
+                    row_ptr[r] = bank_.data() + (j0 + hit_rows[r]) * dim;
                 rows_dots(qpack.data, row_ptr.data(), count, dim, row_dots.data());
                 for (std::size_t r = 0; r < count; ++r) {
                     const std::size_t j = j0 + hit_rows[r];
@@ -222,7 +230,7 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
                     for (std::size_t j0 = 0; j0 < nb; j0 += kChunk) {
                         const std::size_t count = std::min(kChunk, nb - j0);
                         for (std::size_t r = 0; r < count; ++r)
-                            row_ptr[r] = bank_ + (j0 + r) * dim;
+                            row_ptr[r] = bank_.data() + (j0 + r) * dim;
                         rows_dots(qpack.data, row_ptr.data(), count, dim, row_dots.data());
                         for (std::size_t r = 0; r < count; ++r)
                             h.push(norms_[j0 + r] - 2.0f * row_dots[r * kPanel + l],

@@ -9,7 +9,9 @@
 #include <limits>
 #include <vector>
 
+#include "isa.hpp"
 #include "knn.hpp"
+#include "knn_kernels.hpp"
 
 namespace autoweld::detail {
 
@@ -20,17 +22,23 @@ using PanelRowsDots = void (*)(const float*, const float* const*, std::size_t, s
 using BoundRows = std::size_t (*)(const float*, const float*, std::size_t, const float*,
                                   std::uint32_t*, std::uint16_t*);
 
-// The panel kernel for `path` (automatic: the best this CPU runs). Throws
-// std::invalid_argument when an explicit path is not available here.
-PanelDots resolve_dots(KernelPath path);
-
-// The kernels of the pruned search, all for the same path as resolve_dots(path).
-struct PrunedKernels {
+// The kNN kernel family: the panel product (brute force, A·Bᵀ, the pruned search's bound) and
+// the pruned search's row dots and bound filter, all of one ISA.
+struct KnnKernels {
     PanelDots dots;
     PanelRowsDots rows_dots;
     BoundRows bound_rows;
 };
-PrunedKernels resolve_pruned_kernels(KernelPath path);
+// The best flavour at or below `cap` (pick_kernels: throws when this CPU does not run cap).
+KnnKernels knn_kernels(Isa cap);
+
+// Packs rows [row0, row0 + rows) of x (rows <= 16) into dst[dim][16], zero-padding missing rows.
+void pack_panel(const float* x, std::size_t row0, std::size_t rows, std::size_t dim, float* dst);
+
+// Packs bank rows [j0, j1) x columns [kc0, kc1) into dst[tile][kc1 - kc0][6] (tiles of 6 rows,
+// the last one zero-padded), so that the micro-kernel reads one contiguous stream.
+void pack_bank_block(const float* bank, std::size_t dim, std::size_t kc0, std::size_t kc1,
+                     std::size_t j0, std::size_t j1, float* dst);
 
 inline std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
 
@@ -114,11 +122,21 @@ std::size_t packed_bank_floats(std::size_t nb, std::size_t dim);
 void pack_bank(const float* bank, std::size_t nb, std::size_t dim, float* dst, int threads,
                float* norms = nullptr);
 
-// knn_search with the bank already packed by pack_bank (nullptr: packed here).
-void knn_search_packed(const float* queries, std::size_t nq, const float* bank,
-                       const float* bank_norms, const float* packed, std::size_t nb,
-                       std::size_t dim, std::size_t k, float* distances, std::int64_t* indices,
-                       int threads, KernelPath path);
+// A bank with what the search can reuse: its rows' squared norms (nullptr: computed, and the
+// rows checked to be finite, by the search) and its pack_bank layout (nullptr: packed by the
+// search when that pays).
+struct PreparedBank {
+    const float* rows;
+    std::size_t size;
+    std::size_t dim;
+    const float* norms = nullptr;
+    const float* packed = nullptr;
+};
+
+// knn_search on a prepared bank.
+void knn_search_prepared(const PreparedBank& bank, const float* queries, std::size_t nq,
+                         std::size_t k, float* distances, std::int64_t* indices,
+                         const KernelOptions& options);
 
 // Writes the k kept (value, index) pairs of one query as Euclidean distances
 // sqrt(max(0, qn + value)) sorted by (distance, index) into distances / indices (k each).

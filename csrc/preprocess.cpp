@@ -8,6 +8,7 @@
 
 #include "clahe.hpp"
 #include "common.hpp"
+#include "preprocess_kernels.hpp"
 #include "thread_pool.hpp"
 
 namespace autoweld {
@@ -56,8 +57,7 @@ std::vector<SparseRow> area_linear_rows(int in, int out) {
 }  // namespace
 
 std::vector<int> gaussian_kernel_q8(double sigma) {
-    require(std::isfinite(sigma) && sigma >= 0.0, "sigma must be finite and >= 0");
-    require(sigma <= kMaxSigma, "sigma must be <= 1000, got " + std::to_string(sigma));
+    require_sigma(sigma);
     if (sigma == 0.0) return {256};
     const int n = static_cast<int>(std::lrint(sigma * 6 + 1)) | 1;
     // getGaussianKernelBitExact: symmetric, the centre tap is exp(0) = 1 before normalising.
@@ -127,7 +127,7 @@ void gaussian_blur_u8(const std::uint8_t* image, int height, int width, int chan
     const std::size_t row_len = static_cast<std::size_t>(width) * channels;
     // Horizontal: exact integer sums in units of 1/256 (OpenCV's ufixedpoint16 row filter).
     std::vector<std::uint32_t> horizontal(static_cast<std::size_t>(height) * row_len);
-    detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
+    pool::parallel_for_dynamic(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
         for (std::size_t y = b; y < e; ++y) {
             const std::uint8_t* src = image + y * row_len;
             std::uint32_t* dst = horizontal.data() + y * row_len;
@@ -142,7 +142,7 @@ void gaussian_blur_u8(const std::uint8_t* image, int height, int width, int chan
         }
     });
     // Vertical: units of 1/65536, rounded half up to 8 bits as ufixedpoint32 -> uint8.
-    detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
+    pool::parallel_for_dynamic(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
         for (std::size_t y = b; y < e; ++y) {
             std::uint8_t* dst = out + y * row_len;
             for (std::size_t k = 0; k < row_len; ++k) {
@@ -186,6 +186,10 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
     const AxisFilter fx = make_axis_filter(width, size, fused_sigma, area);
     const AxisFilter fy = make_axis_filter(height, size, fused_sigma, area);
 
+    // The kernels for c.isa, checked once (same bytes on every ISA).
+    const detail::LabKernels lab_kernels = detail::lab_kernels(c.isa);
+    const detail::FilterKernels filters = detail::filter_kernels(c.isa);
+
     // CLAHE tables (for colour: of OpenCV's 8-bit Lab lightness).
     ClaheTables tables;
     // L, a, b planes of the whole image: written in full before they are read, so allocated
@@ -201,11 +205,10 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
             lab_planes.reset(new std::uint8_t[pixels * 3]);
             lightness = lab_planes.get();
             lab = lightness + pixels;
-            detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16,
+            pool::parallel_for_dynamic(static_cast<std::size_t>(height), threads, 16,
                          [&](std::size_t b, std::size_t e) {
                              const std::size_t p0 = b * width, p1 = e * width;
-                             (c.portable ? detail::bgr_to_lab_planes_scalar
-                                         : detail::bgr_to_lab_planes)(
+                             lab_kernels.to_lab(
                                  image + p0 * 3, p1 - p0, lightness + p0, lab + p0,
                                  lab + pixels + p0);
                          });
@@ -226,7 +229,7 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
                 std::copy(src_image + y * width, src_image + (y + 1) * width, planes);
         } else if (with_clahe) {
             applier->apply(static_cast<int>(y), lightness + y * width, light);
-            (c.portable ? detail::lab_planes_to_bgr_scalar : detail::lab_planes_to_bgr)(
+            lab_kernels.to_bgr(
                 light, lab + y * width, lab + pixels + y * width, static_cast<std::size_t>(width),
                 planes, planes + width, planes + 2 * width);
         } else {
@@ -243,9 +246,9 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
     bool use_clahe = c.clahe;
     if (separate_blur) {
         std::vector<std::uint8_t> enhanced_image(pixels * channels);
-        detail::dynamic_parallel_for(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
+        pool::parallel_for_dynamic(static_cast<std::size_t>(height), threads, 16, [&](std::size_t b, std::size_t e) {
             std::unique_ptr<ClaheRowApplier> applier;
-            if (c.clahe) applier = std::make_unique<ClaheRowApplier>(tables, c.portable);
+            if (c.clahe) applier = std::make_unique<ClaheRowApplier>(tables, c.isa);
             std::vector<std::uint8_t> planes(static_cast<std::size_t>(width) * channels), light(width);
             for (std::size_t y = b; y < e; ++y) {
                 enhanced_planes(y, image, c.clahe, applier.get(), planes.data(), light.data());
@@ -276,8 +279,6 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
         bias[k] = static_cast<float>(-c.mean[k] / c.std[k]);
     }
     const std::size_t plane = static_cast<std::size_t>(size) * size;
-    const bool simd = !c.portable && cpu_has_avx2_fma();
-    const bool avx512 = !c.portable && cpu_has_avx512();
     // Horizontal weights padded to a multiple of 8 taps (zeros) for the vector kernel.
     const int x_stride = (fx.max_taps + 7) / 8 * 8;
     std::vector<float> x_weight(static_cast<std::size_t>(size) * x_stride, 0.f);
@@ -291,7 +292,7 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
     const int workers = threads == 1 ? 1 : resolve_threads(threads);
     const std::size_t row_grain = std::max<std::size_t>(
         4, (static_cast<std::size_t>(size) + 2 * workers - 1) / (2 * static_cast<std::size_t>(workers)));
-    detail::dynamic_parallel_for(static_cast<std::size_t>(size), threads, workers == 1 ? size : row_grain,
+    pool::parallel_for_dynamic(static_cast<std::size_t>(size), threads, workers == 1 ? size : row_grain,
                                  [&](std::size_t b, std::size_t e) {
         // The padded horizontal kernel reads up to x_stride past a plane's row: zeros (weight 0).
         std::vector<float> acc(erow + static_cast<std::size_t>(x_stride), 0.f), sums(size);
@@ -300,7 +301,7 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
         std::vector<long long> cached_row(slots, -1);  // source row held by each slot
         std::vector<const std::uint8_t*> rows(static_cast<std::size_t>(fy.max_taps));
         std::unique_ptr<ClaheRowApplier> applier;
-        if (use_clahe) applier = std::make_unique<ClaheRowApplier>(tables, c.portable);
+        if (use_clahe) applier = std::make_unique<ClaheRowApplier>(tables, c.isa);
         for (std::size_t i = b; i < e; ++i) {
             const float* w = fy.weight.data() + i * fy.max_taps;
             for (int t = 0; t < fy.taps[i]; ++t) {
@@ -317,22 +318,13 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
                 }
                 rows[t] = dst;
             }
-            if (avx512)
-                detail::weighted_rows_avx512(rows.data(), w, fy.taps[i], erow, acc.data());
-            else if (simd)
-                detail::weighted_rows_avx2(rows.data(), w, fy.taps[i], erow, acc.data());
-            else
-                detail::weighted_rows_scalar(rows.data(), w, fy.taps[i], erow, acc.data());
+            filters.weighted_rows(rows.data(), w, fy.taps[i], erow, acc.data());
             // Output channel k is RGB; the source planes are BGR (2 - k). A gray source is
             // filtered once and written to all three planes.
             for (int src_ch = 0; src_ch < channels; ++src_ch) {
                 const float* v = acc.data() + static_cast<std::size_t>(src_ch) * width;
-                if (simd)
-                    detail::filter_columns_avx2(v, x_weight.data(), x_stride, fx.first.data(), size,
-                                                sums.data());
-                else
-                    detail::filter_columns_scalar(v, x_weight.data(), x_stride, fx.first.data(),
-                                                  size, sums.data());
+                filters.filter_columns(v, x_weight.data(), x_stride, fx.first.data(), size,
+                                       sums.data());
                 for (int k = 0; k < 3; ++k) {
                     if (channels == 3 && k != 2 - src_ch) continue;
                     float* dst = out + k * plane + i * size;
@@ -364,6 +356,12 @@ void weighted_rows_scalar(const std::uint8_t* const* rows, const float* weights,
         const std::uint8_t* r = rows[t];
         for (std::size_t k = 0; k < n; ++k) out[k] += w * static_cast<float>(r[k]);
     }
+}
+
+FilterKernels filter_kernels(Isa cap) {
+    return pick_kernels(cap, FilterKernels{weighted_rows_scalar, filter_columns_scalar},
+                        FilterKernels{weighted_rows_avx2, filter_columns_avx2},
+                        FilterKernels{weighted_rows_avx512, filter_columns_avx2});
 }
 
 }  // namespace detail

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "isa.hpp"
+
 namespace autoweld {
 
 struct PreprocessConfig {
@@ -25,7 +27,7 @@ struct PreprocessConfig {
     std::array<double, 3> mean{0.485, 0.456, 0.406};  // RGB order
     std::array<double, 3> std{0.229, 0.224, 0.225};
     int threads = 0;  // <= 0: all hardware threads
-    bool portable = false;  // scalar kernels only, even where AVX2 / AVX-512 exist (for tests)
+    Isa isa = best_isa();  // the highest ISA its kernels may use (same result on every one)
 };
 
 // One output index's contiguous band of source weights.
@@ -54,23 +56,5 @@ void gaussian_blur_u8(const std::uint8_t* image, int height, int width, int chan
 // caller-allocated. Throws std::invalid_argument naming the bad argument.
 void preprocess(const std::uint8_t* image, int height, int width, int channels,
                 const PreprocessConfig& config, float* out);
-
-namespace detail {
-// out[k] = sum_t weights[t] * rows[t][k] for k < n (uint8 rows, float weights).
-void weighted_rows_scalar(const std::uint8_t* const* rows, const float* weights, int count,
-                          std::size_t n, float* out);
-void weighted_rows_avx2(const std::uint8_t* const* rows, const float* weights, int count,
-                        std::size_t n, float* out);
-// Only when cpu_has_avx512().
-void weighted_rows_avx512(const std::uint8_t* const* rows, const float* weights, int count,
-                          std::size_t n, float* out);
-// Horizontal filter of one float row: out[j] = sum_{t < stride} weights[j*stride + t] *
-// row[first[j] + t] for j < count. `stride` is a multiple of 8 (weights zero padded), and
-// row[first[j] .. first[j] + stride) must be readable and finite for every j.
-void filter_columns_scalar(const float* row, const float* weights, int stride, const int* first,
-                           int count, float* out);
-void filter_columns_avx2(const float* row, const float* weights, int stride, const int* first,
-                         int count, float* out);
-}  // namespace detail
 
 }  // namespace autoweld

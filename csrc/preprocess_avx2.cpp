@@ -1,8 +1,8 @@
 // AVX2 kernel of the preprocessing's vertical filter: weighted sum of uint8 rows into floats.
-// Only called when cpu_has_avx2_fma().
+// Dispatched only when the CPU runs Isa::avx2.
 #include <cstring>
 
-#include "preprocess.hpp"
+#include "preprocess_kernels.hpp"
 
 #if defined(__AVX2__)
 #include <immintrin.h>

@@ -1,6 +1,6 @@
 // AVX-512 kernel of the preprocessing's vertical filter: weighted sum of uint8 rows into floats,
-// 64 columns per step. Only called when cpu_has_avx512().
-#include "preprocess.hpp"
+// 64 columns per step. Dispatched only when the CPU runs Isa::avx512.
+#include "preprocess_kernels.hpp"
 
 // GCC 12 warns about the deliberately undefined pass-through operand inside its own AVX-512
 // intrinsic headers (a false positive).

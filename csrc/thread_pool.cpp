@@ -15,31 +15,6 @@
 
 namespace autoweld {
 
-bool cpu_has_avx512() {
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-    // __builtin_cpu_supports checks CPUID and (in libgcc / compiler-rt) that the OS enabled the
-    // zmm state in XCR0.
-    static const bool has = [] {
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("fma");
-    }();
-    return has;
-#else
-    return false;
-#endif
-}
-
-bool cpu_has_avx512_vbmi() {
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-    static const bool has = cpu_has_avx512() && __builtin_cpu_supports("avx512vbmi");
-    return has;
-#else
-    return false;
-#endif
-}
-
 namespace pool {
 namespace {
 

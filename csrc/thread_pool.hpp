@@ -1,5 +1,4 @@
-// A persistent, lazily started thread pool for the core's parallel loops, and run-time CPU
-// feature checks that are not in common.hpp. Python-free.
+// A persistent, lazily started thread pool for the core's parallel loops. Python-free.
 //
 // Design:
 // - Workers are started on first use and then sleep on a condition variable (no spinning)
@@ -28,12 +27,6 @@
 
 namespace autoweld {
 
-// True when the CPU has AVX-512 F, DQ, BW and VL (and FMA), and the OS saves the zmm state.
-// Kernels in *_avx512.cpp files may only be called when this is true.
-bool cpu_has_avx512();
-// cpu_has_avx512() and AVX-512 VBMI (byte permutes); for the CLAHE row kernel.
-bool cpu_has_avx512_vbmi();
-
 namespace pool {
 
 // Runs body(member, team_size) once on each of `team_size` threads at the same time (the
@@ -52,8 +45,7 @@ void run_team(std::size_t wanted, const std::function<void(std::size_t, std::siz
 void parallel_for_dynamic(std::size_t n, int threads, std::size_t grain,
                           const std::function<void(std::size_t, std::size_t)>& fn);
 
-// Static split: fn(begin, end) on at most `threads` contiguous chunks of equal size (the
-// drop-in for common.hpp's parallel_for).
+// Static split: fn(begin, end) on at most `threads` contiguous chunks of equal size.
 void parallel_for_static(std::size_t n, int threads,
                          const std::function<void(std::size_t, std::size_t)>& fn);
 

@@ -8,6 +8,8 @@
 
 #include "check.hpp"
 #include "clahe.hpp"
+#include "clahe_kernels.hpp"
+#include "isa.hpp"
 #include "thread_pool.hpp"
 #include "common.hpp"
 
@@ -51,7 +53,7 @@ int main() {
         autoweld::detail::clahe_pack_band(t, 1, packed.data());
         std::vector<std::uint8_t> a(w), b(w);
         autoweld::detail::clahe_row_scalar(t, packed.data(), 0.3f, 0.7f, img.data(), a.data());
-        if (autoweld::cpu_has_avx2_fma()) {
+        if (autoweld::isa_available(autoweld::Isa::avx2)) {
             autoweld::detail::clahe_row_avx2(t, packed.data(), 0.3f, 0.7f, img.data(), b.data());
             CHECK(a == b);
         }
@@ -103,22 +105,22 @@ int main() {
         }
         autoweld::detail::bgr_to_lab_planes_scalar(bgr.data(), n, p1.data(), p1.data() + n,
                                                    p1.data() + 2 * n);
-        autoweld::detail::bgr_to_lab_planes(bgr.data(), n, p2.data(), p2.data() + n,
-                                            p2.data() + 2 * n);
+        const autoweld::detail::LabKernels lab = autoweld::detail::lab_kernels(autoweld::best_isa());
+        lab.to_lab(bgr.data(), n, p2.data(), p2.data() + n, p2.data() + 2 * n);
         CHECK(p1 == p2);
         // Inverse on arbitrary Lab bytes (not only those that come from sRGB).
         autoweld::detail::lab_planes_to_bgr_scalar(bgr.data(), bgr.data() + n,
                                                    bgr.data() + 2 * n, n, q1.data(),
                                                    q1.data() + n, q1.data() + 2 * n);
-        autoweld::detail::lab_planes_to_bgr(bgr.data(), bgr.data() + n, bgr.data() + 2 * n, n,
-                                            q2.data(), q2.data() + n, q2.data() + 2 * n);
+        lab.to_bgr(bgr.data(), bgr.data() + n, bgr.data() + 2 * n, n, q2.data(), q2.data() + n,
+                   q2.data() + 2 * n);
         CHECK(q1 == q2);
     }
     // Every one of the 2^24 colours: the AVX-512 VBMI and AVX2 forward conversions give the
     // scalar bytes (in blocks of 2^20 colours; 2^20 - 5 per call to exercise the tails too).
     for (int path = 0; path < 2; ++path) {
         if (path == 0 && !autoweld::cpu_has_avx512_vbmi()) continue;
-        if (path == 1 && !autoweld::cpu_has_avx2_fma()) continue;
+        if (path == 1 && !autoweld::isa_available(autoweld::Isa::avx2)) continue;
         const std::size_t block = (std::size_t{1} << 20) - 5;
         std::vector<std::uint8_t> bgr(3 * block), p1(3 * block), p2(3 * block);
         bool same = true;
@@ -146,7 +148,7 @@ int main() {
     // AVX2 inverse conversions give the scalar bytes.
     for (int path = 0; path < 2; ++path) {
         if (path == 0 && !autoweld::cpu_has_avx512_vbmi()) continue;
-        if (path == 1 && !autoweld::cpu_has_avx2_fma()) continue;
+        if (path == 1 && !autoweld::isa_available(autoweld::Isa::avx2)) continue;
         const std::size_t block = (std::size_t{1} << 20) - 5;
         std::vector<std::uint8_t> lab(3 * block), o1(3 * block), o2(3 * block);
         bool same = true;
@@ -176,20 +178,20 @@ int main() {
         }
         CHECK(same);
     }
-    // dynamic_parallel_for: every index exactly once for any thread count and grain; a chunk's
+    // pool::parallel_for_dynamic: every index exactly once for any thread count and grain; a chunk's
     // exception reaches the caller.
     for (int threads : {1, 2, 5}) {
         for (std::size_t grain : {std::size_t{1}, std::size_t{7}, std::size_t{1000}}) {
             std::vector<std::atomic<int>> hits(997);
-            autoweld::detail::dynamic_parallel_for(hits.size(), threads, grain,
-                                                   [&](std::size_t b, std::size_t e) {
-                                                       for (std::size_t i = b; i < e; ++i) hits[i]++;
-                                                   });
+            autoweld::pool::parallel_for_dynamic(hits.size(), threads, grain,
+                                                 [&](std::size_t b, std::size_t e) {
+                                                     for (std::size_t i = b; i < e; ++i) hits[i]++;
+                                                 });
             bool once = true;
             for (auto& h : hits) once = once && h.load() == 1;
             CHECK(once);
         }
-        CHECK_THROWS(autoweld::detail::dynamic_parallel_for(
+        CHECK_THROWS(autoweld::pool::parallel_for_dynamic(
                          100, threads, 3,
                          [](std::size_t, std::size_t e) {
                              if (e > 50) throw std::invalid_argument("chunk");

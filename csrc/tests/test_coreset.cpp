@@ -49,14 +49,14 @@ static std::vector<std::int64_t> reference(const std::vector<float>& x, std::siz
 }
 
 int main() {
-    using autoweld::KernelPath;
+    using autoweld::Isa;
     const std::size_t n = 20000, dim = 40;  // > 8192 rows: several workers
     auto x = random_matrix(n, dim, 3);
-    for (KernelPath path : {KernelPath::portable, KernelPath::avx2, KernelPath::avx512}) {
-        if (!autoweld::kernel_path_available(path)) continue;
+    for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512}) {
+        if (!autoweld::isa_available(isa)) continue;
         for (int threads : {1, 3}) {
             std::vector<std::int64_t> got(30);
-            autoweld::coreset_select(x.data(), n, dim, 30, 17, got.data(), threads, path);
+            autoweld::coreset_select(x.data(), n, dim, 30, 17, got.data(), {threads, isa});
             auto ref = reference(x, n, dim, 30, 17);
             CHECK(got == ref);
         }

@@ -16,7 +16,7 @@
 #include "common.hpp"
 #include "knn.hpp"
 
-using autoweld::KernelPath;
+using autoweld::Isa;
 
 static std::vector<float> random_matrix(std::size_t rows, std::size_t cols, unsigned seed) {
     std::mt19937 gen(seed);
@@ -27,13 +27,13 @@ static std::vector<float> random_matrix(std::size_t rows, std::size_t cols, unsi
 }
 
 static void check_against_brute_force(std::size_t nq, std::size_t nb, std::size_t dim,
-                                      std::size_t k, KernelPath path, int threads) {
+                                      std::size_t k, Isa path, int threads) {
     auto q = random_matrix(nq, dim, 1 + static_cast<unsigned>(nq * 31 + dim));
     auto b = random_matrix(nb, dim, 2 + static_cast<unsigned>(nb * 17 + dim));
     std::vector<float> dist(nq * k);
     std::vector<std::int64_t> idx(nq * k);
-    autoweld::knn_search(q.data(), nq, b.data(), nullptr, nb, dim, k, dist.data(), idx.data(),
-                         threads, path);
+    autoweld::knn_search(q.data(), nq, b.data(), nb, dim, k, dist.data(), idx.data(),
+                         {threads, path});
     bool ok = true;
     std::vector<std::pair<double, std::int64_t>> ref(nb);
     for (std::size_t i = 0; i < nq; ++i) {
@@ -64,17 +64,17 @@ static void check_against_brute_force(std::size_t nq, std::size_t nb, std::size_
 }
 
 int main() {
-    std::vector<KernelPath> paths{KernelPath::portable};
-    if (autoweld::kernel_path_available(KernelPath::avx2)) paths.push_back(KernelPath::avx2);
-    if (autoweld::kernel_path_available(KernelPath::avx512)) paths.push_back(KernelPath::avx512);
+    std::vector<Isa> paths{Isa::portable};
+    if (autoweld::isa_available(Isa::avx2)) paths.push_back(Isa::avx2);
+    if (autoweld::isa_available(Isa::avx512)) paths.push_back(Isa::avx512);
     std::printf("kNN paths tested: %zu (avx512 %s)\n", paths.size(),
-                autoweld::kernel_path_available(KernelPath::avx512) ? "yes" : "no on this CPU");
+                autoweld::isa_available(Isa::avx512) ? "yes" : "no on this CPU");
     struct Shape { std::size_t nq, nb, dim, k; };
     const Shape shapes[] = {{1, 1, 1, 1},   {1, 7, 3, 7},      {5, 13, 8, 4},
                             {16, 6, 16, 6}, {17, 245, 9, 9},   {33, 250, 300, 16},
                             {40, 481, 257, 5}, {3, 20, 520, 1},
                             {1100, 50, 8, 3}};  // > 1024 queries: two query groups per thread
-    for (KernelPath path : paths)
+    for (Isa path : paths)
         for (const Shape& s : shapes)
             for (int threads : {1, 3}) check_against_brute_force(s.nq, s.nb, s.dim, s.k, path, threads);
 
@@ -84,8 +84,8 @@ int main() {
         std::vector<float> q = {0.9f, 0.9f};
         std::vector<float> d(4);
         std::vector<std::int64_t> i(4);
-        for (KernelPath path : paths) {
-            autoweld::knn_search(q.data(), 1, bank.data(), nullptr, 4, 2, 4, d.data(), i.data(), 1, path);
+        for (Isa path : paths) {
+            autoweld::knn_search(q.data(), 1, bank.data(), 4, 2, 4, d.data(), i.data(), {1, path});
             CHECK(i[0] == 0 && i[1] == 2 && i[2] == 1 && i[3] == 3);
         }
     }
@@ -97,16 +97,31 @@ int main() {
         CHECK(index.size() == 300 && index.dim() == 40);
         std::vector<float> d1(20 * 3), d2(20 * 3);
         std::vector<std::int64_t> i1(20 * 3), i2(20 * 3);
-        index.search(q.data(), 20, 3, d1.data(), i1.data(), 2);
-        autoweld::knn_search(q.data(), 20, b.data(), nullptr, 300, 40, 3, d2.data(), i2.data(), 1);
+        index.search(q.data(), 20, 3, d1.data(), i1.data(), {2});
+        autoweld::knn_search(q.data(), 20, b.data(), 300, 40, 3, d2.data(), i2.data(), {1});
         CHECK(i1 == i2 && d1 == d2);
+        // Both forms own their copy of the bank: changing the caller's rows afterwards (here:
+        // moving row 0 onto every query's neighbourhood) changes nothing.
+        std::vector<float> basis(8 * 40, 0.0f);
+        for (std::size_t p = 0; p < 8; ++p) basis[p * 40 + p] = 1.0f;
+        autoweld::KnnIndex pruned(b.data(), 300, 40, basis.data(), 8, 2);
+        pruned.search(q.data(), 20, 3, d2.data(), i2.data(), {2});
+        CHECK(i1 == i2 && d1 == d2);
+        std::fill(b.begin(), b.begin() + 40, 0.0f);
+        std::fill(b.begin() + 40, b.end(), 1e6f);
+        for (const autoweld::KnnIndex* owner : {&index, &pruned}) {
+            std::fill(d2.begin(), d2.end(), -1.0f);
+            owner->search(q.data(), 20, 3, d2.data(), i2.data(), {2});
+            CHECK(i1 == i2 && d1 == d2);
+            CHECK(owner->bank() != b.data() && owner->bank()[40] != 1e6f);
+        }
     }
     // matmul_abt against a direct product.
-    for (KernelPath path : paths) {
+    for (Isa path : paths) {
         auto a = random_matrix(37, 300, 7);
         auto b = random_matrix(11, 300, 8);
         std::vector<float> c(37 * 11);
-        autoweld::matmul_abt(a.data(), 37, b.data(), 11, 300, c.data(), 2, path);
+        autoweld::matmul_abt(a.data(), 37, b.data(), 11, 300, c.data(), {2, path});
         bool ok = true;
         for (std::size_t i = 0; i < 37; ++i)
             for (std::size_t j = 0; j < 11; ++j) {
@@ -120,7 +135,7 @@ int main() {
     {
         std::vector<float> bank = {0, 0, 0, 0, 5, 5, 0.1f, 0};  // rows 0 and 1 duplicate
         std::vector<std::int64_t> nbrs(4 * 2);
-        autoweld::bank_neighbours(bank.data(), 4, 2, 2, nbrs.data(), 1);
+        autoweld::bank_neighbours(bank.data(), 4, 2, 2, nbrs.data(), {1});
         CHECK(nbrs[0] == 0 && nbrs[1] == 1);
         CHECK(nbrs[2] == 1 && nbrs[3] == 0);
         CHECK(nbrs[4] == 2);
@@ -130,14 +145,14 @@ int main() {
     {
         std::vector<float> b(10, 1.0f), q(5, 1.0f), d(20);
         std::vector<std::int64_t> i(20);
-        CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), nullptr, 0, 5, 1, d.data(), i.data(), 1), std::invalid_argument);
-        CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), nullptr, 2, 5, 3, d.data(), i.data(), 1), std::invalid_argument);
-        CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), nullptr, 2, 5, 0, d.data(), i.data(), 1), std::invalid_argument);
+        CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), 0, 5, 1, d.data(), i.data(), {1}), std::invalid_argument);
+        CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), 2, 5, 3, d.data(), i.data(), {1}), std::invalid_argument);
+        CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), 2, 5, 0, d.data(), i.data(), {1}), std::invalid_argument);
         q[2] = std::numeric_limits<float>::quiet_NaN();
-        CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), nullptr, 2, 5, 1, d.data(), i.data(), 1), std::invalid_argument);
+        CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), 2, 5, 1, d.data(), i.data(), {1}), std::invalid_argument);
         q[2] = 0;
         b[7] = std::numeric_limits<float>::infinity();
-        CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), nullptr, 2, 5, 1, d.data(), i.data(), 1), std::invalid_argument);
+        CHECK_THROWS(autoweld::knn_search(q.data(), 1, b.data(), 2, 5, 1, d.data(), i.data(), {1}), std::invalid_argument);
         CHECK_THROWS(autoweld::KnnIndex(b.data(), 2, 5, 1), std::invalid_argument);
         // The bank is checked through its norms first; the message still names the element.
         for (float bad : {std::numeric_limits<float>::infinity(),
@@ -146,7 +161,7 @@ int main() {
             b[7] = bad;
             std::string message;
             try {
-                autoweld::knn_search(q.data(), 1, b.data(), nullptr, 2, 5, 1, d.data(), i.data(), 1);
+                autoweld::knn_search(q.data(), 1, b.data(), 2, 5, 1, d.data(), i.data(), {1});
             } catch (const std::invalid_argument& e) {
                 message = e.what();
             }
@@ -155,7 +170,7 @@ int main() {
         b[7] = 3e19f;  // finite, but its square overflows float32
         std::string overflow;
         try {
-            autoweld::knn_search(q.data(), 1, b.data(), nullptr, 2, 5, 1, d.data(), i.data(), 1);
+            autoweld::knn_search(q.data(), 1, b.data(), 2, 5, 1, d.data(), i.data(), {1});
         } catch (const std::invalid_argument& e) {
             overflow = e.what();
         }
@@ -164,7 +179,7 @@ int main() {
     // Pruned KnnIndex: coordinate basis (orthonormal by construction) on features whose
     // variance falls off with the coordinate, as principal axes would order it; the answer is
     // the brute force's on every path, for shapes off the panel / tile / chunk sizes.
-    for (KernelPath path : paths) {
+    for (Isa path : paths) {
         struct Pruned { std::size_t nq, nb, dim, prefix, k; };
         for (const Pruned& s : {Pruned{1, 1, 2, 1, 1}, Pruned{17, 245, 40, 8, 9},
                                 Pruned{40, 1000, 152, 16, 1}, Pruned{5, 7, 9, 3, 7}}) {
@@ -180,9 +195,9 @@ int main() {
             CHECK(pruned.prefix() == s.prefix);
             std::vector<float> d1(s.nq * s.k), d2(s.nq * s.k);
             std::vector<std::int64_t> i1(s.nq * s.k), i2(s.nq * s.k);
-            pruned.search(q.data(), s.nq, s.k, d1.data(), i1.data(), 3, path);
-            autoweld::knn_search(q.data(), s.nq, b.data(), nullptr, s.nb, s.dim, s.k, d2.data(),
-                                 i2.data(), 1, path);
+            pruned.search(q.data(), s.nq, s.k, d1.data(), i1.data(), {3, path});
+            autoweld::knn_search(q.data(), s.nq, b.data(), s.nb, s.dim, s.k, d2.data(),
+                                 i2.data(), {1, path});
             bool ok = true;
             for (std::size_t t = 0; t < s.nq * s.k; ++t) {
                 ok = ok && std::fabs(d1[t] - d2[t]) <= 1e-4f * (1.0f + d2[t]);
@@ -206,10 +221,10 @@ int main() {
         std::vector<float> q = {1.8446742e19f, 0.0f, 1.8f, 0.1f};  // |Uq|^2 of the first: +Inf
         std::vector<float> d1(4), d2(4);
         std::vector<std::int64_t> i1(4), i2(4);
-        for (KernelPath path : paths) {
-            index.search(q.data(), 2, 2, d1.data(), i1.data(), 1, path);
-            autoweld::knn_search(q.data(), 2, small.data(), nullptr, 4, 2, 2, d2.data(), i2.data(),
-                                 1, path);
+        for (Isa path : paths) {
+            index.search(q.data(), 2, 2, d1.data(), i1.data(), {1, path});
+            autoweld::knn_search(q.data(), 2, small.data(), 4, 2, 2, d2.data(), i2.data(),
+                                 {1, path});
             CHECK(i1 == i2 && d1 == d2);
             // The huge query is equally far from every row in float (|q|^2 swamps the rest):
             // ties, lower index first. The other: (2, 0), then (1, 0).
@@ -227,9 +242,9 @@ int main() {
         autoweld::KnnIndex ok(b.data(), 30, 4, unit.data(), 3, 1);
         std::vector<float> q(4, 0.0f), d(31);
         std::vector<std::int64_t> i(31);
-        CHECK_THROWS(ok.search(q.data(), 1, 31, d.data(), i.data(), 1), std::invalid_argument);
+        CHECK_THROWS(ok.search(q.data(), 1, 31, d.data(), i.data(), {1}), std::invalid_argument);
         q[1] = std::numeric_limits<float>::quiet_NaN();
-        CHECK_THROWS(ok.search(q.data(), 1, 1, d.data(), i.data(), 1), std::invalid_argument);
+        CHECK_THROWS(ok.search(q.data(), 1, 1, d.data(), i.data(), {1}), std::invalid_argument);
     }
     return autoweld_test::finish("test_knn");
 }

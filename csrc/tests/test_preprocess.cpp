@@ -10,7 +10,9 @@
 #include "anomaly_map.hpp"
 #include "check.hpp"
 #include "common.hpp"
+#include "isa.hpp"
 #include "preprocess.hpp"
+#include "preprocess_kernels.hpp"
 #include "thread_pool.hpp"
 
 int main() {
@@ -64,13 +66,13 @@ int main() {
             ok = ok && std::fabs(a[k] - direct) < 1e-3;
         }
         CHECK(ok);
-        if (autoweld::cpu_has_avx2_fma()) {
+        if (autoweld::isa_available(autoweld::Isa::avx2)) {
             autoweld::detail::weighted_rows_avx2(ptrs, w, 5, n, b.data());
             bool same = true;
             for (std::size_t k = 0; k < n; ++k) same = same && std::fabs(a[k] - b[k]) < 1e-4;
             CHECK(same);
         }
-        if (autoweld::cpu_has_avx512()) {  // 64 columns per step, then a tail of 13
+        if (autoweld::isa_available(autoweld::Isa::avx512)) {  // 64 columns per step, then a tail of 13
             std::fill(b.begin(), b.end(), -1.f);
             autoweld::detail::weighted_rows_avx512(ptrs, w, 5, n, b.data());
             bool same = true;
@@ -99,7 +101,7 @@ int main() {
             ok = ok && std::fabs(a[j] - direct) < 1e-3 * (1 + std::fabs(direct));
         }
         CHECK(ok);
-        if (autoweld::cpu_has_avx2_fma()) {
+        if (autoweld::isa_available(autoweld::Isa::avx2)) {
             autoweld::detail::filter_columns_avx2(row.data(), weights.data(), stride, first.data(),
                                                   count, b.data());
             bool same = true;
@@ -157,7 +159,7 @@ int main() {
             c.threads = 2;
             std::vector<float> fast(3 * k.size * k.size), portable(fast.size(), -99.f);
             autoweld::preprocess(img.data(), k.h, k.w, k.channels, c, fast.data());
-            c.portable = true;
+            c.isa = autoweld::Isa::portable;
             autoweld::preprocess(img.data(), k.h, k.w, k.channels, c, portable.data());
             double worst = 0;
             for (std::size_t q = 0; q < fast.size(); ++q)

@@ -146,8 +146,6 @@ int main() {
         CHECK(ok.load());
     }
 
-    CHECK(!autoweld::cpu_has_avx512() || autoweld::cpu_has_avx2_fma());
-
 #if defined(__unix__)
     // After fork() the child's pool starts afresh (the parent's workers do not exist there).
     {

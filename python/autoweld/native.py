@@ -389,8 +389,10 @@ def principal_axes(bank: np.ndarray, sample_rows: int = PCA_SAMPLE_ROWS) -> Prin
 class KnnIndex:
     """A memory bank prepared for repeated exact kNN search.
 
-    Holds a reference to ``bank`` (copied only if it is not C-contiguous); the bank must not be
-    modified while the index is in use. Two forms, with the same results:
+    Owns one copy of ``bank``, taken at construction: changing (or dropping) the caller's array
+    afterwards changes nothing. :attr:`bank` is that copy, read-only, for callers that need the
+    rows too (PatchCore scoring), so that they need not keep a second one. Two forms, with the
+    same results:
 
     * brute force: every query against every bank row, the bank's squared norms precomputed.
     * pruned: a ``basis`` of ``P`` orthonormal rows (the bank's leading principal axes)
@@ -452,6 +454,12 @@ class KnnIndex:
     def prefix_dims(self) -> int:
         """Rows of the pruning basis; 0 for a brute-force index."""
         return int(self._index.prefix)
+
+    @property
+    def bank(self) -> np.ndarray:
+        """The index's copy of the bank: float32 ``(M, D)``, read-only (numpy refuses to make
+        it writeable), valid as long as the view is referenced."""
+        return self._index.bank
 
     def search(
         self, queries: np.ndarray, k: int, threads: int | None = None

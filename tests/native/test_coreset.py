@@ -51,10 +51,10 @@ def test_coreset_equals_numpy_greedy(rows, dim, projection_dim, n):
 def test_coreset_without_projection_and_both_kernels():
     f = features(20000, 24, 5)  # above 8192 rows per worker: several workers
     ref = greedy_reference(f, 25, 123)
-    paths = ["portable"] + (["avx2"] if native.has_avx2_fma() else [])
-    for path in paths:
+    isas = ["portable"] + (["avx2"] if native.has_avx2_fma() else [])
+    for isa in isas:
         for threads in (1, 3):
-            got = native._native.coreset_select(f, 25, 123, threads, path)
+            got = native._native.coreset_select(f, 25, 123, threads, isa)
             np.testing.assert_array_equal(got, ref)
     np.testing.assert_array_equal(native.coreset(f, 25, projection_dim=0, seed=9)[1:3].size, 2)
 

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from autoweld import native
 
-PATHS = (
+# Every ISA cap this CPU runs (the kernels' flavours).
+ISAS = (
     ["portable"]
     + (["avx2"] if native.has_avx2_fma() else [])
     + (["avx512"] if native.has_avx512() else [])
@@ -61,16 +62,16 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("q,m,d", SHAPES)
 @pytest.mark.parametrize("k", [1, 9, 16])
-def test_knn_equals_brute_force(path, q, m, d, k):
+def test_knn_equals_brute_force(isa, q, m, d, k):
     k = min(k, m)
     queries = tie_free(q, d, 1)
     bank = tie_free(m, d, 2)
-    distances, indices = native._native.knn(queries, bank, k, 2, path)
+    distances, indices = native._native.knn(queries, bank, k, 2, isa)
     assert_matches(queries, bank, k, distances, indices)
-    if path == PATHS[-1]:
+    if isa == ISAS[-1]:
         d2, i2 = native.knn(queries, bank, k, threads=1)
         np.testing.assert_array_equal(i2, indices)
 
@@ -173,8 +174,8 @@ def test_knn_rejects_non_finite(name, bad):
             native.KnnIndex(arrays["bank"])
 
 
-def test_core_rejects_unknown_path_and_float64():
-    with pytest.raises(ValueError, match="path"):
+def test_core_rejects_unknown_isa_and_float64():
+    with pytest.raises(ValueError, match="isa"):
         native._native.knn(tie_free(2, 2, 0), tie_free(2, 2, 1), 1, 1, "gpu")
     with pytest.raises(TypeError):  # the core itself never converts dtypes silently
         native._native.knn(np.zeros((2, 2)), tie_free(2, 2, 1), 1)
@@ -267,9 +268,9 @@ PRUNED_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("q,m,d,p,k", PRUNED_SHAPES)
-def test_pruned_index_equals_brute_force(path, q, m, d, p, k):
+def test_pruned_index_equals_brute_force(isa, q, m, d, p, k):
     bank = low_rank(m, d, rank=max(1, p // 2), seed=m + d)
     normal = low_rank(q, d, rank=max(1, p // 2), seed=m + d + 1)
     # Some queries far from the bank (anomalies): their bound admits many rows.
@@ -277,10 +278,10 @@ def test_pruned_index_equals_brute_force(path, q, m, d, p, k):
     basis = native.principal_axes(bank).axes[:p].copy()
     index = native._native.KnnIndex(bank, basis, 2)
     assert index.prefix == p
-    distances, indices = index.search(queries, k, 2, path)
+    distances, indices = index.search(queries, k, 2, isa)
     assert_matches(queries, bank, k, distances, indices)
     # Same answer as the brute-force index on the same bank, whatever the thread count.
-    d1, i1 = native._native.KnnIndex(bank, basis, 1).search(queries, k, 3, path)
+    d1, i1 = native._native.KnnIndex(bank, basis, 1).search(queries, k, 3, isa)
     np.testing.assert_array_equal(i1, indices)
     np.testing.assert_array_equal(d1, distances)
 
@@ -306,11 +307,11 @@ def test_pruned_index_ties_list_the_lower_index_first():
     assert (distances[:, 0] <= 1e-3 * np.linalg.norm(base[:50], axis=1)).all()
 
 
-@pytest.mark.parametrize("path", PATHS)
-def test_pruned_index_breaks_ties_between_equal_rows_as_the_brute_force(path):
+@pytest.mark.parametrize("isa", ISAS)
+def test_pruned_index_breaks_ties_between_equal_rows_as_the_brute_force(isa):
     # Every value the pruned search compares is summed as the brute force sums it, whatever
     # row batch it falls in: equal rows, equal distances, the lower index first - exactly the
-    # brute force's answer, on every kernel path.
+    # brute force's answer, on every ISA.
     for seed in range(40):
         rng = np.random.default_rng(seed)
         nb, dim, m = int(rng.integers(30, 230)), int(rng.integers(9, 69)), int(rng.integers(1, 5))
@@ -322,8 +323,8 @@ def test_pruned_index_breaks_ties_between_equal_rows_as_the_brute_force(path):
         pruned = native._native.KnnIndex(bank, basis, 1)
         brute = native._native.KnnIndex(bank, 1)
         for k in (1, 3, 8):
-            d1, i1 = pruned.search(queries, k, 1, path)
-            d2, i2 = brute.search(queries, k, 1, path)
+            d1, i1 = pruned.search(queries, k, 1, isa)
+            d2, i2 = brute.search(queries, k, 1, isa)
             np.testing.assert_array_equal(i1, i2)
             np.testing.assert_array_equal(d1, d2)
 
@@ -419,3 +420,77 @@ def test_pruned_index_property(q, m, d, p, k, seed):
     assert distances.shape == indices.shape == (q, k)
     if q:
         assert_matches(queries, bank, k, distances, indices)
+
+
+# ---- KnnIndex owns its bank ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_index_owns_its_bank(prune):
+    bank = low_rank(1500, 32, 4, seed=21)
+    queries = low_rank(40, 32, 4, seed=22)
+    original = bank.copy()
+    index = native.KnnIndex(bank, prune=prune)
+    assert (index.prefix_dims > 0) == prune
+    before = index.search(queries, 5)
+    # The caller's array changes afterwards: row 0 becomes every query's nearest, the rest far.
+    bank[0] = queries[0]
+    bank[1:] = 1e3
+    after = index.search(queries, 5)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_array_equal(after[1], before[1])
+    assert_matches(queries, original, 5, *after)
+    # The index's copy: the original rows, not the caller's memory, and read-only for good.
+    view = index.bank
+    assert view.dtype == np.float32 and view.shape == bank.shape
+    np.testing.assert_array_equal(view, original)
+    assert not np.shares_memory(view, bank)
+    assert not view.flags.writeable
+    with pytest.raises(ValueError):
+        view[0, 0] = 1.0
+    with pytest.raises(ValueError):
+        view.flags.writeable = True
+    # Scoring can share the view instead of keeping a second copy of the bank.
+    neighbours = native.bank_neighbours(original, 3)
+    distances, indices = after[0][:, :1].copy(), after[1][:, :1].copy()
+    assert native.patchcore_score(queries, distances, indices, view, neighbours) == (
+        native.patchcore_score(queries, distances, indices, original, neighbours)
+    )
+    del index  # the view keeps the index's memory alive
+    np.testing.assert_array_equal(view, original)
+
+
+# ---- pruning on a bank with a large common offset (round-off margin) -----------------------
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_pruned_index_with_a_large_common_offset_equals_brute_force(isa):
+    # Values near 300, spread 0.05, 48 dims: |b|^2 is about 4.3e6, so the float32 values the
+    # search ranks by (|b|^2 - 2 q.b, and the bound's |Ub|^2 - 2 Uq.Ub next to the slack
+    # |q|^2 - |Uq|^2) carry round-off of about 0.5, more than the squared distances between
+    # bank rows (about 0.1). Only the round-off margin keeps the bound from dropping rows the
+    # brute force keeps.
+    spread = low_rank(3000, 48, 4, seed=31, noise=0.02)
+    scale = 0.05 / spread.std()
+    bank = (300.0 + scale * spread).astype(np.float32)
+    assert abs(float(bank.mean()) - 300.0) < 0.01 and 0.04 < float(bank.std()) < 0.06
+    # The automatic choice prunes this bank (its variance is on a few axes).
+    assert native.KnnIndex(bank).prefix_dims > 0
+    index = native._native.KnnIndex(bank, native.principal_axes(bank).basis(), 2)
+    assert 0 < index.prefix < 48
+    near = 300.0 + scale * low_rank(200, 48, 4, seed=32, noise=0.02)
+    # Queries among the bank rows: float32 clamps every distance to 0 (round-off exceeds
+    # them), so the distances are all ties; the neighbours are still the rows the brute force
+    # ranks first (its ranking values differ), and the pruned search must find the same ones.
+    queries = near.astype(np.float32)
+    d_brute, i_brute = native._native.knn(queries, bank, 5, 2, isa)
+    d_pruned, i_pruned = index.search(queries, 5, 2, isa)
+    np.testing.assert_array_equal(i_pruned, i_brute)
+    np.testing.assert_array_equal(d_pruned, d_brute)
+    # Queries 0.3 off the bank: distances above the round-off, so they tell rows apart.
+    queries = (near + 0.3 * tie_free(200, 48, 33)).astype(np.float32)
+    d_brute, i_brute = native._native.knn(queries, bank, 5, 2, isa)
+    assert np.mean(d_brute > 0) > 0.9
+    d_pruned, i_pruned = index.search(queries, 5, 2, isa)
+    np.testing.assert_array_equal(d_pruned, d_brute)
+    np.testing.assert_array_equal(i_pruned, i_brute)

@@ -52,8 +52,7 @@ void check_knn(std::size_t nq, std::size_t nb, std::size_t dim, std::size_t k, u
     std::vector<float> q = random_matrix(nq, dim, rng), bank = random_matrix(nb, dim, rng);
     std::vector<float> cpu_d(nq * k);
     std::vector<std::int64_t> cpu_i(nq * k);
-    autoweld::knn_search(q.data(), nq, bank.data(), nullptr, nb, dim, k, cpu_d.data(),
-                         cpu_i.data(), 1);
+    autoweld::knn_search(q.data(), nq, bank.data(), nb, dim, k, cpu_d.data(), cpu_i.data(), {1});
     gpu::GpuKnnIndex index(bank.data(), nb, dim, nullptr, 0, 0);
     auto dq = upload(q);
     gpu::DeviceBuffer dd(nq * k * sizeof(float)), di(nq * k * sizeof(std::int64_t));
@@ -106,14 +105,14 @@ void check_scoring_and_maps() {
     std::vector<float> bank = random_matrix(nb, dim, rng);
     std::vector<float> emb = random_matrix(images * patches, dim, rng);
     std::vector<std::int64_t> neighbours(nb * b);
-    autoweld::bank_neighbours(bank.data(), nb, dim, b, neighbours.data(), 1);
+    autoweld::bank_neighbours(bank.data(), nb, dim, b, neighbours.data(), {1});
     std::vector<float> map_head = random_matrix(images * patches, 1, rng);
 
     // CPU reference, composed as the Inspector does.
     std::vector<float> cd(images * patches);
     std::vector<std::int64_t> ci(images * patches);
-    autoweld::knn_search(emb.data(), images * patches, bank.data(), nullptr, nb, dim, 1, cd.data(),
-                         ci.data(), 1);
+    autoweld::knn_search(emb.data(), images * patches, bank.data(), nb, dim, 1, cd.data(),
+                         ci.data(), {1});
     std::vector<double> cpu_scores(2 * images);
     for (std::size_t i = 0; i < images; ++i) {
         cpu_scores[i] = autoweld::patchcore_score(emb.data() + i * patches * dim, patches, dim,
