@@ -33,7 +33,8 @@ __all__ = [
 @dataclass(frozen=True)
 class KnnState:
     """What a kNN head searches: the exact index over its memory bank (float32 ``(M, D)``) and
-    each bank row's nearest bank rows (int64 ``(M, b)``, the row itself first)."""
+    each bank row's nearest bank rows (int64 ``(M, b)``, the row itself first).
+    ``memory_bank`` is the index's own read-only copy: the bank is held once."""
 
     index: native.KnnIndex
     memory_bank: np.ndarray
@@ -52,7 +53,8 @@ class KnnState:
                 f"{bundle.root}: head {name!r}: memory bank {bank.shape} and "
                 f"bank neighbours {neighbours.shape} do not fit together"
             )
-        return cls(_knn_index(bundle, name, head, bank, threads), bank, neighbours)
+        index = _knn_index(bundle, name, head, bank, threads)
+        return cls(index, index.bank, neighbours)
 
 
 def _knn_index(
