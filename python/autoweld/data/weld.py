@@ -119,7 +119,10 @@ _TINT_BGR = np.array(
 
 
 def render_weld(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, BeadGeometry]:
-    """Render one defect-free weld image, BGR uint8 ``(size, size, 3)``, and its bead geometry."""
+    """Render one defect-free weld image, BGR uint8 ``(size, size, 3)``, and its bead geometry.
+
+    The layers are drawn in a fixed order from one generator (same seed, same image): base
+    metal, heat tint, bead, then optics and camera."""
     h = w = int(size)
     scale = size / 256.0
     angle = math.radians(rng.uniform(-5.0, 5.0))
@@ -128,8 +131,25 @@ def render_weld(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, 
     geom = BeadGeometry(center_y=center_y, angle=angle, half_width=half_width)
     s, d = geom.frame(h, w)
     span = 1.5 * w
+    metal = _base_metal(rng, h, w, scale)
+    img, u, local_hw = _heat_tint(rng, metal, s, d, span, scale, half_width, h, w)
+    img = _bead(rng, img, metal, s, u, local_hw, span, scale, half_width)
+    return _camera(rng, img, h, w, scale), geom
 
-    # -- base metal: brushed grain, fine grain, mottling, a cool steel tint
+
+@dataclass(frozen=True)
+class _Metal:
+    """The base-metal layer and the textures the bead reuses."""
+
+    image: np.ndarray  # float32 (h, w, 3)
+    lum: np.ndarray
+    fine: np.ndarray
+    mottle: np.ndarray
+    level: float
+
+
+def _base_metal(rng: np.random.Generator, h: int, w: int, scale: float) -> _Metal:
+    """Brushed grain, fine grain, mottling, a cool steel tint."""
     grain_angle = rng.choice([0.0, 90.0]) + rng.uniform(-8, 8)
     brushed = _brushed(rng, w, grain_angle)
     fine = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 0.7 * scale)
@@ -137,9 +157,22 @@ def render_weld(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, 
     metal_level = rng.uniform(0.45, 0.58)
     lum = metal_level + 0.025 * brushed + 0.015 * fine + 0.035 * mottle
     steel = np.array([1.03, 1.0, 0.96], np.float32) * rng.uniform(0.97, 1.03, 3).astype(np.float32)
-    base = lum[..., None] * steel
+    return _Metal(lum[..., None] * steel, lum, fine, mottle, metal_level)
 
-    # -- heat tint on both sides of the bead, with ragged band edges
+
+def _heat_tint(
+    rng: np.random.Generator,
+    metal: _Metal,
+    s: np.ndarray,
+    d: np.ndarray,
+    span: float,
+    scale: float,
+    half_width: float,
+    h: int,
+    w: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Heat tint on both sides of the bead, with ragged band edges. Returns the image, the
+    across-bead coordinate u (-1..1 inside the bead) and the local half width."""
     wobble = (
         1.5
         * scale
@@ -161,11 +194,24 @@ def render_weld(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, 
     # Oxide colours differ with alloy and shielding gas: vary the saturation per image.
     grey = tint_rgb.mean(axis=-1, keepdims=True)
     tint_rgb = grey + rng.uniform(0.45, 1.0) * (tint_rgb - grey)
-    tint_rgb = tint_rgb.astype(np.float32) * (lum / metal_level)[..., None]
+    tint_rgb = tint_rgb.astype(np.float32) * (metal.lum / metal.level)[..., None]
     tint_alpha = (np.clip(1.0 - t / 1.1, 0, 1) ** 0.8 * rng.uniform(0.45, 0.85)).astype(np.float32)
-    img = base * (1 - tint_alpha[..., None]) + tint_rgb * tint_alpha[..., None]
+    img = metal.image * (1 - tint_alpha[..., None]) + tint_rgb * tint_alpha[..., None]
+    return img, u, local_hw
 
-    # -- the bead: a dome with chevron ripples, glare along its crown, shadows at the toes
+
+def _bead(
+    rng: np.random.Generator,
+    img: np.ndarray,
+    metal: _Metal,
+    s: np.ndarray,
+    u: np.ndarray,
+    local_hw: np.ndarray,
+    span: float,
+    scale: float,
+    half_width: float,
+) -> np.ndarray:
+    """The bead: a dome with chevron ripples, glare along its crown, shadows at the toes."""
     inside = np.clip(1.0 - u**2, 0.0, 1.0)
     height = np.sqrt(inside)
     period = rng.uniform(9.0, 15.0) * scale
@@ -182,7 +228,7 @@ def render_weld(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, 
         - 0.08 * slope * rng.uniform(0.6, 1.2)
         + 0.13 * (ripple - 0.5) * (0.4 + height)
     )
-    bead_lum = bead_lum + 0.03 * fine + 0.02 * mottle
+    bead_lum = bead_lum + 0.03 * metal.fine + 0.02 * metal.mottle
     glare_u = rng.uniform(-0.45, -0.1)
     glare_w = rng.uniform(0.06, 0.12)
     glare_along = 0.6 + 0.4 * _noise_along(rng, s, span, 25 * scale)
@@ -198,9 +244,11 @@ def render_weld(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, 
     cover = np.clip((1.0 - np.abs(u)) * local_hw / (1.5 * scale) + 0.5, 0, 1)[..., None]
     img = img * (1 - cover) + bead * cover
     outside_shadow = np.exp(-(((np.abs(u) - 1.0) / 0.08) ** 2)) * 0.2 * (np.abs(u) >= 1.0)
-    img = img * (1.0 - outside_shadow[..., None])
+    return img * (1.0 - outside_shadow[..., None])
 
-    # -- optics and camera: slight blur, lighting gradient, gain, gamma, sensor noise
+
+def _camera(rng: np.random.Generator, img: np.ndarray, h: int, w: int, scale: float) -> np.ndarray:
+    """Optics and camera: slight blur, lighting gradient, gain, gamma, sensor noise."""
     img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), 0.6 * scale)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     light_dir = rng.uniform(0, 2 * math.pi)
@@ -210,8 +258,7 @@ def render_weld(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, 
     img = img * light[..., None] * rng.uniform(0.88, 1.12)
     img = np.clip(img, 0, 1) ** rng.uniform(0.87, 1.15)
     img = img + rng.normal(0, rng.uniform(0.006, 0.014), img.shape).astype(np.float32)
-    out = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-    return out, geom
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
 def _noise_along(rng: np.random.Generator, s: np.ndarray, span: float, scale: float) -> np.ndarray:

@@ -257,6 +257,41 @@ class StudentTeacherHead(ExportHead):
         loss_student_ae`` (EfficientAD's objective without its ImageNet penalty: no ImageNet
         offline), learning rate x0.1 for the last 5 %. Seeded.
         """
+        images, teacher_all = self._teacher_targets(extractor, batches)
+        started = time.perf_counter()
+        history = self._train(images, teacher_all)
+        seconds = time.perf_counter() - started
+        self.eval()
+        self.loss_history = history
+        tail = max(1, len(history) // 10)
+        first, last = np.asarray(history[0]), np.asarray(history[-tail:]).mean(axis=0)
+        names = ("hard", "ae", "student_ae")
+        config = self.config
+        self.training_summary = {
+            "steps": config.steps,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "seed": self.seed,
+            "n_fit": int(images.shape[0]),
+            "first_losses": {n: float(v) for n, v in zip(names, first, strict=True)},
+            "final_losses": {n: float(v) for n, v in zip(names, last, strict=True)},
+            "seconds": round(seconds, 2),
+        }
+        self.fitted = True
+        log.info(
+            "student_teacher: %d steps in %.1f s; hard loss %.3f -> %.3f, ae %.3f -> %.3f",
+            config.steps,
+            seconds,
+            first[0],
+            last[0],
+            first[1],
+            last[1],
+        )
+
+    def _teacher_targets(
+        self, extractor: nn.Module, batches: Sequence[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """The fit images and their standardised teacher features (sets the statistics)."""
         images, raw = collect_features(
             extractor, batches, keep_images=True, desc="student_teacher: teacher"
         )
@@ -276,15 +311,17 @@ class StudentTeacherHead(ExportHead):
         self.teacher_std.copy_(std.view_as(self.teacher_std))
         teacher_all = self.standardise(raw)
         del raw
-        count = images.shape[0]
-        c = self.channels
         if tuple(teacher_all.shape[-2:]) != self.feature_size:
             raise ValueError(
                 f"student_teacher: expected a shallow tap of {self.feature_size}, the backbone "
                 f"gives {tuple(teacher_all.shape[-2:])}"
             )
+        return images, teacher_all
 
+    def _train(self, images: Tensor, teacher_all: Tensor) -> list[tuple[float, float, float]]:
+        """The seeded Adam loop; returns the (hard, ae, student_ae) losses of every step."""
         config = self.config
+        c = self.channels
         parameters = list(self.student.parameters()) + list(self.autoencoder.parameters())
         optimiser = torch.optim.Adam(
             parameters, lr=config.learning_rate, weight_decay=config.weight_decay
@@ -292,10 +329,9 @@ class StudentTeacherHead(ExportHead):
         scheduler = torch.optim.lr_scheduler.StepLR(
             optimiser, step_size=max(1, int(0.95 * config.steps)), gamma=0.1
         )
-        order = batch_order(count, config.batch_size, config.steps, self.seed)
+        order = batch_order(images.shape[0], config.batch_size, config.steps, self.seed)
         self.train()
         history: list[tuple[float, float, float]] = []
-        started = time.perf_counter()
         bar = tqdm(order, desc="student_teacher: training", unit="step", leave=False)
         for indices in bar:
             index = torch.from_numpy(indices)
@@ -318,32 +354,7 @@ class StudentTeacherHead(ExportHead):
                 )
             )
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
-        seconds = time.perf_counter() - started
-        self.eval()
-        self.loss_history = history
-        tail = max(1, len(history) // 10)
-        first, last = np.asarray(history[0]), np.asarray(history[-tail:]).mean(axis=0)
-        names = ("hard", "ae", "student_ae")
-        self.training_summary = {
-            "steps": config.steps,
-            "batch_size": config.batch_size,
-            "learning_rate": config.learning_rate,
-            "seed": self.seed,
-            "n_fit": int(count),
-            "first_losses": {n: float(v) for n, v in zip(names, first, strict=True)},
-            "final_losses": {n: float(v) for n, v in zip(names, last, strict=True)},
-            "seconds": round(seconds, 2),
-        }
-        self.fitted = True
-        log.info(
-            "student_teacher: %d steps in %.1f s; hard loss %.3f -> %.3f, ae %.3f -> %.3f",
-            config.steps,
-            seconds,
-            first[0],
-            last[0],
-            first[1],
-            last[1],
-        )
+        return history
 
     def fit_validation(self, extractor: nn.Module, batches: Sequence[Tensor]) -> None:
         """Quantiles q_a, q_b of the raw local and global maps over held-out normal images."""
