@@ -521,11 +521,15 @@ class SQLiteLedger(Ledger):
             versions = self._query("SELECT value FROM ledger_meta WHERE name = 'schema_version'")
             _check_schema_version(versions, url)
         except BaseException as error:
-            if hasattr(self, "_conn"):
-                self._conn.close()
-            if isinstance(error, sqlite3.DatabaseError):
-                raise LedgerError(f"cannot open SQLite ledger {str(path)!r}: {error}") from error
+            self._fail_open(path, error)
             raise
+
+    def _fail_open(self, path: Path, error: BaseException) -> None:
+        """An open that failed: close what was opened; a SQLite error becomes a LedgerError."""
+        if hasattr(self, "_conn"):
+            self._conn.close()
+        if isinstance(error, sqlite3.DatabaseError):
+            raise LedgerError(f"cannot open SQLite ledger {str(path)!r}: {error}") from error
 
     def _initialise(self, path: Path) -> None:
         """WAL, synchronous=FULL and the schema (idempotent; safe to run again after BUSY)."""
@@ -563,10 +567,7 @@ class SQLiteLedger(Ledger):
             versions = self._query("SELECT value FROM ledger_meta WHERE name = 'schema_version'")
             _check_schema_version(versions, self.url)
         except BaseException as error:
-            if hasattr(self, "_conn"):
-                self._conn.close()
-            if isinstance(error, sqlite3.DatabaseError):
-                raise LedgerError(f"cannot open SQLite ledger {str(path)!r}: {error}") from error
+            self._fail_open(path, error)
             raise
 
     def _append_locked(
