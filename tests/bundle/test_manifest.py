@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -6,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoweld.bundle import BundleError, load_bundle, write_bundle
-from autoweld.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, canonical_json
+from autoweld.bundle import BundleError, load_bundle, manifest_identity, write_bundle
+from autoweld.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, canonical_json, sha256_file
+from autoweld.safe_files import MANIFEST_MAX_BYTES
 
 
 def _manifest():
@@ -207,3 +209,68 @@ def test_canonical_json_refuses_nan():
     manifest["trained_on"] = {"f1": float("nan")}  # NaN outside the checked fields
     with pytest.raises(BundleError, match="not serialisable"):
         write_bundle(Path(tempfile.mkdtemp()) / "b", manifest, {"model.onnx": b"x"})
+
+
+def _swap(path: Path, kind: str, tmp_path: Path) -> None:
+    """Replace ``path`` with a FIFO, a link to /dev/zero, a directory or a huge sparse file."""
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    else:  # a sparse file past the manifest's 16 MiB limit: nothing is read into memory
+        with open(path, "wb") as handle:
+            handle.truncate(MANIFEST_MAX_BYTES + 1)
+
+
+KINDS = {
+    "fifo": "FIFO",
+    "dev-zero": "character device",
+    "directory": "directory",
+    "huge": "exceeds the limit",
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_manifest_that_is_not_a_small_regular_file_is_refused(bundle_dir, tmp_path, kind, deadline):
+    """Issue 15: manifest.json as a FIFO hung the loader; as a link to /dev/zero it was read
+    without a limit (MemoryError). Each is now a BundleError naming the file, at once."""
+    manifest_path = bundle_dir / MANIFEST_NAME
+    _swap(manifest_path, kind, tmp_path)
+    with pytest.raises(BundleError, match=rf"manifest\.json: .*{KINDS[kind]}"):
+        deadline(5, load_bundle, bundle_dir, key=None, fifos=[manifest_path])
+    # the identity a refused bundle's record names: the sha256 of no bytes, never a hang
+    empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert deadline(5, manifest_identity, bundle_dir, fifos=[manifest_path]) == empty
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory"])
+def test_listed_file_that_is_not_a_regular_file_is_refused(bundle_dir, tmp_path, kind, deadline):
+    path = bundle_dir / "memory_bank.npy"
+    _swap(path, kind, tmp_path)
+    with pytest.raises(BundleError, match=rf"memory_bank\.npy: .*{KINDS[kind]}"):
+        deadline(5, load_bundle, bundle_dir, key=None, fifos=[path])
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_file_swapped_after_loading_is_refused_by_read_verified(
+    bundle_dir, tmp_path, kind, deadline
+):
+    bundle = load_bundle(bundle_dir, key=None)
+    path = bundle_dir / "memory_bank.npy"
+    _swap(path, kind, tmp_path)
+    with pytest.raises(BundleError, match=rf"memory_bank\.npy: .*{KINDS[kind]}"):
+        deadline(5, bundle.read_verified, "memory_bank.npy", fifos=[path])
+    with pytest.raises(BundleError, match=rf"memory_bank\.npy: .*{KINDS[kind]}"):
+        deadline(5, sha256_file, path, fifos=[path])
+
+
+def test_signature_that_is_a_fifo_is_refused(tmp_path, deadline):
+    key = ("k1", b"k" * 32)
+    write_bundle(tmp_path / "s", _manifest(), {"model.onnx": b"x"}, sign_with=key)
+    signature = tmp_path / "s" / SIGNATURE_NAME
+    _swap(signature, "fifo", tmp_path)
+    with pytest.raises(BundleError, match=r"manifest\.sig\.json: .*FIFO"):
+        deadline(5, load_bundle, tmp_path / "s", key=key, fifos=[signature])

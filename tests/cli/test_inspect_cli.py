@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -263,3 +264,38 @@ def test_engine_choices_that_run_on_a_cpu_machine(capsys, tiny_bundle, tmp_path,
     _, reference = _run_json(capsys, *base, "--providers", "cpu")
     assert status == 1 and chosen["decision"] == "FAIL" and chosen["error"] is None
     assert chosen["probability"] == reference["probability"]
+
+
+@pytest.mark.parametrize("what", ["image-fifo", "manifest-fifo", "manifest-dev-zero"])
+def test_fifo_or_device_inputs_are_a_recorded_fail_not_a_hang(
+    capsys, tiny_bundle, tmp_path, monkeypatch, deadline, what
+):
+    """Issue 15: a FIFO as --image, or manifest.json as a FIFO, hung autoweld-inspect; a
+    manifest linked to /dev/zero was read until MemoryError. Each is now a recorded FAIL that
+    says why, within seconds."""
+    from autoweld import quality
+
+    monkeypatch.setenv("AUTOWELD_SECRET_KEY", "cli-test-secret-0123456789abcdef")
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    image = _image(tmp_path, normal_image(1))
+    blocker = None
+    if what == "image-fifo":
+        image.unlink()
+        os.mkfifo(image)
+        blocker, reason = image, "FIFO"
+    else:
+        manifest = tiny_bundle / "manifest.json"
+        manifest.unlink()
+        if what == "manifest-fifo":
+            os.mkfifo(manifest)
+            blocker, reason = manifest, "FIFO"
+        else:
+            manifest.symlink_to("/dev/zero")
+            reason = "character device"
+    argv = ["--bundle", tiny_bundle, "--image", image, "--part-id", "P-odd", "--ledger", ledger_url]
+    status, payload = deadline(20, _run_json, capsys, *argv, fifos=[blocker] if blocker else [])
+    assert status == 1 and payload["decision"] == "FAIL"
+    assert reason in payload["error"] and payload["record_seq"] == 1
+    with quality.open_ledger(ledger_url) as ledger:
+        [record] = list(ledger.records())
+    assert record.decision == "FAIL" and reason in record.error

@@ -1,3 +1,4 @@
+import os
 import struct
 import zlib
 
@@ -310,3 +311,15 @@ def test_tiff_refusals_say_why(colour):
         read_header(
             no_strips.replace(struct.pack(">HHI", 279, 4, 1), struct.pack(">HHI", 280, 4, 1))
         )
+
+
+def test_a_fifo_or_device_given_as_an_image_is_refused_at_once(tmp_path, deadline):
+    """Issue 15: a FIFO as --image used to hang forever; now it is an ImageError at once."""
+    fifo = tmp_path / "camera.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match=r"camera\.png: cannot be read: a FIFO"):
+        deadline(5, decode_image, fifo, fifos=[fifo])
+    zero = tmp_path / "zero.png"
+    zero.symlink_to("/dev/zero")
+    with pytest.raises(ImageError, match=r"zero\.png: cannot be read: a character device"):
+        deadline(5, decode_image, zero)

@@ -4,6 +4,7 @@ TCP PLC."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 
@@ -87,3 +88,44 @@ def test_camera_file_with_a_bad_name_becomes_a_recorded_fail(key_env, tiny_bundl
     while not (camera / INSPECTED / name).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert (camera / INSPECTED / name).exists()
+
+
+def test_a_camera_path_that_is_a_fifo_is_a_recorded_fail_not_a_hang(
+    key_env, tiny_bundle, tmp_path, deadline
+):
+    """Issue 15: the worker read a path with open(): a FIFO swapped in for a camera file hung
+    it. It is now a recorded FAIL naming the file, at once."""
+    fifo = tmp_path / "VIN-F.png"
+    os.mkfifo(fifo)
+    config = StationConfig(
+        bundle_dir=tiny_bundle, ledger_url=f"sqlite:///{tmp_path / 'l.db'}", station_id="st-4"
+    )
+    with Station(config) as station:
+        future = station.submit("VIN-F", path=fifo, source="camera")
+        outcome = deadline(20, future.result, 60, fifos=[fifo])
+        [row] = station.records()
+    assert outcome.decision == "FAIL" and outcome.record_seq == 1
+    assert "VIN-F.png" in row["error"] and "FIFO" in row["error"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_manifest_that_is_a_fifo_or_device_refuses_the_bundle_not_the_station(
+    key_env, tiny_bundle, tmp_path, deadline, kind
+):
+    """Issue 15: manifest.json as a FIFO hung the terminal at start; as a link to /dev/zero it
+    exited with an empty error. The bundle is now refused with the reason, and parts FAIL."""
+    manifest = tiny_bundle / "manifest.json"
+    manifest.unlink()
+    if kind == "fifo":
+        os.mkfifo(manifest)
+    else:
+        manifest.symlink_to("/dev/zero")
+    config = StationConfig(
+        bundle_dir=tiny_bundle, ledger_url=f"sqlite:///{tmp_path / 'l.db'}", station_id="st-5"
+    )
+    station = deadline(20, Station, config, fifos=[manifest])
+    with station:
+        assert "manifest.json" in str(station.bundle.error)
+        outcome = station.submit("VIN-M", data=_png(normal_image(1))).result(60)
+    assert outcome.decision == "FAIL" and outcome.record_seq == 1
+    assert "manifest.json" in outcome.error

@@ -24,6 +24,7 @@ from autoweld.bundle.schema import (
     Manifest,
     PreprocessSpec,
 )
+from autoweld.safe_files import MANIFEST_MAX_BYTES, FileRefused, open_regular, read_regular
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig.json"
@@ -92,9 +93,9 @@ class Bundle:
         path = self.path(name)
         entry = self.manifest.files[name]
         try:
-            data = path.read_bytes()
-        except OSError as error:
-            raise BundleError(f"{path}: cannot be read ({error.strerror or error})") from None
+            data = read_regular(path, entry.bytes)
+        except FileRefused as error:
+            raise BundleError(f"{error} (changed since the bundle was loaded?)") from None
         if len(data) != entry.bytes:
             raise BundleError(
                 f"{path}: size {len(data)} bytes, manifest says {entry.bytes} "
@@ -115,12 +116,40 @@ class Bundle:
         return np.load(io.BytesIO(self.read_verified(name)), allow_pickle=False)
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, limit: int | None = None) -> str:
+    """sha256 of a regular file, read in chunks; with ``limit``, a file larger than ``limit``
+    bytes is refused (:class:`BundleError`) before or while it is read. FIFOs, devices and
+    directories are refused at once (:mod:`autoweld.safe_files`)."""
+    return _sha256_and_size(path, limit)[0]
+
+
+def _sha256_and_size(
+    path: Path, limit: int | None, expect_size: int | None = None
+) -> tuple[str, int]:
+    """(sha256, bytes read) of a regular file of at most ``limit`` bytes (no limit: None),
+    opened once. With ``expect_size``, a file of another size (as opened) is refused first."""
+    cap = (1 << 62) if limit is None else limit
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    read = 0
+    try:
+        with open_regular(path, 1 << 62) as (handle, size):
+            if expect_size is not None and size != expect_size:
+                raise BundleError(
+                    f"{path}: size {size} bytes, manifest says {expect_size} "
+                    "(truncated or replaced)"
+                )
+            if size > cap:
+                raise BundleError(f"{path}: {size} bytes exceeds the limit of {cap} bytes")
+            while chunk := handle.read(min(_CHUNK, cap + 1 - read)):
+                digest.update(chunk)
+                read += len(chunk)
+                if read > cap:
+                    raise BundleError(f"{path}: grew past {cap} bytes while being read")
+    except FileRefused as error:
+        raise BundleError(str(error)) from None
+    except OSError as error:
+        raise BundleError(f"{path}: cannot be read ({error.strerror or error})") from None
+    return digest.hexdigest(), read
 
 
 def manifest_identity(bundle_dir: str | Path) -> str:
@@ -130,8 +159,8 @@ def manifest_identity(bundle_dir: str | Path) -> str:
     bundle; the record's error then says why.
     """
     try:
-        data = (Path(bundle_dir) / MANIFEST_NAME).read_bytes()
-    except OSError:
+        data = read_regular(Path(bundle_dir) / MANIFEST_NAME, MANIFEST_MAX_BYTES)
+    except (FileRefused, OSError):
         data = b""
     return hashlib.sha256(data).hexdigest()
 
@@ -248,9 +277,12 @@ def load_bundle(
     if not root.is_dir():
         raise BundleError(f"{root}: no bundle directory here")
     manifest_path = root / MANIFEST_NAME
-    if not manifest_path.is_file():
+    if not manifest_path.exists() and not manifest_path.is_symlink():
         raise BundleError(f"{manifest_path}: missing — not a bundle, or a half-written one")
-    manifest_bytes = manifest_path.read_bytes()
+    try:
+        manifest_bytes = read_regular(manifest_path, MANIFEST_MAX_BYTES)
+    except FileRefused as error:
+        raise BundleError(str(error)) from None
     try:
         parsed = json.loads(manifest_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -264,15 +296,10 @@ def load_bundle(
     if verify_files:
         for name, entry in manifest.files.items():
             file_path = root / name
-            if not file_path.is_file():
+            if not file_path.exists() and not file_path.is_symlink():
                 raise BundleError(f"{file_path}: listed in the manifest but missing")
-            size = file_path.stat().st_size
-            if size != entry.bytes:
-                raise BundleError(
-                    f"{file_path}: size {size} bytes, manifest says {entry.bytes} "
-                    "(truncated or replaced)"
-                )
-            if sha256_file(file_path) != entry.sha256:
+            digest = _check_size_and_hash(file_path, entry)
+            if digest != entry.sha256:
                 raise BundleError(
                     f"{file_path}: sha256 does not match the manifest (file was modified)"
                 )
@@ -284,6 +311,17 @@ def load_bundle(
     )
 
 
+def _check_size_and_hash(path: Path, entry: FileEntry) -> str:
+    """sha256 of a listed file, refused unless it is a regular file of exactly its listed size;
+    at most that many bytes (plus one) are read, from the one descriptor that was checked."""
+    digest, read = _sha256_and_size(path, entry.bytes, expect_size=entry.bytes)
+    if read != entry.bytes:
+        raise BundleError(
+            f"{path}: {read} bytes read, manifest says {entry.bytes} (changed while being checked)"
+        )
+    return digest
+
+
 def _check_signature(
     root: Path, manifest_bytes: bytes, key: tuple[str, bytes] | None | bool
 ) -> str | None:
@@ -291,12 +329,16 @@ def _check_signature(
     if not key:
         return None
     key_id, secret = key  # type: ignore[misc]
-    if not signature_path.is_file():
+    if not signature_path.exists() and not signature_path.is_symlink():
         raise BundleError(
             f"{signature_path}: missing — a bundle key is configured, so only signed bundles are accepted"
         )
     try:
-        signature = json.loads(signature_path.read_bytes())
+        raw = read_regular(signature_path, MANIFEST_MAX_BYTES)
+    except FileRefused as error:
+        raise BundleError(str(error)) from None
+    try:
+        signature = json.loads(raw)
         mac = str(signature["mac"])
         signed_key_id = str(signature.get("key_id", ""))
     except (ValueError, KeyError, TypeError) as error:

@@ -3,7 +3,8 @@
 A station must never be taken down by one bad file, so every way an image can be wrong ends in
 :class:`ImageError` (a ``ValueError``) with a message that says why:
 
-- unreadable (missing file, a directory, no permission) or empty (0 bytes);
+- unreadable (missing file, no permission), not a regular file (a FIFO, a device, a directory:
+  refused at once, never waited on; see :mod:`autoweld.safe_files`) or empty (0 bytes);
 - a format we do not read: PNG, JPEG, BMP and baseline TIFF are read (what cameras and MVTec AD
   use; training reads the same four). A multi-page TIFF is inspected on its first page; BigTIFF
   and TIFFs in CMYK or other colour spaces are refused;
@@ -39,6 +40,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from autoweld.safe_files import FileRefused, read_regular
 
 __all__ = [
     "DecodeLimits",
@@ -340,17 +343,9 @@ def decode_image(
         path = Path(source)
         name = str(path)
         try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size > limits.max_bytes:
-                    raise ImageError(
-                        f"{name}: {size} bytes exceeds the limit of {limits.max_bytes}"
-                    )
-                data = handle.read(limits.max_bytes + 1)
-        except ImageError:
-            raise
-        except OSError as error:
-            raise ImageError(f"{name}: cannot be read ({error.strerror or error})") from None
+            data = read_regular(path, limits.max_bytes)
+        except FileRefused as error:
+            raise ImageError(str(error)) from None
     else:
         raise ImageError(f"expected a path or encoded bytes, got {type(source).__name__}")
 

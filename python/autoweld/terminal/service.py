@@ -39,6 +39,7 @@ from autoweld.quality.record import check_part_id, check_station_id
 from autoweld.runtime.decode import DecodeLimits, decode_image
 from autoweld.runtime.heatmap import render_heatmap
 from autoweld.runtime.inspector import InspectionResult, Inspector, failed_result
+from autoweld.safe_files import FileRefused, read_regular
 
 __all__ = ["BundleInfo", "Job", "Outcome", "Station", "StationConfig", "check_part_id"]
 
@@ -350,9 +351,9 @@ class Station:
         if job.data is not None:
             return job.data
         assert job.path is not None
-        limit = self.config.decode_limits.max_bytes
-        with open(job.path, "rb") as handle:
-            return handle.read(limit + 1)
+        # a regular file only, at most the decode limit: a FIFO or device swapped in for a
+        # camera file is refused at once instead of hanging the worker
+        return read_regular(job.path, self.config.decode_limits.max_bytes)
 
     def _process(self, job: Job) -> Outcome:
         start = time.perf_counter()
@@ -418,6 +419,8 @@ class Station:
     def _read_and_inspect(self, job: Job) -> tuple[InspectionResult, np.ndarray | None]:
         try:
             data = self._read(job)
+        except FileRefused as error:
+            return failed_result(str(error), self._threshold()), None
         except OSError as error:
             reason = f"{job.path}: cannot be read ({error.strerror or error})"
             return failed_result(reason, self._threshold()), None
