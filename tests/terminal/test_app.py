@@ -4,6 +4,7 @@ no route can change a record."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -244,3 +245,26 @@ def test_plc_is_told_first_and_its_state_shown(key_env, tiny_bundle, tmp_path, e
         assert plc["last_delivered"] is False and "NOT delivered" in plc["state"]
         rows = client.get("/api/records").json()["records"]
         assert [r["plc_delivered"] for r in rows] == [False, True, True]
+
+
+PLANTED_SECRET = "PlantedSecret42"
+PG_URL_WITH_SECRETS = (
+    f"postgresql://station:{PLANTED_SECRET}u@127.0.0.1:1/ledger"
+    f"?password={PLANTED_SECRET}q&sslpassword={PLANTED_SECRET}s"
+)
+
+
+def test_status_does_not_show_a_database_password(key_env, tiny_bundle, tmp_path):
+    from autoweld.quality import open_ledger
+
+    db = tmp_path / "l.db"
+    config = StationConfig(
+        bundle_dir=tiny_bundle, ledger_url=PG_URL_WITH_SECRETS, station_id="st-r"
+    )
+    with (
+        Station(config, ledger=open_ledger(db), reader=open_ledger(db, read_only=True)) as station,
+        TestClient(create_app(station)) as client,
+    ):
+        body = client.get("/api/status").json()
+    assert "127.0.0.1" in body["ledger"]
+    assert PLANTED_SECRET not in json.dumps(body)

@@ -27,6 +27,7 @@ from autoweld.quality import (
     open_plc,
     record_inspection,
 )
+from autoweld.quality.ledger import redact_url
 
 __all__ = ["LoopbackPlc", "StationSink", "StationTimings"]
 
@@ -140,7 +141,7 @@ class StationSink:
             )
         else:
             self.ledger = open_ledger(ledger_url)
-            self.ledger_description = f"{ledger_url} (station key from the environment)"
+            self.ledger_description = f"{redact_url(ledger_url)} (station key from the environment)"
         try:
             if plc_url is None:
                 self._plc_server = LoopbackPlc()

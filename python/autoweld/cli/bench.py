@@ -120,7 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run_bench(config, command=shlex.join(shown))
     except (ValueError, OSError, RuntimeError) as error:
-        print(f"autoweld-bench: error: {error}", file=sys.stderr)
+        from autoweld.quality.ledger import redact_url
+
+        print(f"autoweld-bench: error: {redact_url(str(error))}", file=sys.stderr)
         return 1
     table = markdown_report(result.report)
     if args.json:

@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 def _open_quality(args: argparse.Namespace) -> tuple[Any, Any]:
     """Open the ledger and PLC link; raises ValueError with a message for the user."""
     from autoweld.quality import open_ledger, open_plc
+    from autoweld.quality.ledger import redact_url
 
     ledger = link = None
     try:
@@ -77,7 +78,7 @@ def _open_quality(args: argparse.Namespace) -> tuple[Any, Any]:
             try:
                 ledger = open_ledger(args.ledger)
             except Exception as error:  # noqa: BLE001 - reported as a usage error
-                raise ValueError(f"--ledger {args.ledger}: {error}") from None
+                raise ValueError(redact_url(f"--ledger {args.ledger}: {error}")) from None
         if args.plc:
             try:
                 link = open_plc(args.plc, timeout=args.plc_timeout)

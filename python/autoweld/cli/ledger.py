@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from autoweld.quality.keys import MissingKeyError
-from autoweld.quality.ledger import Head, LedgerError, open_ledger
+from autoweld.quality.ledger import Head, LedgerError, open_ledger, redact_url
 
 ENV_LEDGER = "AUTOWELD_LEDGER"
 
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"exported {count} records to {args.out}")
             return 0
     except (MissingKeyError, ValueError, LedgerError, OSError) as error:
-        print(f"autoweld-ledger: error: {error}", file=sys.stderr)
+        print(f"autoweld-ledger: error: {redact_url(str(error))}", file=sys.stderr)
         return 2
 
 

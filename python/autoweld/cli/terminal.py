@@ -106,7 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         station = Station(config)
     except Exception as error:  # noqa: BLE001 - missing key, bad URL, ... : say which
-        return usage(str(error))
+        from autoweld.quality.ledger import redact_url
+
+        return usage(redact_url(str(error)))
 
     watcher = None
     try:

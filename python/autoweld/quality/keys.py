@@ -89,15 +89,27 @@ class KeyRing:
 
 
 def _parse_pairs(text: str, source: str, separator: str) -> dict[str, str]:
+    """``key_id:secret`` entries. A malformed entry is named by its position only: its text may
+    be (or hold) a secret, so no part of it is echoed in the error."""
     pairs: dict[str, str] = {}
-    for raw in text.split(separator):
+    what = "line" if separator == "\n" else "entry"
+    for number, raw in enumerate(text.split(separator), start=1):
         entry = raw.split("#", 1)[0].strip() if separator == "\n" else raw.strip()
         if not entry:
             continue
         key_id, sep, secret = entry.partition(":")
         if not sep or not secret:
-            raise ValueError(f"{source}: entry {key_id!r} is not of the form key_id:secret")
-        pairs[_check_key_id(key_id.strip(), source)] = secret.strip()
+            raise ValueError(
+                f"{source}: {what} {number} is not of the form key_id:secret "
+                "(its text is not shown: it may hold a secret)"
+            )
+        try:
+            pairs[_check_key_id(key_id.strip(), source)] = secret.strip()
+        except ValueError:
+            raise ValueError(
+                f"{source}: {what} {number}: the key id must be non-empty, without ',' or "
+                "spaces (its text is not shown: it may hold a secret)"
+            ) from None
     return pairs
 
 

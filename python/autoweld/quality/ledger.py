@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -225,7 +226,9 @@ class Ledger:
             try:
                 return fn(*args)
             except self.db_errors as error:
-                raise LedgerError(f"ledger {self.url!r}: {what} failed: {error}") from error
+                raise LedgerError(
+                    f"ledger {self.url!r}: {what} failed: {redact_url(str(error))}"
+                ) from error
 
     def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return self._guarded("query", lambda: list(self._query(self._sql(sql), params)))
@@ -624,7 +627,9 @@ class PostgresLedger(Ledger):
         try:
             self._conn = self._connect()
         except psycopg.Error as error:
-            raise LedgerError(f"cannot open PostgreSQL ledger {self.url!r}: {error}") from error
+            raise LedgerError(
+                f"cannot open PostgreSQL ledger {self.url!r}: {redact_url(str(error))}"
+            ) from error
         try:
             self._create_schema()  # in read-only mode: only checks that it exists
             versions = self._query("SELECT value FROM ledger_meta WHERE name = 'schema_version'")
@@ -632,7 +637,9 @@ class PostgresLedger(Ledger):
         except BaseException as error:
             self._conn.close()
             if isinstance(error, psycopg.Error):
-                raise LedgerError(f"cannot open PostgreSQL ledger {self.url!r}: {error}") from error
+                raise LedgerError(
+                    f"cannot open PostgreSQL ledger {self.url!r}: {redact_url(str(error))}"
+                ) from error
             raise
 
     def _connect(self) -> Any:
@@ -778,13 +785,37 @@ def _check_schema_version(rows: Iterator[tuple[Any, ...]], url: str) -> None:
         )
 
 
+# connection settings whose values are secrets (libpq's names; ``passfile`` and ``sslkey``
+# are paths, hidden too: they say where a secret lies)
+_SECRET_PARAMS = ("password", "sslpassword", "passfile", "sslkey", "sslcert")
+_SECRET_PARAM = re.compile(
+    r"(?i)(?<![A-Za-z0-9_])("
+    + "|".join(_SECRET_PARAMS)
+    + r")(\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s#;'\"]*)"
+)
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/?#\s'\"]*)")
+
+
 def redact_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    """``url`` (or any message that contains one) without its secrets, for messages and logs.
+
+    Hides the password of ``scheme://user:password@host`` and the value of every
+    ``password=``, ``sslpassword=``, ``passfile=``, ``sslkey=``, ``sslcert=`` setting, whether in
+    a URL's query string (``?password=...``) or a libpq ``key=value`` connection string
+    (quoted values too). The one redaction helper: every log line, error, status field and CLI
+    message that names a database URL goes through it.
+    """
+    text = str(url)
+
+    def userinfo(match: re.Match[str]) -> str:
+        netloc = match.group(2)
+        user, at, host = netloc.rpartition("@")
+        if not at or ":" not in user:
+            return match.group(0)
+        return f"{match.group(1)}{user.split(':', 1)[0]}:***@{host}"
+
+    text = _URL_USERINFO.sub(userinfo, text)
+    return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
 
 
 def sqlite_path(url: str) -> Path:

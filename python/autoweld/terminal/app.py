@@ -97,8 +97,9 @@ def _add_read_routes(app: FastAPI, station: Station, watch_folder: str | None) -
         try:
             rows = station.records(part_id=wanted, limit=limit)
         except Exception as error:  # noqa: BLE001 - the page shows why the ledger is unreadable
-            log.error("ledger read failed: %s", error)
-            raise HTTPException(status_code=503, detail=f"ledger read failed: {error}") from None
+            shown = redact_url(str(error))
+            log.error("ledger read failed: %s", shown)
+            raise HTTPException(status_code=503, detail=f"ledger read failed: {shown}") from None
         return JSONResponse({"part_id": wanted, "records": rows}, headers=_NO_CACHE)
 
     @app.get("/api/verify")
@@ -106,8 +107,9 @@ def _add_read_routes(app: FastAPI, station: Station, watch_folder: str | None) -
         try:
             report = station.verify()
         except Exception as error:  # noqa: BLE001 - a verify that cannot run is not an "OK"
-            log.error("ledger verify failed: %s", error)
-            report = {"ok": False, "checked": 0, "reason": f"verify could not run: {error}"}
+            shown = redact_url(str(error))
+            log.error("ledger verify failed: %s", shown)
+            report = {"ok": False, "checked": 0, "reason": f"verify could not run: {shown}"}
         return JSONResponse(report, headers=_NO_CACHE)
 
 
@@ -148,5 +150,7 @@ def _add_upload_route(app: FastAPI, station: Station) -> None:
         except asyncio.TimeoutError:
             return JSONResponse({"queued": True, "part_id": part_id}, status_code=202)
         except Exception as error:  # noqa: BLE001
-            raise HTTPException(status_code=503, detail=f"not inspected: {error}") from None
+            raise HTTPException(
+                status_code=503, detail=redact_url(f"not inspected: {error}")
+            ) from None
         return JSONResponse(outcome.to_json(), headers=_NO_CACHE)
