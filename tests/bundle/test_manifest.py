@@ -108,16 +108,16 @@ def test_manifest_edit_changes_identity(bundle_dir):
 
 
 def test_signature_required_and_checked_when_key_configured(tmp_path, monkeypatch):
-    key = ("line-3", b"secret")
+    key = ("line-3", b"line-3-bundle-key-0123456789-ghijklmnop")
     write_bundle(tmp_path / "s", _manifest(), {"model.onnx": b"x"}, sign_with=key)
     assert load_bundle(tmp_path / "s", key=key).signed_by == "line-3"
-    monkeypatch.setenv("AUTOWELD_BUNDLE_KEY", "secret")
+    monkeypatch.setenv("AUTOWELD_BUNDLE_KEY", "line-3-bundle-key-0123456789-ghijklmnop")
     monkeypatch.setenv("AUTOWELD_BUNDLE_KEY_ID", "line-3")
     assert load_bundle(tmp_path / "s").signed_by == "line-3"
     with pytest.raises(BundleError, match="signed with key"):
-        load_bundle(tmp_path / "s", key=("other", b"secret"))
+        load_bundle(tmp_path / "s", key=("other", b"line-3-bundle-key-0123456789-ghijklmnop"))
     with pytest.raises(BundleError, match="signature does not match"):
-        load_bundle(tmp_path / "s", key=("line-3", b"wrong"))
+        load_bundle(tmp_path / "s", key=("line-3", b"wrong-bundle-key-0123456789-ghijklmnop"))
     # an edited manifest no longer matches its signature
     manifest_path = tmp_path / "s" / MANIFEST_NAME
     manifest_path.write_text(
@@ -274,3 +274,25 @@ def test_signature_that_is_a_fifo_is_refused(tmp_path, deadline):
     _swap(signature, "fifo", tmp_path)
     with pytest.raises(BundleError, match=r"manifest\.sig\.json: .*FIFO"):
         deadline(5, load_bundle, tmp_path / "s", key=key, fifos=[signature])
+
+
+@pytest.mark.parametrize(
+    ("key", "needle"),
+    [
+        ("k", "1 bytes of key material"),  # issue 15: a 1-byte bundle key was accepted
+        (" " * 40, "whitespace"),
+        ("ab" * 20, "20 bytes of key material"),  # 40 hex digits hold 20 bytes
+    ],
+)
+def test_weak_bundle_keys_are_refused(tmp_path, monkeypatch, key, needle):
+    good = ("line-3", b"line-3-bundle-key-0123456789-ghijklmnop")
+    write_bundle(tmp_path / "s", _manifest(), {"model.onnx": b"x"}, sign_with=good)
+    with pytest.raises(BundleError, match=rf"bundle key .*{needle}"):
+        write_bundle(
+            tmp_path / "w", _manifest(), {"model.onnx": b"x"}, sign_with=("k", key.encode())
+        )
+    with pytest.raises(BundleError, match=needle):
+        load_bundle(tmp_path / "s", key=("line-3", key.encode()))
+    monkeypatch.setenv("AUTOWELD_BUNDLE_KEY", key)
+    with pytest.raises(BundleError, match=rf"AUTOWELD_BUNDLE_KEY .*{needle}"):
+        load_bundle(tmp_path / "s")

@@ -171,7 +171,7 @@ def _echo_plc():
 def test_ledger_record_and_plc_signal(capsys, tiny_bundle, tmp_path, monkeypatch):
     from autoweld import quality
 
-    monkeypatch.setenv("AUTOWELD_SECRET_KEY", "unit-test-secret")
+    monkeypatch.setenv("AUTOWELD_SECRET_KEY", "unit-test-secret-0123456789-ghijklmnop")
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     server, received = _echo_plc()
     plc_url = f"tcp://127.0.0.1:{server.getsockname()[1]}"
@@ -202,7 +202,7 @@ def test_ledger_record_and_plc_signal(capsys, tiny_bundle, tmp_path, monkeypatch
 
 
 def test_unreachable_plc_is_recorded_not_delivered(capsys, tiny_bundle, tmp_path, monkeypatch):
-    monkeypatch.setenv("AUTOWELD_SECRET_KEY", "unit-test-secret")
+    monkeypatch.setenv("AUTOWELD_SECRET_KEY", "unit-test-secret-0123456789-ghijklmnop")
     import socket
 
     with socket.socket() as probe:  # a port with nobody listening
@@ -241,7 +241,7 @@ def test_bad_part_or_station_id_is_a_usage_error(
     capsys, tiny_bundle, tmp_path, monkeypatch, flag, value
 ):
     """Checked before inspecting: exit 2, and neither a record nor a ledger file appears."""
-    monkeypatch.setenv("AUTOWELD_SECRET_KEY", "unit-test-secret")
+    monkeypatch.setenv("AUTOWELD_SECRET_KEY", "unit-test-secret-0123456789-ghijklmnop")
     image = _image(tmp_path, normal_image(1))
     argv = ["--bundle", str(tiny_bundle), "--image", str(image), "--part-id", "P1"]
     argv += ["--station", "cell-1", "--ledger", f"sqlite:///{tmp_path}/l.db", flag, value]

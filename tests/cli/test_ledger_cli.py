@@ -9,7 +9,7 @@ import pytest
 from autoweld.cli.ledger import main, parse_head
 from autoweld.quality import InspectionRecord, open_ledger
 
-SECRET = "cli-test-secret-0123456789"
+SECRET = "cli-test-secret-0123456789-ghijklmnop"
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_configuration_errors_exit_2(ledger_url, monkeypatch, capsys):
 
 
 def test_wrong_key_fails_verification(ledger_url, monkeypatch, capsys):
-    monkeypatch.setenv("AUTOWELD_SECRET_KEY", "some-other-secret-0123456789")
+    monkeypatch.setenv("AUTOWELD_SECRET_KEY", "some-other-secret-0123456789-ghijklmnop")
     assert main(["verify", "--ledger", ledger_url]) == 1
     assert "first bad seq 1" in capsys.readouterr().out
 

@@ -21,8 +21,8 @@ import pytest
 
 from autoweld.quality import InspectionRecord, KeyRing
 
-SECRET = "test-secret-0123456789abcdef"
-OLD_SECRET = "older-secret-0123456789abcdef"
+SECRET = "test-secret-0123456789abcdef-ghijklmnop"
+OLD_SECRET = "older-secret-0123456789abcdef-ghijklmnop"
 BUNDLE_SHA = "ab" * 32
 
 

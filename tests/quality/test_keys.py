@@ -25,19 +25,19 @@ def test_short_key_is_refused():
 
 def test_verify_keys_from_env_and_file(tmp_path):
     key_file = tmp_path / "keys.txt"
-    key_file.write_text("# retired keys\nk-2024:" + "a" * 20 + "\n\nk-2025:" + "b" * 20 + "\n")
+    key_file.write_text("# retired keys\nk-2024:" + "a" * 64 + "\n\nk-2025:" + "b" * 64 + "\n")
     ring = load_keyring(
         {
             "AUTOWELD_SECRET_KEY": SECRET,
             "AUTOWELD_KEY_ID": "k-2026",
-            "AUTOWELD_VERIFY_KEYS": "k0:" + "c" * 20 + ", k-2025:" + "d" * 20,
+            "AUTOWELD_VERIFY_KEYS": "k0:" + "c" * 64 + ", k-2025:" + "d" * 64,
             "AUTOWELD_VERIFY_KEYS_FILE": str(key_file),
         }
     )
     assert ring.signing_key_id == "k-2026"
-    assert ring.key_for("k-2024") == b"a" * 20
-    assert ring.key_for("k-2025") == b"d" * 20  # the environment wins over the file
-    assert ring.key_for("k0") == b"c" * 20
+    assert ring.key_for("k-2024") == b"a" * 64
+    assert ring.key_for("k-2025") == b"d" * 64  # the environment wins over the file
+    assert ring.key_for("k0") == b"c" * 64
     assert ring.key_for("nope") is None
 
 
@@ -48,7 +48,7 @@ def test_verify_keys_from_env_and_file(tmp_path):
         ({"AUTOWELD_VERIFY_KEYS": "k0:short"}, "too short"),
         ({"AUTOWELD_KEY_ID": "bad id"}, "key_id"),
         ({"AUTOWELD_VERIFY_KEYS_FILE": "/nonexistent/keys"}, "AUTOWELD_VERIFY_KEYS_FILE"),
-        ({"AUTOWELD_VERIFY_KEYS": "k1:" + "z" * 20}, "same key"),
+        ({"AUTOWELD_VERIFY_KEYS": "k1:" + "z" * 64}, "same key"),
     ],
 )
 def test_malformed_key_configuration(env, needle):
@@ -60,4 +60,27 @@ def test_keyring_in_code_checks_its_keys():
     with pytest.raises(ValueError, match="too short"):
         KeyRing.from_secret("x")
     with pytest.raises(ValueError, match="signing_key_id"):
-        KeyRing(signing_key_id="k2", keys={"k1": b"x" * 20})
+        KeyRing(signing_key_id="k2", keys={"k1": b"x" * 64})
+
+
+@pytest.mark.parametrize(
+    ("secret", "needle"),
+    [
+        (" " * 16, "whitespace"),  # issue 15: 16 spaces were accepted as a ledger key
+        (" \t" * 40, "whitespace"),  # long, but only whitespace
+        ("x" * 31, "31 bytes of key material"),
+        ("0123456789abcdef" * 2, "16 bytes of key material"),  # hex digits count half
+    ],
+)
+def test_weak_ledger_keys_are_refused(secret, needle):
+    with pytest.raises(ValueError, match=needle) as error:
+        load_keyring({"AUTOWELD_SECRET_KEY": secret})
+    assert "at least 32" in str(error.value) or "whitespace" in str(error.value)
+    with pytest.raises(ValueError, match=needle):
+        KeyRing.from_secret(secret)
+    with pytest.raises(ValueError):  # a retired key is held to the same rule
+        load_keyring({"AUTOWELD_SECRET_KEY": SECRET, "AUTOWELD_VERIFY_KEYS": "k0:" + secret})
+    # the boundary: `openssl rand -hex 32` (64 hex digits, 32 bytes) and 32 plain bytes will do
+    hex_key = "0123456789abcdef" * 4
+    assert load_keyring({"AUTOWELD_SECRET_KEY": hex_key}).signing_key == hex_key.encode()
+    assert KeyRing.from_secret("x" * 32).signing_key == b"x" * 32

@@ -168,7 +168,7 @@ def test_deleted_and_renumbered_is_named(db, keys):
 def test_inserted_record_is_named(db, keys, make_record):
     with open_ledger(db, keys) as ledger:
         stored = fill(ledger, 5)
-    forger = KeyRing.from_secret("the-attacker-guess-0123456789", "k1")
+    forger = KeyRing.from_secret("the-attacker-guess-0123456789-ghijklmnop", "k1")
     fake = InspectionRecord(
         **{**make_record(99).to_dict(), "seq": 3, "record_id": "f" * 36,
            "utc_time": stored[2].utc_time, "key_id": "k1", "prev_mac": stored[1].mac}
@@ -190,7 +190,9 @@ def test_inserted_record_is_named(db, keys, make_record):
 def test_record_appended_without_the_key_is_named(db, keys, make_record):
     with open_ledger(db, keys) as ledger:
         fill(ledger, 3)
-    with open_ledger(db, KeyRing.from_secret("not-the-real-key-0123456789", "k1")) as forger:
+    with open_ledger(
+        db, KeyRing.from_secret("not-the-real-key-0123456789-ghijklmnop", "k1")
+    ) as forger:
         forger.append(make_record(3))
     report = _verify(db, keys)
     assert (report.ok, report.first_bad_seq) == (False, 4)
@@ -242,9 +244,9 @@ def test_rewritten_tail_fails_the_kept_head(db, keys):
 def test_wrong_key_is_detected(db, keys):
     with open_ledger(db, keys) as ledger:
         fill(ledger, 3)
-    report = _verify(db, KeyRing.from_secret("a-different-secret-0123456789", "k1"))
+    report = _verify(db, KeyRing.from_secret("a-different-secret-0123456789-ghijklmnop", "k1"))
     assert (report.ok, report.first_bad_seq) == (False, 1)
-    report = _verify(db, KeyRing.from_secret("a-different-secret-0123456789", "k7"))
+    report = _verify(db, KeyRing.from_secret("a-different-secret-0123456789-ghijklmnop", "k7"))
     assert (report.ok, report.first_bad_seq) == (False, 1)
     assert "unknown key id 'k1'" in report.reason
 

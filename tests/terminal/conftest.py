@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
 
 from tinybundle import write_tiny_bundle  # noqa: E402
 
-SECRET = "terminal-test-secret-0123456789"
+SECRET = "terminal-test-secret-0123456789-ghijklmnop"
 WELD_CATEGORY = "weld_small"
 
 

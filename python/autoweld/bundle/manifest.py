@@ -24,6 +24,7 @@ from autoweld.bundle.schema import (
     Manifest,
     PreprocessSpec,
 )
+from autoweld.key_material import weak_key_reason
 from autoweld.safe_files import MANIFEST_MAX_BYTES, FileRefused, open_regular, read_regular
 
 MANIFEST_NAME = "manifest.json"
@@ -175,11 +176,21 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def bundle_key_from_env() -> tuple[str, bytes] | None:
-    """(key id, key) from AUTOWELD_BUNDLE_KEY / AUTOWELD_BUNDLE_KEY_ID, or None when unset."""
+    """(key id, key) from AUTOWELD_BUNDLE_KEY / AUTOWELD_BUNDLE_KEY_ID, or None when unset.
+
+    A key that is set but weak (under 32 bytes of key material, or whitespace) raises
+    :class:`BundleError`: it is never used, and never silently ignored."""
     key = os.environ.get(BUNDLE_KEY_ENV, "")
     if not key:
         return None
+    _check_bundle_key(key.encode("utf-8"), BUNDLE_KEY_ENV)
     return os.environ.get(BUNDLE_KEY_ID_ENV) or DEFAULT_BUNDLE_KEY_ID, key.encode("utf-8")
+
+
+def _check_bundle_key(key: bytes, source: str) -> None:
+    reason = weak_key_reason(key)
+    if reason is not None:
+        raise BundleError(f"bundle key from {source} {reason}")
 
 
 def _sign(manifest_bytes: bytes, key: bytes) -> str:
@@ -239,6 +250,7 @@ def write_bundle(
         (staging / MANIFEST_NAME).write_bytes(manifest_bytes)
         if sign_with is not None:
             key_id, key = sign_with
+            _check_bundle_key(key, "sign_with")
             signature = {
                 "algorithm": "HMAC-SHA256",
                 "key_id": key_id,
@@ -329,6 +341,7 @@ def _check_signature(
     if not key:
         return None
     key_id, secret = key  # type: ignore[misc]
+    _check_bundle_key(secret, "key")
     if not signature_path.exists() and not signature_path.is_symlink():
         raise BundleError(
             f"{signature_path}: missing — a bundle key is configured, so only signed bundles are accepted"

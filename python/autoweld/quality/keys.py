@@ -5,7 +5,8 @@ There is no default key: a ledger without one is refused. Older keys stay availa
 verification through ``AUTOWELD_VERIFY_KEYS="k0:secret,..."`` and/or a key file named by
 ``AUTOWELD_VERIFY_KEYS_FILE`` (one ``key_id:secret`` per line, ``#`` starts a comment).
 
-A key is the exact text given, taken as UTF-8 bytes (recommended: ``openssl rand -hex 32``).
+A key is the exact text given, taken as UTF-8 bytes (recommended: ``openssl rand -hex 32``); it
+must hold at least 32 bytes of key material and not be whitespace (:mod:`autoweld.key_material`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoweld.key_material import MIN_KEY_BYTES as MIN_KEY_BYTES
+from autoweld.key_material import weak_key_reason
+
 ENV_SECRET_KEY = "AUTOWELD_SECRET_KEY"
 ENV_KEY_ID = "AUTOWELD_KEY_ID"
 ENV_VERIFY_KEYS = "AUTOWELD_VERIFY_KEYS"
 ENV_VERIFY_KEYS_FILE = "AUTOWELD_VERIFY_KEYS_FILE"
 DEFAULT_KEY_ID = "k1"
-MIN_KEY_BYTES = 16
 
 
 class MissingKeyError(ValueError):
@@ -38,11 +41,9 @@ def _check_key_id(key_id: str, source: str) -> str:
 
 def _check_secret(secret: str | bytes, key_id: str, source: str) -> bytes:
     material = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
-    if len(material) < MIN_KEY_BYTES:
-        raise ValueError(
-            f"key {key_id!r} from {source} is too short ({len(material)} bytes, at least "
-            f"{MIN_KEY_BYTES} needed); generate one with `openssl rand -hex 32`"
-        )
+    reason = weak_key_reason(material)
+    if reason is not None:
+        raise ValueError(f"key {key_id!r} from {source} {reason}")
     return material
 
 
