@@ -123,3 +123,23 @@ def test_verify_of_a_missing_ledger_is_an_error_not_ok(tmp_path, env, capsys):
     assert main(["verify", "--ledger", url]) == 2
     assert "no ledger file" in capsys.readouterr().err
     assert not (tmp_path / "typo.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("sql", "bad_seq"),
+    [
+        ("UPDATE ledger_records SET station_id = CAST(station_id AS BLOB) WHERE seq = 3", 3),
+        ("UPDATE ledger_records SET seq = 2.5 WHERE seq = 2", 2),
+        ("UPDATE ledger_records SET seq = 'six' WHERE seq = 6", 6),
+        ("UPDATE ledger_records SET plc_delivered = 'no' WHERE seq = 5", 5),
+    ],
+)
+def test_verify_names_a_record_stored_with_another_type(ledger_url, capsys, sql, bad_seq):
+    assert main(["head", "--ledger", ledger_url]) == 0
+    kept = capsys.readouterr().out.strip()
+    _edit(ledger_url, sql)
+    for extra in ([], ["--expect-head", kept], ["--expect-head", kept.split(":", 1)[1]]):
+        assert main(["verify", "--ledger", ledger_url, *extra]) == 1, extra
+        captured = capsys.readouterr()
+        assert f"first bad seq {bad_seq}:" in captured.out and "stored as" in captured.out
+        assert captured.err == ""

@@ -162,10 +162,75 @@ def _json(values: Mapping[str, float]) -> str:
     return json.dumps(dict(values), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+def _no_duplicate_keys(name: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    def build(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise ValueError(f"{name} has duplicate key {key!r} (not what was signed)")
+            out[key] = value
+        return out
+
+    return build
+
+
+def _refuse_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not a finite number")
+
+
+def _load_json(name: str, text: Any) -> Any:
+    """Stored JSON as signed: duplicate keys and NaN/Infinity are refused, never guessed at."""
+    if not isinstance(text, str):
+        raise ValueError(f"{name} is stored as {_storage_class(text)}, not text")
+    return json.loads(
+        text, object_pairs_hook=_no_duplicate_keys(name), parse_constant=_refuse_constant
+    )
+
+
+def _storage_class(value: Any) -> str:
+    """SQLite's name (``typeof``) for a value as the driver returned it."""
+    if isinstance(value, bool):
+        return "boolean"
+    names = {type(None): "null", int: "integer", float: "real", str: "text", bytes: "blob"}
+    return names.get(type(value), type(value).__name__)
+
+
+_TEXT_COLUMNS = frozenset(("station_id", "record_id", "utc_time", "part_id", "bundle_sha256",
+                           "package_version", "scores_json", "probabilities_json", "decision",
+                           "key_id", "prev_mac", "mac"))  # fmt: skip
+_OPTIONAL_TEXT_COLUMNS = frozenset(("heatmap_sha256", "heatmap_path", "error"))
+_OPTIONAL_REAL_COLUMNS = frozenset(("fused_probability", "threshold"))
+
+
+def _stored_type_problem(name: str, value: Any) -> str | None:
+    """Why the value stored in column ``name`` is not of the type the record's canonical form
+    signs (``None`` when it is): text as text, seq as an integer, scores as real, plc_delivered
+    as a boolean (SQLite: the integer 0 or 1). SQLite keeps whatever storage class a writer
+    gives it, so a value can read the same to Python's conversions and differently to SQL."""
+    if name in _TEXT_COLUMNS:
+        ok, wanted = type(value) is str, "text"
+    elif name in _OPTIONAL_TEXT_COLUMNS:
+        ok, wanted = value is None or type(value) is str, "text or null"
+    elif name in _OPTIONAL_REAL_COLUMNS:
+        ok, wanted = value is None or type(value) is float, "real or null"
+    elif name == "seq":
+        ok, wanted = type(value) is int, "integer"
+    elif name == "plc_delivered":
+        ok = value is None or type(value) is bool or (type(value) is int and value in (0, 1))
+        wanted = "boolean (0 or 1) or null"
+    else:  # pragma: no cover - every column is listed above
+        raise AssertionError(name)
+    if ok:
+        return None
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return f"{name} is stored as {_storage_class(value)} {shown}, not {wanted} as signed"
+
+
 def _row_to_record(row: tuple[Any, ...]) -> InspectionRecord:
     data = dict(zip(COLUMNS, row, strict=True))
-    data["scores"] = json.loads(data.pop("scores_json"))
-    data["probabilities"] = json.loads(data.pop("probabilities_json"))
+    data["scores"] = _load_json("scores_json", data.pop("scores_json"))
+    data["probabilities"] = _load_json("probabilities_json", data.pop("probabilities_json"))
     if data["plc_delivered"] is not None:
         data["plc_delivered"] = bool(data["plc_delivered"])
     for name in ("fused_probability", "threshold"):
@@ -313,7 +378,8 @@ class Ledger:
             yield from rows
             if len(rows) < self.batch_rows:
                 return
-            last_station, last_seq = rows[-1][0], int(rows[-1][1])
+            # the stored values as they are (even of an odd type): the keyset stays exact
+            last_station, last_seq = rows[-1][0], rows[-1][1]
 
     def records(
         self, part_id: str | None = None, station_id: str | None = None, limit: int | None = 100
@@ -350,8 +416,12 @@ class Ledger:
         stations: set[str] = set()
         problems: dict[str, tuple[int, str]] = {}  # the first problem of each station
 
-        def fail(station: str, seq: int, reason: str) -> None:
-            problems.setdefault(station, (seq, reason))
+        def fail(station: str, seq: int, reason: str, specific: bool = False) -> None:
+            # the lowest seq is the first bad record; on a tie the more specific reason wins
+            # (a row stored under a BLOB station id also leaves a gap in the text station)
+            known = problems.get(station)
+            if known is None or seq < known[0] or (seq == known[0] and specific):
+                problems[station] = (seq, reason)
 
         state: dict[str, Any] = {}
 
@@ -370,8 +440,16 @@ class Ledger:
         rows = self._rows()
         if progress:
             rows = tqdm(rows, total=self.count(), unit="rec", desc="verify", disable=None)
-        for row in rows:
+        for position, row in enumerate(rows, 1):
             station = row[0]
+            if type(station) is not str:  # not the station that was signed: outside any chain
+                label = (station.decode("utf-8", "replace") if isinstance(station, bytes)
+                         else str(station))  # fmt: skip
+                seq = row[1] if type(row[1]) is int else position
+                stations.add(label)
+                why = _stored_type_problem("station_id", station)
+                fail(label, seq, f"record {seq}: {why}", specific=True)
+                continue
             if station != current:
                 if current is not None:
                     close_station(current)
@@ -380,13 +458,26 @@ class Ledger:
                 state = {"seq": 0, "mac": GENESIS_MAC, "bad": False, "mac_at_expected": None}
             if state["bad"]:
                 continue
-            seq = int(row[1])
             expected_seq = state["seq"] + 1
-            reason = None
-            try:
-                record = _row_to_record(row)
-            except (ValueError, TypeError) as error:
-                record, reason = None, f"record {seq} cannot be read: {error}"
+            odd = [p for p in map(_stored_type_problem, COLUMNS, row) if p is not None]
+            if type(row[1]) is not int:  # named by its place in the chain
+                state["bad"] = True
+                fail(station, expected_seq, f"record at chain position {expected_seq}: {odd[0]}")
+                continue
+            seq = row[1]
+            reason = f"record {seq}: {odd[0]}" if odd else None
+            record = None
+            if reason is None:
+                try:
+                    record = _row_to_record(row)
+                except (ValueError, TypeError) as error:
+                    reason = f"record {seq} cannot be read: {error}"
+            if record is not None:
+                for name in ("scores", "probabilities"):  # stored exactly as signed
+                    if _json(getattr(record, name)) != row[COLUMNS.index(f"{name}_json")]:
+                        reason = f"record {seq}: {name}_json is not the canonical text signed"
+                        record = None
+                        break
             if seq != expected_seq:
                 reason = f"record {expected_seq} is missing (the next stored seq is {seq})"
                 seq = expected_seq
@@ -425,7 +516,10 @@ class Ledger:
         if isinstance(expect_head, Mapping):
             pairs = dict(expect_head)
         else:
-            heads = self.heads()
+            # station ids as signed (text) only: a row stored under another type is reported
+            # by verify, it does not turn a one-station ledger into a usage error
+            sql = f"SELECT DISTINCT station_id FROM {TABLE}"
+            heads = sorted(row[0] for row in self._fetch(sql) if type(row[0]) is str)
             if len(heads) > 1:
                 raise ValueError(
                     "expect_head must name the station ({station_id: (seq, mac)}): the ledger "
@@ -434,7 +528,7 @@ class Ledger:
             if not heads:  # an empty ledger: the expected head names a station we cannot see
                 pairs = {"": expect_head}
             else:
-                pairs = {next(iter(heads)): expect_head}
+                pairs = {heads[0]: expect_head}
         out: dict[str, Head] = {}
         for station, head in pairs.items():
             try:
