@@ -202,6 +202,22 @@ _OPTIONAL_TEXT_COLUMNS = frozenset(("heatmap_sha256", "heatmap_path", "error"))
 _OPTIONAL_REAL_COLUMNS = frozenset(("fused_probability", "threshold"))
 
 
+def _read_row(row: tuple, seq: int) -> tuple[str | None, InspectionRecord | None]:
+    """A stored row as the record that was signed, or why it is not one: a column of another
+    type, a value that cannot be read, or JSON that is not the canonical text signed."""
+    odd = [p for p in map(_stored_type_problem, COLUMNS, row) if p is not None]
+    if odd:
+        return f"record {seq}: {odd[0]}", None
+    try:
+        record = _row_to_record(row)
+    except (ValueError, TypeError) as error:
+        return f"record {seq} cannot be read: {error}", None
+    for name in ("scores", "probabilities"):  # stored exactly as signed
+        if _json(getattr(record, name)) != row[COLUMNS.index(f"{name}_json")]:
+            return f"record {seq}: {name}_json is not the canonical text signed", None
+    return None, record
+
+
 def _stored_type_problem(name: str, value: Any) -> str | None:
     """Why the value stored in column ``name`` is not of the type the record's canonical form
     signs (``None`` when it is): text as text, seq as an integer, scores as real, plc_delivered
@@ -464,34 +480,7 @@ class Ledger:
                 state["bad"] = True
                 fail(station, expected_seq, f"record at chain position {expected_seq}: {odd[0]}")
                 continue
-            seq = row[1]
-            reason = f"record {seq}: {odd[0]}" if odd else None
-            record = None
-            if reason is None:
-                try:
-                    record = _row_to_record(row)
-                except (ValueError, TypeError) as error:
-                    reason = f"record {seq} cannot be read: {error}"
-            if record is not None:
-                for name in ("scores", "probabilities"):  # stored exactly as signed
-                    if _json(getattr(record, name)) != row[COLUMNS.index(f"{name}_json")]:
-                        reason = f"record {seq}: {name}_json is not the canonical text signed"
-                        record = None
-                        break
-            if seq != expected_seq:
-                reason = f"record {expected_seq} is missing (the next stored seq is {seq})"
-                seq = expected_seq
-            elif record is not None:
-                key = self.keys.key_for(record.key_id or "")
-                if not _same(record.prev_mac, state["mac"]):
-                    reason = (f"record {seq} is not chained to record {seq - 1} (a record was "
-                              "deleted, inserted or reordered)")  # fmt: skip
-                elif key is None:
-                    reason = (f"record {seq} is signed with unknown key id {record.key_id!r} "
-                              "(add it to AUTOWELD_VERIFY_KEYS)")  # fmt: skip
-                elif not _same(compute_mac(key, record), record.mac):
-                    reason = (f"record {seq} MAC does not match its content (edited, or "
-                              f"signed with a different key {record.key_id!r})")  # fmt: skip
+            seq, reason, record = self._check_row(row, expected_seq, state["mac"])
             if reason is not None:
                 state["bad"] = True
                 fail(station, seq, reason)
@@ -509,6 +498,33 @@ class Ledger:
         listed = tuple((station, *problems[station]) for station in sorted(problems))
         station, seq, reason = listed[0]
         return VerifyReport(False, checked, seq, reason, station, len(stations), listed)
+
+    def _check_row(
+        self, row: tuple, expected_seq: int, prev_mac: str
+    ) -> tuple[int, str | None, InspectionRecord | None]:
+        """One stored row of a chain whose last good MAC is ``prev_mac``: (the seq a problem is
+        named by, the problem or None, the record when it checks out)."""
+        seq = row[1]
+        reason, record = _read_row(row, seq)
+        if seq != expected_seq:
+            return (
+                expected_seq,
+                f"record {expected_seq} is missing (the next stored seq is {seq})",
+                None,
+            )
+        if record is None:
+            return seq, reason, None
+        key = self.keys.key_for(record.key_id or "")
+        if not _same(record.prev_mac, prev_mac):
+            reason = (f"record {seq} is not chained to record {seq - 1} (a record was "
+                      "deleted, inserted or reordered)")  # fmt: skip
+        elif key is None:
+            reason = (f"record {seq} is signed with unknown key id {record.key_id!r} "
+                      "(add it to AUTOWELD_VERIFY_KEYS)")  # fmt: skip
+        elif not _same(compute_mac(key, record), record.mac):
+            reason = (f"record {seq} MAC does not match its content (edited, or "
+                      f"signed with a different key {record.key_id!r})")  # fmt: skip
+        return seq, reason, (record if reason is None else None)
 
     def _normalise_expect(self, expect_head: ExpectHead) -> dict[str, Head]:
         if expect_head is None:
