@@ -155,12 +155,13 @@ def test_operator_runs_a_shift(weld_bundle, terminal_factory, page, echo_plc):
     expect(page.locator("#verify-result")).to_have_attribute("data-state", "ok")
     expect(page.locator("#verify-result")).to_contain_text("Chain intact: 4 record(s)")
     page.screenshot(path=str(artifacts_dir() / "terminal_shift.png"), full_page=True)
-    # camera files are moved out of the way once inspected
+    # camera files are moved out of the way once inspected; one whose inspection ended in an
+    # error (the truncated VIN-1003) into failed/
     assert sorted(p.name for p in (terminal.watch / "inspected").iterdir()) == [
         "VIN-1001.png",
         "VIN-1002.png",
-        "VIN-1003.png",
     ]
+    assert [p.name for p in (terminal.watch / "failed").iterdir()] == ["VIN-1003.png"]
 
     # -- someone edits the database behind the terminal's back: FAIL -> PASS -------------------
     with sqlite3.connect(terminal.ledger_db) as db:

@@ -13,7 +13,13 @@ import pytest
 from tinybundle import normal_image
 
 from autoweld.terminal.service import Station, StationConfig
-from autoweld.terminal.watcher import INSPECTED, INVALID_NAME_PREFIX, FolderWatcher, WatchConfig
+from autoweld.terminal.watcher import (
+    FAILED,
+    INSPECTED,
+    INVALID_NAME_PREFIX,
+    FolderWatcher,
+    WatchConfig,
+)
 
 
 def _png(image) -> bytes:
@@ -85,9 +91,9 @@ def test_camera_file_with_a_bad_name_becomes_a_recorded_fail(key_env, tiny_bundl
     assert row["part_id"] == outcome.part_id and row["decision"] == "FAIL"
     assert "not a valid part id" in row["error"] and row["signature"] == "valid"
     deadline = time.monotonic() + 5
-    while not (camera / INSPECTED / name).exists() and time.monotonic() < deadline:
+    while not (camera / FAILED / name).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert (camera / INSPECTED / name).exists()
+    assert (camera / FAILED / name).exists()  # recorded, not inspected: failed/
 
 
 def test_a_camera_path_that_is_a_fifo_is_a_recorded_fail_not_a_hang(
@@ -129,3 +135,67 @@ def test_a_manifest_that_is_a_fifo_or_device_refuses_the_bundle_not_the_station(
         outcome = station.submit("VIN-M", data=_png(normal_image(1))).result(60)
     assert outcome.decision == "FAIL" and outcome.record_seq == 1
     assert "manifest.json" in outcome.error
+
+
+def test_camera_entries_that_cannot_be_inspected_are_recorded_fails_signalled_and_moved(
+    key_env, tiny_bundle, tmp_path, echo_plc
+):
+    """Issue 15 item 4: a .gif, a directory, a FIFO and a symlink in the watched folder got no
+    record, no PLC signal and no alarm. Each is now a signed FAIL record naming the entry, the
+    PLC gets FAIL, the page's latest result shows the error, and the entry lands in failed/
+    while a good image next to them still passes into inspected/."""
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    (camera / "VIN-G.gif").write_bytes(b"GIF89a")
+    (camera / "VIN-D.png").mkdir()
+    os.mkfifo(camera / "VIN-F.png")
+    (camera / "VIN-S.png").symlink_to(tmp_path / "elsewhere.png")
+    (camera / "VIN-OK.png").write_bytes(_png(normal_image(1)))
+    config = StationConfig(
+        bundle_dir=tiny_bundle,
+        ledger_url=f"sqlite:///{tmp_path / 'l.db'}",
+        station_id="st-6",
+        plc_url=echo_plc.url,
+        plc_timeout_s=1.0,
+    )
+    with Station(config) as station:
+        watcher = FolderWatcher(WatchConfig(camera, poll_s=0.02, settle_s=0.01), station.submit)
+        watcher.start()
+        try:
+            deadline = time.monotonic() + 30
+            while (
+                len(list((camera / FAILED).iterdir())) + len(list((camera / INSPECTED).iterdir()))
+                < 5
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.02)
+        finally:
+            watcher.stop()
+        rows = {row["part_id"]: row for row in station.records()}
+        latest = station.latest()
+        counts = station.counts()
+    assert sorted(p.name for p in (camera / FAILED).iterdir()) == [
+        "VIN-D.png",
+        "VIN-F.png",
+        "VIN-G.gif",
+        "VIN-S.png",
+    ]
+    assert [p.name for p in (camera / INSPECTED).iterdir()] == ["VIN-OK.png"]
+    assert sorted(p.name for p in camera.iterdir()) == [FAILED, INSPECTED]
+    assert (camera / FAILED / "VIN-S.png").is_symlink()
+    assert rows["VIN-OK"]["decision"] == "PASS" and rows["VIN-OK"]["error"] is None
+    for part_id, says in [
+        ("VIN-G", "unsupported file type"),
+        ("VIN-D", "directory"),
+        ("VIN-F", "FIFO"),
+        ("VIN-S", "symbolic link"),
+    ]:
+        row = rows[part_id]
+        assert row["decision"] == "FAIL" and row["signature"] == "valid", row
+        assert says in row["error"] and "not inspected" in row["error"], row
+    assert counts["error"] == 4 and counts["fail"] == 4 and counts["pass"] == 1
+    assert latest is not None and latest.decision == "FAIL" and "not inspected" in latest.error
+    deadline = time.monotonic() + 5
+    while len(echo_plc.received) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(echo_plc.received) == [0x00, 0x01, 0x01, 0x01, 0x01]  # one PASS, four FAIL

@@ -18,7 +18,15 @@ Half-written files are never inspected, by two rules (use the first where you ca
 Should a file still be cut short, the decoder detects the truncated PNG/JPEG/BMP/TIFF and the part
 is a recorded FAIL, never a pass. After its inspection a file is moved into ``DIR/inspected/`` (so a
 restart does not inspect it again); files already there when the terminal starts are inspected
-(they arrived while it was down). Polling, not inotify: it works the same on local disks and on
+(they arrived while it was down).
+
+No silent drops: every other entry that appears (an unsupported file such as ``.gif``, a
+directory, a symbolic link, a FIFO, a socket or device, one that vanishes before it is taken) is
+submitted as a recorded FAIL naming the entry and why it cannot be inspected (the PLC gets a FAIL,
+the ledger a record, the page shows the error) and is moved, never followed, into
+``DIR/failed/``; so is a file whose name is no part id and an image whose inspection ended in an
+error (unreadable, undecodable). A
+name already there gets a ``.1``, ``.2``, ... suffix. Polling, not inotify: it works the same on local disks and on
 network shares, and costs one directory listing per ``poll_s``.
 """
 
@@ -27,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -38,23 +47,55 @@ from typing import Any
 from autoweld.data.mvtec import IMAGE_SUFFIXES
 from autoweld.quality.record import check_part_id
 
-__all__ = ["FolderWatcher", "WatchConfig", "is_candidate", "part_id_for"]
+__all__ = ["FolderWatcher", "WatchConfig", "is_candidate", "is_ignored", "part_id_for"]
 
 log = logging.getLogger(__name__)
 
 INSPECTED = "inspected"
+#: Entries that could not be inspected (and images whose inspection ended in an error).
+FAILED = "failed"
 #: Part ids for camera files whose name is not a valid part id start with this.
 INVALID_NAME_PREFIX = "INVALID-FILE-NAME-"
 _PLACEHOLDER_KEEP = 100
 _IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 
 
+def is_ignored(name: str) -> bool:
+    """Whether a name is a writer's hidden or temporary file (ignored until it is renamed)."""
+    return name.startswith(".") or name.lower().endswith(_IGNORED_SUFFIXES)
+
+
 def is_candidate(name: str) -> bool:
     """Whether a file name in the watched folder is an image ready to be considered."""
-    lower = name.lower()
-    if name.startswith(".") or lower.endswith(_IGNORED_SUFFIXES):
+    if is_ignored(name):
         return False
-    return Path(lower).suffix in IMAGE_SUFFIXES and bool(Path(name).stem.strip())
+    return Path(name.lower()).suffix in IMAGE_SUFFIXES and bool(Path(name).stem.strip())
+
+
+def _not_inspectable(name: str, mode: int) -> str | None:
+    """Why an entry (judged by its ``lstat`` mode, never followed) cannot be inspected."""
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link (not followed)"
+    if not stat.S_ISREG(mode):
+        return f"is {_safe_kind(mode)}, not a regular file"
+    if not is_candidate(name):
+        suffix = Path(name).suffix or "(no suffix)"
+        return (
+            f"has an unsupported file type {suffix!r} (images: {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    return None
+
+
+def _safe_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
 
 
 def part_id_for(name: str) -> tuple[str, str | None]:
@@ -108,6 +149,7 @@ class FolderWatcher:
         self.config = config
         self.folder = folder
         self.done_dir = folder / INSPECTED
+        self.failed_dir = folder / FAILED
         self._submit = submit
         # name -> (size, mtime_ns, time first seen with this size/mtime)
         self._seen: dict[str, tuple[int, int, float]] = {}
@@ -120,6 +162,7 @@ class FolderWatcher:
     def start(self) -> FolderWatcher:
         if self.config.move_done:
             self.done_dir.mkdir(exist_ok=True)
+            self.failed_dir.mkdir(exist_ok=True)
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="autoweld-watch", daemon=True)
             self._thread.start()
@@ -140,23 +183,35 @@ class FolderWatcher:
             self._stop.wait(self.config.poll_s)
 
     def poll(self, now: float | None = None) -> list[str]:
-        """One look at the folder; returns the names submitted now (also used by tests)."""
+        """One look at the folder; returns the names submitted now (also used by tests).
+
+        Every entry but a writer's hidden/temporary file and the watcher's own subfolders is
+        submitted once it holds still: an image to be inspected, anything else (and an entry
+        that vanished before it was taken) as a recorded FAIL with the reason."""
         now = time.monotonic() if now is None else now
         present: set[str] = set()
-        ready: list[tuple[str, tuple[int, int]]] = []
+        ready: list[tuple[str, tuple[int, int], str | None]] = []
+        own = {INSPECTED, FAILED}
         with os.scandir(self.folder) as entries:
             for entry in entries:
-                if not is_candidate(entry.name):
-                    continue
-                try:
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    stat = entry.stat(follow_symlinks=False)
-                except OSError:  # vanished between listing and stat
-                    continue
                 name = entry.name
+                if is_ignored(name) or name in own:
+                    continue
                 present.add(name)
-                signature = (stat.st_size, stat.st_mtime_ns)
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError as error:  # vanished between listing and stat
+                    reason = f"cannot be looked at ({error.strerror or error})"
+                    with self._lock:
+                        self._seen.pop(name, None)
+                        if name in self._submitted:
+                            continue
+                        self._submitted[name] = (-1, -1)
+                    ready.append((name, (-1, -1), reason))
+                    continue
+                signature = (info.st_size, info.st_mtime_ns)
+                reason = _not_inspectable(name, info.st_mode)
+                regular = stat.S_ISREG(info.st_mode)
                 with self._lock:
                     if self._submitted.get(name) == signature:
                         continue  # in the queue, or done but could not be moved away
@@ -165,32 +220,45 @@ class FolderWatcher:
                         self._seen[name] = (*signature, now)
                         continue
                     waited = now - seen[2]
-                    needed = self.config.settle_s if stat.st_size > 0 else self.config.empty_s
+                    empty = regular and info.st_size == 0 and reason is None
+                    needed = self.config.empty_s if empty else self.config.settle_s
                     if waited < needed:
                         continue
                     del self._seen[name]
                     self._submitted[name] = signature
-                ready.append((name, signature))
+                ready.append((name, signature, reason))
         with self._lock:
-            for name in set(self._seen) - present:
+            vanished = sorted(set(self._seen) - present)
+            for name in vanished:
                 del self._seen[name]
+        for name in vanished:
+            ready.append((name, (-1, -1), "vanished from the watched folder before it was taken"))
         ready.sort()  # a camera's file names usually sort in shot order
-        for name, signature in ready:
+        for name, signature, reason in ready:
             path = self.folder / name
             part_id, refused = part_id_for(name)
-            extra = {} if refused is None else {"error": refused}
+            errors = [f"camera entry {name!r} {reason}; not inspected"] if reason else []
             if refused is not None:
-                log.error("%s", refused)
+                errors.append(refused)
+            extra = {"error": "; ".join(errors)} if errors else {}
+            if errors:
+                log.error("%s", extra["error"])
             try:
                 future = self._submit(part_id, path=path, source="camera", **extra)
             except ValueError as error:
                 log.error("%s not inspected: %s", path, error)
                 continue
-            future.add_done_callback(lambda f, n=name, s=signature: self._finished(f, n, s))
-        return [name for name, _ in ready]
+            failed = bool(errors)  # not inspected: into failed/
+            future.add_done_callback(
+                lambda f, n=name, s=signature, x=failed: self._finished(f, n, s, x)
+            )
+        return [name for name, _, _ in ready]
 
-    def _finished(self, future: Future[Any], name: str, signature: tuple[int, int]) -> None:
-        """Move an inspected file out of the way; if that fails, remember not to redo it.
+    def _finished(
+        self, future: Future[Any], name: str, signature: tuple[int, int], failed: bool = False
+    ) -> None:
+        """Move a handled entry out of the way (the entry itself: a symlink is never followed);
+        if that fails, remember not to redo it.
 
         A job that was never inspected (the terminal shut down first) leaves its file where it
         is, so the next start inspects it."""
@@ -202,15 +270,23 @@ class FolderWatcher:
         if not self.config.move_done:
             return
         source = self.folder / name
-        target = self.done_dir / name
+        if not os.path.lexists(source):
+            with self._lock:
+                if self._submitted.get(name) == signature:
+                    del self._submitted[name]
+            return  # vanished: recorded, nothing to move
+        failed = failed or getattr(future.result(), "error", None) is not None
+        folder = self.failed_dir if failed else self.done_dir
+        target = folder / name
         counter = 1
-        while target.exists():
-            target = self.done_dir / f"{Path(name).stem}.{counter}{Path(name).suffix}"
+        while os.path.lexists(target):
+            target = folder / f"{Path(name).stem}.{counter}{Path(name).suffix}"
             counter += 1
         try:
-            source.replace(target)
+            folder.mkdir(exist_ok=True)
+            os.rename(source, target)  # renames a symlink itself, never what it points at
         except OSError as error:
-            log.warning("%s inspected but not moved to %s: %s", source, self.done_dir, error)
+            log.warning("%s handled but not moved to %s: %s", source, folder, error)
             return
         with self._lock:
             if self._submitted.get(name) == signature:
