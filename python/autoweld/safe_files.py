@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
 
-__all__ = ["FileRefused", "open_regular", "read_regular", "MANIFEST_MAX_BYTES"]
+__all__ = ["MANIFEST_MAX_BYTES", "FileRefused", "file_kind", "open_regular", "read_regular"]
 
 #: the largest ``manifest.json`` (and signature file) the station reads
 MANIFEST_MAX_BYTES = 16 * 1024 * 1024
@@ -34,7 +34,8 @@ class FileRefused(ValueError):
     """A file that is not read: not a regular file, too large, or unreadable."""
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file of this ``st_mode`` is, for messages ("a FIFO (named pipe)", ...)."""
     if stat.S_ISFIFO(mode):
         return "a FIFO (named pipe)"
     if stat.S_ISCHR(mode):
@@ -63,7 +64,9 @@ def open_regular(path: str | os.PathLike[str], limit: int) -> Iterator[tuple[Bin
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise FileRefused(f"{name}: cannot be read: {_kind(info.st_mode)}, not a regular file")
+            raise FileRefused(
+                f"{name}: cannot be read: {file_kind(info.st_mode)}, not a regular file"
+            )
         if info.st_size > limit:
             raise FileRefused(f"{name}: {info.st_size} bytes exceeds the limit of {limit} bytes")
         # a regular file never blocks; clear O_NONBLOCK so reads behave as usual

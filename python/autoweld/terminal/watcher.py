@@ -46,6 +46,7 @@ from typing import Any
 
 from autoweld.data.mvtec import IMAGE_SUFFIXES
 from autoweld.quality.record import check_part_id
+from autoweld.safe_files import file_kind
 
 __all__ = ["FolderWatcher", "WatchConfig", "is_candidate", "is_ignored", "part_id_for"]
 
@@ -77,25 +78,13 @@ def _not_inspectable(name: str, mode: int) -> str | None:
     if stat.S_ISLNK(mode):
         return "is a symbolic link (not followed)"
     if not stat.S_ISREG(mode):
-        return f"is {_safe_kind(mode)}, not a regular file"
+        return f"is {file_kind(mode)}, not a regular file"
     if not is_candidate(name):
         suffix = Path(name).suffix or "(no suffix)"
         return (
             f"has an unsupported file type {suffix!r} (images: {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     return None
-
-
-def _safe_kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
 
 
 def part_id_for(name: str) -> tuple[str, str | None]:
