@@ -26,11 +26,14 @@ def test_threads_argument_is_checked():
 
 
 def test_runtime_side_never_imports_torch():
-    """runtime, bundle and quality must work on a station that has no torch."""
+    """runtime, bundle and quality must work on a station that has no torch; so must
+    evaluation and its command line (autoweld-eval runs the station's runtime)."""
     code = (
         "import sys\n"
         "import autoweld.runtime, autoweld.bundle, autoweld.quality, autoweld.native\n"
-        "for name in ('autoweld.runtime', 'autoweld.bundle', 'autoweld.quality'):\n"
+        "import autoweld.cli.eval\n"
+        "for name in ('autoweld.runtime', 'autoweld.bundle', 'autoweld.quality', "
+        "'autoweld.evaluation'):\n"
         "    import pkgutil, importlib\n"
         "    pkg = importlib.import_module(name)\n"
         "    for info in pkgutil.walk_packages(pkg.__path__, name + '.'):\n"
