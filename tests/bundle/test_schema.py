@@ -58,7 +58,6 @@ def test_typed_fields_of_an_exported_manifest():
     feature_ae = typed.heads["feature_ae"]
     assert isinstance(feature_ae, MapHeadSpec) and feature_ae.feature_map == (8, 8)
     assert list(typed.heads) == ["feature_ae", "global_reference", "patchcore", "student_teacher"]
-    assert typed.fused_heads == [n for n, w in typed.fusion.weights.items() if w > 0]
     assert typed.provenance.calibration_data["source"] == "synthesised"
     assert typed.files["model.onnx"].bytes == 10
 

@@ -698,11 +698,6 @@ class Manifest:
     def with_files(self, files: Mapping[str, FileEntry]) -> Manifest:
         return replace(self, files=_frozen(files))
 
-    @property
-    def fused_heads(self) -> list[str]:
-        """Names of the heads with a positive fusion weight, in head order."""
-        return [name for name in self.heads if self.fusion.weights.get(name, 0.0) > 0.0]
-
 
 def _read_v1(obj: Mapping[str, Any], where: str) -> Manifest:
     models = obj["models"]
