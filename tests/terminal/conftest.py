@@ -67,6 +67,13 @@ def artifacts_dir() -> Path:
     return folder
 
 
+def sign_in(page, token: str) -> None:
+    """Sign in on the terminal's page (Playwright) with ``token``, as an operator would."""
+    page.fill("#signin-token", token)
+    page.click("#signin button[type=submit]")
+    page.wait_for_selector("#whoami:not([hidden])")
+
+
 @pytest.fixture
 def key_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     env = {"AUTOWELD_SECRET_KEY": SECRET, "AUTOWELD_KEY_ID": "k1"}
