@@ -61,9 +61,7 @@ def client(station, tmp_path):
 
 
 def inspect(client, part_id: str, data: bytes) -> dict:
-    response = client.post(
-        "/api/inspect", params={"part_id": part_id}, content=data, headers=OCTET
-    )
+    response = client.post("/api/inspect", params={"part_id": part_id}, content=data, headers=OCTET)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -155,7 +153,9 @@ def test_ledger_write_failure_turns_pass_into_fail(station, client, monkeypatch)
 
 def test_bad_requests(client):
     def post(content: bytes, **params: str) -> int:
-        return client.post("/api/inspect", params=params, content=content, headers=OCTET).status_code
+        return client.post(
+            "/api/inspect", params=params, content=content, headers=OCTET
+        ).status_code
 
     assert post(b"", part_id="A") == 400
     assert post(b"x") == 422  # no part id

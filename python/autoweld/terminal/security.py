@@ -119,9 +119,7 @@ class Credentials:
             match = _LINE.match(line)
             if match is None:  # the line is not echoed: it may hold a token pasted by mistake
                 raise CredentialsError(f"{path} line {number}: expected 'ROLE NAME sha256:HEX'")
-            entries.append(
-                (match["role"], match["name"], bytes.fromhex(match["digest"]))
-            )
+            entries.append((match["role"], match["name"], bytes.fromhex(match["digest"])))
         if not entries:
             raise CredentialsError(f"{path}: no credentials in the file")
         return cls(entries)
