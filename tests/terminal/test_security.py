@@ -18,7 +18,12 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from autoweld.cli.terminal import main  # noqa: E402
 from autoweld.terminal.app import UploadLimits, create_app  # noqa: E402
-from autoweld.terminal.security import Credentials, bearer_token, served_hosts  # noqa: E402
+from autoweld.terminal.security import (  # noqa: E402
+    Credentials,
+    Identity,
+    bearer_token,
+    served_hosts,
+)
 from autoweld.terminal.service import Station, StationConfig  # noqa: E402
 
 from .conftest import (  # noqa: E402
@@ -270,3 +275,27 @@ def test_credentials_file_must_be_a_regular_file(capsys, key_env, tiny_bundle, t
     argv = ["--bundle", str(tiny_bundle), "--ledger", f"sqlite:///{tmp_path / 'l.db'}"]
     assert main([*argv, "--credentials", str(fifo)]) == 2  # refused at once, no hang
     assert "FIFO" in capsys.readouterr().err
+
+
+def test_docs_commands_make_a_working_credentials_file(tmp_path):
+    """docs/terminal.md's commands for making a token, run as pasted (twice: two lines)."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "terminal.md").read_text()
+    block = re.search(r"Make the file and a token.*?```bash\n(.*?)```", doc, re.S)
+    assert block is not None
+    script = block.group(1)
+    tokens = []
+    for _ in range(2):
+        out = subprocess.run(
+            ["bash", "-euc", script], cwd=tmp_path, capture_output=True, text=True, check=True
+        ).stdout
+        tokens.append(out.strip().rpartition(": ")[2])
+    path = tmp_path / "terminal.credentials"
+    assert path.stat().st_mode & 0o777 == 0o600
+    credentials = Credentials.from_file(path)
+    assert tokens[0] != tokens[1]
+    assert [credentials.identify(t) for t in tokens] == [Identity("quinn", "quality")] * 2
+    assert tokens[0] not in path.read_text()  # only its digest is kept
