@@ -5,6 +5,7 @@ are in test_browser_attacks.py."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import threading
 
@@ -228,6 +229,17 @@ def test_credentials_are_compared_as_digests():
     assert credentials.identify(None) is None
     assert bearer_token("Bearer  abc ") == "abc" and bearer_token("bearer abc") == "abc"
     assert bearer_token("Basic abc") is None and bearer_token(None) is None
+
+
+def test_served_hosts():
+    loopback = served_hosts("127.0.0.1", 8080)
+    assert loopback == {"127.0.0.1:8080", "localhost:8080", "[::1]:8080"}
+    assert served_hosts("::1", 80) == {"127.0.0.1", "127.0.0.1:80", "localhost", "localhost:80",
+                                       "[::1]", "[::1]:80"}  # fmt: skip
+    extra = served_hosts("127.0.0.1", 8080, ["Cell4.Plant.LAN", "127.0.0.1:9000", "fe80::1"])
+    assert extra - loopback == {"cell4.plant.lan:8080", "127.0.0.1:9000", "[fe80::1]:8080"}
+    wildcard = served_hosts("0.0.0.0", 8080)
+    assert f"{socket.gethostname().lower()}:8080" in wildcard and "0.0.0.0:8080" not in wildcard
 
 
 # ---- the command line -----------------------------------------------------------------------

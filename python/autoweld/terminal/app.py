@@ -73,10 +73,6 @@ class UploadLimits:
             raise ValueError(f"upload limits must all be >= 1, got {self}")
 
 
-#: Largest upload accepted by default (bytes); the decoder has its own, larger, limit.
-MAX_UPLOAD_BYTES = UploadLimits().max_bytes
-
-
 def create_app(
     station: Station,
     *,

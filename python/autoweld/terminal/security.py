@@ -170,22 +170,30 @@ def _host_names(bind_host: str, extra: Iterable[str]) -> set[str]:
     return names
 
 
+def _with_port(name: str, port: int) -> set[str]:
+    """``name`` as Host header values: ``name:port`` (and bare ``name`` for port 80), unless
+    ``name`` already names its port (``HOST:PORT``, ``[V6]:PORT``)."""
+    name = name.strip().lower()
+    if not name:
+        return set()
+    if name.startswith("[") and "]:" in name or name.count(":") == 1:
+        return {name}  # a port of its own: a tunnel or proxy in front of the terminal
+    if ":" in name and not name.startswith("["):
+        name = f"[{name}]"  # an IPv6 address, as it appears in a Host header
+    return {f"{name}:{port}", name} if port == 80 else {f"{name}:{port}"}
+
+
 def served_hosts(bind_host: str, port: int, extra: Iterable[str] = ()) -> frozenset[str]:
     """The ``Host`` header values (lower case) the terminal answers on ``bind_host:port``.
 
     Loopback names always; for a wildcard bind also this machine's host name, fully qualified
-    name and addresses; plus ``extra`` (``--allowed-host``). Port 80 may be left out, as
-    browsers do."""
-    hosts = set()
-    for name in _host_names(bind_host, extra):
-        name = name.strip().lower()
-        if not name:
-            continue
-        if ":" in name and not name.startswith("["):
-            name = f"[{name}]"  # an IPv6 address, as it appears in a Host header
-        hosts.add(f"{name}:{port}")
-        if port == 80:
-            hosts.add(name)
+    name and addresses; plus ``extra`` (``--allowed-host NAME`` or ``NAME:PORT``). Port 80 may
+    be left out, as browsers do."""
+    hosts: set[str] = set()
+    for name in _host_names(bind_host, ()):
+        hosts |= _with_port(name, port)
+    for name in extra:
+        hosts |= _with_port(name, port)
     return frozenset(hosts)
 
 
