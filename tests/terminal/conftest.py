@@ -67,6 +67,28 @@ def artifacts_dir() -> Path:
     return folder
 
 
+CHROMIUM = os.environ.get("AUTOWELD_CHROMIUM", "/usr/bin/chromium")
+#: for the browser tests: skip, with the reason, where Chromium is missing
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).is_file(),
+    reason=f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set AUTOWELD_CHROMIUM)",
+)
+
+
+def hold_inspections(station, monkeypatch: pytest.MonkeyPatch, limit_s: float = 20.0):
+    """Make ``station``'s inspections wait until the returned event is set (at most
+    ``limit_s``), so a test can see what happens while the worker is busy."""
+    release = threading.Event()
+    real = station.inspector.inspect
+
+    def held(image, **kwargs):
+        release.wait(limit_s)
+        return real(image, **kwargs)
+
+    monkeypatch.setattr(station.inspector, "inspect", held)
+    return release
+
+
 def sign_in(page, token: str) -> None:
     """Sign in on the terminal's page (Playwright) with ``token``, as an operator would."""
     page.fill("#signin-token", token)

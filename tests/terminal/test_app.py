@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +21,13 @@ from autoweld.terminal.app import create_app  # noqa: E402
 from autoweld.terminal.security import Credentials, served_hosts  # noqa: E402
 from autoweld.terminal.service import Station, StationConfig  # noqa: E402
 
-from .conftest import OCTET, QUALITY_TOKEN, auth, write_credentials  # noqa: E402
+from .conftest import (  # noqa: E402
+    OCTET,
+    QUALITY_TOKEN,
+    auth,
+    hold_inspections,
+    write_credentials,
+)
 
 BASE_URL = "http://127.0.0.1:8080"
 HOSTS = served_hosts("127.0.0.1", 8080)
@@ -196,14 +201,7 @@ def _record():
 
 def test_server_answers_while_inspection_runs(station, client, monkeypatch):
     """Inspection runs on the worker thread: status stays responsive while it is busy."""
-    release = threading.Event()
-    real = station.inspector.inspect
-
-    def slow(image, **kwargs):
-        release.wait(10)
-        return real(image, **kwargs)
-
-    monkeypatch.setattr(station.inspector, "inspect", slow)
+    release = hold_inspections(station, monkeypatch, limit_s=10)
     future = station.submit("SLOW-1", data=png(normal_image(1)))
     start = time.monotonic()
     status = client.get("/api/status").json()

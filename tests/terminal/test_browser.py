@@ -15,9 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import OPERATOR_TOKEN, QUALITY_TOKEN, artifacts_dir, sign_in, stop_terminal
-
-CHROMIUM = os.environ.get("AUTOWELD_CHROMIUM", "/usr/bin/chromium")
+from .conftest import (
+    CHROMIUM,
+    OPERATOR_TOKEN,
+    QUALITY_TOKEN,
+    artifacts_dir,
+    needs_chromium,
+    sign_in,
+    stop_terminal,
+)
 
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright for Python is not installed (test extra)"
@@ -25,11 +31,7 @@ playwright_api = pytest.importorskip(
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).is_file(),
-        reason=f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set "
-        "AUTOWELD_CHROMIUM)",
-    ),
+    needs_chromium,
 ]
 expect = playwright_api.expect
 WAIT_MS = 60_000  # the first inspection in a fresh process warms up ONNX Runtime

@@ -15,7 +15,6 @@ set-up does record an upload that is allowed.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -27,20 +26,15 @@ import cv2
 import pytest
 from tinybundle import normal_image
 
-from .conftest import OPERATOR_TOKEN, auth, sign_in
+from .conftest import CHROMIUM, OPERATOR_TOKEN, auth, needs_chromium, sign_in
 
-CHROMIUM = os.environ.get("AUTOWELD_CHROMIUM", "/usr/bin/chromium")
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright for Python is not installed (test extra)"
 )
 pytest.importorskip("fastapi", reason="the terminal extra (fastapi) is not installed")
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).is_file(),
-        reason=f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set "
-        "AUTOWELD_CHROMIUM)",
-    ),
+    needs_chromium,
 ]
 expect = playwright_api.expect
 REBIND_HOST = "rebind.test"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import sqlite3
-import threading
 
 import cv2
 import pytest
@@ -33,6 +32,7 @@ from .conftest import (  # noqa: E402
     QUALITY_TOKEN,
     auth,
     credentials_lines,
+    hold_inspections,
     write_credentials,
 )
 
@@ -185,14 +185,7 @@ def test_page_has_no_inline_script_or_style(client):
 
 
 def test_full_queue_is_503(station, tmp_path, monkeypatch):
-    release = threading.Event()
-    real = station.inspector.inspect
-
-    def slow(image, **kwargs):
-        release.wait(20)
-        return real(image, **kwargs)
-
-    monkeypatch.setattr(station.inspector, "inspect", slow)
+    release = hold_inspections(station, monkeypatch)
     limits = UploadLimits(max_bytes=1 << 20, concurrent=2, queue=2)
     with make_client(station, tmp_path, limits=limits) as client:
         queued = [station.submit(f"Q-{i}", data=png()) for i in range(2)]

@@ -80,24 +80,13 @@ def _add_access_flags(parser: argparse.ArgumentParser) -> None:
         help="another name or address the page is opened at (repeatable); other Host headers "
         "are refused",
     )
-    parser.add_argument(
-        "--max-upload-mb",
-        type=_args.positive_float,
-        default=64.0,
-        help="largest upload in MiB (64)",
+    limits = (
+        ("--max-upload-mb", _args.positive_float, 64.0, "largest upload in MiB (64)"),
+        ("--max-uploads", _args.positive_int, 4, "uploads received at once; more get 429 (4)"),
+        ("--max-queue", _args.positive_int, 16, "inspections waiting; more uploads get 503 (16)"),
     )
-    parser.add_argument(
-        "--max-uploads",
-        type=_args.positive_int,
-        default=4,
-        help="uploads received at once; more get 429 (4)",
-    )
-    parser.add_argument(
-        "--max-queue",
-        type=_args.positive_int,
-        default=16,
-        help="inspections waiting; an upload beyond gets 503 (16)",
-    )
+    for flag, kind, default, text in limits:
+        parser.add_argument(flag, type=kind, default=default, help=text)
 
 
 def _access(args: argparse.Namespace) -> tuple[Credentials | None, frozenset[str], UploadLimits]:
