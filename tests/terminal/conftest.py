@@ -3,6 +3,7 @@ bundle), and a running ``autoweld-terminal`` process on loopback."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -24,6 +25,32 @@ from tinybundle import write_tiny_bundle  # noqa: E402
 
 SECRET = "terminal-test-secret-0123456789-ghijklmnop"
 WELD_CATEGORY = "weld_small"
+#: bearer tokens of the test credentials (an operator and a quality engineer)
+OPERATOR_TOKEN = "operator-token-5f1c0a9e4b7d2c8e6a3f9b1d0c7e5a2b"
+QUALITY_TOKEN = "quality-token-8d2e7c4a1f6b9e3d0a5c8f2b7e4d1a6c"
+OCTET = {"Content-Type": "application/octet-stream"}
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def credentials_lines() -> str:
+    """The test credentials file's text, as docs/terminal.md says to write it."""
+    return "".join(
+        f"{role} {name} sha256:{hashlib.sha256(token.encode()).hexdigest()}\n"
+        for role, name, token in (
+            ("operator", "olga", OPERATOR_TOKEN),
+            ("quality", "quinn", QUALITY_TOKEN),
+        )
+    )
+
+
+def write_credentials(path: Path) -> Path:
+    """The test credentials file at ``path``, mode 600."""
+    path.write_text("# role name sha256:digest-of-token\n" + credentials_lines())
+    path.chmod(0o600)
+    return path
 
 
 def free_port() -> int:
@@ -38,6 +65,35 @@ def artifacts_dir() -> Path:
     folder = Path(os.environ.get("AUTOWELD_ARTIFACTS") or Path(__file__).parent / "artifacts")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+CHROMIUM = os.environ.get("AUTOWELD_CHROMIUM", "/usr/bin/chromium")
+#: for the browser tests: skip, with the reason, where Chromium is missing
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).is_file(),
+    reason=f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set AUTOWELD_CHROMIUM)",
+)
+
+
+def hold_inspections(station, monkeypatch: pytest.MonkeyPatch, limit_s: float = 20.0):
+    """Make ``station``'s inspections wait until the returned event is set (at most
+    ``limit_s``), so a test can see what happens while the worker is busy."""
+    release = threading.Event()
+    real = station.inspector.inspect
+
+    def held(image, **kwargs):
+        release.wait(limit_s)
+        return real(image, **kwargs)
+
+    monkeypatch.setattr(station.inspector, "inspect", held)
+    return release
+
+
+def sign_in(page, token: str) -> None:
+    """Sign in on the terminal's page (Playwright) with ``token``, as an operator would."""
+    page.fill("#signin-token", token)
+    page.click("#signin button[type=submit]")
+    page.wait_for_selector("#whoami:not([hidden])")
 
 
 @pytest.fixture
@@ -109,6 +165,7 @@ class Terminal:
     ledger_db: Path
     process: subprocess.Popen[bytes]
     log: Path
+    port: int
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -119,7 +176,7 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, timeout
                 f"autoweld-terminal exited with {process.returncode}:\n{log.read_text()}"
             )
         try:
-            with urllib.request.urlopen(url + "api/status", timeout=1) as response:
+            with urllib.request.urlopen(url + "api/session", timeout=1) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -128,9 +185,14 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, timeout
 
 
 def start_terminal(bundle_dir: Path, folder: Path, *extra: str) -> Terminal:
-    """Run the real console script on a free loopback port."""
+    """Run the real console script on a free loopback port (``extra``: more flags; the test
+    credentials are given unless ``--no-credentials`` is among them)."""
     watch = folder / "camera"
     watch.mkdir(parents=True)
+    if "--no-credentials" in extra:
+        extra = tuple(e for e in extra if e != "--no-credentials")
+    else:
+        extra = ("--credentials", str(write_credentials(folder / "credentials")), *extra)
     ledger_db = folder / "ledger.db"
     port = free_port()
     log = folder / "terminal.log"
@@ -151,7 +213,7 @@ def start_terminal(bundle_dir: Path, folder: Path, *extra: str) -> Terminal:
         process.kill()
         process.wait()
         raise
-    return Terminal(url, watch, ledger_db, process, log)
+    return Terminal(url, watch, ledger_db, process, log, port)
 
 
 def stop_terminal(terminal: Terminal) -> None:

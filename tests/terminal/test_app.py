@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
@@ -19,7 +18,27 @@ pytest.importorskip("fastapi", reason="the terminal extra (fastapi) is not insta
 from fastapi.testclient import TestClient  # noqa: E402
 
 from autoweld.terminal.app import create_app  # noqa: E402
+from autoweld.terminal.security import Credentials, served_hosts  # noqa: E402
 from autoweld.terminal.service import Station, StationConfig  # noqa: E402
+
+from .conftest import (  # noqa: E402
+    OCTET,
+    QUALITY_TOKEN,
+    auth,
+    hold_inspections,
+    write_credentials,
+)
+
+BASE_URL = "http://127.0.0.1:8080"
+HOSTS = served_hosts("127.0.0.1", 8080)
+
+
+def app_client(station, tmp_path, **kwargs) -> TestClient:
+    """A client of the app as the terminal serves it on 127.0.0.1:8080, signed in as the
+    quality engineer (who may do everything)."""
+    credentials = Credentials.from_file(write_credentials(tmp_path / "credentials"))
+    app = create_app(station, hosts=HOSTS, credentials=credentials, **kwargs)
+    return TestClient(app, base_url=BASE_URL, headers=auth(QUALITY_TOKEN))
 
 
 def png(image) -> bytes:
@@ -41,13 +60,13 @@ def station(key_env, tiny_bundle, tmp_path):
 
 
 @pytest.fixture
-def client(station):
-    with TestClient(create_app(station, watch_folder="/cam")) as client:
+def client(station, tmp_path):
+    with app_client(station, tmp_path, watch_folder="/cam") as client:
         yield client
 
 
 def inspect(client, part_id: str, data: bytes) -> dict:
-    response = client.post("/api/inspect", params={"part_id": part_id}, content=data)
+    response = client.post("/api/inspect", params={"part_id": part_id}, content=data, headers=OCTET)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -118,7 +137,7 @@ def test_tampered_ledger_fails_verify_and_shows_bad_signature(client, tmp_path):
 def test_refused_bundle_fails_every_part(key_env, tiny_bundle, tmp_path):
     (tiny_bundle / "model.onnx").write_bytes(b"tampered")
     config = StationConfig(tiny_bundle, f"sqlite:///{tmp_path / 'l.db'}", "st-1")
-    with Station(config) as station, TestClient(create_app(station)) as client:
+    with Station(config) as station, app_client(station, tmp_path) as client:
         bundle = client.get("/api/status").json()["bundle"]
         assert bundle["error"].startswith("bundle refused") and "model.onnx" in bundle["error"]
         result = inspect(client, "P1", png(normal_image(1)))
@@ -138,10 +157,15 @@ def test_ledger_write_failure_turns_pass_into_fail(station, client, monkeypatch)
 
 
 def test_bad_requests(client):
-    assert client.post("/api/inspect", params={"part_id": "A"}, content=b"").status_code == 400
-    assert client.post("/api/inspect", content=b"x").status_code == 422  # no part id
-    assert client.post("/api/inspect", params={"part_id": "  "}, content=b"x").status_code == 400
-    assert client.post("/api/inspect", params={"part_id": "a\nb"}, content=b"x").status_code == 400
+    def post(content: bytes, **params: str) -> int:
+        return client.post(
+            "/api/inspect", params=params, content=content, headers=OCTET
+        ).status_code
+
+    assert post(b"", part_id="A") == 400
+    assert post(b"x") == 422  # no part id
+    assert post(b"x", part_id="  ") == 400
+    assert post(b"x", part_id="a\nb") == 400
     assert client.get("/api/records", params={"limit": 0}).status_code == 422
     assert client.get("/api/latest.png").status_code == 404  # nothing inspected yet
     assert client.get("/api/status").json()["counts"]["total"] == 0  # nothing was recorded
@@ -177,14 +201,7 @@ def _record():
 
 def test_server_answers_while_inspection_runs(station, client, monkeypatch):
     """Inspection runs on the worker thread: status stays responsive while it is busy."""
-    release = threading.Event()
-    real = station.inspector.inspect
-
-    def slow(image, **kwargs):
-        release.wait(10)
-        return real(image, **kwargs)
-
-    monkeypatch.setattr(station.inspector, "inspect", slow)
+    release = hold_inspections(station, monkeypatch, limit_s=10)
     future = station.submit("SLOW-1", data=png(normal_image(1)))
     start = time.monotonic()
     status = client.get("/api/status").json()
@@ -228,7 +245,7 @@ def test_plc_is_told_first_and_its_state_shown(key_env, tiny_bundle, tmp_path, e
         tiny_bundle, f"sqlite:///{tmp_path / 'l.db'}", "st-1", plc_url=echo_plc.url,
         plc_timeout_s=1.0,
     )  # fmt: skip
-    with Station(config) as station, TestClient(create_app(station)) as client:
+    with Station(config) as station, app_client(station, tmp_path) as client:
         assert client.get("/api/status").json()["plc"]["last_delivered"] is None
         good = inspect(client, "P1", png(normal_image(1)))
         bad = inspect(client, "P2", png(defect_image(2)))
@@ -263,7 +280,7 @@ def test_status_does_not_show_a_database_password(key_env, tiny_bundle, tmp_path
     )
     with (
         Station(config, ledger=open_ledger(db), reader=open_ledger(db, read_only=True)) as station,
-        TestClient(create_app(station)) as client,
+        app_client(station, tmp_path) as client,
     ):
         body = client.get("/api/status").json()
     assert "127.0.0.1" in body["ledger"]

@@ -15,9 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import artifacts_dir, stop_terminal
-
-CHROMIUM = os.environ.get("AUTOWELD_CHROMIUM", "/usr/bin/chromium")
+from .conftest import (
+    CHROMIUM,
+    OPERATOR_TOKEN,
+    QUALITY_TOKEN,
+    artifacts_dir,
+    needs_chromium,
+    sign_in,
+    stop_terminal,
+)
 
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright for Python is not installed (test extra)"
@@ -25,11 +31,7 @@ playwright_api = pytest.importorskip(
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).is_file(),
-        reason=f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set "
-        "AUTOWELD_CHROMIUM)",
-    ),
+    needs_chromium,
 ]
 expect = playwright_api.expect
 WAIT_MS = 60_000  # the first inspection in a fresh process warms up ONNX Runtime
@@ -89,6 +91,9 @@ def test_operator_runs_a_shift(weld_bundle, terminal_factory, page, echo_plc):
 
     terminal = terminal_factory(weld_bundle.bundle_dir, "--plc", echo_plc.url, "--plc-timeout", "2")
     page.goto(terminal.url)
+    expect(page.locator("#signin-note")).to_have_text("Sign in with your token.")
+    sign_in(page, QUALITY_TOKEN)  # a quality engineer: inspects, views and verifies
+    expect(page.locator("#whoami-name")).to_have_text("quinn (quality)")
     expect(page.locator("#connection")).to_have_attribute("data-state", "online")
     expect(page.locator("#decision-word")).to_have_text("WAITING")
     expect(page.locator("#station")).to_have_text("line1-cell4")
@@ -203,6 +208,8 @@ def test_refused_bundle_is_shown_and_fails(weld_bundle, terminal_factory, page, 
     onnx.write_bytes(onnx.read_bytes() + b"tampered")
     terminal = terminal_factory(broken)
     page.goto(terminal.url)
+    sign_in(page, OPERATOR_TOKEN)
+    expect(page.locator("#verify")).to_be_disabled()  # an operator may not verify
     expect(page.locator("#bundle-error")).to_be_visible()
     expect(page.locator("#bundle-error")).to_contain_text("Every part FAILS: bundle refused")
     drop(terminal.watch, weld_bundle.good[0], "VIN-2001", rename=True)

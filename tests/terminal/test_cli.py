@@ -45,7 +45,7 @@ def _status(url: str) -> dict:
 
 
 def test_console_script_inspects_the_camera_folder(terminal_factory, tiny_bundle):
-    terminal = terminal_factory(tiny_bundle)
+    terminal = terminal_factory(tiny_bundle, "--no-credentials")  # loopback: reads are open
     status = _status(terminal.url)
     assert status["bundle"]["category"] == "unit" and status["counts"]["total"] == 0
     assert status["watch_folder"] == str(terminal.watch.resolve())

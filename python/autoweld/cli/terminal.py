@@ -3,20 +3,25 @@
 Starts the station (bundle, ledger, optional PLC link), watches the camera folder if given, and
 serves the page on ``http://HOST:PORT/``. Exit status 2 for a usage error (missing signing key,
 ledger or PLC URL that cannot be opened, watched folder that does not exist, terminal extra not
-installed); a bundle that is refused does not stop the terminal: every part then FAILS, with the
+installed, a credentials file that is unsafe or malformed, a non-loopback ``--host`` without
+``--credentials``); a bundle that is refused does not stop the terminal: every part then FAILS, with the
 reason recorded and shown on the page.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoweld.cli import _args, configure_logging
+
+if TYPE_CHECKING:  # the terminal extra may be missing: imported in main, after the check
+    from autoweld.terminal.app import UploadLimits
+    from autoweld.terminal.security import Credentials
 
 __all__ = ["main"]
 
@@ -56,16 +61,52 @@ def build_parser() -> argparse.ArgumentParser:
         "--poll", type=_args.positive_float, default=0.2, help="seconds between looks at --watch"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every inspection")
+    _add_access_flags(parser)
     return parser
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _add_access_flags(parser: argparse.ArgumentParser) -> None:
+    """Who may use the page, from where, and how much an upload may hold (docs/terminal.md)."""
+    parser.add_argument(
+        "--credentials",
+        help="file of 'ROLE NAME sha256:HEX' lines (mode 600): who may upload, view and verify; "
+        "needed for uploads, and for any --host beyond loopback",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name or address the page is opened at (repeatable); other Host headers "
+        "are refused",
+    )
+    limits = (
+        ("--max-upload-mb", _args.positive_float, 64.0, "largest upload in MiB (64)"),
+        ("--max-uploads", _args.positive_int, 4, "uploads received at once; more get 429 (4)"),
+        ("--max-queue", _args.positive_int, 16, "inspections waiting; more uploads get 503 (16)"),
+    )
+    for flag, kind, default, text in limits:
+        parser.add_argument(flag, type=kind, default=default, help=text)
+
+
+def _access(args: argparse.Namespace) -> tuple[Credentials | None, frozenset[str], UploadLimits]:
+    """``(credentials or None, served hosts, upload limits)`` from the flags; ValueError for a
+    refused combination, before anything is opened."""
+    from autoweld.terminal.app import UploadLimits
+    from autoweld.terminal.security import Credentials, is_loopback, served_hosts
+
+    credentials = Credentials.from_file(args.credentials) if args.credentials else None
+    if credentials is None and not is_loopback(args.host):
+        raise ValueError(
+            f"--host {args.host} serves the page beyond this machine: give --credentials FILE "
+            "(see docs/terminal.md, 'Credentials'), or serve on 127.0.0.1"
+        )
+    limits = UploadLimits(
+        max_bytes=max(1, int(args.max_upload_mb * 1024 * 1024)),
+        concurrent=args.max_uploads,
+        queue=args.max_queue,
+    )
+    return credentials, served_hosts(args.host, args.port, args.allowed_host), limits
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.station = check_station_id(args.station)  # printable, non-empty, <= 200
         _args.check_engine_flags(args.providers, args.threads)
+        credentials, hosts, limits = _access(args)
         if args.watch is not None and not Path(args.watch).is_dir():
             raise ValueError(f"--watch {args.watch!r} is not a directory")
         config = StationConfig(
@@ -119,14 +161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 station.submit,
             ).start()
         app = create_app(
-            station, watch_folder=str(Path(args.watch).resolve()) if args.watch else None
+            station,
+            hosts=hosts,
+            credentials=credentials,
+            limits=limits,
+            watch_folder=str(Path(args.watch).resolve()) if args.watch else None,
         )
-        if not _is_loopback(args.host):
-            log.warning(
-                "serving on %s: the page has no login; anyone who can reach it can see the "
-                "ledger and upload images for inspection",
-                args.host,
-            )
+        if credentials is None:
+            log.warning("started without --credentials: uploads from the page are refused")
         print(f"autoweld-terminal: http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:

@@ -4,9 +4,44 @@
 "use strict";
 
 const POLL_MS = 500;
+const TOKEN_KEY = "autoweld-token";
 const $ = (id) => document.getElementById(id);
 let lastNumber = null;
 let searching = null; // part id being searched, or null for "latest records"
+let overlayUrl = null;
+
+// The credential travels only in the Authorization header (never a cookie), so no other site
+// can make the browser send it. It lives in this tab's sessionStorage until "Sign out".
+function token() { return sessionStorage.getItem(TOKEN_KEY); }
+function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  const t = token();
+  if (t) headers.set("Authorization", "Bearer " + t);
+  return fetch(path, { cache: "no-store", ...options, headers });
+}
+class SignInNeeded extends Error {}
+
+async function checkSession() {
+  const r = await api("/api/session");
+  const s = await r.json();
+  const signedIn = !!s.name;
+  $("signin").hidden = !s.credentials_required || signedIn;
+  $("whoami").hidden = !signedIn;
+  text("whoami-name", signedIn ? `${s.name} (${s.role})` : "");
+  $("upload").querySelector("button").disabled = !s.may_inspect;
+  $("verify").disabled = !s.may_verify;
+  const note = $("signin-note");
+  if (s.credentials_required && !signedIn) {
+    note.hidden = false;
+    note.textContent = token() ? "Token not accepted: sign in again." : "Sign in with your token.";
+  } else if (!s.credentials_required) {
+    note.hidden = true;
+    text("upload-status", "Uploads are off: the terminal was started without --credentials.");
+  } else {
+    note.hidden = true;
+  }
+  return s;
+}
 
 function text(id, value) { $(id).textContent = value; }
 function fmt(p, digits = 3) { return (typeof p === "number" && isFinite(p)) ? p.toFixed(digits) : "n/a"; }
@@ -62,9 +97,7 @@ function renderLatest(latest) {
     lastNumber = latest.number;
     const img = $("overlay");
     img.onload = () => img.classList.toggle("small", img.naturalWidth < 400);
-    img.src = "/api/latest.png?n=" + latest.number;
-    img.hidden = false;
-    $("no-picture").hidden = true;
+    showOverlay(latest.number);
     loadRecords();
   }
 }
@@ -133,15 +166,31 @@ function setConnection(ok, why) {
   }
 }
 
+async function showOverlay(number) {
+  const r = await api("/api/latest.png?n=" + number);
+  if (!r.ok || number !== lastNumber) return;
+  if (overlayUrl) URL.revokeObjectURL(overlayUrl);
+  overlayUrl = URL.createObjectURL(await r.blob());
+  $("overlay").src = overlayUrl;
+  $("overlay").hidden = false;
+  $("no-picture").hidden = true;
+}
+
 async function poll() {
   try {
-    const r = await fetch("/api/status", { cache: "no-store" });
+    const r = await api("/api/status");
+    if (r.status === 401) throw new SignInNeeded("sign in");
     if (!r.ok) throw new Error("HTTP " + r.status);
     const s = await r.json();
     setConnection(true);
     renderStatus(s);
   } catch (e) {
     setConnection(false, String(e));
+    if (e instanceof SignInNeeded) {
+      text("connection", "SIGNED OUT");
+      text("decision-word", "SIGN IN");
+      text("no-picture", "Sign in to see the results.");
+    }
   } finally {
     setTimeout(poll, POLL_MS);
   }
@@ -159,7 +208,7 @@ async function loadRecords() {
   if (searching) params.set("part_id", searching);
   const note = $("ledger-note");
   try {
-    const r = await fetch("/api/records?" + params, { cache: "no-store" });
+    const r = await api("/api/records?" + params);
     const body = await r.json();
     if (!r.ok) throw new Error(body.detail || ("HTTP " + r.status));
     const tbody = document.querySelector("#records tbody");
@@ -201,7 +250,7 @@ async function verify() {
   box.dataset.state = "running";
   box.textContent = "Verifying…";
   try {
-    const r = await fetch("/api/verify", { cache: "no-store" });
+    const r = await api("/api/verify");
     const v = await r.json();
     if (r.ok && v.ok === true) {
       box.dataset.state = "ok";
@@ -217,7 +266,7 @@ async function verify() {
     box.dataset.state = "bad";
     box.textContent = "✖ Verify could not run: " + e;
   } finally {
-    button.disabled = false;
+    checkSession().catch(() => {});
     loadRecords();
   }
 }
@@ -230,7 +279,9 @@ async function upload(event) {
   if (!part || !file) { status.textContent = "Give a part id and an image."; return; }
   status.textContent = "Inspecting " + part + "…";
   try {
-    const r = await fetch("/api/inspect?part_id=" + encodeURIComponent(part), {
+    // octet-stream and the Authorization header: not a request a form or a no-cors fetch can
+    // make, so the server can refuse every kind those can send
+    const r = await api("/api/inspect?part_id=" + encodeURIComponent(part), {
       method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" },
     });
     const body = await r.json();
@@ -242,6 +293,17 @@ async function upload(event) {
   }
 }
 
+$("signin").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, $("signin-token").value.trim());
+  $("signin-token").value = "";
+  await checkSession();
+  loadRecords();
+});
+$("signout").addEventListener("click", async () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  await checkSession();
+});
 $("verify").addEventListener("click", verify);
 $("upload").addEventListener("submit", upload);
 $("search").addEventListener("submit", (e) => {
@@ -255,5 +317,4 @@ $("search-clear").addEventListener("click", () => {
   searching = null;
   loadRecords();
 });
-poll();
-loadRecords();
+checkSession().catch(() => {}).finally(() => { poll(); loadRecords(); });
