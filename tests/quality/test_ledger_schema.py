@@ -135,9 +135,7 @@ def test_bundle_signed_is_stored_and_its_removal_is_named(tmp_path, keys):
 @pytest.mark.postgres
 def test_postgres_schema_2_is_typed_and_checked(pg_url, keys):
     psycopg = pytest.importorskip("psycopg")
-    with open_ledger(pg_url, keys) as ledger:
-        for i in range(3):
-            ledger.append(make_record(i, bundle_signed=True))
+    _fill(pg_url, keys, 3, bundle_signed=True)
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE ledger_records DISABLE TRIGGER USER")
         for sql in (

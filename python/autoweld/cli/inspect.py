@@ -144,12 +144,40 @@ def _record_and_signal(
     )
 
 
+#: how the error of a bundle refused for its signature under --require-signed begins
+_SIGNATURE_REFUSED = "bundle refused for its signature: "
+
+
+def _load_inspector(
+    args: argparse.Namespace, bundle_dir: Path, limits: Any, require_signed: bool
+) -> tuple[Any, Any]:
+    """(the Inspector, None), or (None, a FAIL result saying why the bundle was refused)."""
+    from autoweld.bundle import BundleError, SignatureError
+    from autoweld.runtime.inspector import Inspector, failed_result
+
+    try:
+        inspector = Inspector(
+            bundle_dir,
+            providers=args.providers,
+            threads=args.threads,
+            decode_limits=limits,
+            require_signed=require_signed,
+        )
+    except (BundleError, ValueError, OSError, RuntimeError) as error:
+        signature = require_signed and isinstance(error, SignatureError)
+        return None, failed_result(
+            f"{_SIGNATURE_REFUSED if signature else 'bundle refused: '}{error}"
+        )
+    except Exception as error:  # noqa: BLE001 - fail safe: anything else is a FAIL too
+        return None, failed_result(f"bundle could not be loaded: {type(error).__name__}: {error}")
+    return inspector, None
+
+
 def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     """Do one inspection; returns (exit status, the JSON object)."""
-    from autoweld.bundle import BundleError, SignatureError, manifest_identity
+    from autoweld.bundle import manifest_identity
     from autoweld.quality.record import check_part_id, check_station_id
     from autoweld.runtime.decode import DecodeLimits
-    from autoweld.runtime.inspector import Inspector, failed_result
 
     # Usage errors first: nothing is inspected or recorded for them.
     _args.check_engine_flags(args.providers, args.threads)
@@ -168,26 +196,13 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     limits = DecodeLimits(max_pixels=int(args.max_megapixels * 1e6))
     require_signed = _args.require_signed(args.require_signed)
     ledger, link = _open_quality(args)
-    unsigned_refused = False
 
     try:
         bundle_dir = Path(args.bundle)
         bundle_sha256 = manifest_identity(bundle_dir)
         start = time.perf_counter()
-        inspector = None
-        try:
-            inspector = Inspector(
-                bundle_dir,
-                providers=args.providers,
-                threads=args.threads,
-                decode_limits=limits,
-                require_signed=require_signed,
-            )
-        except (BundleError, ValueError, OSError, RuntimeError) as error:
-            unsigned_refused = require_signed and isinstance(error, SignatureError)
-            result = failed_result(f"bundle refused: {error}")
-        except Exception as error:  # noqa: BLE001 - fail safe: anything else is a FAIL too
-            result = failed_result(f"bundle could not be loaded: {type(error).__name__}: {error}")
+        inspector, result = _load_inspector(args, bundle_dir, limits, require_signed)
+        unsigned_refused = inspector is None and result.error.startswith(_SIGNATURE_REFUSED)
         load_ms = (time.perf_counter() - start) * 1e3
         if inspector is not None:
             bundle_sha256 = inspector.bundle.sha256
