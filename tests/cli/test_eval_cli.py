@@ -35,3 +35,19 @@ def test_usage_errors(tiny_bundle, tmp_path, capsys):
     assert main(["--bundle", str(tmp_path / "none")]) == 2
     assert "no bundle directory" in capsys.readouterr().err
     assert main(["--bundle", str(tiny_bundle), "--limit", "1"]) == 2
+
+
+def test_require_signed_refuses_an_unsigned_bundle(tiny_bundle, tmp_path, capsys, monkeypatch):
+    """issue 15: --require-signed (or AUTOWELD_REQUIRE_SIGNED=1) refuses a bundle without a
+    valid signature: exit 2, saying why, before any image is inspected."""
+    monkeypatch.delenv("AUTOWELD_BUNDLE_KEY", raising=False)
+    monkeypatch.delenv("AUTOWELD_REQUIRE_SIGNED", raising=False)
+    data_root = write_dataset(tmp_path / "data")
+    base = ["--bundle", str(tiny_bundle), "--data-root", str(data_root), "--limit", "2"]
+    assert main([*base, "--require-signed"]) == 2
+    err = capsys.readouterr().err
+    assert "signed bundles are required" in err and "AUTOWELD_BUNDLE_KEY" in err
+    monkeypatch.setenv("AUTOWELD_REQUIRE_SIGNED", "1")
+    assert main(base) == 2
+    monkeypatch.setenv("AUTOWELD_REQUIRE_SIGNED", "0")
+    assert main(base) == 0

@@ -299,3 +299,125 @@ def test_fifo_or_device_inputs_are_a_recorded_fail_not_a_hang(
     with quality.open_ledger(ledger_url) as ledger:
         [record] = list(ledger.records())
     assert record.decision == "FAIL" and reason in record.error
+
+
+# ---- unsigned bundles (issue 15 item 7) -----------------------------------------------------
+BUNDLE_KEY = "line-3-bundle-key-0123456789-ghijklmnop"
+
+
+def _rewrite_manifest(bundle, change):
+    from autoweld.bundle.manifest import MANIFEST_NAME, canonical_json
+
+    path = bundle / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_bytes(canonical_json(manifest))
+
+
+def _forge_calibration(bundle):
+    """Every head's Platt calibration set to p = 1 / (1 + e^50): every part 'passes'."""
+
+    def change(manifest):
+        for head in manifest["models"].values():
+            head["calibration"] = {"a": 0.0, "b": 50.0}
+
+    _rewrite_manifest(bundle, change)
+
+
+def _forge_always_good_graph(bundle):
+    """model.onnx swapped for a graph that multiplies every image by zero (a perfect mid-grey
+    part), with its sha256 and size fixed up in the manifest."""
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load_from_string((bundle / "model.onnx").read_bytes())
+    for node in model.graph.node:
+        node.input[:] = ["blind" if name == "image" else name for name in node.input]
+    model.graph.node.insert(0, helper.make_node("Mul", ["image", "zero"], ["blind"]))
+    model.graph.initializer.append(helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]))
+    data = model.SerializeToString()
+    (bundle / "model.onnx").write_bytes(data)
+
+    def change(manifest):
+        manifest["files"]["model.onnx"] = {
+            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()
+        }  # fmt: skip
+
+    _rewrite_manifest(bundle, change)
+
+
+@pytest.mark.parametrize("forge", [_forge_calibration, _forge_always_good_graph])
+def test_forged_unsigned_bundle_is_refused_or_recorded_unsigned(
+    capsys, tiny_bundle, tmp_path, monkeypatch, caplog, forge
+):
+    """An edited calibration or an "always good" ONNX with fixed-up hashes made a defect PASS
+    with no warning and nothing in the record. Now --require-signed (or the environment) refuses
+    it (exit 2, a recorded FAIL), and without it the record says bundle_signed=false."""
+    from autoweld import quality
+
+    monkeypatch.delenv("AUTOWELD_BUNDLE_KEY", raising=False)
+    monkeypatch.delenv("AUTOWELD_REQUIRE_SIGNED", raising=False)
+    monkeypatch.setenv("AUTOWELD_SECRET_KEY", "unit-test-secret-0123456789-ghijklmnop")
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    defect = _image(tmp_path, defect_image(3))
+    common = ["--bundle", tiny_bundle, "--image", defect, "--ledger", ledger_url]
+    status, honest = _run_json(capsys, *common, "--part-id", "D0")
+    assert status == 1 and honest["decision"] == "FAIL"  # the real bundle finds the defect
+    forge(tiny_bundle)
+
+    caplog.set_level("WARNING")
+    status, forged = _run_json(capsys, *common, "--part-id", "D1")
+    assert status == 0 and forged["decision"] == "PASS"  # the forgery works on its own terms ...
+    assert "UNSIGNED BUNDLE" in caplog.text  # ... but is logged loudly and recorded as unsigned
+
+    status, refused = _run_json(capsys, *common, "--part-id", "D2", "--require-signed")
+    assert status == 2 and refused["decision"] == "FAIL" and refused["record_seq"] == 3
+    assert "signed bundles are required" in refused["error"]
+    assert "AUTOWELD_BUNDLE_KEY" in refused["error"]
+    monkeypatch.setenv("AUTOWELD_REQUIRE_SIGNED", "1")
+    status, refused_env = _run_json(capsys, *common, "--part-id", "D3")
+    assert status == 2 and refused_env["decision"] == "FAIL"
+
+    with quality.open_ledger(ledger_url, read_only=True) as ledger:
+        assert ledger.verify().ok
+        stored = {r.part_id: r for r in ledger.records()}
+    assert stored["D0"].bundle_signed is False and stored["D1"].bundle_signed is False
+    assert stored["D1"].decision == "PASS"
+    assert stored["D2"].decision == "FAIL" and "signed bundles are required" in stored["D2"].error
+
+
+def test_signed_bundle_is_recorded_signed_and_a_forgery_refused(
+    capsys, tiny_bundle, tmp_path, monkeypatch
+):
+    import hashlib
+    import hmac
+
+    from autoweld import quality
+    from autoweld.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, canonical_json
+
+    monkeypatch.setenv("AUTOWELD_BUNDLE_KEY", BUNDLE_KEY)
+    monkeypatch.setenv("AUTOWELD_SECRET_KEY", "unit-test-secret-0123456789-ghijklmnop")
+    bundle = tiny_bundle  # signed as export signs it when AUTOWELD_BUNDLE_KEY is set
+    mac = hmac.new(BUNDLE_KEY.encode(), (bundle / MANIFEST_NAME).read_bytes(), hashlib.sha256)
+    signature = {"algorithm": "HMAC-SHA256", "key_id": "bundle-k1", "mac": mac.hexdigest()}
+    (bundle / SIGNATURE_NAME).write_bytes(canonical_json(signature))
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    good = _image(tmp_path, normal_image(2))
+    common = ["--bundle", bundle, "--image", good, "--ledger", ledger_url, "--require-signed"]
+    status, payload = _run_json(capsys, *common, "--part-id", "G1")
+    assert status == 0, payload
+    _forge_calibration(bundle)
+    status, payload = _run_json(capsys, *common, "--part-id", "G2")
+    assert status == 2 and "signature does not match" in payload["error"]
+    with quality.open_ledger(ledger_url, read_only=True) as ledger:
+        stored = {r.part_id: r for r in ledger.records()}
+    assert stored["G1"].bundle_signed is True and stored["G2"].decision == "FAIL"
+
+
+def test_bad_require_signed_setting_is_a_usage_error(capsys, tiny_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOWELD_REQUIRE_SIGNED", "maybe")
+    image = _image(tmp_path, normal_image(1))
+    assert main(["--bundle", str(tiny_bundle), "--image", str(image), "--part-id", "P1"]) == 2
+    assert "AUTOWELD_REQUIRE_SIGNED='maybe'" in capsys.readouterr().err

@@ -38,6 +38,10 @@ def _edit(url, sql):
     conn = sqlite3.connect(url[len("sqlite:///") :])
     conn.execute("DROP TRIGGER ledger_records_no_update")
     conn.execute("DROP TRIGGER ledger_records_no_delete")
+    # the typed table (schema 2) refuses odd types: the attacker copies it into an unchecked one
+    conn.execute("CREATE TABLE unchecked AS SELECT * FROM ledger_records")
+    conn.execute("DROP TABLE ledger_records")
+    conn.execute("ALTER TABLE unchecked RENAME TO ledger_records")
     conn.execute(sql)
     conn.commit()
     conn.close()

@@ -2,7 +2,7 @@ import pytest
 
 from autoweld.quality.keys import KeyRing, MissingKeyError, load_keyring
 
-SECRET = "s" * 32
+SECRET = "s" * 44  # base64 text: 44 characters decode to 33 bytes
 
 
 @pytest.mark.parametrize("env", [{}, {"AUTOWELD_SECRET_KEY": ""}])
@@ -83,4 +83,48 @@ def test_weak_ledger_keys_are_refused(secret, needle):
     # the boundary: `openssl rand -hex 32` (64 hex digits, 32 bytes) and 32 plain bytes will do
     hex_key = "0123456789abcdef" * 4
     assert load_keyring({"AUTOWELD_SECRET_KEY": hex_key}).signing_key == hex_key.encode()
-    assert KeyRing.from_secret("x" * 32).signing_key == b"x" * 32
+    assert KeyRing.from_secret("x-" * 16).signing_key == b"x-" * 16  # 32 bytes of plain text
+
+
+def _base64_key(n_bytes: int) -> str:
+    import base64
+
+    return base64.b64encode(bytes(range(7, 7 + n_bytes))).decode()
+
+
+@pytest.mark.parametrize(
+    ("secret", "held"),
+    [
+        (_base64_key(24), 24),  # `openssl rand -base64 24`: 32 characters, 24 bytes
+        (_base64_key(31), 31),  # 44 characters with one '=' of padding
+        ("x" * 32, 24),  # 32 characters of the base64 alphabet encode 24 bytes, not 32
+        ("s" * 40, 30),
+    ],
+)
+def test_base64_keys_are_counted_decoded(monkeypatch, secret, held):
+    """issue 15: base64 key material was counted by its text length (32 characters = "32
+    bytes") although it encodes three bytes in four characters."""
+    from autoweld.bundle import BundleError, bundle_key_from_env
+
+    needle = f"{held} bytes of key material"
+    with pytest.raises(ValueError, match=needle):
+        load_keyring({"AUTOWELD_SECRET_KEY": secret})
+    with pytest.raises(ValueError, match=needle):
+        load_keyring({"AUTOWELD_SECRET_KEY": SECRET, "AUTOWELD_VERIFY_KEYS": "k0:" + secret})
+    monkeypatch.setenv("AUTOWELD_BUNDLE_KEY", secret)
+    with pytest.raises(BundleError, match=rf"AUTOWELD_BUNDLE_KEY .*{needle}"):
+        bundle_key_from_env()
+
+
+def test_base64_and_hex_keys_of_32_bytes_are_accepted(tmp_path, monkeypatch):
+    for secret in (_base64_key(32), "0123456789abcdef" * 4, "x-" * 16, "s" * 44):
+        ring = load_keyring({"AUTOWELD_SECRET_KEY": secret})
+        assert ring.signing_key == secret.encode()  # HMAC'd with the text as given
+    key_file = tmp_path / "keys.txt"
+    key_file.write_text(f"k0:{_base64_key(32)}\nk9:{_base64_key(24)}\n")
+    with pytest.raises(ValueError, match="24 bytes of key material"):  # key files too
+        load_keyring({"AUTOWELD_SECRET_KEY": SECRET, "AUTOWELD_VERIFY_KEYS_FILE": str(key_file)})
+    monkeypatch.setenv("AUTOWELD_BUNDLE_KEY", _base64_key(32))
+    from autoweld.bundle import bundle_key_from_env
+
+    assert bundle_key_from_env()[1] == _base64_key(32).encode()

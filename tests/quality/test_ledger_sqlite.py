@@ -22,6 +22,7 @@ from autoweld.quality import (
 from autoweld.quality.record import InspectionRecord, compute_mac
 
 from .conftest import OLD_SECRET, SECRET
+from .ledger_tamper import tamper as edit
 
 
 def fill(ledger, n, station="st-1", start=0, make=None):
@@ -214,7 +215,10 @@ def test_reordered_records_are_named(db, keys):
 def test_unreadable_row_is_named(db, keys):
     with open_ledger(db, keys) as ledger:
         fill(ledger, 3)
-    tamper(db, "UPDATE ledger_records SET scores_json = '{broken' WHERE seq = 2")
+    # the database refuses it (typed storage); an attacker with the file rebuilds the table
+    with pytest.raises(sqlite3.IntegrityError, match="json_valid"):
+        edit(db, "UPDATE ledger_records SET scores_json = '{broken' WHERE seq = 2", rebuild=False)
+    edit(db, "UPDATE ledger_records SET scores_json = '{broken' WHERE seq = 2", rebuild=True)
     report = _verify(db, keys)
     assert (report.ok, report.first_bad_seq) == (False, 2)
     assert "cannot be read" in report.reason

@@ -2,16 +2,25 @@
 another SQLite storage class, a non-integer seq, JSON that is not the canonical text (duplicate
 keys) — names the first bad record; never a traceback, never a usage error."""
 
-import sqlite3
-
 import pytest
 
 from autoweld.quality import open_ledger
 
 from .conftest import make_record
+from .ledger_tamper import make_schema_1_ledger
+from .ledger_tamper import tamper as _tamper
 
 
-def _ledger(path, keys, n=5, station="st-1"):
+@pytest.fixture(params=["schema-1", "schema-2"])
+def schema(request):
+    """Odd stored types live in a ledger of the untyped schema 1 (made by earlier releases), or in
+    a schema-2 ledger whose table an attacker rebuilt without its checks."""
+    return request.param
+
+
+def _ledger(path, keys, n=5, station="st-1", schema="schema-2"):
+    if schema == "schema-1" and not path.exists():
+        make_schema_1_ledger(path)
     with open_ledger(path, keys) as ledger:
         for i in range(n):
             ledger.append(make_record(i, station, plc_delivered=bool(i % 2)))
@@ -19,14 +28,7 @@ def _ledger(path, keys, n=5, station="st-1"):
 
 
 def tamper(path, *statements):
-    """An attacker with file access on a second connection: drop the triggers, then edit."""
-    conn = sqlite3.connect(path)
-    conn.execute("DROP TRIGGER IF EXISTS ledger_records_no_update")
-    conn.execute("DROP TRIGGER IF EXISTS ledger_records_no_delete")
-    for statement in statements:
-        conn.execute(statement)
-    conn.commit()
-    conn.close()
+    _tamper(path, *statements, rebuild=True)
 
 
 def _verify(path, keys, expect_head=None):
@@ -71,10 +73,10 @@ EDITS = {
 
 
 @pytest.mark.parametrize("name", sorted(EDITS))
-def test_odd_stored_type_names_the_record(tmp_path, keys, name):
+def test_odd_stored_type_names_the_record(tmp_path, keys, name, schema):
     sql, bad_seq, words = EDITS[name]
     path = tmp_path / "ledger.db"
-    kept = _ledger(path, keys)
+    kept = _ledger(path, keys, schema=schema)
     assert _verify(path, keys, kept).ok
     tamper(path, sql)
     for expect in (None, kept, {"st-1": kept}):
@@ -84,10 +86,10 @@ def test_odd_stored_type_names_the_record(tmp_path, keys, name):
         assert all(word in report.reason for word in words), report.reason
 
 
-def test_odd_type_in_one_station_leaves_the_others_verified(tmp_path, keys):
+def test_odd_type_in_one_station_leaves_the_others_verified(tmp_path, keys, schema):
     path = tmp_path / "ledger.db"
-    _ledger(path, keys, 3, "st-a")
-    _ledger(path, keys, 3, "st-b")
+    _ledger(path, keys, 3, "st-a", schema)
+    _ledger(path, keys, 3, "st-b", schema)
     tamper(path, "UPDATE ledger_records SET station_id = CAST(station_id AS BLOB) "
                  "WHERE station_id = 'st-a' AND seq = 3")  # fmt: skip
     report = _verify(path, keys)
@@ -96,9 +98,9 @@ def test_odd_type_in_one_station_leaves_the_others_verified(tmp_path, keys):
     assert report.checked == 5
 
 
-def test_batched_walk_copes_with_a_text_seq_at_a_batch_edge(tmp_path, keys):
+def test_batched_walk_copes_with_a_text_seq_at_a_batch_edge(tmp_path, keys, schema):
     path = tmp_path / "ledger.db"
-    _ledger(path, keys, 4)
+    _ledger(path, keys, 4, schema=schema)
     tamper(path, "UPDATE ledger_records SET seq = 'x' WHERE seq = 4")
     with open_ledger(path, keys, read_only=True) as ledger:
         ledger.batch_rows = 2

@@ -112,6 +112,7 @@ _CHANGED_FIELD = {
     "heatmap_sha256": lambda v: "ef" * 32,
     "heatmap_path": lambda v: v + "x",
     "plc_delivered": lambda v: not v,
+    "bundle_signed": lambda v: not v,
     "error": lambda v: "camera fault",
     "seq": lambda v: v + 1,
     "record_id": lambda v: v[:-1] + "f",
@@ -131,6 +132,7 @@ def test_the_mac_covers_every_field_of_the_record(make_record):
         heatmap_sha256="ab" * 32,
         heatmap_path="/var/lib/autoweld/maps/0001.png",
         plc_delivered=False,
+        bundle_signed=False,
         seq=7,
         record_id="00000000-0000-4000-8000-000000000000",
         utc_time="2026-12-03T10:00:00.000001+00:00",
@@ -150,3 +152,21 @@ def test_the_mac_covers_every_field_of_the_record(make_record):
         if mac_matches(KEY, edited):
             unseen.append(name)
     assert not unseen, f"the MAC does not cover the field(s) {unseen}"
+
+
+def test_bundle_signed_is_signed_when_stated_and_absent_from_old_records(make_record):
+    """issue 15: whether the bundle was signed is part of what a record signs; a record that does
+    not state it (every record written before the field) keeps the canonical form it had."""
+    from autoweld.quality.record import canonical_bytes
+
+    legacy = make_record(2, seq=1, key_id="k1", prev_mac="0" * 64)
+    assert b"bundle_signed" not in canonical_bytes(legacy)
+    unsigned = InspectionRecord(**{**legacy.to_dict(), "bundle_signed": False})
+    assert b'"bundle_signed":false' in canonical_bytes(unsigned)
+    signed = InspectionRecord(**{**unsigned.to_dict(), "mac": compute_mac(KEY, unsigned)})
+    for stated in (None, True):  # dropping or flipping the fact breaks the MAC
+        assert not mac_matches(
+            KEY, InspectionRecord(**{**signed.to_dict(), "bundle_signed": stated})
+        )
+    with pytest.raises(ValueError, match="bundle_signed"):
+        make_record(bundle_signed="no")

@@ -5,11 +5,14 @@ bundle directory and gives a :class:`Bundle`; :func:`write_bundle` writes one at
 """
 
 from autoweld.bundle.manifest import (
+    REQUIRE_SIGNED_ENV,
     Bundle,
+    SignatureError,
     bundle_key_from_env,
     canonical_json,
     load_bundle,
     manifest_identity,
+    require_signed_from_env,
     sha256_file,
     write_bundle,
 )
@@ -35,6 +38,7 @@ from autoweld.bundle.schema import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "REQUIRE_SIGNED_ENV",
     "HEAD_KINDS",
     "BackboneSpec",
     "Bundle",
@@ -49,12 +53,14 @@ __all__ = [
     "MapHeadSpec",
     "PreprocessSpec",
     "Provenance",
+    "SignatureError",
     "ScoringSpec",
     "TensorRTSpec",
     "bundle_key_from_env",
     "canonical_json",
     "load_bundle",
     "manifest_identity",
+    "require_signed_from_env",
     "sha256_file",
     "head_from_json",
     "write_bundle",

@@ -31,8 +31,15 @@ MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig.json"
 BUNDLE_KEY_ENV = "AUTOWELD_BUNDLE_KEY"
 BUNDLE_KEY_ID_ENV = "AUTOWELD_BUNDLE_KEY_ID"
+#: "1" (or true/yes/on): refuse any bundle without a valid signature, key or no key
+REQUIRE_SIGNED_ENV = "AUTOWELD_REQUIRE_SIGNED"
 DEFAULT_BUNDLE_KEY_ID = "bundle-k1"
 _CHUNK = 1 << 20
+
+
+class SignatureError(BundleError):
+    """A bundle refused for its signature: missing while one is required, unreadable, made with
+    another key, or not matching ``manifest.json``."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,11 @@ class Bundle:
     manifest: Manifest
     sha256: str
     signed_by: str | None
+
+    @property
+    def signed(self) -> bool:
+        """Whether the manifest's signature was checked against a bundle key (``signed_by``)."""
+        return self.signed_by is not None
 
     # Shorthands for what every reader needs; the rest is on ``manifest``.
     @property
@@ -187,6 +199,22 @@ def bundle_key_from_env() -> tuple[str, bytes] | None:
     return os.environ.get(BUNDLE_KEY_ID_ENV) or DEFAULT_BUNDLE_KEY_ID, key.encode("utf-8")
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def require_signed_from_env(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``AUTOWELD_REQUIRE_SIGNED`` asks for signed bundles only (1/true/yes/on; unset,
+    0/false/no/off: no). Any other value raises :class:`BundleError`: a typo in a safety
+    setting must not silently turn it off."""
+    value = (os.environ if environ is None else environ).get(REQUIRE_SIGNED_ENV, "")
+    if value.strip().lower() in _TRUE:
+        return True
+    if value.strip().lower() in _FALSE:
+        return False
+    raise BundleError(f"{REQUIRE_SIGNED_ENV}={value!r}: expected 1/true/yes/on or 0/false/no/off")
+
+
 def _check_bundle_key(key: bytes, source: str) -> None:
     reason = weak_key_reason(key)
     if reason is not None:
@@ -270,7 +298,7 @@ def write_bundle(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return load_bundle(out_dir, key=sign_with)
+    return load_bundle(out_dir, key=sign_with, require_signed=False)
 
 
 def load_bundle(
@@ -278,13 +306,19 @@ def load_bundle(
     *,
     verify_files: bool = True,
     key: tuple[str, bytes] | None | bool = True,
+    require_signed: bool | None = None,
 ) -> Bundle:
     """Load a bundle and check it; raises :class:`BundleError` naming the file and the reason.
 
     ``key=True`` (default) takes the signing key from the environment: when
     ``AUTOWELD_BUNDLE_KEY`` is set, an unsigned bundle or a bad signature is refused. Pass
     ``key=(key_id, key)`` to check against a given key, or ``key=None`` to skip signatures.
+    ``require_signed=True`` also refuses a bundle whose signature cannot be checked because no
+    key is given (:class:`SignatureError`); ``None`` (default) reads ``AUTOWELD_REQUIRE_SIGNED``.
+    A bundle loaded without a checked signature has ``signed_by=None``.
     """
+    if require_signed is None:
+        require_signed = require_signed_from_env()
     root = Path(path)
     if not root.is_dir():
         raise BundleError(f"{root}: no bundle directory here")
@@ -304,6 +338,12 @@ def load_bundle(
     signed_by = _check_signature(
         root, manifest_bytes, bundle_key_from_env() if key is True else key
     )
+    if signed_by is None and require_signed:
+        raise SignatureError(
+            f"{root}: refused, signed bundles are required (--require-signed or "
+            f"{REQUIRE_SIGNED_ENV}=1) but no bundle key is configured to check its signature: "
+            f"set {BUNDLE_KEY_ENV} (and {BUNDLE_KEY_ID_ENV}) to the key it was exported with"
+        )
 
     if verify_files:
         for name, entry in manifest.files.items():
@@ -343,25 +383,25 @@ def _check_signature(
     key_id, secret = key  # type: ignore[misc]
     _check_bundle_key(secret, "key")
     if not signature_path.exists() and not signature_path.is_symlink():
-        raise BundleError(
+        raise SignatureError(
             f"{signature_path}: missing — a bundle key is configured, so only signed bundles are accepted"
         )
     try:
         raw = read_regular(signature_path, MANIFEST_MAX_BYTES)
     except FileRefused as error:
-        raise BundleError(str(error)) from None
+        raise SignatureError(str(error)) from None
     try:
         signature = json.loads(raw)
         mac = str(signature["mac"])
         signed_key_id = str(signature.get("key_id", ""))
     except (ValueError, KeyError, TypeError) as error:
-        raise BundleError(f"{signature_path}: unreadable signature ({error})") from None
+        raise SignatureError(f"{signature_path}: unreadable signature ({error})") from None
     if signed_key_id != key_id:
-        raise BundleError(
+        raise SignatureError(
             f"{signature_path}: signed with key {signed_key_id!r}, station has key {key_id!r}"
         )
     if not hmac.compare_digest(mac, _sign(manifest_bytes, secret)):
-        raise BundleError(
+        raise SignatureError(
             f"{signature_path}: signature does not match manifest.json (bundle was modified)"
         )
     return key_id

@@ -19,6 +19,7 @@ __all__ = [
     "add_plc",
     "add_plc_timeout",
     "add_providers",
+    "add_require_signed",
     "add_station",
     "add_threads",
     "check_engine_flags",
@@ -27,6 +28,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "ratio",
+    "require_signed",
 ]
 
 #: ``--plc-timeout`` default, in seconds (the link's own default)
@@ -131,6 +133,26 @@ def add_plc_timeout(
 ) -> None:
     """``--plc-timeout`` in seconds, default :data:`PLC_TIMEOUT_S`."""
     parser.add_argument("--plc-timeout", type=value_type, default=PLC_TIMEOUT_S, help=help_text)
+
+
+def add_require_signed(parser: argparse.ArgumentParser, default_text: str) -> None:
+    """``--require-signed``: refuse a bundle without a valid signature (also
+    ``AUTOWELD_REQUIRE_SIGNED=1``)."""
+    parser.add_argument(
+        "--require-signed",
+        action="store_true",
+        default=None,
+        help="refuse a bundle without a valid signature (needs AUTOWELD_BUNDLE_KEY; also "
+        f"AUTOWELD_REQUIRE_SIGNED=1); {default_text}",
+    )
+
+
+def require_signed(flag: bool | None) -> bool:
+    """``--require-signed`` given, or ``AUTOWELD_REQUIRE_SIGNED`` set; a bad value of the
+    variable is a ``ValueError`` (usage error)."""
+    from autoweld.bundle import require_signed_from_env
+
+    return bool(flag) or require_signed_from_env()
 
 
 def check_engine_flags(providers: Sequence[str], threads: int | None) -> None:

@@ -1,7 +1,8 @@
 """``autoweld-eval``: how well a bundle separates good from defective parts on the test split.
 
 The command line of :func:`autoweld.evaluation.evaluate` (what is measured, and how, is said
-there). Exit status 0 on success, 1 when images failed to inspect, 2 for usage.
+there). Exit status 0 on success, 1 when images failed to inspect, 2 for usage — a bundle
+refused under ``--require-signed`` / ``AUTOWELD_REQUIRE_SIGNED=1`` included.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-root", help="data root (MVTec AD layout; weld is generated)")
     parser.add_argument("--json", dest="json_path", help="also write the report as JSON here")
     parser.add_argument("--limit", type=int, help="evaluate at most N test images (spread evenly)")
+    _args.add_require_signed(parser, "without it an unsigned bundle is evaluated with a warning")
     _args.add_providers(parser)
     _args.add_threads(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="images per engine call")
@@ -43,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             providers=args.providers,
             threads=args.threads,
             batch_size=args.batch_size,
+            require_signed=_args.require_signed(args.require_signed),
         )
     except (ValueError, FileNotFoundError) as error:
         print(f"autoweld-eval: error: {error}", file=sys.stderr)

@@ -3,7 +3,12 @@
 Exit status: **0** the part passed, **1** the part failed — including every inspection that
 could not be completed (unreadable image, bad bundle, engine failure, ledger write failure: a
 FAIL, never a pass) — and **2** for a usage error (bad or missing arguments, an unknown execution
-provider, a ledger/PLC URL that cannot be opened), where no inspection took place.
+provider, a ledger/PLC URL that cannot be opened), where no inspection took place — and for a
+bundle refused under ``--require-signed`` (or ``AUTOWELD_REQUIRE_SIGNED=1``) for want of a valid
+signature: that part is still a FAIL, signalled and recorded, but the station is misconfigured.
+
+A bundle used without a checked signature (no ``AUTOWELD_BUNDLE_KEY``) is logged loudly and its
+record says ``bundle_signed: false`` (docs/bundle.md, "Signing").
 
 Order of work: inspect -> heat-map (if asked) -> PLC signal (if ``--plc``) -> ledger record (if
 ``--ledger``). The PLC is told first so it never waits on the database; the record then holds
@@ -60,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     _args.add_station(
         parser, "station id for the record (default: $AUTOWELD_STATION_ID or the host name)"
     )
+    _args.add_require_signed(parser, "without it an unsigned bundle is used and recorded as such")
     _args.add_providers(parser)
     _args.add_threads(parser)
     parser.add_argument("--max-megapixels", type=float, default=64.0, help="decode limit")
@@ -116,6 +122,7 @@ def _record_and_signal(
     heatmap_sha256: str | None,
     ledger: Any,
     link: Any,
+    bundle_signed: bool | None,
 ) -> Any:
     """PLC and ledger through :func:`autoweld.quality.record_inspection`; returns its
     :class:`~autoweld.quality.RecordedInspection`, whose ``result`` is the final one: a record
@@ -133,15 +140,44 @@ def _record_and_signal(
         link=link,
         heatmap_sha256=heatmap_sha256,
         heatmap_path=str(Path(args.heatmap).resolve()) if heatmap_sha256 else None,
+        bundle_signed=bundle_signed,
     )
+
+
+#: how the error of a bundle refused for its signature under --require-signed begins
+_SIGNATURE_REFUSED = "bundle refused for its signature: "
+
+
+def _load_inspector(
+    args: argparse.Namespace, bundle_dir: Path, limits: Any, require_signed: bool
+) -> tuple[Any, Any]:
+    """(the Inspector, None), or (None, a FAIL result saying why the bundle was refused)."""
+    from autoweld.bundle import BundleError, SignatureError
+    from autoweld.runtime.inspector import Inspector, failed_result
+
+    try:
+        inspector = Inspector(
+            bundle_dir,
+            providers=args.providers,
+            threads=args.threads,
+            decode_limits=limits,
+            require_signed=require_signed,
+        )
+    except (BundleError, ValueError, OSError, RuntimeError) as error:
+        signature = require_signed and isinstance(error, SignatureError)
+        return None, failed_result(
+            f"{_SIGNATURE_REFUSED if signature else 'bundle refused: '}{error}"
+        )
+    except Exception as error:  # noqa: BLE001 - fail safe: anything else is a FAIL too
+        return None, failed_result(f"bundle could not be loaded: {type(error).__name__}: {error}")
+    return inspector, None
 
 
 def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     """Do one inspection; returns (exit status, the JSON object)."""
-    from autoweld.bundle import BundleError, manifest_identity
+    from autoweld.bundle import manifest_identity
     from autoweld.quality.record import check_part_id, check_station_id
     from autoweld.runtime.decode import DecodeLimits
-    from autoweld.runtime.inspector import Inspector, failed_result
 
     # Usage errors first: nothing is inspected or recorded for them.
     _args.check_engine_flags(args.providers, args.threads)
@@ -158,21 +194,15 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     if args.heatmap and not args.heatmap.lower().endswith(".png"):
         raise ValueError(f"--heatmap {args.heatmap} must end in .png")
     limits = DecodeLimits(max_pixels=int(args.max_megapixels * 1e6))
+    require_signed = _args.require_signed(args.require_signed)
     ledger, link = _open_quality(args)
 
     try:
         bundle_dir = Path(args.bundle)
         bundle_sha256 = manifest_identity(bundle_dir)
         start = time.perf_counter()
-        inspector = None
-        try:
-            inspector = Inspector(
-                bundle_dir, providers=args.providers, threads=args.threads, decode_limits=limits
-            )
-        except (BundleError, ValueError, OSError, RuntimeError) as error:
-            result = failed_result(f"bundle refused: {error}")
-        except Exception as error:  # noqa: BLE001 - fail safe: anything else is a FAIL too
-            result = failed_result(f"bundle could not be loaded: {type(error).__name__}: {error}")
+        inspector, result = _load_inspector(args, bundle_dir, limits, require_signed)
+        unsigned_refused = inspector is None and result.error.startswith(_SIGNATURE_REFUSED)
         load_ms = (time.perf_counter() - start) * 1e3
         if inspector is not None:
             bundle_sha256 = inspector.bundle.sha256
@@ -187,7 +217,10 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             except Exception as error:  # noqa: BLE001 - a missing picture must not hide a result
                 log.warning("heat-map not written: %s", error)
 
-        recorded = _record_and_signal(args, result, bundle_sha256, heatmap_sha256, ledger, link)
+        signed = inspector.bundle_signed if inspector is not None else None
+        recorded = _record_and_signal(
+            args, result, bundle_sha256, heatmap_sha256, ledger, link, signed
+        )
         result = recorded.result
     finally:
         if link is not None:
@@ -212,6 +245,9 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             "error",
         )
     }
+    if unsigned_refused:
+        log.error("%s", result.error)
+        return EXIT_USAGE, ordered
     return (EXIT_PASS if result.decision == "PASS" else EXIT_FAIL), ordered
 
 

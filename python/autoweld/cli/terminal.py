@@ -4,8 +4,10 @@ Starts the station (bundle, ledger, optional PLC link), watches the camera folde
 serves the page on ``http://HOST:PORT/``. Exit status 2 for a usage error (missing signing key,
 ledger or PLC URL that cannot be opened, watched folder that does not exist, terminal extra not
 installed, a credentials file that is unsafe or malformed, a non-loopback ``--host`` without
-``--credentials``); a bundle that is refused does not stop the terminal: every part then FAILS, with the
-reason recorded and shown on the page.
+``--credentials``, a bundle without a valid signature while signatures are required); any other
+bundle that is refused does not stop the terminal: every part then FAILS, with the reason recorded
+and shown on the page. Signatures are required with ``--require-signed``,
+``AUTOWELD_REQUIRE_SIGNED=1``, and by default whenever ``AUTOWELD_BUNDLE_KEY`` is set.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser, "seconds the PLC may take to confirm a signal (0.05)", _args.positive_float
     )
     parser.add_argument("--heatmap-dir", help="also save every heat-map picture here (recorded)")
+    _args.add_require_signed(parser, "on by default when AUTOWELD_BUNDLE_KEY is set")
     _args.add_providers(parser)
     _args.add_threads(parser)
     parser.add_argument(
@@ -109,6 +112,23 @@ def _access(args: argparse.Namespace) -> tuple[Credentials | None, frozenset[str
     return credentials, served_hosts(args.host, args.port, args.allowed_host), limits
 
 
+def _check_signature_first(bundle_dir: Path, flag: bool | None) -> bool:
+    """Whether signed bundles are required (flag, environment, or a bundle key configured);
+    if so, a bundle without a valid signature is a usage error now (its manifest only: the
+    files are checked when the station loads it)."""
+    from autoweld.bundle import BundleError, SignatureError, bundle_key_from_env, load_bundle
+
+    required = _args.require_signed(flag) or bundle_key_from_env() is not None
+    if required:
+        try:
+            load_bundle(bundle_dir, verify_files=False, require_signed=True)
+        except SignatureError as error:
+            raise ValueError(f"--bundle {bundle_dir}: {error}") from None
+        except BundleError:  # any other refusal: the station runs and FAILS every part
+            pass
+    return required
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: serve until interrupted; 2 for a usage error."""
     parser = build_parser()
@@ -136,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         credentials, hosts, limits = _access(args)
         if args.watch is not None and not Path(args.watch).is_dir():
             raise ValueError(f"--watch {args.watch!r} is not a directory")
+        require_signed = _check_signature_first(Path(args.bundle), args.require_signed)
         config = StationConfig(
             bundle_dir=Path(args.bundle),
             ledger_url=args.ledger,
@@ -145,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             heatmap_dir=Path(args.heatmap_dir) if args.heatmap_dir else None,
             providers=tuple(args.providers),
             threads=args.threads,
+            require_signed=require_signed,
         )
         station = Station(config)
     except Exception as error:  # noqa: BLE001 - missing key, bad URL, ... : say which

@@ -97,6 +97,7 @@ def evaluate(
     threads: int | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    require_signed: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate a bundle on its category's test split; returns the JSON-ready report.
 
@@ -110,7 +111,9 @@ def evaluate(
         raise ValueError(f"--limit must be >= 2, got {limit}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    inspector = Inspector(bundle, providers=providers, threads=threads)
+    inspector = Inspector(
+        bundle, providers=providers, threads=threads, require_signed=require_signed
+    )
     from autoweld.data import load_category  # after the bundle check: usage errors come first
 
     category = load_category(inspector.bundle.category, data_root)

@@ -197,6 +197,7 @@ def record_inspection(
     link: PlcLink | None = None,
     heatmap_sha256: str | None = None,
     heatmap_path: str | None = None,
+    bundle_signed: bool | None = None,
 ) -> RecordedInspection[ResultT]:
     """Record and signal one inspection result; never raises for ledger, PLC or record trouble.
 
@@ -209,7 +210,8 @@ def record_inspection(
     * Without a ledger and a PLC link nothing is signalled or recorded.
 
     ``result`` is not changed: the returned :class:`RecordedInspection` holds a copy with the
-    final decision and error.
+    final decision and error. ``bundle_signed`` (whether the bundle's signature was checked) is
+    signed into the record, the minimal one included.
     """
     decision, error = _decision_of(result)
     timings: dict[str, float] = {}
@@ -227,6 +229,7 @@ def record_inspection(
             result, part_id, station_id, bundle_sha256, package_version, decision, error,
             heatmap_sha256, heatmap_path,
         )  # fmt: skip
+        record = replace(record, bundle_signed=bundle_signed)
     except ValueError as refused:
         log.error("quality record refused for part %r: %s", part_id, refused)
         decision, error = "FAIL", _joined(f"quality record refused: {refused}", error)
@@ -234,7 +237,7 @@ def record_inspection(
         if minimal is None:  # pragma: no cover - the minimal record takes only checked values
             delivered = link.send("FAIL") if link is not None else None
             return outcome(decision, error, None, delivered)
-        record, error = minimal, minimal.error
+        record, error = replace(minimal, bundle_signed=bundle_signed), minimal.error
     timings["record"] = (time.perf_counter() - start) * 1e3
     try:
         stored = _signal_then_append(record, ledger, link, timings)

@@ -5,8 +5,10 @@ There is no default key: a ledger without one is refused. Older keys stay availa
 verification through ``AUTOWELD_VERIFY_KEYS="k0:secret,..."`` and/or a key file named by
 ``AUTOWELD_VERIFY_KEYS_FILE`` (one ``key_id:secret`` per line, ``#`` starts a comment).
 
-A key is the exact text given, taken as UTF-8 bytes (recommended: ``openssl rand -hex 32``); it
-must hold at least 32 bytes of key material and not be whitespace (:mod:`autoweld.key_material`).
+A key is the exact text given, taken as UTF-8 bytes (recommended: ``openssl rand -hex 32`` or
+``openssl rand -base64 32``); it must hold at least 32 bytes of key material — hex counted half,
+base64 as the bytes it decodes to — and not be whitespace (:mod:`autoweld.key_material`). The
+same rule holds for the signing key, the verification keys and every line of the key file.
 """
 
 from __future__ import annotations

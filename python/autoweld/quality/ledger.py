@@ -41,47 +41,102 @@ from autoweld.quality.record import GENESIS_MAC, InspectionRecord, compute_mac
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+#: The schema new ledgers get: typed, strict storage (docs/ledger.md, "Schema").
+SCHEMA_VERSION = 2
+#: Schema versions this AutoWeld opens: 1 is the untyped table of earlier releases (read and
+#: appended to as it is; its one missing column is added on the first writable open).
+KNOWN_SCHEMA_VERSIONS = (1, 2)
 TABLE = "ledger_records"
-#: Column order of the table; scores/probabilities are stored as canonical JSON text.
+#: Columns read and written; scores/probabilities are stored as canonical JSON text.
 COLUMNS = (
     "station_id", "seq", "record_id", "utc_time", "part_id", "bundle_sha256", "package_version",
     "scores_json", "probabilities_json", "fused_probability", "threshold", "decision",
-    "heatmap_sha256", "heatmap_path", "plc_delivered", "error", "key_id", "prev_mac", "mac",
+    "heatmap_sha256", "heatmap_path", "plc_delivered", "bundle_signed", "error", "key_id",
+    "prev_mac", "mac",
 )  # fmt: skip
+#: Columns a schema-1 table may lack (added by the first writable open; read as NULL before)
+ADDED_COLUMNS = ("bundle_signed",)
 RECORD_FIELDS = tuple(f.name for f in fields(InspectionRecord))
 #: CSV column order: chain position first, then what was inspected, then the signature
 EXPORT_FIELDS = (
     "station_id", "seq", "record_id", "utc_time", "part_id", "decision", "fused_probability",
-    "threshold", "scores", "probabilities", "error", "plc_delivered", "bundle_sha256",
+    "threshold", "scores", "probabilities", "error", "plc_delivered", "bundle_signed",
+    "bundle_sha256",
     "package_version", "heatmap_sha256", "heatmap_path", "key_id", "prev_mac", "mac",
 )  # fmt: skip
 assert sorted(EXPORT_FIELDS) == sorted(RECORD_FIELDS)
 
-# One DDL for both backends (SQLite accepts the PostgreSQL type names).
-_CREATE_TABLE = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    station_id TEXT NOT NULL,
-    seq BIGINT NOT NULL CHECK (seq >= 1),
-    record_id TEXT NOT NULL UNIQUE,
-    utc_time TEXT NOT NULL,
-    part_id TEXT NOT NULL,
-    bundle_sha256 TEXT NOT NULL,
-    package_version TEXT NOT NULL,
-    scores_json TEXT NOT NULL,
-    probabilities_json TEXT NOT NULL,
-    fused_probability DOUBLE PRECISION,
-    threshold DOUBLE PRECISION,
-    decision TEXT NOT NULL CHECK (decision IN ('PASS', 'FAIL')),
-    heatmap_sha256 TEXT,
-    heatmap_path TEXT,
-    plc_delivered BOOLEAN,
-    error TEXT,
-    key_id TEXT NOT NULL,
-    prev_mac TEXT NOT NULL,
-    mac TEXT NOT NULL,
-    PRIMARY KEY (station_id, seq)
-)"""
+# Schema 2, one column list for both backends: (name, SQLite type, PostgreSQL type, NOT NULL,
+# checks). SQLite stores whatever storage class a writer gives it unless told otherwise, so its
+# table is STRICT (SQLite >= 3.37) *and* checks typeof() per column (older SQLite, and the
+# values STRICT would convert); PostgreSQL's own types do that there. Both check the forms the
+# record's canonical JSON signs. What a CHECK cannot see (canonical JSON text, duplicate keys)
+# verify checks, record by record.
+_HEX64_SQLITE = "length({c}) = 64 AND {c} NOT GLOB '*[^0-9a-f]*'"
+_HEX64_PG = "{c} ~ '^[0-9a-f]{{64}}$'"
+_JSON_OBJECT_SQLITE = "json_valid({c}) AND json_type({c}) = 'object'"
+_JSON_OBJECT_PG = "jsonb_typeof({c}::jsonb) = 'object'"
+_SCHEMA_COLUMNS = (
+    ("station_id", "TEXT", "TEXT", True, ("length({c}) > 0",)),
+    ("seq", "INTEGER", "BIGINT", True, ("{c} >= 1",)),
+    ("record_id", "TEXT", "TEXT", True, ("length({c}) > 0",)),
+    ("utc_time", "TEXT", "TEXT", True, ("length({c}) > 0",)),
+    ("part_id", "TEXT", "TEXT", True, ("length({c}) > 0",)),
+    ("bundle_sha256", "TEXT", "TEXT", True, ("hex64",)),
+    ("package_version", "TEXT", "TEXT", True, ("length({c}) > 0",)),
+    ("scores_json", "TEXT", "TEXT", True, ("json_object",)),
+    ("probabilities_json", "TEXT", "TEXT", True, ("json_object",)),
+    ("fused_probability", "REAL", "DOUBLE PRECISION", False, ("{c} >= 0 AND {c} <= 1",)),
+    ("threshold", "REAL", "DOUBLE PRECISION", False, ()),
+    ("decision", "TEXT", "TEXT", True, ("{c} IN ('PASS', 'FAIL')",)),
+    ("heatmap_sha256", "TEXT", "TEXT", False, ("hex64",)),
+    ("heatmap_path", "TEXT", "TEXT", False, ()),
+    ("plc_delivered", "INTEGER", "BOOLEAN", False, ("boolean",)),
+    ("bundle_signed", "INTEGER", "BOOLEAN", False, ("boolean",)),
+    ("error", "TEXT", "TEXT", False, ()),
+    ("key_id", "TEXT", "TEXT", True, ("length({c}) > 0",)),
+    ("prev_mac", "TEXT", "TEXT", True, ("hex64",)),
+    ("mac", "TEXT", "TEXT", True, ("hex64",)),
+)  # fmt: skip
+assert tuple(c[0] for c in _SCHEMA_COLUMNS) == COLUMNS
+_SQLITE_TYPEOF = {"TEXT": "text", "INTEGER": "integer", "REAL": "real"}
+
+
+def _column_sql(column: tuple[str, str, str, bool, tuple[str, ...]], backend: str) -> str:
+    """One column of the schema-2 table, with its checks, for ``backend`` (sqlite/postgresql)."""
+    name, sqlite_type, pg_type, not_null, checks = column
+    sqlite = backend == "sqlite"
+    named = {
+        "hex64": _HEX64_SQLITE if sqlite else _HEX64_PG,
+        "json_object": _JSON_OBJECT_SQLITE if sqlite else _JSON_OBJECT_PG,
+        "boolean": "{c} IN (0, 1)" if sqlite else "TRUE",
+    }
+    if sqlite and sqlite3.sqlite_version_info < (3, 38):  # JSON functions built in from 3.38
+        named["json_object"] = "TRUE"
+    conditions = [named.get(check, check).format(c=name) for check in checks]
+    if sqlite:
+        stored = [f"'{_SQLITE_TYPEOF[sqlite_type]}'"] + ([] if not_null else ["'null'"])
+        conditions.insert(0, f"typeof({name}) IN ({', '.join(stored)})")
+    conditions = [c for c in conditions if c != "TRUE"]
+    text = f"{name} {sqlite_type if sqlite else pg_type}" + (" NOT NULL" if not_null else "")
+    return text + "".join(f" CHECK ({c})" for c in conditions)
+
+
+def _create_table_sql(backend: str) -> str:
+    columns = ",\n    ".join(_column_sql(c, backend) for c in _SCHEMA_COLUMNS)
+    strict = " STRICT" if backend == "sqlite" and sqlite3.sqlite_version_info >= (3, 37) else ""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {TABLE} (\n    {columns},\n    UNIQUE (record_id),\n"
+        f"    PRIMARY KEY (station_id, seq)\n){strict}"
+    )
+
+
+def _added_column_sql(name: str, backend: str) -> str:
+    """``ALTER TABLE`` that gives a schema-1 table a column it lacks (nullable: old rows NULL)."""
+    column = next(c for c in _SCHEMA_COLUMNS if c[0] == name)
+    return f"ALTER TABLE {TABLE} ADD COLUMN {_column_sql(column, backend)}"
+
+
 _CREATE_META = "CREATE TABLE IF NOT EXISTS ledger_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
 _SQLITE_TRIGGERS = [
     f"""CREATE TRIGGER IF NOT EXISTS {TABLE}_no_{op.lower()} BEFORE {op} ON {TABLE}
@@ -231,7 +286,7 @@ def _stored_type_problem(name: str, value: Any) -> str | None:
         ok, wanted = value is None or type(value) is float, "real or null"
     elif name == "seq":
         ok, wanted = type(value) is int, "integer"
-    elif name == "plc_delivered":
+    elif name in ("plc_delivered", "bundle_signed"):
         ok = value is None or type(value) is bool or (type(value) is int and value in (0, 1))
         wanted = "boolean (0 or 1) or null"
     else:  # pragma: no cover - every column is listed above
@@ -247,8 +302,9 @@ def _row_to_record(row: tuple[Any, ...]) -> InspectionRecord:
     data = dict(zip(COLUMNS, row, strict=True))
     data["scores"] = _load_json("scores_json", data.pop("scores_json"))
     data["probabilities"] = _load_json("probabilities_json", data.pop("probabilities_json"))
-    if data["plc_delivered"] is not None:
-        data["plc_delivered"] = bool(data["plc_delivered"])
+    for name in ("plc_delivered", "bundle_signed"):
+        if data[name] is not None:
+            data[name] = bool(data[name])
     for name in ("fused_probability", "threshold"):
         if data[name] is not None:
             data[name] = float(data[name])
@@ -271,6 +327,9 @@ class Ledger:
     db_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
     #: rows fetched per query when walking the whole ledger
     batch_rows = 5000
+    #: what is SELECTed for :data:`COLUMNS` (a schema-1 ledger opened read-only that lacks a
+    #: column reads it as NULL)
+    _select_columns = ", ".join(COLUMNS)
 
     def __init__(self, keys: KeyRing, url: str, read_only: bool = False) -> None:
         self.keys = keys
@@ -291,6 +350,24 @@ class Ledger:
 
     def _close(self) -> None:
         raise NotImplementedError
+
+    def _column_names(self) -> set[str]:
+        """Names of the columns of the records table as the database has it."""
+        raise NotImplementedError
+
+    def _check_schema(self) -> int:
+        """The ledger's schema version (refused unless known); a column a schema-1 table still
+        lacks (read-only: nothing is changed) is read as NULL."""
+        rows = self._query("SELECT value FROM ledger_meta WHERE name = 'schema_version'")
+        version = _check_schema_version(rows, self.url)
+        present = self._column_names()
+        missing = [name for name in COLUMNS if name not in present]
+        if any(name not in ADDED_COLUMNS for name in missing):
+            raise LedgerError(f"ledger {self.url!r}: table {TABLE} lacks columns {missing}")
+        self._select_columns = ", ".join(
+            f"NULL AS {name}" if name in missing else name for name in COLUMNS
+        )
+        return version
 
     # ---- public API -----------------------------------------------------------------------
     def _sql(self, sql: str) -> str:
@@ -381,7 +458,7 @@ class Ledger:
     def _rows(self, station_id: str | None = None) -> Iterator[tuple[Any, ...]]:
         """Raw rows in (station_id, seq) order, fetched in batches (keyset pagination), so a
         ledger of millions of records is walked in bounded memory."""
-        cols = ", ".join(COLUMNS)
+        cols = self._select_columns
         only = "" if station_id is None else " AND station_id = ?"
         sql = (
             f"SELECT {cols} FROM {TABLE} WHERE (station_id > ? OR (station_id = ? AND seq > ?))"
@@ -411,7 +488,7 @@ class Ledger:
         if station_id is not None:
             where.append("station_id = ?")
             params.append(station_id)
-        sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}"
+        sql = f"SELECT {self._select_columns} FROM {TABLE}"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY utc_time DESC, station_id, seq DESC"
@@ -631,8 +708,7 @@ class SQLiteLedger(Ledger):
                 str(path), timeout=30.0, isolation_level=None, check_same_thread=False
             )
             _retry_while_locked(lambda: self._initialise(path), _SQLITE_OPEN_TIMEOUT_S)
-            versions = self._query("SELECT value FROM ledger_meta WHERE name = 'schema_version'")
-            _check_schema_version(versions, url)
+            self._check_schema()
         except BaseException as error:
             self._fail_open(path, error)
             raise
@@ -652,12 +728,16 @@ class SQLiteLedger(Ledger):
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            for sql in (_CREATE_TABLE, _CREATE_META, *_SQLITE_TRIGGERS):
+            # a schema-1 ledger keeps its table (IF NOT EXISTS) and its version row (OR IGNORE)
+            for sql in (_create_table_sql("sqlite"), _CREATE_META, *_SQLITE_TRIGGERS):
                 self._conn.execute(sql)
             self._conn.execute(
                 "INSERT OR IGNORE INTO ledger_meta VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+            for name in ADDED_COLUMNS:
+                if name not in self._column_names():
+                    self._conn.execute(_added_column_sql(name, "sqlite"))
             self._conn.execute("COMMIT")
         except BaseException:
             if self._conn.in_transaction:
@@ -677,8 +757,7 @@ class SQLiteLedger(Ledger):
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}  # fmt: skip
             if not {TABLE, "ledger_meta"} <= tables:
                 raise LedgerError(f"{str(path)!r} is not an AutoWeld ledger (no {TABLE} table)")
-            versions = self._query("SELECT value FROM ledger_meta WHERE name = 'schema_version'")
-            _check_schema_version(versions, self.url)
+            self._check_schema()
         except BaseException as error:
             self._fail_open(path, error)
             raise
@@ -712,6 +791,9 @@ class SQLiteLedger(Ledger):
     def _close(self) -> None:
         self._conn.close()
 
+    def _column_names(self) -> set[str]:
+        return {row[1] for row in self._conn.execute(f"PRAGMA table_info({TABLE})")}
+
 
 class PostgresLedger(Ledger):
     """PostgreSQL backend for many stations (psycopg 3). A connection the server dropped (a
@@ -742,8 +824,7 @@ class PostgresLedger(Ledger):
             ) from error
         try:
             self._create_schema()  # in read-only mode: only checks that it exists
-            versions = self._query("SELECT value FROM ledger_meta WHERE name = 'schema_version'")
-            _check_schema_version(versions, self.url)
+            self._check_schema()
         except BaseException as error:
             self._conn.close()
             if isinstance(error, psycopg.Error):
@@ -786,18 +867,42 @@ class PostgresLedger(Ledger):
             (TABLE,),
         ).fetchone()[0]
         if exists:  # stations may run as a role that can only SELECT and INSERT
+            if not self.read_only:
+                self._add_missing_columns()
             return
         if self.read_only:
             raise LedgerError(f"no AutoWeld ledger (table {TABLE}) in {self.url!r}")
         with self._conn.transaction():
             # concurrent first opens would race on CREATE ... IF NOT EXISTS: serialise them
             self._conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_PG_LOCK_CLASS,))
-            for sql in (_CREATE_TABLE, _CREATE_META, *_PG_TRIGGERS):
+            for sql in (_create_table_sql("postgresql"), _CREATE_META, *_PG_TRIGGERS):
                 self._conn.execute(sql)
             self._conn.execute(
                 "INSERT INTO ledger_meta VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
                 (str(SCHEMA_VERSION),),
             )
+
+    def _column_names(self) -> set[str]:
+        sql = """SELECT column_name FROM information_schema.columns
+                 WHERE table_name = %s AND table_schema = current_schema()"""
+        return {row[0] for row in self._conn.execute(sql, (TABLE,)).fetchall()}
+
+    def _add_missing_columns(self) -> None:
+        """Give a schema-1 table the columns it lacks (one nullable column: no row changes)."""
+        if all(name in self._column_names() for name in ADDED_COLUMNS):
+            return
+        try:
+            with self._conn.transaction():
+                self._conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_PG_LOCK_CLASS,))
+                for name in ADDED_COLUMNS:
+                    if name not in self._column_names():
+                        self._conn.execute(_added_column_sql(name, "postgresql"))
+        except self._psycopg.errors.InsufficientPrivilege as error:
+            raise LedgerError(
+                f"ledger {self.url!r} has schema version 1 and lacks column(s) "
+                f"{list(ADDED_COLUMNS)}: open it once as the table's owner (the column is "
+                "added, no record is changed)"
+            ) from error
 
     def _append_locked(
         self, station_id: str, build: Callable[[int, str], InspectionRecord]
@@ -886,13 +991,15 @@ def pg_timeouts(url: str, read_only: bool = False) -> tuple[str, PgTimeouts]:
     return parts._replace(query=urlencode(kept)).geturl(), timeouts
 
 
-def _check_schema_version(rows: Iterator[tuple[Any, ...]], url: str) -> None:
+def _check_schema_version(rows: Iterator[tuple[Any, ...]], url: str) -> int:
     found = [row[0] for row in rows]
-    if found != [str(SCHEMA_VERSION)]:
+    known = [str(version) for version in KNOWN_SCHEMA_VERSIONS]
+    if len(found) != 1 or found[0] not in known:
         raise LedgerError(
             f"ledger {url!r} has schema version {found or 'none'}; this AutoWeld knows "
-            f"{SCHEMA_VERSION}"
+            f"{', '.join(known)}"
         )
+    return int(found[0])
 
 
 # connection settings whose values are secrets (libpq's names; ``passfile`` and ``sslkey``

@@ -3,7 +3,8 @@
 The MAC is HMAC-SHA256 over ``MAC_DOMAIN`` followed by the canonical JSON of every field except
 ``mac`` itself (``prev_mac`` included, which chains a record to the one before it on the same
 station). Canonical JSON: sorted keys, no spaces, UTF-8, floats as Python's ``repr`` (shortest
-text that round-trips), no NaN/Infinity.
+text that round-trips), no NaN/Infinity. ``bundle_signed`` is left out of it while ``None``:
+records written before the field existed keep their MACs; ``true``/``false`` are signed.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ class InspectionRecord:
     heatmap_path: str | None = None
     plc_delivered: bool | None = None
     error: str | None = None
+    #: True: the bundle's signature was checked against the station's bundle key; False: the
+    #: bundle was used unsigned; None: not stated (records from before this field)
+    bundle_signed: bool | None = None
     # filled in by the ledger
     seq: int | None = None
     record_id: str | None = None
@@ -136,6 +140,10 @@ class InspectionRecord:
             raise ValueError(
                 f"plc_delivered must be True, False or None, got {self.plc_delivered!r}"
             )
+        if self.bundle_signed is not None and not isinstance(self.bundle_signed, bool):
+            raise ValueError(
+                f"bundle_signed must be True, False or None, got {self.bundle_signed!r}"
+            )
         if self.seq is not None and (
             isinstance(self.seq, bool) or not isinstance(self.seq, int) or self.seq < 1
         ):
@@ -162,6 +170,8 @@ def canonical_bytes(record: InspectionRecord) -> bytes:
     """The exact bytes the MAC covers: every field except ``mac``, as canonical JSON."""
     data = record.to_dict()
     del data["mac"]
+    if data["bundle_signed"] is None:  # not stated: the form records had before the field
+        del data["bundle_signed"]
     text = json.dumps(
         data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from autoweld import native
-from autoweld.bundle import Bundle, HeadSpec, load_bundle
+from autoweld.bundle import Bundle, HeadSpec, SignatureError, load_bundle
 from autoweld.runtime.decode import DecodeLimits, image_for_inspection
 from autoweld.runtime.engines import BaseRunner, open_engine
 from autoweld.runtime.scoring import BatchScores, Fusion, HeadScorer, HeadScores, head_scorer
@@ -129,6 +129,29 @@ def _describe(error: BaseException) -> str:
     return text if isinstance(error, ValueError) else f"{type(error).__name__}: {text}"
 
 
+def _load_checked(bundle_or_path: Bundle | str | os.PathLike[str], require_signed: bool | None
+                  ) -> Bundle:  # fmt: skip
+    """The bundle, loaded and checked (``require_signed``: see :func:`load_bundle`), with the
+    one loud warning a station gets when it will decide with a bundle nobody vouched for."""
+    if isinstance(bundle_or_path, Bundle):
+        bundle = bundle_or_path
+        if require_signed and not bundle.signed:
+            raise SignatureError(f"{bundle.root}: refused, signed bundles are required but this "
+                                 "one was loaded without a checked signature")  # fmt: skip
+    else:
+        bundle = load_bundle(Path(bundle_or_path), require_signed=require_signed)
+    if not bundle.signed:
+        log.warning(
+            "UNSIGNED BUNDLE %s (%s): no bundle key checked it, so an edited calibration, "
+            "threshold or ONNX graph with fixed-up hashes would go unnoticed; every quality "
+            "record will say bundle_signed=false. Set AUTOWELD_BUNDLE_KEY, and refuse unsigned "
+            "bundles with --require-signed or AUTOWELD_REQUIRE_SIGNED=1",
+            bundle.sha256[:12],
+            bundle.root,
+        )
+    return bundle
+
+
 class Inspector:
     """Inspects images against one bundle; every failure becomes a FAIL result, never a raise.
 
@@ -136,7 +159,10 @@ class Inspector:
     and checked here; a bad bundle raises :class:`~autoweld.bundle.BundleError` from the
     constructor — callers that must stay up, like ``autoweld-inspect``, turn that into a FAIL).
     Everything is loaded once at construction: the engine session, the memory bank and its
-    neighbours, and the kNN index.
+    neighbours, and the kNN index. ``require_signed`` refuses a bundle without a checked
+    signature (:class:`~autoweld.bundle.SignatureError`; default: ``AUTOWELD_REQUIRE_SIGNED``);
+    an unsigned bundle that is allowed is logged once, loudly, here, and ``bundle_signed`` says
+    so for the records.
 
     ``inspect`` and ``inspect_batch`` never raise for a bad image, a failing engine, non-finite
     outputs or a rejected argument inside the scoring: the result is ``decision="FAIL"`` with
@@ -157,12 +183,11 @@ class Inspector:
         providers: Sequence[str] | str = ("cpu",),
         threads: int | None = None,
         decode_limits: DecodeLimits | None = None,
+        require_signed: bool | None = None,
     ) -> None:
-        self.bundle = (
-            bundle_or_path
-            if isinstance(bundle_or_path, Bundle)
-            else load_bundle(Path(bundle_or_path))
-        )
+        self.bundle = _load_checked(bundle_or_path, require_signed)
+        #: whether the bundle's signature was checked (what each quality record carries)
+        self.bundle_signed = self.bundle.signed
         self.threads = threads
         self.decode_limits = decode_limits or DecodeLimits()
         self.preprocess_spec = self.bundle.preprocess

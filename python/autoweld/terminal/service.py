@@ -64,6 +64,8 @@ class StationConfig:
     threads: int | None = None
     plc_timeout_s: float = 0.05
     decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
+    #: refuse a bundle without a valid signature (None: AUTOWELD_REQUIRE_SIGNED)
+    require_signed: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,7 @@ class Station:
                 providers=list(self.config.providers),
                 threads=self.config.threads,
                 decode_limits=self.config.decode_limits,
+                require_signed=self.config.require_signed,
             )
         except (BundleError, ValueError, OSError, RuntimeError) as error:
             reason = f"bundle refused: {error}"
@@ -479,6 +482,7 @@ class Station:
             link=self.plc,
             heatmap_sha256=heatmap_sha256,
             heatmap_path=heatmap_path,
+            bundle_signed=self.inspector.bundle_signed if self.inspector is not None else None,
         )
 
     # ---- what the page reads ----------------------------------------------------------------
