@@ -360,13 +360,25 @@ def _batches(
         try:
             records = ledger.chain_after(station, after, batch)
         except UnreadableRecord as error:
-            good = after + 1 < error.seq
-            yield (ledger.chain_after(station, after, error.seq - after - 1) if good else []), error
+            yield _readable_prefix(ledger, station, after), error
             return
         yield records, None
         if len(records) < batch:
             return
         after = records[-1].seq
+
+
+def _readable_prefix(ledger: Ledger, station: str, after: int) -> list[InspectionRecord]:
+    """The records after ``after`` up to the first unreadable one, read one at a time."""
+    records: list[InspectionRecord] = []
+    while True:
+        try:
+            one = ledger.chain_after(station, records[-1].seq if records else after, 1)
+        except UnreadableRecord:
+            return records
+        if not one:
+            return records
+        records += one
 
 
 def compare_chains(
@@ -377,11 +389,11 @@ def compare_chains(
     that each chain is well signed is :meth:`Ledger.verify`'s job (run both)."""
     theirs = _batches(central, station, batch)
     counts = [0, 0]  # station, central
-    unreadable: UnreadableRecord | None = None
 
     def result(state: str, seq: int | None = None, reason: str | None = None) -> ChainComparison:
-        central_records = counts[1] if state != "differs" else central.count(station)
-        return ChainComparison(station, state, counts[0], central_records, seq, reason)
+        if state != "equal":  # the walk stopped early: count both sides whole
+            counts[:] = station_ledger.count(station), central.count(station)
+        return ChainComparison(station, state, counts[0], counts[1], seq, reason)
 
     for mine, _ in _batches(station_ledger, station, batch):
         copy, unreadable = next(theirs, ([], None))
@@ -394,10 +406,13 @@ def compare_chains(
             if not signed_equal(a, b):
                 why = "differs from the station's (a tampered central copy or a forked chain)"
                 return result("differs", a.seq, f"central record {a.seq} {why}")
-        if unreadable is not None or len(copy) != len(mine):
+        if unreadable is not None:
+            missing = mine[len(copy)].seq if len(copy) < len(mine) else unreadable.seq
+            if missing < unreadable.seq:
+                return result("differs", missing, f"record {missing} is in one ledger only")
+            return result("differs", unreadable.seq, str(unreadable))
+        if len(copy) != len(mine):
             break
-    if unreadable is not None:
-        return result("differs", unreadable.seq, str(unreadable))
     if counts[1] < counts[0]:
         return result("behind")
     if counts[1] > counts[0]:

@@ -3,7 +3,8 @@
 Routes (all under the page's own origin; nothing is fetched from anywhere else):
 
 * ``GET /`` — the page (``static/index.html``; vanilla JS, no build step, no CDN).
-* ``GET /api/status`` — station, bundle, PLC state, counts and rate, the latest result.
+* ``GET /api/status`` — station, bundle, PLC state, counts and rate, the latest result, and
+  ``forwarding`` (the central ledger's backlog, :meth:`Forwarder.status`; null without one).
 * ``GET /api/latest.png`` — the latest image with its heat-map overlay and decision banner.
 * ``GET /api/records?part_id=&limit=`` — ledger records, newest first, with signature status.
 * ``GET /api/verify`` — verify the whole ledger chain (read-only).
@@ -42,8 +43,11 @@ STATIC = files("autoweld.terminal") / "static"
 _NO_CACHE = {"Cache-Control": "no-store"}
 
 
-def create_app(station: Station, *, watch_folder: str | None = None) -> FastAPI:
-    """The FastAPI app serving the page and its API for ``station`` (already started)."""
+def create_app(
+    station: Station, *, watch_folder: str | None = None, forwarder: Any = None
+) -> FastAPI:
+    """The FastAPI app serving the page and its API for ``station`` (already started);
+    ``forwarder``: a started :class:`autoweld.quality.forward.Forwarder`, shown in the status."""
     app = FastAPI(
         title="AutoWeld operator terminal",
         version=__version__,
@@ -53,12 +57,14 @@ def create_app(station: Station, *, watch_folder: str | None = None) -> FastAPI:
     )
     app.state.station = station
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
-    _add_read_routes(app, station, watch_folder)
+    _add_read_routes(app, station, watch_folder, forwarder)
     _add_upload_route(app, station)
     return app
 
 
-def _add_read_routes(app: FastAPI, station: Station, watch_folder: str | None) -> None:
+def _add_read_routes(
+    app: FastAPI, station: Station, watch_folder: str | None, forwarder: Any = None
+) -> None:
     """The page and every GET route: they only read (the ledger through its read-only
     connection)."""
 
@@ -78,6 +84,7 @@ def _add_read_routes(app: FastAPI, station: Station, watch_folder: str | None) -
             "plc": station.plc_state(),
             "counts": station.counts(),
             "latest": latest.to_json() if latest is not None else None,
+            "forwarding": forwarder.status() if forwarder is not None else None,
         }
         return JSONResponse(body, headers=_NO_CACHE)
 
