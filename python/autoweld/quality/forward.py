@@ -152,6 +152,7 @@ class Forwarder:
         self.batch_size, self.poll_s, self.max_backoff_s = batch_size, poll_s, max_backoff_s
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._stop_also: threading.Event | None = None  # run(stop): the caller's event
         self._thread: threading.Thread | None = None
         self._status: dict[str, Any] = {
             "central": self.central_url,
@@ -245,7 +246,7 @@ class Forwarder:
                     central_seq,
                 )
         inserted = skipped = 0
-        while central_seq < local_seq and not self._stop.is_set():
+        while central_seq < local_seq and not self._stopping():
             batch = local.chain_after(station, central_seq, self.batch_size)
             if not batch:
                 break
@@ -261,11 +262,14 @@ class Forwarder:
         after a failed pass, close the connections and retry with exponential backoff.
         Returns when stopped; raises :class:`ChainConflict` or :class:`UnreadableRecord`
         (retrying cannot fix those)."""
-        stop = stop or self._stop
+        self._stop_also = stop
         failures = 0
-        while not (stop.is_set() or self._stop.is_set()):
+        while not self._stopping():
             try:
                 self.run_once()
+                if failures:
+                    logger.info("forwarding to %s works again after %d failed attempt(s)",
+                                self.central_url, failures)  # fmt: skip
                 failures, wait = 0, self.poll_s
             except RecordPlaceError as error:  # a conflict or an unreadable record
                 self._record_failure("conflict", error)
@@ -281,11 +285,18 @@ class Forwarder:
                     self.central_url, failures, wait, redact_url(str(error)),
                 )  # fmt: skip
                 self._drop_connections()
-            stop.wait(wait)
-            if self._stop.is_set():
-                break
+            self._sleep(wait)
         with self._lock:
-            self._status["state"] = "stopped" if self._status["state"] != "conflict" else "conflict"
+            self._status["state"] = "stopped"  # a conflict raised above and keeps its state
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or (self._stop_also is not None and self._stop_also.is_set())
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when either stop event is set."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping() and (left := deadline - time.monotonic()) > 0:
+            self._stop.wait(min(left, 0.1))
 
     def _record_failure(self, state: str, error: BaseException) -> None:
         with self._lock:
