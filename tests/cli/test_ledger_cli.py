@@ -1,8 +1,10 @@
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -147,3 +149,106 @@ def test_verify_names_a_record_stored_with_another_type(ledger_url, capsys, sql,
         captured = capsys.readouterr()
         assert f"first bad seq {bad_seq}:" in captured.out and "stored as" in captured.out
         assert captured.err == ""
+
+
+# ---- store and forward -----------------------------------------------------------------------
+def _central(tmp_path):
+    return f"sqlite:///{tmp_path / 'central.db'}"
+
+
+def test_forward_once_then_verify_against(ledger_url, tmp_path, capsys):
+    central = _central(tmp_path)
+    assert main(["forward", "--once", "--ledger", ledger_url, "--central", central]) == 0
+    assert "forwarded 6 records (0 already there); backlog 0" in capsys.readouterr().out
+    assert main(["forward", "--once", "--ledger", ledger_url, "--central", central]) == 0
+    assert "forwarded 0 records" in capsys.readouterr().out  # idempotent
+    assert main(["verify", "--ledger", central, "--against", ledger_url]) == 0
+    out = capsys.readouterr().out
+    assert "central: OK" in out and "st-7: EQUAL" in out and "6 records" in out
+    with open_ledger(ledger_url) as ledger:
+        ledger.append(
+            InspectionRecord(
+                station_id="st-7", part_id="SN6", bundle_sha256="0f" * 32,
+                package_version="0.1.0", decision="FAIL",
+            )
+        )  # fmt: skip
+    assert main(["verify", "--ledger", central, "--against", ledger_url, "--json"]) == 3
+    report = json.loads(capsys.readouterr().out)
+    assert report["exit"] == 3 and report["chains"][0]["state"] == "behind"
+    assert report["chains"][0]["central_records"] == 6
+    assert report["chains"][0]["station_records"] == 7
+
+
+def test_verify_against_names_a_tampered_central_copy(ledger_url, tmp_path, capsys):
+    central = _central(tmp_path)
+    assert main(["forward", "--once", "--ledger", ledger_url, "--central", central]) == 0
+    _edit(central, "UPDATE ledger_records SET decision = 'PASS' WHERE seq = 5")
+    assert main(["verify", "--ledger", central, "--against", ledger_url]) == 1
+    out = capsys.readouterr().out
+    assert "central: FAILED" in out and "first bad seq 5" in out
+    assert "st-7: DIFFERS at seq 5" in out
+
+
+def test_forward_of_a_forked_station_chain_is_refused(ledger_url, tmp_path, capsys):
+    central = _central(tmp_path)
+    assert main(["forward", "--once", "--ledger", ledger_url, "--central", central]) == 0
+    fork = f"sqlite:///{tmp_path / 'fork.db'}"
+    with open_ledger(fork) as ledger:  # the station re-installed: a new chain, same station id
+        for i in range(8):
+            ledger.append(
+                InspectionRecord(
+                    station_id="st-7", part_id=f"NEW{i}", bundle_sha256="0f" * 32,
+                    package_version="0.1.0", decision="PASS",
+                )
+            )  # fmt: skip
+    capsys.readouterr()
+    assert main(["forward", "--once", "--ledger", fork, "--central", central]) == 1
+    assert "forwarding conflict" in capsys.readouterr().err
+    assert main(["verify", "--ledger", central, "--against", fork]) == 1
+    assert "st-7: DIFFERS at seq 1" in capsys.readouterr().out
+    assert main(["verify", "--ledger", central, "--against", ledger_url]) == 0  # untouched
+
+
+def test_forward_exit_codes_for_outage_and_usage(ledger_url, tmp_path, capsys):
+    down = "postgresql://fwd:hunter2secret@127.0.0.1:1/central?connect_timeout=2"
+    assert main(["forward", "--once", "--ledger", ledger_url, "--central", down]) == 3
+    err = capsys.readouterr().err
+    assert "run again" in err and "hunter2secret" not in err
+    missing = f"sqlite:///{tmp_path / 'nothing.db'}"
+    assert main(["forward", "--once", "--ledger", missing, "--central", _central(tmp_path)]) == 2
+    assert "no ledger file" in capsys.readouterr().err
+    assert not (tmp_path / "central.db").exists()
+
+
+def test_forward_follows_until_sigterm(ledger_url, tmp_path):
+    central = _central(tmp_path)
+    cmd = [sys.executable, "-m", "autoweld.cli.ledger", "forward", "--ledger", ledger_url,
+           "--central", central, "--poll", "0.05"]  # fmt: skip
+    env = {**os.environ, "AUTOWELD_SECRET_KEY": SECRET}
+    with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) as process:
+        with open_ledger(ledger_url) as ledger:
+            deadline = time.monotonic() + 60
+            while not (tmp_path / "central.db").exists() or _count(central) < 6:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.05)
+            ledger.append(
+                InspectionRecord(
+                    station_id="st-7", part_id="SN-late", bundle_sha256="0f" * 32,
+                    package_version="0.1.0", decision="FAIL",
+                )
+            )  # fmt: skip
+        while _count(central) < 7:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        log = process.stderr.read()
+    assert "forwarded 6 record(s)" in log and "forwarded 1 record(s)" in log
+
+
+def _count(url):
+    try:
+        with open_ledger(url, read_only=True) as ledger:
+            return ledger.count()
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0

@@ -285,3 +285,22 @@ def test_status_does_not_show_a_database_password(key_env, tiny_bundle, tmp_path
         body = client.get("/api/status").json()
     assert "127.0.0.1" in body["ledger"]
     assert PLANTED_SECRET not in json.dumps(body)
+
+
+def test_status_shows_the_forwarding_backlog(station, tmp_path):
+    """``autoweld-terminal --central URL``: the page sees how much is still to forward."""
+    from autoweld.quality.forward import Forwarder
+
+    central = f"sqlite:///{tmp_path / 'central.db'}"
+    with Forwarder(station.config.ledger_url, central, poll_s=0.02) as forwarder:
+        with app_client(station, tmp_path, forwarder=forwarder) as client:
+            assert client.get("/api/status").json()["forwarding"]["state"] == "starting"
+            inspect(client, "VIN-1", png(normal_image(1)))
+            forwarder.start()
+            deadline = time.monotonic() + 30
+            while client.get("/api/status").json()["forwarding"]["forwarded"] < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            shown = client.get("/api/status").json()["forwarding"]
+    assert shown["state"] == "ok" and shown["backlog"] == {"st-7": 0}
+    assert shown["central"] == central and shown["backlog_total"] == 0

@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--poll", type=_args.positive_float, default=0.2, help="seconds between looks at --watch"
     )
+    parser.add_argument(
+        "--central",
+        help="also forward the ledger's records to this central ledger (postgresql://...); "
+        "the page shows the backlog (docs/forwarding.md)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every inspection")
     _add_access_flags(parser)
     return parser
@@ -174,9 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return usage(redact_url(str(error)))
 
-    watcher = None
+    watcher = forwarder = None
     try:
         station.start()
+        if args.central:
+            from autoweld.quality.forward import Forwarder
+
+            forwarder = Forwarder(args.ledger, args.central).start()
         if args.watch is not None:
             watcher = FolderWatcher(
                 WatchConfig(Path(args.watch), poll_s=args.poll, settle_s=args.settle),
@@ -188,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             credentials=credentials,
             limits=limits,
             watch_folder=str(Path(args.watch).resolve()) if args.watch else None,
+            forwarder=forwarder,
         )
         if credentials is None:
             log.warning("started without --credentials: uploads from the page are refused")
@@ -196,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if watcher is not None:
             watcher.stop()
+        if forwarder is not None:
+            forwarder.close()
         station.close()
     return 0
 

@@ -27,7 +27,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,7 +38,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from tqdm import tqdm
 
 from autoweld.quality.keys import KeyRing, load_keyring
-from autoweld.quality.record import GENESIS_MAC, InspectionRecord, compute_mac
+from autoweld.quality.record import (
+    GENESIS_MAC,
+    InspectionRecord,
+    canonical_bytes,
+    compute_mac,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +187,33 @@ def _retry_while_locked(step: Callable[[], None], timeout_s: float) -> None:
 
 class LedgerError(RuntimeError):
     """The ledger could not do what was asked (database problem, foreign schema, ...)."""
+
+
+class RecordPlaceError(LedgerError):
+    """A problem at one place of a station's chain: ``station_id`` and ``seq`` name it."""
+
+    def __init__(self, message: str, station_id: str, seq: int) -> None:
+        super().__init__(message)
+        self.station_id = station_id
+        self.seq = seq
+
+
+class ChainConflict(RecordPlaceError):
+    """Another record already holds a station's place in this ledger's chain, or the records
+    offered do not chain onto it (store and forward: a forked or replaced station ledger, or a
+    tampered copy). Never resolved by overwriting."""
+
+
+class UnreadableRecord(RecordPlaceError):
+    """A stored row is not a record as signed (another type, unreadable JSON, ...)."""
+
+
+_SIGNED_FIELDS = ("seq", "record_id", "utc_time", "key_id", "prev_mac", "mac")
+
+
+def signed_equal(a: InspectionRecord, b: InspectionRecord) -> bool:
+    """Whether two records are the same signed record, byte for byte (content and MAC)."""
+    return _same(a.mac, b.mac) and hmac.compare_digest(canonical_bytes(a), canonical_bytes(b))
 
 
 @dataclass(frozen=True)
@@ -675,6 +708,106 @@ class Ledger:
         tmp.replace(path)
         return written
 
+    # ---- store and forward (autoweld.quality.forward) --------------------------------------
+    def _station_transaction(self, station_id: str) -> AbstractContextManager[Any]:
+        """A transaction with ``station_id``'s chain locked against other writers; yields the
+        connection (``execute`` and ``cursor`` as both drivers have them)."""
+        raise NotImplementedError
+
+    def chain_head(self, station_id: str) -> Head:
+        """``(seq, mac)`` of one station's latest record by an index lookup (:meth:`heads`
+        walks every station); ``(0, GENESIS_MAC)`` when it has none."""
+        sql = f"SELECT seq, mac FROM {TABLE} WHERE station_id = ? ORDER BY seq DESC LIMIT 1"
+        rows = self._fetch(sql, (station_id,))
+        return (int(rows[0][0]), rows[0][1]) if rows else (0, GENESIS_MAC)
+
+    def chain_after(self, station_id: str, after_seq: int, limit: int) -> list[InspectionRecord]:
+        """Up to ``limit`` records of ``station_id`` with seq above ``after_seq``, in seq order,
+        each read exactly as stored: a row that is not a record as signed raises
+        :class:`UnreadableRecord` naming its seq (never a silently converted value)."""
+        sql = (f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE station_id = ? AND seq > ? "
+               f"ORDER BY seq LIMIT {max(1, int(limit))}")  # fmt: skip
+        records = []
+        for row in self._fetch(sql, (station_id, int(after_seq))):
+            reason, record = _read_row(row, row[1])
+            if record is None:
+                raise UnreadableRecord(
+                    f"ledger {self.url!r}: station {station_id!r} {reason}", station_id, row[1]
+                )
+            records.append(record)
+        return records
+
+    def insert_signed(self, records: Sequence[InspectionRecord]) -> tuple[int, int]:
+        """Store records another ledger signed, verbatim (no re-signing): store and forward.
+
+        ``records``: consecutive records of one station in seq order, each chained to the one
+        before. In one transaction with the station locked, all or none: a record already stored
+        at its ``(station_id, seq)`` and byte-equal is skipped; a different one there raises
+        :class:`ChainConflict` (never overwritten), and so does a first new record that does
+        not chain onto this ledger's head of the station. MACs are not checked here (this ledger
+        need not hold the station's key; the forwarder checks them). Returns
+        ``(inserted, skipped)``; durable when it returns.
+        """
+        records = list(records)
+        if not records:
+            return 0, 0
+        station = records[0].station_id
+        for before, record in zip([None, *records], records, strict=False):
+            if not isinstance(record, InspectionRecord) or any(
+                getattr(record, name) is None for name in _SIGNED_FIELDS
+            ):
+                raise ValueError("insert_signed takes signed records (every ledger field set)")
+            if record.station_id != station:
+                raise ValueError("insert_signed takes records of one station at a time")
+            if before is not None and (
+                record.seq != before.seq + 1 or not _same(record.prev_mac, before.mac)
+            ):
+                raise ValueError(f"record {record.seq} does not follow record {before.seq}")
+        if self.read_only:
+            raise LedgerError(f"ledger {self.url!r} was opened read-only")
+        return self._guarded("insert", self._insert_signed_locked, station, records)
+
+    def _insert_signed_locked(
+        self, station: str, records: list[InspectionRecord]
+    ) -> tuple[int, int]:
+        with self._station_transaction(station) as conn:
+            head = conn.execute(
+                self._sql(f"SELECT seq, mac FROM {TABLE} WHERE station_id = ? "
+                          "ORDER BY seq DESC LIMIT 1"), (station,),
+            ).fetchone()  # fmt: skip
+            head_seq, head_mac = (int(head[0]), head[1]) if head else (0, GENESIS_MAC)
+            stored = [r for r in records if r.seq <= head_seq]
+            if stored:
+                rows = conn.execute(
+                    self._sql(f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE station_id = ? "
+                              "AND seq >= ? AND seq <= ? ORDER BY seq"),
+                    (station, stored[0].seq, stored[-1].seq),
+                ).fetchall()  # fmt: skip
+                by_seq = {row[1]: _read_row(row, row[1])[1] for row in rows}
+                for record in stored:
+                    there = by_seq.get(record.seq)
+                    if there is None or not signed_equal(there, record):
+                        raise ChainConflict(
+                            f"ledger {self.url!r} holds a different record {record.seq} of "
+                            f"station {station!r} (nothing was overwritten)",
+                            station,
+                            record.seq,
+                        )
+            fresh = records[len(stored) :]
+            if fresh and (fresh[0].seq != head_seq + 1 or not _same(fresh[0].prev_mac, head_mac)):
+                raise ChainConflict(
+                    f"record {fresh[0].seq} of station {station!r} does not chain onto "
+                    f"ledger {self.url!r}'s head (seq {head_seq})",
+                    station,
+                    fresh[0].seq,
+                )
+            placeholders = ", ".join([self.placeholder] * len(COLUMNS))
+            conn.cursor().executemany(
+                f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({placeholders})",
+                [_record_to_row(record) for record in fresh],
+            )
+        return len(fresh), len(stored)
+
     def close(self) -> None:
         """Close the database connection (idempotent)."""
         with self._lock:
@@ -784,6 +917,18 @@ class SQLiteLedger(Ledger):
                 conn.execute("ROLLBACK")
             raise
         return record
+
+    @contextmanager
+    def _station_transaction(self, station_id: str) -> Iterator[Any]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")  # the write lock covers every station of the file
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
         return iter(self._conn.execute(sql, params).fetchall())
@@ -923,6 +1068,14 @@ class PostgresLedger(Ledger):
                 _record_to_row(record),
             )
         return record
+
+    @contextmanager
+    def _station_transaction(self, station_id: str) -> Iterator[Any]:
+        conn = self._connection()
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                         (_PG_LOCK_CLASS, station_id))  # fmt: skip
+            yield conn
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
         return iter(self._connection().execute(sql, params).fetchall())

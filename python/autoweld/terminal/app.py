@@ -4,7 +4,8 @@ Routes (all under the page's own origin; nothing is fetched from anywhere else):
 
 * ``GET /`` — the page (``static/index.html``; vanilla JS, no build step, no CDN).
 * ``GET /api/session`` — whether a credential is needed, and whose the request's token is.
-* ``GET /api/status`` — station, bundle, PLC state, counts and rate, the latest result.
+* ``GET /api/status`` — station, bundle, PLC state, counts and rate, the latest result, and
+  ``forwarding`` (the central ledger's backlog, :meth:`Forwarder.status`; null without one).
 * ``GET /api/latest.png`` — the latest image with its heat-map overlay and decision banner.
 * ``GET /api/records?part_id=&limit=`` — ledger records, newest first, with signature status.
 * ``GET /api/verify`` — verify the whole ledger chain (read-only; role ``quality``).
@@ -80,12 +81,14 @@ def create_app(
     credentials: Credentials | None = None,
     watch_folder: str | None = None,
     limits: UploadLimits | None = None,
+    forwarder: Any = None,
 ) -> FastAPI:
     """The FastAPI app serving the page and its API for ``station`` (already started).
 
     ``hosts``: the ``Host`` header values served (:func:`~autoweld.terminal.security.
     served_hosts`); ``credentials``: who may act (None: nobody may upload, reads are open, which
-    the command line allows on loopback only)."""
+    the command line allows on loopback only); ``forwarder``: a started
+    :class:`autoweld.quality.forward.Forwarder`, shown in the status."""
     app = FastAPI(
         title="AutoWeld operator terminal",
         version=__version__,
@@ -97,7 +100,7 @@ def create_app(
     app.add_middleware(RequestGuard, hosts=frozenset(h.lower() for h in hosts))
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     _add_session_route(app, credentials)
-    _add_read_routes(app, station, watch_folder, _requirement(credentials))
+    _add_read_routes(app, station, watch_folder, _requirement(credentials), forwarder)
     _add_upload_route(app, station, _requirement(credentials), limits or UploadLimits())
     return app
 
@@ -153,7 +156,11 @@ def _add_session_route(app: FastAPI, credentials: Credentials | None) -> None:
 
 
 def _add_read_routes(
-    app: FastAPI, station: Station, watch_folder: str | None, require: Callable[..., Any]
+    app: FastAPI,
+    station: Station,
+    watch_folder: str | None,
+    require: Callable[..., Any],
+    forwarder: Any = None,
 ) -> None:
     """The page and every GET route: they only read (the ledger through its read-only
     connection)."""
@@ -175,6 +182,7 @@ def _add_read_routes(
             "plc": station.plc_state(),
             "counts": station.counts(),
             "latest": latest.to_json() if latest is not None else None,
+            "forwarding": forwarder.status() if forwarder is not None else None,
         }
         return JSONResponse(body, headers=_NO_CACHE)
 

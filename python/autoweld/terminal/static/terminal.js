@@ -132,6 +132,16 @@ function renderStatus(s) {
   }
   plc.title = s.plc.state;
 
+  const fwd = $("forwarding"), f = s.forwarding;  // store and forward to a central ledger
+  fwd.hidden = !f;
+  if (f) {
+    const good = f.state === "ok" && f.backlog_total === 0;
+    fwd.className = "pill " + (good ? "ok" : (f.state === "conflict" ? "bad" : "neutral"));
+    fwd.dataset.state = f.state;
+    fwd.textContent = "Central: " + (f.state === "ok" ? `backlog ${f.backlog_total}` : f.state);
+    fwd.title = `${f.central}: ${f.forwarded} forwarded` + (f.last_error ? ` — ${f.last_error}` : "");
+  }
+
   const c = s.counts;
   text("count-total", c.total);
   text("count-pass", c.pass);
