@@ -131,6 +131,24 @@ def test_verify_of_a_missing_ledger_is_an_error_not_ok(tmp_path, env, capsys):
     assert not (tmp_path / "typo.db").exists()
 
 
+def test_init_creates_an_empty_ledger_that_head_then_reads(tmp_path, env, capsys):
+    """``head`` opens read-only and never creates a ledger; ``init`` is the documented way to
+    create one before least-privilege roles use it (docs/ledger.md)."""
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    assert main(["head", "--ledger", url]) == 2
+    assert not (tmp_path / "new.db").exists()
+    assert main(["init", "--ledger", url]) == 0
+    assert "ledger ready" in capsys.readouterr().out
+    assert main(["head", "--ledger", url]) == 0
+    assert main(["verify", "--ledger", url]) == 0
+
+
+def test_init_leaves_an_existing_ledger_as_it_is(ledger_url, capsys):
+    assert main(["init", "--ledger", ledger_url]) == 0
+    assert "6 records, 1 stations" in capsys.readouterr().out
+    assert main(["verify", "--ledger", ledger_url]) == 0
+
+
 @pytest.mark.parametrize(
     ("sql", "bad_seq"),
     [

@@ -93,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     head.add_argument("--station", help="only this station")
     head.add_argument("--json", action="store_true", help="print JSON instead of lines")
 
+    init = sub.add_parser(
+        "init",
+        help="create the ledger's tables and append-only guards (run once, as the database "
+        "owner, before stations with least privilege use it); an existing ledger is left as is",
+    )
+    ledger_arg(init)
+
     export = sub.add_parser("export", help="write every record as CSV or JSON for an auditor")
     ledger_arg(export)
     export.add_argument("--out", required=True, help="output file (.csv or .json)")
@@ -247,6 +254,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if forwarding:
             return _forward(args)
+        if args.command == "init":
+            with open_ledger(args.ledger) as ledger:
+                stations = ledger.heads()
+                print(
+                    f"ledger ready: {redact_url(args.ledger)} "
+                    f"({ledger.count()} records, {len(stations)} stations)"
+                )
+            return EXIT_OK
         expected: dict[str | None, Head] = {}
         for text in getattr(args, "expect_head", []):
             station, head = parse_head(text)
