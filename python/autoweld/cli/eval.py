@@ -29,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="evaluate at most N test images (spread evenly)")
     _args.add_providers(parser)
     _args.add_threads(parser)
+    _args.add_server(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="images per engine call")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -36,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from autoweld.evaluation import evaluate, format_table
 
     try:
+        _args.check_server(args.server)
         report = evaluate(
             args.bundle,
             args.data_root,
@@ -43,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             providers=args.providers,
             threads=args.threads,
             batch_size=args.batch_size,
+            server=args.server,
+            server_timeout_s=args.server_timeout,
         )
     except (ValueError, FileNotFoundError) as error:
         print(f"autoweld-eval: error: {error}", file=sys.stderr)

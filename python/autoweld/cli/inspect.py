@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _args.add_providers(parser)
     _args.add_threads(parser)
+    _args.add_server(parser)
     parser.add_argument("--max-megapixels", type=float, default=64.0, help="decode limit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     return parser
@@ -141,10 +142,12 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     from autoweld.bundle import BundleError, manifest_identity
     from autoweld.quality.record import check_part_id, check_station_id
     from autoweld.runtime.decode import DecodeLimits
-    from autoweld.runtime.inspector import Inspector, failed_result
+    from autoweld.runtime.inspector import failed_result
+    from autoweld.serving.client import open_inspector
 
     # Usage errors first: nothing is inspected or recorded for them.
     _args.check_engine_flags(args.providers, args.threads)
+    _args.check_server(args.server)
     try:
         args.part_id = check_part_id(args.part_id)
     except ValueError as error:
@@ -166,8 +169,13 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         start = time.perf_counter()
         inspector = None
         try:
-            inspector = Inspector(
-                bundle_dir, providers=args.providers, threads=args.threads, decode_limits=limits
+            inspector = open_inspector(
+                bundle_dir,
+                server=args.server,
+                server_timeout_s=args.server_timeout,
+                providers=args.providers,
+                threads=args.threads,
+                decode_limits=limits,
             )
         except (BundleError, ValueError, OSError, RuntimeError) as error:
             result = failed_result(f"bundle refused: {error}")

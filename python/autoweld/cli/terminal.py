@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heatmap-dir", help="also save every heat-map picture here (recorded)")
     _args.add_providers(parser)
     _args.add_threads(parser)
+    _args.add_server(parser)
     parser.add_argument(
         "--settle",
         type=_args.positive_float,
@@ -92,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.station = check_station_id(args.station)  # printable, non-empty, <= 200
         _args.check_engine_flags(args.providers, args.threads)
+        _args.check_server(args.server)
         if args.watch is not None and not Path(args.watch).is_dir():
             raise ValueError(f"--watch {args.watch!r} is not a directory")
         config = StationConfig(
@@ -103,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             heatmap_dir=Path(args.heatmap_dir) if args.heatmap_dir else None,
             providers=tuple(args.providers),
             threads=args.threads,
+            server_url=args.server,
+            server_timeout_s=args.server_timeout,
         )
         station = Station(config)
     except Exception as error:  # noqa: BLE001 - missing key, bad URL, ... : say which

@@ -9,13 +9,19 @@
 Nothing here imports tritonclient until a server is contacted.
 """
 
-from autoweld.serving.client import DEFAULT_TIMEOUT_S, RemoteInspector, parse_server_url
+from autoweld.serving.client import (
+    DEFAULT_TIMEOUT_S,
+    RemoteInspector,
+    open_inspector,
+    parse_server_url,
+)
 from autoweld.serving.repository import RepositoryOptions, write_triton_repository
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "RemoteInspector",
     "RepositoryOptions",
+    "open_inspector",
     "parse_server_url",
     "write_triton_repository",
 ]

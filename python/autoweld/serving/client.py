@@ -37,7 +37,13 @@ from autoweld.runtime.inspector import (
 )
 from autoweld.serving import contract
 
-__all__ = ["DEFAULT_TIMEOUT_S", "RemoteInspector", "ServerAddress", "parse_server_url"]
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "RemoteInspector",
+    "ServerAddress",
+    "open_inspector",
+    "parse_server_url",
+]
 
 log = logging.getLogger(__name__)
 
@@ -333,3 +339,29 @@ def _server_error(error: BaseException) -> str:
     if callable(status) and callable(message):
         return f"{status() or 'error'}: {message()}"
     return _describe(error)
+
+
+def open_inspector(
+    bundle_or_path: Bundle | str | os.PathLike[str],
+    *,
+    server: str | None = None,
+    server_timeout_s: float = DEFAULT_TIMEOUT_S,
+    providers: Sequence[str] | str = ("cpu",),
+    threads: int | None = None,
+    decode_limits: DecodeLimits | None = None,
+) -> Any:
+    """An :class:`~autoweld.runtime.inspector.Inspector`, or with ``server`` a
+    :class:`RemoteInspector` scoring through it: what ``--server`` switches in every command."""
+    if server:
+        return RemoteInspector(
+            bundle_or_path,
+            server,
+            timeout_s=server_timeout_s,
+            threads=threads,
+            decode_limits=decode_limits,
+        )
+    from autoweld.runtime.inspector import Inspector
+
+    return Inspector(
+        bundle_or_path, providers=providers, threads=threads, decode_limits=decode_limits
+    )

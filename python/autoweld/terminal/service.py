@@ -64,6 +64,9 @@ class StationConfig:
     threads: int | None = None
     plc_timeout_s: float = 0.05
     decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
+    #: score through a Triton server (grpc://HOST:PORT[/MODEL]; docs/serving.md)
+    server_url: str | None = None
+    server_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -251,8 +254,12 @@ class Station:
 
         bundle_dir = self.config.bundle_dir
         try:
-            self.inspector = Inspector(
+            from autoweld.serving.client import open_inspector
+
+            self.inspector = open_inspector(
                 bundle_dir,
+                server=self.config.server_url,
+                server_timeout_s=self.config.server_timeout_s,
                 providers=list(self.config.providers),
                 threads=self.config.threads,
                 decode_limits=self.config.decode_limits,
