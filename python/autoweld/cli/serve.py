@@ -73,7 +73,10 @@ def _triton_repo(args: argparse.Namespace) -> int:
 
     bundles: dict[str, str] = {}
     for camera, path in args.bundle:
-        name = camera or load_bundle(Path(path), verify_files=False).category
+        try:
+            name = camera or load_bundle(Path(path), verify_files=False).category
+        except BundleError as error:
+            raise ValueError(f"bundle refused: {error}") from None
         if name in bundles:
             raise ValueError(f"--bundle: camera {name!r} given twice (name them CAMERA=DIR)")
         bundles[name] = path
