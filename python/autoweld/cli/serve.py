@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--repository", required=True)
     local.add_argument("--root", default="build/triton-server", help="where the server is unpacked")
     local.add_argument("--log", default="tritonserver.log", help="the server's log file")
+    local.add_argument("--grpc-port", type=_args.port, default=8001)
+    local.add_argument("--http-port", type=_args.port, default=8000)
+    local.add_argument("--metrics-port", type=_args.port, default=8002)
     for sub in (repo, local):
         sub.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -100,6 +103,7 @@ def _triton_repo(args: argparse.Namespace) -> int:
 
 
 def _local(args: argparse.Namespace) -> int:
+    import signal
     import time
 
     from autoweld.serving.local import LocalTritonServer, prepare_server
@@ -107,7 +111,13 @@ def _local(args: argparse.Namespace) -> int:
     if not Path(args.repository).is_dir():
         raise ValueError(f"--repository {args.repository}: no such directory")
     dist = prepare_server(args.root)
-    server = LocalTritonServer(dist, args.repository, args.log)
+    ports = (args.grpc_port, args.http_port, args.metrics_port)
+    server = LocalTritonServer(dist, args.repository, args.log, ports=ports)
+
+    def stop_on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # a service manager stops us as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         server.start()
     except RuntimeError as error:

@@ -155,13 +155,22 @@ class LocalTritonServer:
     ports); a context manager that waits until every model is ready and stops the server on
     exit. ``log_path`` receives the server's output."""
 
-    def __init__(self, dist: ServerDist, repository: str | Path, log_path: str | Path) -> None:
+    def __init__(
+        self,
+        dist: ServerDist,
+        repository: str | Path,
+        log_path: str | Path,
+        ports: tuple[int, int, int] | None = None,
+    ) -> None:
+        """``ports``: gRPC, HTTP and metrics ports (default: three free ones)."""
         self.dist = dist
         self.repository = Path(repository)
         self.log_path = Path(log_path)
-        self.grpc_port = free_port()
-        self.http_port = free_port()
-        self.metrics_port = free_port()
+        self.grpc_port, self.http_port, self.metrics_port = ports or (
+            free_port(),
+            free_port(),
+            free_port(),
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
