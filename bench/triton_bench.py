@@ -89,19 +89,36 @@ def _run_cameras(inspectors: list[Any], images: list[bytes], requests: int) -> d
     }
 
 
-def _batch_counts(client: Any, model: str) -> dict[int, int]:
+def _batch_counts(client: Any, model: str) -> dict[Any, int]:
+    """Executions per batch size, and the request totals of the queue and compute phases."""
     stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-    return {
+    counts: dict[Any, int] = {
         int(b["batch_size"]): int(b["compute_infer"].get("count", 0))
         for b in stats.get("batch_stats", [])
     }
+    for phase in ("queue", "compute_infer"):
+        entry = stats.get("inference_stats", {}).get(phase, {})
+        counts[f"{phase}_ns"] = int(entry.get("ns", 0))
+        counts[f"{phase}_count"] = int(entry.get("count", 0))
+    return counts
 
 
-def _delta(after: dict[int, int], before: dict[int, int]) -> dict[str, int]:
+def _phase_ms(after: dict[Any, int], before: dict[Any, int]) -> dict[str, float]:
+    """Mean per request of Triton's queue and compute phases over the timed run."""
+    means = {}
+    for phase in ("queue", "compute_infer"):
+        count = after[f"{phase}_count"] - before[f"{phase}_count"]
+        ns = after[f"{phase}_ns"] - before[f"{phase}_ns"]
+        means[f"server_{phase}_ms_mean"] = round(ns / max(1, count) / 1e6, 3)
+    return means
+
+
+def _delta(after: dict[Any, int], before: dict[Any, int]) -> dict[str, int]:
+    sizes = sorted(k for k in after if isinstance(k, int))
     return {
-        str(size): count - before.get(size, 0)
-        for size, count in sorted(after.items())
-        if count - before.get(size, 0) > 0
+        str(size): after[size] - before.get(size, 0)
+        for size in sizes
+        if after[size] - before.get(size, 0) > 0
     }
 
 
@@ -177,7 +194,9 @@ def main() -> int:
             _run_cameras(remotes[:1], images, 2)  # settle
             before = _batch_counts(client, "autoweld_bench")
             triton = _run_cameras(remotes, images, args.requests)
-            batches = _delta(_batch_counts(client, "autoweld_bench"), before)
+            after = _batch_counts(client, "autoweld_bench")
+            batches = _delta(after, before)
+            triton.update(_phase_ms(after, before))
             executions = sum(batches.values())
             triton["batch_sizes"] = batches
             triton["mean_batch"] = round(
@@ -233,15 +252,17 @@ def main() -> int:
 def _markdown(report: dict[str, Any]) -> str:
     rows = [
         "| cameras | Triton img/s | Triton p50 ms | Triton p99 ms | batches Triton formed "
-        "(size: count) | in-process img/s | in-process p50 ms | in-process p99 ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "(size: count) | Triton queue / compute ms per request | in-process img/s | "
+        "in-process p50 ms | in-process p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for level in report["levels"]:
         t, i = level["triton"], level["in_process"]
         batches = ", ".join(f"{k}: {v}" for k, v in t["batch_sizes"].items())
         rows.append(
             f"| {level['cameras']} | {t['throughput_ips']} | {t['p50_ms']} | {t['p99_ms']} | "
-            f"{batches} (mean {t['mean_batch']}) | {i['throughput_ips']} | {i['p50_ms']} | "
+            f"{batches} (mean {t['mean_batch']}) | {t['server_queue_ms_mean']} / "
+            f"{t['server_compute_infer_ms_mean']} | {i['throughput_ips']} | {i['p50_ms']} | "
             f"{i['p99_ms']} |"
         )
     machine = report["machine"]

@@ -86,35 +86,15 @@ class WeldSplit:
 def weld_split(tmp_path_factory) -> WeldSplit:
     """A small real weld bundle (Lite0 at 128 px), exported from a small generated weld
     category, and that category's test split (never used for fitting or calibration)."""
-    pytest.importorskip("torch", reason="exporting a weld bundle needs the train extra")
-    pipeline = pytest.importorskip("autoweld.export.pipeline")
-    from autoweld.data import generate_weld, read_mvtec
+    from weldexport import export_small_weld
 
-    root = tmp_path_factory.mktemp("weld-serve")
-    generated = generate_weld(
-        root / "gen",
-        seed=5,
-        n_train=24,
-        n_test_good=4,
-        n_test_per_defect=1,
-        image_size=128,
-        progress=False,
-    )
-    data_root = root / "data"
-    data_root.mkdir()
-    shutil.move(str(generated), str(data_root / WELD_CATEGORY))
-    result = pipeline.export_category(
-        pipeline.ExportOptions(
-            category=WELD_CATEGORY,
-            data_root=data_root,
-            out_dir=root / "bundles",
-            recipe="weld",
-            image_size=128,
-            save_reference=False,
-        )
+    from autoweld.data import read_mvtec
+
+    bundle_dir, data_root = export_small_weld(
+        tmp_path_factory.mktemp("weld-serve"), WELD_CATEGORY, seed=5
     )
     category = read_mvtec(data_root / WELD_CATEGORY, WELD_CATEGORY)
-    return WeldSplit(result.bundle_dir, data_root, sorted(s.path for s in category.test))
+    return WeldSplit(bundle_dir, data_root, sorted(s.path for s in category.test))
 
 
 @pytest.fixture(scope="session")
