@@ -20,9 +20,11 @@ __all__ = [
     "add_plc_timeout",
     "add_providers",
     "add_require_signed",
+    "add_server",
     "add_station",
     "add_threads",
     "check_engine_flags",
+    "check_server",
     "int_at_least",
     "port",
     "positive_float",
@@ -101,6 +103,28 @@ def add_providers(parser: argparse.ArgumentParser) -> None:
 def add_threads(parser: argparse.ArgumentParser) -> None:
     """``--threads``: CPU threads of the runtime (checked by :func:`check_engine_flags`)."""
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+
+
+def add_server(parser: argparse.ArgumentParser) -> None:
+    """``--server`` and ``--server-timeout``: score through a Triton server (docs/serving.md)."""
+    parser.add_argument(
+        "--server",
+        help="score through a Triton server, grpc://HOST:PORT[/MODEL] (docs/serving.md)",
+    )
+    parser.add_argument(
+        "--server-timeout",
+        type=positive_float,
+        default=5.0,
+        help="seconds to wait for the server before the inspection is a FAIL (default 5)",
+    )
+
+
+def check_server(server: str | None) -> None:
+    """``ValueError`` for a ``--server`` that is not grpc://HOST:PORT[/MODEL]."""
+    if server:
+        from autoweld.serving.client import parse_server_url
+
+        parse_server_url(server)
 
 
 def add_station(parser: argparse.ArgumentParser, help_text: str) -> None:

@@ -31,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _args.add_require_signed(parser, "without it an unsigned bundle is evaluated with a warning")
     _args.add_providers(parser)
     _args.add_threads(parser)
+    _args.add_server(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="images per engine call")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -38,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from autoweld.evaluation import evaluate, format_table
 
     try:
+        _args.check_server(args.server)
         report = evaluate(
             args.bundle,
             args.data_root,
@@ -46,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             batch_size=args.batch_size,
             require_signed=_args.require_signed(args.require_signed),
+            server=args.server,
+            server_timeout_s=args.server_timeout,
         )
     except (ValueError, FileNotFoundError) as error:
         print(f"autoweld-eval: error: {error}", file=sys.stderr)

@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     _args.add_require_signed(parser, "without it an unsigned bundle is used and recorded as such")
     _args.add_providers(parser)
     _args.add_threads(parser)
+    _args.add_server(parser)
     parser.add_argument("--max-megapixels", type=float, default=64.0, help="decode limit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     return parser
@@ -153,11 +154,14 @@ def _load_inspector(
 ) -> tuple[Any, Any]:
     """(the Inspector, None), or (None, a FAIL result saying why the bundle was refused)."""
     from autoweld.bundle import BundleError, SignatureError
-    from autoweld.runtime.inspector import Inspector, failed_result
+    from autoweld.runtime.inspector import failed_result
+    from autoweld.serving.client import open_inspector
 
     try:
-        inspector = Inspector(
+        inspector = open_inspector(
             bundle_dir,
+            server=args.server,
+            server_timeout_s=args.server_timeout,
             providers=args.providers,
             threads=args.threads,
             decode_limits=limits,
@@ -181,6 +185,7 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
 
     # Usage errors first: nothing is inspected or recorded for them.
     _args.check_engine_flags(args.providers, args.threads)
+    _args.check_server(args.server)
     try:
         args.part_id = check_part_id(args.part_id)
     except ValueError as error:

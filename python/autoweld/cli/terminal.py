@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     _args.add_require_signed(parser, "on by default when AUTOWELD_BUNDLE_KEY is set")
     _args.add_providers(parser)
     _args.add_threads(parser)
+    _args.add_server(parser)
     parser.add_argument(
         "--settle",
         type=_args.positive_float,
@@ -159,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.station = check_station_id(args.station)  # printable, non-empty, <= 200
         _args.check_engine_flags(args.providers, args.threads)
         credentials, hosts, limits = _access(args)
+        _args.check_server(args.server)
         if args.watch is not None and not Path(args.watch).is_dir():
             raise ValueError(f"--watch {args.watch!r} is not a directory")
         require_signed = _check_signature_first(Path(args.bundle), args.require_signed)
@@ -172,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             providers=tuple(args.providers),
             threads=args.threads,
             require_signed=require_signed,
+            server_url=args.server,
+            server_timeout_s=args.server_timeout,
         )
         station = Station(config)
     except Exception as error:  # noqa: BLE001 - missing key, bad URL, ... : say which

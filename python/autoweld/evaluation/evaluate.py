@@ -98,21 +98,29 @@ def evaluate(
     batch_size: int = 8,
     progress: bool = True,
     require_signed: bool | None = None,
+    server: str | None = None,
+    server_timeout_s: float = 5.0,
 ) -> dict[str, Any]:
     """Evaluate a bundle on its category's test split; returns the JSON-ready report.
 
     ``limit`` keeps at most that many test images, taken evenly across good and each defect type
     so that every metric stays defined. Images that fail to inspect are listed under
-    ``"failed"`` and left out of the metrics.
+    ``"failed"`` and left out of the metrics. ``server`` (grpc://HOST:PORT[/MODEL]) scores
+    through a Triton server instead of in process (docs/serving.md).
     """
-    from autoweld.runtime.inspector import Inspector
+    from autoweld.serving.client import open_inspector
 
     if limit is not None and limit < 2:
         raise ValueError(f"--limit must be >= 2, got {limit}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    inspector = Inspector(
-        bundle, providers=providers, threads=threads, require_signed=require_signed
+    inspector = open_inspector(
+        bundle,
+        server=server,
+        server_timeout_s=server_timeout_s,
+        providers=providers,
+        threads=threads,
+        require_signed=require_signed,
     )
     from autoweld.data import load_category  # after the bundle check: usage errors come first
 

@@ -24,7 +24,13 @@ import cv2
 import numpy as np
 
 from autoweld import native
-from autoweld.bundle import Bundle, HeadSpec, SignatureError, load_bundle
+from autoweld.bundle import (
+    Bundle,
+    HeadSpec,
+    SignatureError,
+    load_bundle,
+    require_signed_from_env,
+)
 from autoweld.runtime.decode import DecodeLimits, image_for_inspection
 from autoweld.runtime.engines import BaseRunner, open_engine
 from autoweld.runtime.scoring import BatchScores, Fusion, HeadScorer, HeadScores, head_scorer
@@ -34,6 +40,8 @@ __all__ = [
     "ImageInput",
     "InspectionResult",
     "Inspector",
+    "ScoredBatch",
+    "assemble_result",
     "decide",
     "failed_result",
 ]
@@ -120,6 +128,16 @@ def decide(probability: float, threshold: float) -> str:
     return "FAIL"
 
 
+@dataclass(frozen=True)
+class ScoredBatch:
+    """Steps 1-5 for a batch of engine outputs: each head's scores, the calibrated and fused
+    values, and image -> why it fails (those images hold zeros in the arrays)."""
+
+    head_scores: dict[str, HeadScores]
+    scores: BatchScores
+    failures: dict[int, str]
+
+
 class HeadScoringError(ValueError):
     """A head's scorer failed; the message names the head."""
 
@@ -129,15 +147,20 @@ def _describe(error: BaseException) -> str:
     return text if isinstance(error, ValueError) else f"{type(error).__name__}: {text}"
 
 
-def _load_checked(bundle_or_path: Bundle | str | os.PathLike[str], require_signed: bool | None
-                  ) -> Bundle:  # fmt: skip
-    """The bundle, loaded and checked (``require_signed``: see :func:`load_bundle`), with the
-    one loud warning a station gets when it will decide with a bundle nobody vouched for."""
+def load_checked_bundle(
+    bundle_or_path: Bundle | str | os.PathLike[str], require_signed: bool | None = None
+) -> Bundle:
+    """The bundle, loaded and checked (``require_signed``: see :func:`load_bundle`; None reads
+    ``AUTOWELD_REQUIRE_SIGNED``), with the one loud warning a station gets when it will decide
+    with a bundle nobody vouched for. Used by the Inspector and by the Triton client."""
     if isinstance(bundle_or_path, Bundle):
         bundle = bundle_or_path
-        if require_signed and not bundle.signed:
-            raise SignatureError(f"{bundle.root}: refused, signed bundles are required but this "
-                                 "one was loaded without a checked signature")  # fmt: skip
+        required = require_signed_from_env() if require_signed is None else require_signed
+        if required and not bundle.signed:
+            raise SignatureError(
+                f"{bundle.root}: refused, signed bundles are required but this one was loaded "
+                "without a checked signature"
+            )
     else:
         bundle = load_bundle(Path(bundle_or_path), require_signed=require_signed)
     if not bundle.signed:
@@ -185,7 +208,7 @@ class Inspector:
         decode_limits: DecodeLimits | None = None,
         require_signed: bool | None = None,
     ) -> None:
-        self.bundle = _load_checked(bundle_or_path, require_signed)
+        self.bundle = load_checked_bundle(bundle_or_path, require_signed)
         #: whether the bundle's signature was checked (what each quality record carries)
         self.bundle_signed = self.bundle.signed
         self.threads = threads
@@ -208,23 +231,25 @@ class Inspector:
         self._scorers: dict[str, HeadScorer] = {
             name: head_scorer(self.bundle, name, threads) for name in self.heads
         }
-        self.engine: BaseRunner = open_engine(self.bundle, providers=providers, threads=threads)
-        missing = [
-            h.output for h in self.heads.values() if h.output not in self.engine.output_names
-        ]
-        if missing:
-            self.engine.close()
-            raise ValueError(
-                f"{self.bundle.onnx_path}: graph lacks output(s) {missing} the manifest names"
-            )
         self._outputs = [h.output for h in self.heads.values()]
         self._closed = threading.Event()
+        # providers=None: scoring only, for engine outputs computed elsewhere (a Triton ensemble
+        # runs the graph in its own model; autoweld.serving)
+        self.engine: BaseRunner | None = None
+        if providers is not None:
+            self.engine = open_engine(self.bundle, providers=providers, threads=threads)
+            missing = [name for name in self._outputs if name not in self.engine.output_names]
+            if missing:
+                self.engine.close()
+                raise ValueError(
+                    f"{self.bundle.onnx_path}: graph lacks output(s) {missing} the manifest names"
+                )
         log.info(
             "inspector ready: bundle %s (%s), heads %s, providers %s",
             self.bundle.sha256[:12],
             self.bundle.category,
             list(self.heads),
-            self.engine.active_providers,
+            self.engine.active_providers if self.engine is not None else None,
         )
 
     # ---- public API --------------------------------------------------------------------------
@@ -284,7 +309,8 @@ class Inspector:
     def close(self) -> None:
         """Release the engine. Later inspections return FAIL ("inspector is closed")."""
         self._closed.set()
-        self.engine.close()
+        if self.engine is not None:
+            self.engine.close()
 
     def __enter__(self) -> Inspector:
         return self
@@ -327,9 +353,34 @@ class Inspector:
         timings["preprocess"] = (time.perf_counter() - start) * 1e3
 
         start = time.perf_counter()
-        outputs = self.engine.infer(batch, self._outputs)
+        outputs = self.engine_outputs(batch)
         timings["engine"] = (time.perf_counter() - start) * 1e3
 
+        scored = self.score_engine_outputs(outputs, n, timings)
+        share = {stage: ms / n for stage, ms in timings.items()}
+        return [
+            failed_result(scored.failures[i], self.threshold, share)
+            if i in scored.failures
+            else self._result(image, i, scored.head_scores, scored.scores, share, keep_head_maps)
+            for i, image in enumerate(images)
+        ]
+
+    def engine_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The engine's head outputs for a preprocessed float32 ``[n, 3, S, S]`` batch."""
+        if self.engine is None:
+            raise RuntimeError("this inspector has no engine (opened with providers=None)")
+        return self.engine.infer(batch, self._outputs)
+
+    def score_engine_outputs(
+        self,
+        outputs: Mapping[str, np.ndarray],
+        n: int,
+        timings: dict[str, float] | None = None,
+    ) -> ScoredBatch:
+        """Steps 1-5 for the head outputs of ``n`` images (what :meth:`engine_outputs` gives).
+        An image with a non-finite output or head score fails alone; an exception fails the
+        batch. ``timings`` (when given) gets the ``knn`` and ``scoring`` stages."""
+        timings = {} if timings is None else timings
         failures = self._engine_failures(outputs, n)
         head_scores: dict[str, HeadScores] = {}
         start = time.perf_counter()
@@ -341,14 +392,7 @@ class Inspector:
         head_scores = self._fail_non_finite_scores(head_scores, failures)
         scores = self.fusion.calibrate(head_scores)
         timings["scoring"] = (time.perf_counter() - start) * 1e3
-
-        share = {stage: ms / n for stage, ms in timings.items()}
-        return [
-            failed_result(failures[i], self.threshold, share)
-            if i in failures
-            else self._result(image, i, head_scores, scores, share, keep_head_maps)
-            for i, image in enumerate(images)
-        ]
+        return ScoredBatch(head_scores, scores, failures)
 
     def _engine_failures(self, outputs: Mapping[str, np.ndarray], n: int) -> dict[int, str]:
         """Image -> why it fails, for images with a non-finite engine output (the others in the
@@ -423,35 +467,51 @@ class Inspector:
     ) -> InspectionResult:
         """Image ``i``'s result: its decision, and its maps resized to the image."""
         start = time.perf_counter()
-        height, width = image.shape[:2]
-        anomaly_map = cv2.resize(
-            self.fusion.fused_map(scores, i), (width, height), interpolation=cv2.INTER_LINEAR
-        )
-        head_maps = {}
-        if keep_head_maps:
-            head_maps = {
-                name: cv2.resize(
-                    scores.maps[name][i], (width, height), interpolation=cv2.INTER_LINEAR
-                )
-                for name in self.heads
-            }
-        probability = float(scores.fused[i])
-        own = {**share, "scoring": share["scoring"] + (time.perf_counter() - start) * 1e3}
-        if not math.isfinite(probability):
-            return failed_result(
-                f"scoring produced a non-finite fused probability ({probability})",
-                self.threshold,
-                own,
-            )
-        return InspectionResult(
-            decision=decide(probability, self.threshold),
-            probability=probability,
+        result = assemble_result(
+            image.shape,
+            probability=float(scores.fused[i]),
             scores={name: float(head_scores[name].image_scores[i]) for name in self.heads},
             probabilities={name: float(scores.probabilities[name][i]) for name in self.heads},
             threshold=self.threshold,
-            anomaly_map=anomaly_map,
-            timings_ms=own,
-            error=None,
-            image_shape=tuple(image.shape),
-            head_maps=head_maps,
+            fused_map=self.fusion.fused_map(scores, i),
+            head_maps={name: scores.maps[name][i] for name in self.heads} if keep_head_maps else {},
         )
+        result.timings_ms = {
+            **share,
+            "scoring": share["scoring"] + (time.perf_counter() - start) * 1e3,
+        }
+        return result
+
+
+def assemble_result(
+    image_shape: tuple[int, ...],
+    *,
+    probability: float,
+    scores: dict[str, float],
+    probabilities: dict[str, float],
+    threshold: float,
+    fused_map: np.ndarray,
+    head_maps: Mapping[str, np.ndarray],
+) -> InspectionResult:
+    """One image's result from its scored values (maps at S x S, resized here to the image's
+    H x W); a non-finite fused probability is a FAIL. Shared by the Inspector and the Triton
+    client (autoweld.serving), so both give the same result from the same numbers."""
+    height, width = image_shape[:2]
+    if not math.isfinite(probability):
+        return failed_result(
+            f"scoring produced a non-finite fused probability ({probability})", threshold
+        )
+    return InspectionResult(
+        decision=decide(probability, threshold),
+        probability=probability,
+        scores=scores,
+        probabilities=probabilities,
+        threshold=threshold,
+        anomaly_map=cv2.resize(fused_map, (width, height), interpolation=cv2.INTER_LINEAR),
+        error=None,
+        image_shape=tuple(image_shape),
+        head_maps={
+            name: cv2.resize(head_map, (width, height), interpolation=cv2.INTER_LINEAR)
+            for name, head_map in head_maps.items()
+        },
+    )

@@ -66,6 +66,9 @@ class StationConfig:
     decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
     #: refuse a bundle without a valid signature (None: AUTOWELD_REQUIRE_SIGNED)
     require_signed: bool | None = None
+    #: score through a Triton server (grpc://HOST:PORT[/MODEL]; docs/serving.md)
+    server_url: str | None = None
+    server_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -253,8 +256,12 @@ class Station:
 
         bundle_dir = self.config.bundle_dir
         try:
-            self.inspector = Inspector(
+            from autoweld.serving.client import open_inspector
+
+            self.inspector = open_inspector(
                 bundle_dir,
+                server=self.config.server_url,
+                server_timeout_s=self.config.server_timeout_s,
                 providers=list(self.config.providers),
                 threads=self.config.threads,
                 decode_limits=self.config.decode_limits,
