@@ -69,7 +69,7 @@ NAMESPACE_URI = "urn:autoweld:results"
 ROOT = "AutoWeld"
 RESULT_EVENT_TYPE = "ResultReadyEventType"
 #: how long opening a server (or closing a link) may take before it is an error
-STARTUP_TIMEOUT_S = 10.0
+STARTUP_TIMEOUT_S = 30.0
 #: a client's connection attempt runs in the background and may outlive one deadline
 CONNECT_TIMEOUT_S = 5.0
 
@@ -250,10 +250,23 @@ class _LoopThread:
     def stop(self) -> None:
         if self.loop.is_closed():
             return
+        try:  # let what is still running (a background disconnect, asyncua's tasks) unwind
+            asyncio.run_coroutine_threadsafe(_cancel_all(), self.loop).result(STARTUP_TIMEOUT_S)
+        except Exception as error:  # noqa: BLE001 - stopping goes on regardless
+            log.debug("tasks left when stopping the loop: %s", error)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=STARTUP_TIMEOUT_S)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+async def _cancel_all() -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for _ in range(3):  # a closed transport closes its socket in a callback: let those run
+        await asyncio.sleep(0)
 
 
 def _retrieve(future: Any) -> None:
