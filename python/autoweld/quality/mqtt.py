@@ -108,7 +108,7 @@ def open_mqtt(
 ) -> MqttLink:  # fmt: skip
     """The link for an ``mqtt://`` URL (``open_plc`` has split it)."""
     topic = path.strip("/")
-    if not topic or any(c in topic for c in "+#\0"):
+    if not topic or any(c in topic for c in "+\0") or "#" in url:  # "#": urlsplit's fragment
         raise ValueError(
             f"plc url {url!r} needs a topic without wildcards: mqtt://host:port/plant/station"
         )
