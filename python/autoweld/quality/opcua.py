@@ -43,8 +43,10 @@ from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.crypto.truststore import TrustStore
+from asyncua.crypto.uacrypto import CertProperties
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from autoweld.quality.plant import ResultLink, query_flag, refuse_unknown
 
@@ -218,6 +220,18 @@ def application_uri(certificate: Path) -> str:
     if not uris:
         raise ValueError(f"certificate {certificate} has no application URI (subjectAltName)")
     return uris[0]
+
+
+def _content(path: Path | None) -> CertProperties:
+    data = Path(path).read_bytes()
+    return CertProperties(data, "pem" if b"-----BEGIN" in data else "der")
+
+
+def _load_private_key(path: Path) -> Any:
+    data = Path(path).read_bytes()
+    if b"-----BEGIN" in data:
+        return serialization.load_pem_private_key(data, password=None)
+    return serialization.load_der_private_key(data, password=None)
 
 
 def _load_certificate(path: Path) -> x509.Certificate:
@@ -396,8 +410,8 @@ class OpcUaServerLink(_OpcUaLink):
         server.set_security_policy([_SERVER_POLICIES[security.mode]])
         tokens: list[type] = [ua.AnonymousIdentityToken] if security.allow_anonymous else []
         if security.mode != "none":
-            await server.load_certificate(str(security.certificate))
-            await server.load_private_key(str(security.private_key))
+            server.iserver.certificate = _load_certificate(security.certificate)
+            server.iserver.private_key = _load_private_key(security.private_key)
             await server.set_application_uri(application_uri(security.certificate))
             server.set_certificate_validator(trusted.validate)
             tokens.append(ua.X509IdentityToken)
@@ -463,16 +477,17 @@ class OpcUaClientLink(_OpcUaLink):
         client.name = client.description = "AutoWeld station"
         if security.mode != "none":
             client.application_uri = application_uri(security.certificate)
+            # as bytes: asyncua reads paths on a worker thread, and a cancelled read leaks files
             await client.set_security(
                 SecurityPolicyBasic256Sha256,
-                certificate=str(security.certificate),
-                private_key=str(security.private_key),
-                server_certificate=str(security.server_certificate),
+                certificate=_content(security.certificate),
+                private_key=_content(security.private_key),
+                server_certificate=_content(security.server_certificate),
                 mode=SECURITY_MODES[security.mode],
             )
             if not security.allow_anonymous:  # the certificate is the session's identity too
-                await client.load_client_certificate(str(security.certificate))
-                await client.load_private_key(Path(security.private_key))
+                client.user_certificate = _load_certificate(security.certificate)
+                client.user_private_key = _load_private_key(security.private_key)
         try:
             await asyncio.wait_for(client.connect(), CONNECT_TIMEOUT_S)
             namespace = await client.get_namespace_index(self.namespace_uri)
@@ -605,7 +620,7 @@ def write_application_certificate(
     application URI (default ``urn:autoweld:NAME``) and host names / IP addresses in
     subjectAltName, the four key usages, client and server auth; CA basic constraints so that a
     trust store may hold it as its own anchor. Returns (certificate, key)."""
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
