@@ -74,6 +74,8 @@ RESULT_EVENT_TYPE = "ResultReadyEventType"
 STARTUP_TIMEOUT_S = 30.0
 #: a client's connection attempt runs in the background and may outlive one deadline
 CONNECT_TIMEOUT_S = 5.0
+#: what the client asks for (asyncua servers grant at most 10 minutes); kept alive by asyncua
+SESSION_TIMEOUT_MS = 600_000
 
 V = ua.VariantType
 #: (path under ``AutoWeld``, type, is an array): the decision, written on the deadline path
@@ -475,6 +477,7 @@ class OpcUaClientLink(_OpcUaLink):
         security = self.security
         client = Client(self.endpoint, timeout=CONNECT_TIMEOUT_S)
         client.name = client.description = "AutoWeld station"
+        client.session_timeout = SESSION_TIMEOUT_MS
         if security.mode != "none":
             client.application_uri = application_uri(security.certificate)
             # as bytes: asyncua reads paths on a worker thread, and a cancelled read leaks files
