@@ -11,15 +11,15 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
 
 import paho.mqtt.client as paho
 import pytest
 
-from autoweld.quality import open_ledger, open_plc, record_inspection
+from autoweld.quality import open_ledger, open_plc
 from autoweld.quality.mqtt import MqttLink
 
 from .conftest import free_port
+from .plant_results import Result, inspect
 
 MOSQUITTO = shutil.which("mosquitto") or next(
     (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
@@ -29,24 +29,10 @@ pytestmark = pytest.mark.skipif(
 )
 BUDGET_S = 0.5  # generous for a loaded CI machine: this checks "bounded", not speed
 DEADLINE_S = 0.05
-
-
-@dataclass
-class Result:
-    decision: str = "PASS"
-    probability: float = 0.125
-    scores: dict = field(default_factory=lambda: {"patchcore": 0.5, "student": 0.25})
-    probabilities: dict = field(default_factory=lambda: {"patchcore": 0.1, "student": 0.2})
-    threshold: float = 0.5
-    error: str | None = None
-    timings_ms: dict = field(default_factory=lambda: {"decode": 2.0, "engine": 3.0})
-
-
-def inspect(link, ledger, part_id="VIN-9"):
-    return record_inspection(
-        Result(), part_id=part_id, station_id="cell-2", bundle_sha256="cd" * 32,
-        package_version="0.1.0", ledger=ledger, link=link,
-    )  # fmt: skip
+PASSED = Result(
+    decision="PASS", probability=0.125, scores={"patchcore": 0.5, "student": 0.25},
+    probabilities={"patchcore": 0.1, "student": 0.2}, timings_ms={"decode": 2.0, "engine": 3.0},
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -114,7 +100,7 @@ def test_result_json_equals_the_record(broker, tmp_path, keys):
             assert isinstance(link, MqttLink)
             wait_connected(link)
             with open_ledger(tmp_path / "ledger.db", keys) as ledger:
-                outcome = inspect(link, ledger)
+                outcome = inspect(link, ledger, result=PASSED)
             assert outcome.plc_delivered is True and outcome.record.plc_delivered is True
             assert link.last_published is True, link.state
         messages = dict(dashboard.wait(2))
@@ -155,7 +141,7 @@ def test_stalled_broker_costs_at_most_the_deadline_and_is_recorded(broker, tmp_p
         try:
             with open_ledger(tmp_path / "ledger.db", keys) as ledger:
                 start = time.monotonic()
-                outcome = inspect(link, ledger)
+                outcome = inspect(link, ledger, result=PASSED)
                 elapsed = time.monotonic() - start
         finally:
             os.kill(process.pid, signal.SIGCONT)
@@ -168,7 +154,7 @@ def test_no_broker_costs_nothing_and_is_recorded(tmp_path, keys):
     with open_plc(f"mqtt://127.0.0.1:{free_port()}/plant/cell-2", timeout=DEADLINE_S) as link:
         with open_ledger(tmp_path / "ledger.db", keys) as ledger:
             start = time.monotonic()
-            outcome = inspect(link, ledger)
+            outcome = inspect(link, ledger, result=PASSED)
             elapsed = time.monotonic() - start
     assert outcome.record.plc_delivered is False and link.last_published is False
     assert "not connected to the broker" in link.state

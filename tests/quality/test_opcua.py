@@ -8,7 +8,6 @@ import asyncio
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 
 import pytest
@@ -20,7 +19,7 @@ from asyncua.crypto.validator import CertificateValidator, CertificateValidatorO
 from asyncua.server.user_managers import CertificateUserManager
 
 from autoweld.cli.plant import main as plant_main
-from autoweld.quality import open_ledger, open_plc, record_inspection
+from autoweld.quality import open_ledger, open_plc
 from autoweld.quality.opcua import (
     NAMESPACE_URI,
     RESULT_EVENT_TYPE,
@@ -31,29 +30,10 @@ from autoweld.quality.opcua import (
 )
 
 from .conftest import free_port
+from .plant_results import inspect
 
 BUDGET_S = 0.5  # generous for a loaded CI machine: this checks "bounded", not speed
 DEADLINE_S = 0.05
-
-
-@dataclass
-class Result:
-    """The fields record_inspection reads from the runtime's InspectionResult."""
-
-    decision: str = "FAIL"
-    probability: float = 0.875
-    scores: dict = field(default_factory=lambda: {"patchcore": 2.5, "student": 0.75})
-    probabilities: dict = field(default_factory=lambda: {"patchcore": 0.9, "student": 0.6})
-    threshold: float = 0.5
-    error: str | None = None
-    timings_ms: dict = field(default_factory=lambda: {"decode": 1.5, "engine": 4.0, "knn": 2.5})
-
-
-def inspect(link, ledger, part_id="VIN-7"):
-    return record_inspection(
-        Result(), part_id=part_id, station_id="cell-1", bundle_sha256="ab" * 32,
-        package_version="0.1.0", ledger=ledger, link=link,
-    )  # fmt: skip
 
 
 class Loop:

@@ -18,6 +18,7 @@ import time
 import uuid
 from abc import abstractmethod
 from collections.abc import Mapping
+from contextlib import suppress
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -137,10 +138,8 @@ class ResultLink(PlcLink):
                 )
                 self._publish(fields, start + self.timeout)
             except Exception as error:  # noqa: BLE001 - a peer problem must never stop inspection
-                try:
+                with suppress(Exception):  # dropping a broken connection may fail too
                     self._drop()
-                except Exception:  # noqa: BLE001 - dropping a broken connection may fail too
-                    pass
                 return self._published(False, what, start, str(error) or type(error).__name__)
             self.published_delivered += 1
             return self._published(True, what, start, None)
