@@ -248,10 +248,14 @@ class _LoopThread:
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
+        self.stopped = False
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, Any], deadline: float) -> Any:
+        if self.stopped:
+            coro.close()
+            raise ConnectionError("the link is closed")
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result(timeout=max(0.0, deadline - time.monotonic()))
@@ -264,12 +268,13 @@ class _LoopThread:
         asyncio.run_coroutine_threadsafe(coro, self.loop).add_done_callback(_retrieve)
 
     def stop(self) -> None:
-        if self.loop.is_closed():
+        if self.stopped:
             return
         try:  # let what is still running (a background disconnect, asyncua's tasks) unwind
             asyncio.run_coroutine_threadsafe(_cancel_all(), self.loop).result(STARTUP_TIMEOUT_S)
         except Exception as error:  # noqa: BLE001 - stopping goes on regardless
             log.debug("tasks left when stopping the loop: %s", error)
+        self.stopped = True
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=STARTUP_TIMEOUT_S)
         if not self._thread.is_alive():
@@ -337,7 +342,7 @@ class _OpcUaLink(ResultLink):
 
     def close(self) -> None:
         super().close()
-        if self._loop.loop.is_closed():
+        if self._loop.stopped:
             return
         try:
             self._loop.run(self._shutdown(), time.monotonic() + STARTUP_TIMEOUT_S)
@@ -523,7 +528,7 @@ class OpcUaClientLink(_OpcUaLink):
             )
 
     def _drop(self) -> None:
-        if not self._loop.loop.is_closed():
+        if not self._loop.stopped:
             self._loop.loop.call_soon_threadsafe(self._forget)
 
     def _forget(self) -> None:
