@@ -32,6 +32,7 @@ import socket
 import threading
 import time
 from collections.abc import Coroutine, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from ipaddress import ip_address
@@ -400,7 +401,8 @@ class OpcUaServerLink(_OpcUaLink):
         try:
             self._loop.run(self._start(), time.monotonic() + STARTUP_TIMEOUT_S)
         except BaseException:
-            self._loop.run(self._shutdown(), time.monotonic() + STARTUP_TIMEOUT_S)
+            with suppress(Exception):  # the start-up error is the one to report
+                self._loop.run(self._shutdown(), time.monotonic() + STARTUP_TIMEOUT_S)
             self._loop.stop()
             raise
         log.info("OPC UA server at %s (security %s)", self.endpoint, self.security.mode)
