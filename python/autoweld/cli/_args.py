@@ -147,7 +147,11 @@ def add_ledger(parser: argparse.ArgumentParser, *, required: bool = False) -> No
 
 def add_plc(parser: argparse.ArgumentParser) -> None:
     """``--plc``: the PLC URL."""
-    parser.add_argument("--plc", help="PLC URL (tcp://host:port or modbus://host:port?...)")
+    parser.add_argument(
+        "--plc",
+        help="PLC URL: tcp://host:port, modbus://host:port?..., or for the plant opcua://, "
+        "opcua+server://, mqtt:// (docs/plant.md)",
+    )
 
 
 def add_plc_timeout(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, is_dataclass, replace
 from typing import Generic, Protocol, TypeVar
 
 from autoweld.quality.ledger import Ledger
+from autoweld.quality.plant import publish_result
 from autoweld.quality.plc import PlcLink
 from autoweld.quality.record import InspectionRecord, check_part_id, check_station_id
 
@@ -246,6 +247,8 @@ def record_inspection(
         delivered = link.last_delivered if link is not None else None
         return outcome("FAIL", _joined(f"ledger write failed: {failure}", error), None, delivered)
     kept = stored if ledger is not None else None
+    # OPC UA / MQTT links: the full result, with the record's seq and MAC (docs/plant.md)
+    publish_result(link, stored, getattr(result, "timings_ms", None))
     return outcome(stored.decision, error, kept, stored.plc_delivered)
 
 

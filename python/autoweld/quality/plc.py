@@ -10,6 +10,8 @@ Chosen by URL (:func:`open_plc`):
   ``write_registers`` (function 16) puts ``[result, counter]`` at ``register``: result ``1`` PASS,
   ``2`` FAIL (``0`` is never written: it means "no result"), counter ``1..65535`` increments on
   every attempt (wrapping to 1) so the PLC sees each new inspection, even a repeated result.
+* ``opcua://``, ``opcua+server://``, ``mqtt://`` — results for the plant (OPC 40100 over OPC UA,
+  JSON over MQTT): the decision here, then the full result after the record (docs/plant.md).
 
 ``send`` never raises for a down, refusing or slow PLC and never blocks beyond ``timeout`` (plus
 a little overhead): it returns ``False`` and the caller records "not delivered". A missing signal
@@ -26,6 +28,7 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
+from importlib import import_module
 from urllib.parse import parse_qs, urlsplit
 
 logger = logging.getLogger(__name__)
@@ -254,8 +257,16 @@ def open_plc(url: str, timeout: float = DEFAULT_TIMEOUT_S) -> PlcLink:
         unit = _query_int(url, query, "unit", 1, 255)
         register = _query_int(url, query, "register", 0, 65534)
         link = ModbusLink(url, host, port, float(timeout), unit, register)
+    elif scheme in ("opcua", "opcua+server", "mqtt"):  # results for the plant: docs/plant.md
+        # lazily: only stations with these links need asyncua or paho-mqtt
+        module = import_module("autoweld.quality." + ("mqtt" if scheme == "mqtt" else "opcua"))
+        opener = module.open_mqtt if scheme == "mqtt" else module.open_opcua
+        link = opener(url, scheme, host, port, parts.path, query, float(timeout))
     else:
-        raise ValueError(f"plc url {url!r}: unknown scheme {scheme!r} (use tcp:// or modbus://)")
+        raise ValueError(
+            f"plc url {url!r}: unknown scheme {scheme!r} "
+            "(use tcp://, modbus://, opcua://, opcua+server:// or mqtt://)"
+        )
     if query:
         raise ValueError(f"plc url {url!r}: unknown parameters {sorted(query)}")
     return link
