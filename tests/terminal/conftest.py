@@ -122,40 +122,19 @@ class WeldBundle:
 def weld_bundle(tmp_path_factory: pytest.TempPathFactory) -> WeldBundle:
     """A small real weld bundle (Lite0 at 128 px, PatchCore), exported once per session from a
     small generated weld category, plus test images of it (never used for fitting)."""
-    pytest.importorskip("torch", reason="exporting a weld bundle needs the train extra")
-    pipeline = pytest.importorskip("autoweld.export.pipeline")
-    from autoweld.data import generate_weld, read_mvtec
+    from weldexport import export_small_weld
 
-    root = tmp_path_factory.mktemp("weld")
-    generated = generate_weld(
-        root / "gen",
-        seed=3,
-        n_train=24,
-        n_test_good=4,
-        n_test_per_defect=1,
-        image_size=128,
-        progress=False,
-    )
-    # A category name of its own: "weld" would make the exporter regenerate the full-size set.
-    data_root = root / "data"
-    data_root.mkdir()
-    shutil.move(str(generated), str(data_root / WELD_CATEGORY))
-    result = pipeline.export_category(
-        pipeline.ExportOptions(
-            category=WELD_CATEGORY,
-            data_root=data_root,
-            out_dir=root / "bundles",
-            recipe="weld",
-            image_size=128,
-            save_reference=False,
-        )
+    from autoweld.data import read_mvtec
+
+    bundle_dir, data_root = export_small_weld(
+        tmp_path_factory.mktemp("weld"), WELD_CATEGORY, seed=3
     )
     category = read_mvtec(data_root / WELD_CATEGORY, WELD_CATEGORY)
     good = sorted(s.path for s in category.test if s.path.parent.name == "good")
     defective = sorted(
         s.path for s in category.test if s.path.parent.name in ("burn_through", "spatter")
     )
-    return WeldBundle(result.bundle_dir, good, defective)
+    return WeldBundle(bundle_dir, good, defective)
 
 
 @dataclass
