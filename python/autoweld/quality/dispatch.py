@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 #: How often a corrective FAIL is tried when a PASS was signalled but its record not written.
 CORRECTIVE_FAIL_ATTEMPTS = 3
+#: The record must be durable by this share of the PLC timeout after the decision, so that
+#: a corrective FAIL still arrives within the timeout (docs/ledger.md, "Order of operations").
+RECORD_SHARE = 0.6
 #: The record gets at least this long after the PLC signal went out (see record_deadline).
 MIN_RECORD_WINDOW_S = 0.01
 #: Without a PLC no PASS is shown, but a stopped database must still not hang an inspection.
@@ -85,14 +88,15 @@ def record_deadline(
     link: PlcLink | None, decided_at: float, signalled_at: float, record_deadline_s: float | None
 ) -> float:
     """When the record must be durable (``time.monotonic()`` seconds): ``record_deadline_s``
-    after the decision when given; else the PLC timeout after the decision, but at least
+    after the decision when given; else :data:`RECORD_SHARE` of the PLC timeout after the
+    decision (the rest is left for the corrective FAIL to arrive), but at least
     :data:`MIN_RECORD_WINDOW_S` after the signal went out (a slow PLC acknowledgement does not
     leave the database no time); without a PLC, :data:`NO_PLC_RECORD_DEADLINE_S`."""
     if record_deadline_s is not None:
         return decided_at + record_deadline_s
     if link is None:
         return decided_at + NO_PLC_RECORD_DEADLINE_S
-    return max(decided_at + link.timeout, signalled_at + MIN_RECORD_WINDOW_S)
+    return max(decided_at + RECORD_SHARE * link.timeout, signalled_at + MIN_RECORD_WINDOW_S)
 
 
 def _signal_then_append(

@@ -113,6 +113,8 @@ _SQLITE_OPEN_TIMEOUT_S = 30.0
 #: SQLite's busy timeout for a call without a deadline (opening, verify, a plain ``append``);
 #: a call with a deadline waits at most until its deadline.
 SQLITE_BUSY_TIMEOUT_S = 30.0
+#: How often an append with a deadline retries a SQLite write lock another connection holds.
+SQLITE_LOCK_POLL_S = 0.0015
 
 
 def _retry_while_locked(step: Callable[[], None], timeout_s: float) -> None:
@@ -897,17 +899,15 @@ class SQLiteLedger(Ledger):
 
     @contextmanager
     def _bounded(self) -> Iterator[None]:
-        """Bound the call in progress by its deadline: SQLite's busy handler waits for a
-        locked file at most until then, and a statement still running then is interrupted.
-        Without a deadline the busy timeout is :data:`SQLITE_BUSY_TIMEOUT_S`."""
-        deadline = self._deadline
-        if deadline is None:
+        """Bound the call in progress by its deadline: no wait inside SQLite's busy handler
+        (it sleeps in steps of up to 25 ms; :meth:`_begin_immediate` polls the write lock
+        itself), and a statement still running at the deadline is interrupted. Without a
+        deadline the busy timeout is :data:`SQLITE_BUSY_TIMEOUT_S`."""
+        if self._deadline is None:
             yield
             return
-        # the busy handler sleeps in steps of up to 25 ms: stop it a little early
-        left_ms = max(1, int((deadline - time.monotonic()) * 1000) - 5)
-        self._conn.execute(f"PRAGMA busy_timeout = {left_ms}")
-        token = _WATCHDOG.arm(deadline, self._conn.interrupt)
+        self._conn.execute("PRAGMA busy_timeout = 0")
+        token = _WATCHDOG.arm(self._deadline, self._conn.interrupt)
         try:
             yield
         finally:
@@ -920,6 +920,22 @@ class SQLiteLedger(Ledger):
                     if not fired or attempt:
                         raise
 
+    def _begin_immediate(self) -> None:
+        """Take the write lock; with a deadline, poll for it every millisecond or two until
+        then (another connection holding it makes SQLite answer BUSY)."""
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                text = str(error).lower()
+                busy = "locked" in text or "busy" in text
+                if self._deadline is None or not busy:
+                    raise
+                if time.monotonic() + SQLITE_LOCK_POLL_S >= self._deadline:
+                    raise
+            time.sleep(SQLITE_LOCK_POLL_S)
+
     def _append_locked(
         self, station_id: str, build: Callable[[int, str], InspectionRecord]
     ) -> InspectionRecord:
@@ -930,7 +946,7 @@ class SQLiteLedger(Ledger):
         self, station_id: str, build: Callable[[int, str], InspectionRecord]
     ) -> InspectionRecord:
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")  # takes the write lock now: no other writer interleaves
+        self._begin_immediate()  # takes the write lock now: no other writer interleaves
         try:
             last = conn.execute(
                 f"SELECT seq, mac FROM {TABLE} WHERE station_id = ? ORDER BY seq DESC LIMIT 1",
