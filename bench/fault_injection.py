@@ -340,8 +340,18 @@ def plc_fault(tmp: Path, keys: KeyRing, count: int, dead: bool) -> dict:
     return result
 
 
+def _upload_load(stop: threading.Event) -> None:
+    """What a burst of uploads does meanwhile: numpy work on the CPUs (mostly without the GIL)."""
+    import numpy as np
+
+    matrix = np.random.default_rng(0).random((256, 256), dtype=np.float32)
+    while not stop.is_set():
+        np.sort(matrix @ matrix, axis=None)
+
+
 def burst(tmp: Path, keys: KeyRing, count: int) -> dict:
-    """``count`` inspections decided at once from as many threads (a burst of uploads)."""
+    """``count`` inspections decided at once from as many threads (a burst of uploads), with
+    two threads of upload work running."""
     plc = StampingPlc()
     with open_ledger(tmp / "burst.db", keys) as ledger, open_plc(f"tcp://127.0.0.1:{plc.port}",
                                                                 PLC_TIMEOUT_S) as link:  # fmt: skip
@@ -351,8 +361,17 @@ def burst(tmp: Path, keys: KeyRing, count: int) -> dict:
             barrier.wait()
             return inspect_once(ledger, link, f"burst-{i}")
 
-        with ThreadPoolExecutor(count) as pool:
-            items = list(pool.map(one, range(count)))
+        stop = threading.Event()
+        load = [threading.Thread(target=_upload_load, args=(stop,)) for _ in range(2)]
+        for thread in load:
+            thread.start()
+        try:
+            with ThreadPoolExecutor(count) as pool:
+                items = list(pool.map(one, range(count)))
+        finally:
+            stop.set()
+            for thread in load:
+                thread.join()
         result = summarise(f"burst_{count}", ledger, plc, items, exact=False)
         result["plc_bytes_late"] = sum(
             1

@@ -14,11 +14,11 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, is_dataclass, replace
 from typing import Generic, Protocol, TypeVar
 
-from autoweld.quality.ledger import Ledger, LedgerError
+from autoweld.quality.ledger import Ledger, LedgerError, LedgerTimeout, deadline_watchdog
 from autoweld.quality.plc import PlcLink
 from autoweld.quality.record import InspectionRecord, check_part_id, check_station_id
 
@@ -117,23 +117,63 @@ def _signal_then_append(
         return record
     deadline = record_deadline(link, decided_at, time.monotonic(), record_deadline_s)
     start = time.perf_counter()
+    is_pass = link is not None and record.decision == "PASS"
+    guard = _CorrectiveGuard(link, deadline) if is_pass else None
     try:
         stored = ledger.append(record, timeout=max(0.0, deadline - time.monotonic()))
+        if (
+            guard is not None and guard.fired()
+        ):  # durable, but after the PLC was told FAIL: that FAIL is what stands
+            raise LedgerTimeout(
+                f"record of part {record.part_id} became durable "
+                f"{(time.monotonic() - deadline) * 1000:.0f} ms after its deadline; the PLC "
+                "was sent a corrective FAIL"
+            )
     except LedgerError as failure:
-        if link is not None and record.decision == "PASS":
-            corrected = _corrective_fail(link, record.part_id)
+        if is_pass:
+            corrected = _corrective_fail(link, record.part_id, guard)
             record = replace(
                 record,
                 decision="FAIL",
                 plc_delivered=corrected,
                 error=_joined(
-                    f"PASS corrected with a FAIL: record not written ({failure})", record.error
+                    f"PASS corrected with a FAIL: record not written in time ({failure})",
+                    record.error,
                 ),  # fmt: skip
             )
         _queue(ledger, record)
         raise
+    finally:
+        if guard is not None:
+            guard.disarm()
     timings_ms["record"] = timings_ms.get("record", 0.0) + (time.perf_counter() - start) * 1e3
     return stored
+
+
+class _CorrectiveGuard:
+    """Sends the corrective FAIL at the record's deadline from the watchdog thread, so the PLC
+    shows an unrecorded PASS no longer than that, whatever the append is stuck in (an fsync
+    that SQLite cannot interrupt, a GIL-starved thread). Armed for a signalled PASS only."""
+
+    def __init__(self, link: PlcLink, deadline: float) -> None:
+        self._link = link
+        self._outcome: Callable[[], bool] | None = None
+        self._token = deadline_watchdog.arm(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._outcome = self._link.submit("FAIL")
+
+    def disarm(self) -> None:
+        deadline_watchdog.disarm(self._token)
+
+    def fired(self) -> bool:
+        self.disarm()
+        return self._outcome is not None
+
+    def outcome(self) -> bool | None:
+        """Whether the FAIL it sent was delivered; ``None`` when it did not fire."""
+        self.disarm()
+        return None if self._outcome is None else self._outcome()
 
 
 def _queue(ledger: Ledger, record: InspectionRecord) -> None:
@@ -147,7 +187,10 @@ def _queue(ledger: Ledger, record: InspectionRecord) -> None:
                      record.to_dict())  # fmt: skip
 
 
-def _corrective_fail(link: PlcLink, part_id: str) -> bool:
+def _corrective_fail(link: PlcLink, part_id: str, guard: _CorrectiveGuard | None = None) -> bool:
+    if guard is not None and guard.outcome():  # sent at the deadline already
+        log.error("part %s: record not written in time; corrective FAIL sent", part_id)
+        return True
     for attempt in range(1, CORRECTIVE_FAIL_ATTEMPTS + 1):
         if link.send("FAIL"):
             log.error("part %s: record not written in time; corrective FAIL sent", part_id)

@@ -194,6 +194,8 @@ class _Watchdog:
 
 
 _WATCHDOG = _Watchdog()
+#: the deadline watchdog, for the dispatcher's corrective FAIL (its actions must be quick)
+deadline_watchdog = _WATCHDOG
 #: After a record missed its deadline, :meth:`Ledger.append_later` retries it with this
 #: deadline per try, backing off between tries up to the second value.
 BACKLOG_TRY_S = 1.0

@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -94,6 +95,11 @@ class PlcLink(ABC):
         ``decided_at`` (``time.monotonic()`` seconds, default now) is when the decision was
         made; the signal must be delivered within ``timeout`` of it. Never raises for PLC
         trouble; returns by that deadline plus a small overhead."""
+        return self.submit(decision, decided_at)()
+
+    def submit(self, decision: str, decided_at: float | None = None) -> Callable[[], bool]:
+        """Queue the signal and return at once (safe from a timer thread); the returned
+        function waits for the outcome and gives what :meth:`send` would have returned."""
         _check_decision(decision)
         start = time.monotonic() if decided_at is None else decided_at
         signal = _Signal(decision, start + self.timeout)
@@ -101,13 +107,16 @@ class PlcLink(ABC):
             if self._closed:
                 self._state = f"NOT delivered {decision}: link closed"
                 self.last_delivered = False
-                return False
+                return lambda: False
             if self._worker is None:
                 self._worker = threading.Thread(
                     target=self._run, name=f"plc-{self.host}:{self.port}", daemon=True
                 )
                 self._worker.start()
             self._queue.put(signal)
+        return lambda: self._outcome(signal)
+
+    def _outcome(self, signal: _Signal) -> bool:
         if signal.done.wait(max(0.0, signal.deadline - time.monotonic()) + WAIT_SLACK_S):
             return signal.delivered
         with self._lock:  # the worker has not finished it in time
