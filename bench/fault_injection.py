@@ -87,6 +87,10 @@ class StampingPlc:
 
     def stop(self) -> None:
         self._stopped.set()
+        try:  # wakes the accepting thread: a plain close leaves the port accepting
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._listener.close()
         for conn in self._open:
             conn.close()
@@ -110,30 +114,51 @@ class Inspected:
     returned_at: float
     decision: str
     stored: bool
+    durable_at: float | None = None
 
 
-def inspect_once(ledger, link, part: str, decided_at: float | None = None) -> Inspected:
-    decided_at = time.monotonic() if decided_at is None else decided_at
+class TimedLedger:
+    """The station's ledger, noting when each append returned (the record was durable)."""
+
+    def __init__(self, ledger) -> None:
+        self.ledger = ledger
+        self.durable_at: dict[str, float] = {}
+
+    def append(self, record, timeout=None):
+        stored = self.ledger.append(record, timeout=timeout)
+        self.durable_at[record.part_id] = time.monotonic()
+        return stored
+
+    def __getattr__(self, name):
+        return getattr(self.ledger, name)
+
+
+def inspect_once(ledger, link, part: str) -> Inspected:
+    """One passing inspection decided now (record_inspection's ``decided_at`` default)."""
+    timed = TimedLedger(ledger)
+    decided_at = time.monotonic()
     outcome = record_inspection(
         PassingResult(), part_id=part, station_id="fault-bench", bundle_sha256="ab" * 32,
-        package_version="bench", ledger=ledger, link=link, decided_at=decided_at,
+        package_version="bench", ledger=timed, link=link,
     )  # fmt: skip
-    return Inspected(decided_at, time.monotonic(), outcome.decision, outcome.record is not None)
+    return Inspected(decided_at, time.monotonic(), outcome.decision, outcome.record is not None,
+                     timed.durable_at.get(part))  # fmt: skip
 
 
 def pass_without_record_s(plc: StampingPlc, item: Inspected, exact: bool = True) -> float:
     """How long the PLC showed this inspection's PASS with no durable record: from the PASS
-    byte to the record (durable by the time record_inspection returned) or to the corrective
-    FAIL byte. ``exact=False`` (concurrent inspections, bytes not attributable): the bound
-    decision → return for a stored PASS."""
+    byte to the record (durable when its append returned) or to the corrective FAIL byte.
+    ``exact=False`` (concurrent inspections, bytes not attributable): the bound decision →
+    durable for a stored PASS."""
+    durable = item.durable_at if item.durable_at is not None else item.returned_at
     if not exact:
-        return item.returned_at - item.decided_at if item.decision == "PASS" else 0.0
+        return durable - item.decided_at if item.decision == "PASS" else 0.0
     seen = plc.bytes_between(item.decided_at, item.returned_at + 0.5)
     passes = [t for t, code in seen if code == PASS_CODE]
     if not passes:
         return 0.0
     if item.stored and item.decision == "PASS":
-        return max(0.0, item.returned_at - passes[0])
+        return max(0.0, durable - passes[0])
     fails = [t for t, code in seen if code == FAIL_CODE and t >= passes[0]]
     return (fails[0] if fails else float("inf")) - passes[0]
 
@@ -384,6 +409,7 @@ def burst(tmp: Path, keys: KeyRing, count: int) -> dict:
 
 def run(short: bool) -> dict:
     count = 3 if short else 20
+    load_start = os.getloadavg()[0]
     keys = KeyRing.from_secret(SECRET, "k1")
     faults = []
     with tempfile.TemporaryDirectory(prefix="autoweld-fi-") as tmp_name:
@@ -402,6 +428,7 @@ def run(short: bool) -> dict:
         "plc_timeout_ms": PLC_TIMEOUT_S * 1000,
         "limit_ms": (PLC_TIMEOUT_S + SLACK_S) * 1000,
         "short": short,
+        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
         "machine": {
             "python": platform.python_version(),
             "cpus": os.cpu_count(),

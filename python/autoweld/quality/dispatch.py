@@ -40,7 +40,7 @@ CORRECTIVE_FAIL_ATTEMPTS = 3
 #: a corrective FAIL still arrives within the timeout (docs/ledger.md, "Order of operations").
 RECORD_SHARE = 0.6
 #: The record gets at least this long after the PLC signal went out (see record_deadline).
-MIN_RECORD_WINDOW_S = 0.01
+MIN_RECORD_WINDOW_S = 0.02
 #: Without a PLC no PASS is shown, but a stopped database must still not hang an inspection.
 NO_PLC_RECORD_DEADLINE_S = 5.0
 #: Round-off allowance when a probability is clamped into [0, 1] for the record.
@@ -91,11 +91,15 @@ def record_deadline(
     after the decision when given; else :data:`RECORD_SHARE` of the PLC timeout after the
     decision (the rest is left for the corrective FAIL to arrive), but at least
     :data:`MIN_RECORD_WINDOW_S` after the signal went out (a slow PLC acknowledgement does not
-    leave the database no time); without a PLC, :data:`NO_PLC_RECORD_DEADLINE_S`."""
+    leave the database no time) — never later than the PLC timeout + that after the decision;
+    without a PLC, :data:`NO_PLC_RECORD_DEADLINE_S`."""
     if record_deadline_s is not None:
         return decided_at + record_deadline_s
     if link is None:
         return decided_at + NO_PLC_RECORD_DEADLINE_S
+    # the signal's own deadline caps the anchor: a send that returned late (a busy machine)
+    # does not stretch the window beyond the PLC timeout + MIN_RECORD_WINDOW_S
+    signalled_at = min(signalled_at, decided_at + link.timeout)
     return max(decided_at + RECORD_SHARE * link.timeout, signalled_at + MIN_RECORD_WINDOW_S)
 
 
