@@ -124,8 +124,8 @@ class TimedLedger:
         self.ledger = ledger
         self.durable_at: dict[str, float] = {}
 
-    def append(self, record, timeout=None):
-        stored = self.ledger.append(record, timeout=timeout)
+    def append(self, record, **deadline):
+        stored = self.ledger.append(record, **deadline)
         self.durable_at[record.part_id] = time.monotonic()
         return stored
 
