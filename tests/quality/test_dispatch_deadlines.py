@@ -118,6 +118,8 @@ def test_stopped_postgres_gives_a_fail_within_the_deadline_then_recovers(pg_url,
         resume.start()
         try:
             item = _inspect(ledger, link, "VIN-STOPPED")
+            stall = item.returned_at - item.decided_at
+            assert stall < 1.0, f"the inspection stalled {stall * 1000:.0f} ms"  # main: 5 s
             again = _inspect(ledger, link, "VIN-STILL-STOPPED")  # reconnecting, still bounded
             start = time.monotonic()
             with pytest.raises(LedgerTimeout, match="deadline"):
