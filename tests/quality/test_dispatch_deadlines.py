@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -71,19 +72,26 @@ def test_locked_sqlite_shows_pass_without_record_at_most_the_plc_timeout(tmp_pat
         assert ledger.verify().ok
 
 
+@contextmanager
+def _write_lock_held(path):
+    """A second, real SQLite connection holding the write lock (as another process would)."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        other.close()
+
+
 def test_sqlite_append_with_a_deadline_names_it(tmp_path, keys):
     path = tmp_path / "ledger.db"
     with open_ledger(path, keys) as ledger:
         ledger.append(make_record(0))
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_lock_held(path):
             start = time.monotonic()
             with pytest.raises(LedgerTimeout, match="missed its 30 ms deadline"):
                 ledger.append(make_record(1), timeout=0.03)
             assert time.monotonic() - start < 0.5  # not SQLite's 30 s default
-        finally:
-            other.close()
         assert ledger.append(make_record(1)).seq == 2
 
 
@@ -165,14 +173,10 @@ def test_closing_with_a_record_still_queued_logs_it_whole(tmp_path, keys, caplog
     path = tmp_path / "ledger.db"
     ledger = open_ledger(path, keys)
     ledger.append(make_record(0))
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
-    try:
+    with _write_lock_held(path):
         ledger.append_later(make_record(2, part_id="VIN-NEVER"))
         assert ledger.pending_records == 1
         ledger.close(drain_timeout=0.2)
-    finally:
-        other.close()
     lost = [r for r in caplog.records if r.levelname == "CRITICAL"]
     assert lost and "VIN-NEVER" in lost[0].getMessage() and "NOT written" in lost[0].getMessage()
 
@@ -181,17 +185,13 @@ def test_record_inspection_without_a_plc_still_has_a_deadline(tmp_path, keys):
     path = tmp_path / "ledger.db"
     with open_ledger(path, keys) as ledger:
         ledger.append(make_record(0))
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_lock_held(path):
             start = time.monotonic()
             outcome = record_inspection(
                 FI.PassingResult(), part_id="VIN-1", station_id="st-1", bundle_sha256="ab" * 32,
                 package_version="0.1.0", ledger=ledger, record_deadline_s=0.1,
             )  # fmt: skip
             assert time.monotonic() - start < 1.0
-        finally:
-            other.close()
         assert outcome.decision == "FAIL" and "deadline" in outcome.error
         assert "record queued" in outcome.error
         assert _wait_written(ledger) == 0

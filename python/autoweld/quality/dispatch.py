@@ -121,29 +121,26 @@ def _signal_then_append(
         return record
     deadline = record_deadline(link, decided_at, time.monotonic(), record_deadline_s)
     start = time.perf_counter()
-    is_pass = link is not None and record.decision == "PASS"
-    guard = _CorrectiveGuard(link, deadline) if is_pass else None
+    signalled_pass = link is not None and record.decision == "PASS"
+    guard = _CorrectiveGuard(link, deadline) if link is not None and signalled_pass else None
     try:
         stored = ledger.append(record, timeout=max(0.0, deadline - time.monotonic()))
-        if (
-            guard is not None and guard.fired()
-        ):  # durable, but after the PLC was told FAIL: that FAIL is what stands
+        # durable, but after the PLC was told FAIL at the deadline: that FAIL is what stands
+        if guard is not None and guard.fired():
             raise LedgerTimeout(
                 f"record of part {record.part_id} became durable "
                 f"{(time.monotonic() - deadline) * 1000:.0f} ms after its deadline; the PLC "
                 "was sent a corrective FAIL"
             )
-    except LedgerError as failure:
-        if is_pass:
-            corrected = _corrective_fail(link, record.part_id, guard)
+    except Exception as failure:  # any failure to store: the PASS must not stand unrecorded
+        if record.decision == "PASS":  # what is queued is the FAIL that now stands
+            why = f"record not written in time ({failure})"
+            delivered = record.plc_delivered
+            if link is not None:
+                delivered = _corrective_fail(link, record.part_id, guard)
+                why = f"PASS corrected with a FAIL: {why}"
             record = replace(
-                record,
-                decision="FAIL",
-                plc_delivered=corrected,
-                error=_joined(
-                    f"PASS corrected with a FAIL: record not written in time ({failure})",
-                    record.error,
-                ),  # fmt: skip
+                record, decision="FAIL", plc_delivered=delivered, error=_joined(why, record.error)
             )
         _queue(ledger, record)
         raise

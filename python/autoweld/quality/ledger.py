@@ -506,7 +506,7 @@ class Ledger:
                 logger.critical("ledger %s: queued record refused (%s): %s", self.url, refused,
                                 json.dumps(record.to_dict(), sort_keys=True))  # fmt: skip
                 continue
-            except LedgerError as error:
+            except Exception as error:  # noqa: BLE001 - any failure: keep it, try again
                 tries += 1
                 if tries == 1 or tries % 20 == 0:
                     logger.warning("ledger %s: queued record not written yet (try %d): %s",
