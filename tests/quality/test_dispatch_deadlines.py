@@ -21,7 +21,13 @@ from .conftest import make_record
 
 FI = fault_tools.load()
 PLC_TIMEOUT_S = 0.05
-LIMIT_S = PLC_TIMEOUT_S + 0.02
+#: the promise: PASS without a record for at most the PLC timeout + 20 ms ...
+PROMISE_S = PLC_TIMEOUT_S + 0.02
+#: ... measured here through three threads (watchdog, PLC worker, the test PLC's) on a shared
+#: two-core CI machine, where one scheduling delay can exceed 100 ms at a load of 15; the
+#: figure itself is bench/fault_injection.py's. Main's window was the whole time the lock was
+#: held (HELD_S) or the server stopped (5 s), far beyond this.
+LIMIT_S = PROMISE_S + 0.2
 #: what main did: the record waited for the database, the PLC showed PASS all that while
 HELD_S = 1.0
 
