@@ -146,7 +146,7 @@ def test_refused_bundle_fails_every_part(key_env, tiny_bundle, tmp_path):
 
 
 def test_ledger_write_failure_turns_pass_into_fail(station, client, monkeypatch):
-    def broken(record):
+    def broken(record, **deadline):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(station._ledger, "append", broken)

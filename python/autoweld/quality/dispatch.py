@@ -1,5 +1,5 @@
 """Dispatch one inspection to its two outputs, the PLC signal and the ledger record, in a
-fail-safe order (docs/ledger.md, "Why this order").
+fail-safe order (docs/ledger.md, "Order of operations").
 
 :func:`record_inspection` is the one place an inspection result becomes a record and a signal;
 ``autoweld-inspect``, the terminal and the benchmark all call it. It builds the record (or, if the
@@ -14,11 +14,11 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, is_dataclass, replace
 from typing import Generic, Protocol, TypeVar
 
-from autoweld.quality.ledger import Ledger
+from autoweld.quality.ledger import Ledger, LedgerError, LedgerTimeout, deadline_watchdog
 from autoweld.quality.plant import publish_result
 from autoweld.quality.plc import PlcLink
 from autoweld.quality.record import InspectionRecord, check_part_id, check_station_id
@@ -28,6 +28,7 @@ __all__ = [
     "InspectionLike",
     "RecordedInspection",
     "finite_or_none",
+    "record_deadline",
     "record_inspection",
     "signal_and_record",
 ]
@@ -36,6 +37,13 @@ log = logging.getLogger(__name__)
 
 #: How often a corrective FAIL is tried when a PASS was signalled but its record not written.
 CORRECTIVE_FAIL_ATTEMPTS = 3
+#: The record must be durable by this share of the PLC timeout after the decision, so that
+#: a corrective FAIL still arrives within the timeout (docs/ledger.md, "Order of operations").
+RECORD_SHARE = 0.6
+#: The record gets at least this long after the PLC signal went out (see record_deadline).
+MIN_RECORD_WINDOW_S = 0.02
+#: Without a PLC no PASS is shown, but a stopped database must still not hang an inspection.
+NO_PLC_RECORD_DEADLINE_S = 5.0
 #: Round-off allowance when a probability is clamped into [0, 1] for the record.
 PROBABILITY_SLACK = 1e-6
 #: What the record says instead of a part or station id it could not take.
@@ -53,18 +61,47 @@ def finite_or_none(value: object) -> float | None:
 
 
 def signal_and_record(
-    record: InspectionRecord, ledger: Ledger | None = None, link: PlcLink | None = None
+    record: InspectionRecord,
+    ledger: Ledger | None = None,
+    link: PlcLink | None = None,
+    *,
+    decided_at: float | None = None,
+    record_deadline_s: float | None = None,
 ) -> InspectionRecord:
-    """Signal ``record.decision`` to the PLC (bounded by the link's timeout), then append the
-    record with the delivery outcome (``plc_delivered`` is ``None`` without a link).
+    """Signal ``record.decision`` to the PLC (within the link's timeout of ``decided_at``,
+    ``time.monotonic()`` seconds, default now), then append the record with the delivery
+    outcome (``plc_delivered`` is ``None`` without a link).
 
-    If the append raises after a PASS was signalled, a corrective FAIL is sent at once (up to
-    :data:`CORRECTIVE_FAIL_ATTEMPTS` tries) before the error propagates: a part whose record could
-    not be written never keeps PASS as the last signal the PLC received. The caller must then
-    treat the inspection as a FAIL (``record_inspection`` does). Why this order: docs/ledger.md.
+    The append has a deadline (:func:`record_deadline`). If it raises — the deadline missed or
+    any other database failure — after a PASS was signalled, a corrective FAIL is sent at once
+    (up to :data:`CORRECTIVE_FAIL_ATTEMPTS` tries), so the PLC never shows PASS without a record
+    for longer than the deadline; the record of that FAIL (or of the FAIL that was signalled)
+    is queued on the ledger (:meth:`Ledger.append_later`) and written when the database allows;
+    then the error propagates and the caller must treat the inspection as a FAIL
+    (``record_inspection`` does). Why this order: docs/ledger.md, "Order of operations".
     Returns the stored record (or the record with ``plc_delivered`` set, without a ledger).
     """
-    return _signal_then_append(record, ledger, link, {})
+    decided_at = time.monotonic() if decided_at is None else decided_at
+    return _signal_then_append(record, ledger, link, {}, decided_at, record_deadline_s)
+
+
+def record_deadline(
+    link: PlcLink | None, decided_at: float, signalled_at: float, record_deadline_s: float | None
+) -> float:
+    """When the record must be durable (``time.monotonic()`` seconds): ``record_deadline_s``
+    after the decision when given; else :data:`RECORD_SHARE` of the PLC timeout after the
+    decision (the rest is left for the corrective FAIL to arrive), but at least
+    :data:`MIN_RECORD_WINDOW_S` after the signal went out (a slow PLC acknowledgement does not
+    leave the database no time) — never later than the PLC timeout + that after the decision;
+    without a PLC, :data:`NO_PLC_RECORD_DEADLINE_S`."""
+    if record_deadline_s is not None:
+        return decided_at + record_deadline_s
+    if link is None:
+        return decided_at + NO_PLC_RECORD_DEADLINE_S
+    # the signal's own deadline caps the anchor: a send that returned late (a busy machine)
+    # does not stretch the window beyond the PLC timeout + MIN_RECORD_WINDOW_S
+    signalled_at = min(signalled_at, decided_at + link.timeout)
+    return max(decided_at + RECORD_SHARE * link.timeout, signalled_at + MIN_RECORD_WINDOW_S)
 
 
 def _signal_then_append(
@@ -72,30 +109,93 @@ def _signal_then_append(
     ledger: Ledger | None,
     link: PlcLink | None,
     timings_ms: dict[str, float],
+    decided_at: float,
+    record_deadline_s: float | None,
 ) -> InspectionRecord:
     """:func:`signal_and_record`, adding the milliseconds of the PLC send (``"plc"``) and of the
     ledger append (``"record"``) to ``timings_ms`` (the benchmark reports them as stages)."""
     start = time.perf_counter()
-    delivered = link.send(record.decision) if link is not None else None
+    delivered = link.send(record.decision, decided_at) if link is not None else None
     timings_ms["plc"] = (time.perf_counter() - start) * 1e3
     record = replace(record, plc_delivered=delivered)
     if ledger is None:
         return record
+    deadline = record_deadline(link, decided_at, time.monotonic(), record_deadline_s)
     start = time.perf_counter()
+    signalled_pass = link is not None and record.decision == "PASS"
+    guard = _CorrectiveGuard(link, deadline) if link is not None and signalled_pass else None
     try:
-        stored = ledger.append(record)
-    except BaseException:
-        if link is not None and record.decision == "PASS":
-            _corrective_fail(link, record.part_id)
+        stored = ledger.append(record, timeout=max(0.0, deadline - time.monotonic()))
+        # durable, but after the PLC was told FAIL at the deadline: that FAIL is what stands
+        if guard is not None and guard.fired():
+            raise LedgerTimeout(
+                f"record of part {record.part_id} became durable "
+                f"{(time.monotonic() - deadline) * 1000:.0f} ms after its deadline; the PLC "
+                "was sent a corrective FAIL"
+            )
+    except Exception as failure:  # any failure to store: the PASS must not stand unrecorded
+        if record.decision == "PASS":  # what is queued is the FAIL that now stands
+            why = f"record not written in time ({failure})"
+            delivered = record.plc_delivered
+            if link is not None:
+                delivered = _corrective_fail(link, record.part_id, guard)
+                why = f"PASS corrected with a FAIL: {why}"
+            record = replace(
+                record, decision="FAIL", plc_delivered=delivered, error=_joined(why, record.error)
+            )
+        _queue(ledger, record)
         raise
+    finally:
+        if guard is not None:
+            guard.disarm()
     timings_ms["record"] = timings_ms.get("record", 0.0) + (time.perf_counter() - start) * 1e3
     return stored
 
 
-def _corrective_fail(link: PlcLink, part_id: str) -> bool:
+class _CorrectiveGuard:
+    """Sends the corrective FAIL at the record's deadline from the watchdog thread, so the PLC
+    shows an unrecorded PASS no longer than that, whatever the append is stuck in (an fsync
+    that SQLite cannot interrupt, a GIL-starved thread). Armed for a signalled PASS only."""
+
+    def __init__(self, link: PlcLink, deadline: float) -> None:
+        self._link = link
+        self._outcome: Callable[[], bool] | None = None
+        self._token = deadline_watchdog.arm(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._outcome = self._link.submit("FAIL")
+
+    def disarm(self) -> None:
+        deadline_watchdog.disarm(self._token)
+
+    def fired(self) -> bool:
+        self.disarm()
+        return self._outcome is not None
+
+    def outcome(self) -> bool | None:
+        """Whether the FAIL it sent was delivered; ``None`` when it did not fire."""
+        self.disarm()
+        return None if self._outcome is None else self._outcome()
+
+
+def _queue(ledger: Ledger, record: InspectionRecord) -> None:
+    """The record that could not be written goes on the ledger's queue, never dropped."""
+    if len(record.error or "") > MAX_ERROR_CHARS:
+        record = replace(record, error=record.error[: MAX_ERROR_CHARS - 3] + "...")
+    try:
+        ledger.append_later(record)
+    except (LedgerError, ValueError) as refused:  # closed: the record's content is logged
+        log.critical("record of part %s could not be queued (%s): %s", record.part_id, refused,
+                     record.to_dict())  # fmt: skip
+
+
+def _corrective_fail(link: PlcLink, part_id: str, guard: _CorrectiveGuard | None = None) -> bool:
+    if guard is not None and guard.outcome():  # sent at the deadline already
+        log.error("part %s: record not written in time; corrective FAIL sent", part_id)
+        return True
     for attempt in range(1, CORRECTIVE_FAIL_ATTEMPTS + 1):
         if link.send("FAIL"):
-            log.error("part %s: record not written; corrective FAIL sent to the PLC", part_id)
+            log.error("part %s: record not written in time; corrective FAIL sent", part_id)
             return True
         log.error("part %s: corrective FAIL not delivered (try %d)", part_id, attempt)
     log.critical(
@@ -199,6 +299,8 @@ def record_inspection(
     heatmap_sha256: str | None = None,
     heatmap_path: str | None = None,
     bundle_signed: bool | None = None,
+    decided_at: float | None = None,
+    record_deadline_s: float | None = None,
 ) -> RecordedInspection[ResultT]:
     """Record and signal one inspection result; never raises for ledger, PLC or record trouble.
 
@@ -209,11 +311,15 @@ def record_inspection(
     * :func:`signal_and_record` then signals the PLC and appends the record. FAIL is always
       signalled at once; a PASS whose record cannot be written is corrected with a FAIL.
     * Without a ledger and a PLC link nothing is signalled or recorded.
+    * ``decided_at`` (``time.monotonic()`` seconds, default now) is when the decision was made:
+      the PLC signal's budget runs from it; ``record_deadline_s`` overrides
+      :func:`record_deadline`. A record that misses it is queued, never dropped.
 
     ``result`` is not changed: the returned :class:`RecordedInspection` holds a copy with the
     final decision and error. ``bundle_signed`` (whether the bundle's signature was checked) is
     signed into the record, the minimal one included.
     """
+    decided_at = time.monotonic() if decided_at is None else decided_at
     decision, error = _decision_of(result)
     timings: dict[str, float] = {}
 
@@ -236,16 +342,18 @@ def record_inspection(
         decision, error = "FAIL", _joined(f"quality record refused: {refused}", error)
         minimal = _minimal_record(part_id, station_id, bundle_sha256, package_version, error)
         if minimal is None:  # pragma: no cover - the minimal record takes only checked values
-            delivered = link.send("FAIL") if link is not None else None
+            delivered = link.send("FAIL", decided_at) if link is not None else None
             return outcome(decision, error, None, delivered)
         record, error = replace(minimal, bundle_signed=bundle_signed), minimal.error
     timings["record"] = (time.perf_counter() - start) * 1e3
     try:
-        stored = _signal_then_append(record, ledger, link, timings)
+        stored = _signal_then_append(record, ledger, link, timings, decided_at, record_deadline_s)
     except Exception as failure:  # noqa: BLE001 - an unrecorded inspection is not a pass
         log.error("ledger write failed for part %r: %s", part_id, failure)
         delivered = link.last_delivered if link is not None else None
-        return outcome("FAIL", _joined(f"ledger write failed: {failure}", error), None, delivered)
+        queued = f"; record queued ({ledger.pending_records} waiting)" if ledger else ""
+        why = f"ledger write failed: {failure}{queued}"
+        return outcome("FAIL", _joined(why, error), None, delivered)
     kept = stored if ledger is not None else None
     # OPC UA / MQTT links: the full result, with the record's seq and MAC (docs/plant.md)
     publish_result(link, stored, getattr(result, "timings_ms", None))

@@ -18,15 +18,19 @@ an externally kept head (:meth:`Ledger.head`) a truncated tail as well.
 from __future__ import annotations
 
 import csv
+import heapq
 import hmac
 import json
 import logging
+import os
 import random
 import re
+import socket
 import sqlite3
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields, replace
@@ -166,6 +170,11 @@ _PG_LOCK_CLASS = 0x41574C44  # "AWLD": first key of our advisory locks
 # connection holding BEGIN IMMEDIATE). Several stations or threads opening the same new file
 # together hit that; the open-time setup is idempotent, so it is retried until this deadline.
 _SQLITE_OPEN_TIMEOUT_S = 30.0
+#: SQLite's busy timeout for a call without a deadline (opening, verify, a plain ``append``);
+#: a call with a deadline waits at most until its deadline.
+SQLITE_BUSY_TIMEOUT_S = 30.0
+#: How often an append with a deadline retries a SQLite write lock another connection holds.
+SQLITE_LOCK_POLL_S = 0.0015
 
 
 def _retry_while_locked(step: Callable[[], None], timeout_s: float) -> None:
@@ -214,6 +223,72 @@ _SIGNED_FIELDS = ("seq", "record_id", "utc_time", "key_id", "prev_mac", "mac")
 def signed_equal(a: InspectionRecord, b: InspectionRecord) -> bool:
     """Whether two records are the same signed record, byte for byte (content and MAC)."""
     return _same(a.mac, b.mac) and hmac.compare_digest(canonical_bytes(a), canonical_bytes(b))
+
+
+class LedgerTimeout(LedgerError):
+    """A ledger call missed its client-side deadline (the database was locked, stopped, or
+    too slow); the message names the deadline. Raised instead of waiting on."""
+
+
+class _Watchdog:
+    """One thread that runs an action when a deadline passes (interrupt a SQLite statement,
+    shut a PostgreSQL socket). :meth:`disarm` returns only when the action has either run to
+    its end or will never run, so its caller knows which (the returned flag)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._armed: dict[int, bool] = {}  # token -> fired
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: float, action: Callable[[], None]) -> int:
+        with self._cond:
+            self._next += 1
+            heapq.heappush(self._heap, (deadline, self._next, action))
+            self._armed[self._next] = False
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ledger-watchdog",
+                                                daemon=True)  # fmt: skip
+                self._thread.start()
+            self._cond.notify()
+            return self._next
+
+    def disarm(self, token: int) -> bool:
+        """Forget ``token``; ``True`` when its action ran."""
+        with self._cond:
+            return self._armed.pop(token, False)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][1] not in self._armed:
+                    heapq.heappop(self._heap)  # disarmed
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                deadline, token, action = self._heap[0]
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                heapq.heappop(self._heap)
+                self._armed[token] = True
+                try:
+                    action()  # quick by contract: under the lock, so disarm waits for it
+                except Exception:  # noqa: BLE001 - the watchdog must keep running
+                    logger.exception("ledger watchdog action failed")
+
+
+_WATCHDOG = _Watchdog()
+#: the deadline watchdog, for the dispatcher's corrective FAIL (its actions must be quick)
+deadline_watchdog = _WATCHDOG
+#: After a record missed its deadline, :meth:`Ledger.append_later` retries it with this
+#: deadline per try, backing off between tries up to the second value.
+BACKLOG_TRY_S = 1.0
+BACKLOG_MAX_BACKOFF_S = 1.0
+#: How long :meth:`Ledger.close` waits for queued records to be written.
+BACKLOG_DRAIN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -370,6 +445,13 @@ class Ledger:
         self.read_only = read_only
         self._lock = threading.Lock()
         self._closed = False
+        #: deadline (``time.monotonic()``) of the call in progress; set under ``_lock``
+        self._deadline: float | None = None
+        self._backlog: deque[tuple[InspectionRecord, float]] = deque()
+        self._backlog_cond = threading.Condition()
+        self._backlog_thread: threading.Thread | None = None
+        self._closing = False
+        self._drain_until = 0.0
 
     # ---- backend primitives -------------------------------------------------------------
     def _append_locked(
@@ -410,27 +492,56 @@ class Ledger:
         if self._closed:
             raise LedgerError(f"ledger {self.url!r} is closed")
 
-    def _guarded(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn`` under the ledger's lock; database errors become :class:`LedgerError`."""
-        with self._lock:
+    def _guarded(
+        self, what: str, fn: Callable[..., Any], *args: Any, deadline: float | None = None
+    ) -> Any:
+        """Run ``fn`` under the ledger's lock; database errors become :class:`LedgerError`.
+        With a ``deadline`` (``time.monotonic()`` seconds) the wait for the lock and the
+        backend's call are bounded by it, and missing it raises :class:`LedgerTimeout`."""
+        budget = "" if deadline is None else f" {(deadline - time.monotonic()) * 1000:.0f} ms"
+        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._lock.acquire(timeout=wait):
+            raise LedgerTimeout(
+                f"ledger {self.url!r}: {what} missed its{budget} deadline waiting for the "
+                "ledger's previous call (a slow database or a queued record's retry)"
+            )
+        try:
             self._check_open()
+            self._deadline = deadline
             try:
                 return fn(*args)
             except self.db_errors as error:
-                raise LedgerError(
-                    f"ledger {self.url!r}: {what} failed: {redact_url(str(error))}"
-                ) from error
+                why = redact_url(str(error))
+                if deadline is not None and (
+                    time.monotonic() >= deadline - 0.002 or self._is_timeout(error)
+                ):
+                    raise LedgerTimeout(
+                        f"ledger {self.url!r}: {what} missed its{budget} deadline: {why}"
+                    ) from error
+                raise LedgerError(f"ledger {self.url!r}: {what} failed: {why}") from error
+        finally:
+            self._deadline = None
+            self._lock.release()
+
+    @staticmethod
+    def _is_timeout(error: BaseException) -> bool:
+        """A backend error that means "gave up at the deadline" before the clock shows it."""
+        return False
 
     def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return self._guarded("query", lambda: list(self._query(self._sql(sql), params)))
 
-    def append(self, record: InspectionRecord) -> InspectionRecord:
+    def append(self, record: InspectionRecord, timeout: float | None = None) -> InspectionRecord:
         """Sign, chain and store ``record``; returns the stored record (seq, record_id, utc_time,
         key_id, prev_mac and mac filled in). Durable (committed) when it returns.
 
         Raises :class:`LedgerError` when the database fails; then the record may or may not have
         been committed (a connection lost during COMMIT cannot tell) and is not acknowledged.
+        ``timeout`` (seconds) is a client-side deadline on the whole call — the wait for the
+        ledger, a locked SQLite file, a stopped PostgreSQL server — past which it raises
+        :class:`LedgerTimeout` instead of waiting (default: the backend's own limits).
         """
+        deadline = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
         if not isinstance(record, InspectionRecord):
             raise ValueError(f"record must be an InspectionRecord, got {type(record).__name__}")
         filled = [n for n in ("seq", "record_id", "utc_time", "key_id", "prev_mac", "mac")
@@ -451,9 +562,106 @@ class Ledger:
             )
             return replace(unsigned, mac=compute_mac(self.keys.signing_key, unsigned))
 
-        stored = self._guarded("append", self._append_locked, record.station_id, build)
+        stored = self._guarded(
+            "append", self._append_locked, record.station_id, build, deadline=deadline
+        )
         logger.debug("appended %s seq %d", stored.station_id, stored.seq)
         return stored
+
+    # ---- records that missed their deadline ----------------------------------------------
+    def append_later(self, record: InspectionRecord) -> None:
+        """Queue ``record`` (unsigned, as for :meth:`append`) to be written as soon as the
+        database allows: a background thread retries it, oldest first, until it is stored.
+        Nothing queued is dropped: each record's fate is logged (written late as seq N, or, if
+        the ledger is closed before it could be written, logged CRITICAL with its content) and
+        :attr:`pending_records` counts what is still waiting."""
+        if not isinstance(record, InspectionRecord) or record.mac is not None:
+            raise ValueError("append_later takes an unsigned InspectionRecord")
+        with self._backlog_cond:
+            self._check_open()
+            if self._closing:
+                raise LedgerError(f"ledger {self.url!r} is closing: nothing more is queued")
+            self._backlog.append((record, time.monotonic()))
+            logger.error(
+                "ledger %s: record of part %r (%s) queued; %d waiting",
+                self.url, record.part_id, record.decision, len(self._backlog),
+            )  # fmt: skip
+            if self._backlog_thread is None:
+                self._backlog_thread = threading.Thread(
+                    target=self._write_backlog, name="ledger-backlog", daemon=True
+                )
+                self._backlog_thread.start()
+            self._backlog_cond.notify_all()
+
+    @property
+    def pending_records(self) -> int:
+        """Records queued by :meth:`append_later` and not yet written."""
+        with self._backlog_cond:
+            return len(self._backlog)
+
+    def _write_backlog(self) -> None:
+        backoff, tries = 0.02, 0
+        while True:
+            with self._backlog_cond:
+                while not self._backlog and not self._closing:
+                    self._backlog_cond.wait()
+                if not self._backlog:
+                    return
+                record, queued_at = self._backlog[0]
+            try:
+                stored = self.append(record, timeout=BACKLOG_TRY_S)
+            except ValueError as refused:  # pragma: no cover - it was checked when queued
+                with self._backlog_cond:
+                    self._backlog.popleft()
+                logger.critical("ledger %s: queued record refused (%s): %s", self.url, refused,
+                                json.dumps(record.to_dict(), sort_keys=True))  # fmt: skip
+                continue
+            except Exception as error:  # noqa: BLE001 - any failure: keep it, try again
+                tries += 1
+                if tries == 1 or tries % 20 == 0:
+                    logger.warning("ledger %s: queued record not written yet (try %d): %s",
+                                   self.url, tries, error)  # fmt: skip
+                with self._backlog_cond:
+                    # closing: waiting helps only a database that may come back in time
+                    if self._closing and (
+                        self._drain_until < time.monotonic() or not isinstance(error, LedgerTimeout)
+                    ):
+                        return
+                    self._backlog_cond.wait(backoff)
+                backoff = min(backoff * 2, BACKLOG_MAX_BACKOFF_S)
+                continue
+            with self._backlog_cond:
+                self._backlog.popleft()
+                self._backlog_cond.notify_all()
+            logger.warning(
+                "ledger %s: queued record of part %r written as %s seq %d, %.0f ms after it "
+                "was queued", self.url, stored.part_id, stored.station_id, stored.seq,
+                (time.monotonic() - queued_at) * 1000,
+            )  # fmt: skip
+            backoff, tries = 0.02, 0
+
+    def _drain_backlog(self, timeout: float) -> None:
+        """At close: give queued records ``timeout`` seconds, then log what is left CRITICAL."""
+        with self._backlog_cond:
+            self._closing = True
+            self._drain_until = time.monotonic() + timeout
+            thread = self._backlog_thread
+            self._backlog_cond.notify_all()
+            while self._backlog and thread is not None and thread.is_alive():
+                left = self._drain_until - time.monotonic()
+                if left <= 0:
+                    break
+                self._backlog_cond.wait(min(left, 0.1))
+            left_over = list(self._backlog)
+            self._backlog.clear()
+            self._backlog_cond.notify_all()
+        for record, _ in left_over:
+            logger.critical(
+                "ledger %s closed with a record NOT written (write it back from this line): %s",
+                self.url, json.dumps(record.to_dict(), sort_keys=True),
+            )  # fmt: skip
+        if thread is not None:
+            thread.join(BACKLOG_TRY_S + 1.0)
 
     def heads(self) -> dict[str, Head]:
         """Latest ``(seq, mac)`` of every station."""
@@ -808,12 +1016,17 @@ class Ledger:
             )
         return len(fresh), len(stored)
 
-    def close(self) -> None:
-        """Close the database connection (idempotent)."""
+    def close(self, drain_timeout: float = BACKLOG_DRAIN_S) -> None:
+        """Close the database connection (idempotent). Records queued by
+        :meth:`append_later` get ``drain_timeout`` seconds to be written first."""
+        if self._backlog_thread is not None and not self._closed:
+            self._drain_backlog(drain_timeout)
         with self._lock:
             if not self._closed:
                 self._closed = True
                 self._close()
+        with self._backlog_cond:
+            self._backlog_cond.notify_all()
 
     def __enter__(self) -> Ledger:
         return self
@@ -838,7 +1051,10 @@ class SQLiteLedger(Ledger):
         try:
             # autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT)
             self._conn = sqlite3.connect(
-                str(path), timeout=30.0, isolation_level=None, check_same_thread=False
+                str(path),
+                timeout=SQLITE_BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
             )
             _retry_while_locked(lambda: self._initialise(path), _SQLITE_OPEN_TIMEOUT_S)
             self._check_schema()
@@ -895,11 +1111,62 @@ class SQLiteLedger(Ledger):
             self._fail_open(path, error)
             raise
 
+    @staticmethod
+    def _is_timeout(error: BaseException) -> bool:
+        """The write lock still held when polling stopped, or a statement interrupted."""
+        text = str(error).lower()
+        return any(word in text for word in ("locked", "busy", "interrupted"))
+
+    @contextmanager
+    def _bounded(self) -> Iterator[None]:
+        """Bound the call in progress by its deadline: no wait inside SQLite's busy handler
+        (it sleeps in steps of up to 25 ms; :meth:`_begin_immediate` polls the write lock
+        itself), and a statement still running at the deadline is interrupted. Without a
+        deadline the busy timeout is :data:`SQLITE_BUSY_TIMEOUT_S`."""
+        if self._deadline is None:
+            yield
+            return
+        self._conn.execute("PRAGMA busy_timeout = 0")
+        token = _WATCHDOG.arm(self._deadline, self._conn.interrupt)
+        try:
+            yield
+        finally:
+            fired = _WATCHDOG.disarm(token)
+            for attempt in range(2):  # an interrupt that came as the call ended may hit this
+                try:
+                    self._conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000:.0f}")
+                    break
+                except sqlite3.OperationalError:
+                    if not fired or attempt:
+                        raise
+
+    def _begin_immediate(self) -> None:
+        """Take the write lock; with a deadline, poll for it every millisecond or two until
+        then (another connection holding it makes SQLite answer BUSY)."""
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                text = str(error).lower()
+                busy = "locked" in text or "busy" in text
+                if self._deadline is None or not busy:
+                    raise
+                if time.monotonic() + SQLITE_LOCK_POLL_S >= self._deadline:
+                    raise
+            time.sleep(SQLITE_LOCK_POLL_S)
+
     def _append_locked(
         self, station_id: str, build: Callable[[int, str], InspectionRecord]
     ) -> InspectionRecord:
+        with self._bounded():
+            return self._append_now(station_id, build)
+
+    def _append_now(
+        self, station_id: str, build: Callable[[int, str], InspectionRecord]
+    ) -> InspectionRecord:
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")  # takes the write lock now: no other writer interleaves
+        self._begin_immediate()  # takes the write lock now: no other writer interleaves
         try:
             last = conn.execute(
                 f"SELECT seq, mac FROM {TABLE} WHERE station_id = ? ORDER BY seq DESC LIMIT 1",
@@ -931,7 +1198,8 @@ class SQLiteLedger(Ledger):
             raise
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-        return iter(self._conn.execute(sql, params).fetchall())
+        with self._bounded():
+            return iter(self._conn.execute(sql, params).fetchall())
 
     def _close(self) -> None:
         self._conn.close()
@@ -961,6 +1229,7 @@ class PostgresLedger(Ledger):
         self.db_errors = (psycopg.Error,)
         self._dsn = dsn
         self._connect_timeout = max(1, int(connect_timeout))
+        self._reconnecting: _Reconnect | None = None
         try:
             self._conn = self._connect()
         except psycopg.Error as error:
@@ -968,7 +1237,8 @@ class PostgresLedger(Ledger):
                 f"cannot open PostgreSQL ledger {self.url!r}: {redact_url(str(error))}"
             ) from error
         try:
-            self._create_schema()  # in read-only mode: only checks that it exists
+            with self._armed(self._conn):
+                self._create_schema()  # in read-only mode: only checks that it exists
             self._check_schema()
         except BaseException as error:
             self._conn.close()
@@ -988,22 +1258,54 @@ class PostgresLedger(Ledger):
             f"-c statement_timeout={round(self.timeouts.statement_s * 1000)} "
             f"-c lock_timeout={round(self.timeouts.lock_s * 1000)}"
         )
+        if self.read_only:  # at start-up, not as a statement: a reconnect runs no statement
+            ours += " -c default_transaction_read_only=on"
         params["options"] = f"{params['options']} {ours}" if params.get("options") else ours
         # a half-open TCP connection (cable pulled, server host gone) must not block a call
         # forever: keepalives while waiting for an answer, tcp_user_timeout for unacked sends
         for name, value in _PG_TCP_DEFAULTS.items():
             params.setdefault(name, value)
         params.setdefault("connect_timeout", self._connect_timeout)
-        conn = self._psycopg.connect(autocommit=True, **params)
-        if self.read_only:
-            conn.execute("SET default_transaction_read_only = on")
-        return conn
+        return self._psycopg.connect(autocommit=True, **params)
+
+    def _call_deadline(self) -> float:
+        """The deadline of the call in progress, else a client-side guard past the server's
+        own statement timeout (which a stopped server never enforces)."""
+        if self._deadline is not None:
+            return self._deadline
+        return time.monotonic() + self.timeouts.statement_s + PG_CLIENT_GUARD_S
+
+    @contextmanager
+    def _armed(self, conn: Any) -> Iterator[None]:
+        """Bound a call on ``conn`` by its deadline even when the server is stopped (SIGSTOP:
+        the kernel still ACKs, so neither the server's timeouts nor TCP's fire): at the
+        deadline the socket is shut, the blocked call fails at once, and the next call
+        reconnects; the server is asked in the background to cancel what it was doing."""
+        token = _WATCHDOG.arm(self._call_deadline(), lambda: _cut_connection(conn))
+        try:
+            yield
+        finally:
+            _WATCHDOG.disarm(token)
 
     def _connection(self) -> Any:
-        if self._conn.closed or self._conn.broken:
+        """The open connection; a lost one is replaced by a connect that runs in the
+        background, so waiting for it is bounded by the call's deadline."""
+        if not (self._conn.closed or self._conn.broken):
+            return self._conn
+        attempt = self._reconnecting
+        if attempt is None:
             logger.warning("ledger %s: connection lost, reconnecting", self.url)
-            self._conn.close()
-            self._conn = self._connect()
+            attempt = self._reconnecting = _Reconnect(self._connect, self.url)
+        if not attempt.done.wait(max(0.0, self._call_deadline() - time.monotonic())):
+            raise LedgerTimeout(
+                f"ledger {self.url!r}: reconnecting to PostgreSQL did not finish by the "
+                "deadline (still trying in the background)"
+            )
+        self._reconnecting = None
+        if attempt.error is not None:
+            raise attempt.error
+        self._conn.close()
+        self._conn = attempt.conn
         return self._conn
 
     def _create_schema(self) -> None:
@@ -1053,7 +1355,7 @@ class PostgresLedger(Ledger):
         self, station_id: str, build: Callable[[int, str], InspectionRecord]
     ) -> InspectionRecord:
         conn = self._connection()
-        with conn.transaction():
+        with self._armed(conn), conn.transaction():
             # one writer per station at a time; released at commit/rollback
             conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
                          (_PG_LOCK_CLASS, station_id))  # fmt: skip
@@ -1078,10 +1380,66 @@ class PostgresLedger(Ledger):
             yield conn
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-        return iter(self._connection().execute(sql, params).fetchall())
+        conn = self._connection()
+        with self._armed(conn):
+            return iter(conn.execute(sql, params).fetchall())
 
     def _close(self) -> None:
         self._conn.close()
+        attempt = self._reconnecting
+        if attempt is not None:
+            attempt.abandon()
+
+
+class _Reconnect:
+    """One connect to PostgreSQL on its own thread (libpq's connect timeout is whole seconds,
+    at least 2): the caller waits for ``done`` as long as its deadline allows."""
+
+    def __init__(self, connect: Callable[[], Any], url: str) -> None:
+        self.done = threading.Event()
+        self.conn: Any = None
+        self.error: BaseException | None = None
+        self._abandoned = False
+        self._url = url
+        threading.Thread(target=self._run, args=(connect,), name="ledger-reconnect",
+                         daemon=True).start()  # fmt: skip
+
+    def _run(self, connect: Callable[[], Any]) -> None:
+        try:
+            self.conn = connect()
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting call
+            self.error = error
+        if self._abandoned and self.conn is not None:
+            self.conn.close()
+        self.done.set()
+
+    def abandon(self) -> None:
+        """The ledger closed: a connection that arrives later is closed."""
+        self._abandoned = True
+        if self.done.is_set() and self.conn is not None:
+            self.conn.close()
+
+
+def _cut_connection(conn: Any) -> None:
+    """Shut a PostgreSQL connection's socket now (any thread) and ask the server to cancel."""
+    try:
+        fd = conn.pgconn.socket
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
+    except Exception as error:  # noqa: BLE001 - already closed or broken: nothing to shut
+        logger.debug("ledger: socket not shut: %s", error)
+    logger.warning("ledger: PostgreSQL call past its deadline: connection cut")
+
+    def cancel() -> None:
+        try:
+            conn.cancel_safe(timeout=PG_CANCEL_TIMEOUT_S)
+        except Exception as error:  # noqa: BLE001 - a stopped server cannot be reached
+            logger.info("ledger: cancel request not delivered: %s", error)
+
+    threading.Thread(target=cancel, name="ledger-cancel", daemon=True).start()
 
 
 #: libpq TCP settings used unless the URL gives its own: a dead peer is noticed in ~10 s.
@@ -1097,6 +1455,10 @@ PG_STATEMENT_TIMEOUT_S = 5.0
 PG_LOCK_TIMEOUT_S = 5.0
 #: Read-only use (verify, export of a large ledger) gets longer statements by default.
 PG_READ_ONLY_STATEMENT_TIMEOUT_S = 120.0
+#: A call without its own deadline is cut this long after the server's statement timeout.
+PG_CLIENT_GUARD_S = 2.0
+#: How long the background cancel request of a cut call may take.
+PG_CANCEL_TIMEOUT_S = 5.0
 _PG_MAX_TIMEOUT_S = 3600.0
 
 

@@ -14,6 +14,7 @@ once the record is in the ledger (:meth:`ResultLink.publish`), because only then
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from abc import abstractmethod
@@ -117,6 +118,10 @@ class ResultLink(PlcLink):
         self.published_delivered = 0
         self.last_published: bool | None = None
         self._publish_state = "no result published yet"
+        # Its own lock: PlcLink._lock guards the send queue, which a result publication (up to
+        # ``timeout`` on the network) must never hold up; the decision signals stay on the
+        # link's send worker, in order.
+        self._publish_lock = threading.Lock()
 
     @property
     def state(self) -> str:
@@ -128,7 +133,7 @@ class ResultLink(PlcLink):
         """Publish ``record`` (as stored: with seq and MAC) as one result; ``True`` if delivered."""
         start = time.monotonic()
         what = f"result of part {record.part_id} (seq {record.seq}, record {record.record_id})"
-        if not self._lock.acquire(timeout=self.timeout):
+        if not self._publish_lock.acquire(timeout=self.timeout):
             return self._published(False, what, start, "link busy")
         try:
             self.published += 1
@@ -144,7 +149,7 @@ class ResultLink(PlcLink):
             self.published_delivered += 1
             return self._published(True, what, start, None)
         finally:
-            self._lock.release()
+            self._publish_lock.release()
 
     def _published(self, ok: bool, what: str, start: float, why: str | None) -> bool:
         elapsed = (time.monotonic() - start) * 1000

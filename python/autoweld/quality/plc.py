@@ -13,27 +13,34 @@ Chosen by URL (:func:`open_plc`):
 * ``opcua://``, ``opcua+server://``, ``mqtt://`` — results for the plant (OPC 40100 over OPC UA,
   JSON over MQTT): the decision here, then the full result after the record (docs/plant.md).
 
-``send`` never raises for a down, refusing or slow PLC and never blocks beyond ``timeout`` (plus
-a little overhead): it returns ``False`` and the caller records "not delivered". A missing signal
-never counts as a pass — the PLC must treat "no fresh result" as not OK.
+``send`` never raises for a down, refusing or slow PLC and never blocks beyond ``timeout`` after
+the decision (plus a little overhead): it returns ``False`` and the caller records "not
+delivered". Sends are serialised on one worker thread per link, in order; one whose deadline
+passed while it waited is not sent late. A missing signal never counts as a pass — the PLC must
+treat "no fresh result" as not OK.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import queue
 import random
 import select
 import socket
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import import_module
 from urllib.parse import parse_qs, urlsplit
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 0.05
+#: How long past a signal's deadline its sender waits for the worker's answer (thread hand-over).
+WAIT_SLACK_S = 0.005
 TCP_CODES = {"PASS": 0x00, "FAIL": 0x01}
 MODBUS_CODES = {"PASS": 1, "FAIL": 2}
 
@@ -43,8 +50,27 @@ def _check_decision(decision: str) -> None:
         raise ValueError(f"decision must be 'PASS' or 'FAIL', got {decision!r}")
 
 
+@dataclass
+class _Signal:
+    """One queued signal: what to send and by when (``time.monotonic()`` seconds)."""
+
+    decision: str
+    deadline: float
+    done: threading.Event = field(default_factory=threading.Event)
+    delivered: bool = False
+    started: bool = False
+    abandoned: bool = False
+
+
 class PlcLink(ABC):
-    """A connection to one PLC. Thread-safe; a context manager."""
+    """A connection to one PLC. Thread-safe; a context manager.
+
+    Signals are sent one at a time, in the order they were asked for, by one worker thread per
+    link (started on the first send). Each signal's deadline is ``timeout`` after the decision
+    it carries (``decided_at``), not after the worker got to it: a signal whose deadline has
+    passed while it waited behind others is reported as not delivered and never sent late (a
+    late byte has no part id, so the PLC would take it as the *next* part's result).
+    """
 
     def __init__(self, url: str, host: str, port: int, timeout: float) -> None:
         self.url = url
@@ -53,47 +79,103 @@ class PlcLink(ABC):
         self.timeout = timeout
         self.sent = 0
         self.delivered = 0
+        self.skipped_late = 0
         self.last_delivered: bool | None = None
         self._state = "not used yet"
         self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Signal | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._closed = False
 
     @property
     def state(self) -> str:
         """One line for the operator page: the outcome of the last signal."""
         return f"{self.url}: {self._state} ({self.delivered}/{self.sent} delivered)"
 
-    def send(self, decision: str) -> bool:
+    def send(self, decision: str, decided_at: float | None = None) -> bool:
         """Signal ``decision`` (``"PASS"``/``"FAIL"``); ``True`` only when the PLC confirmed it.
-        Never raises for PLC trouble; returns within ``timeout`` plus a small overhead."""
+
+        ``decided_at`` (``time.monotonic()`` seconds, default now) is when the decision was
+        made; the signal must be delivered within ``timeout`` of it. Never raises for PLC
+        trouble; returns by that deadline plus a small overhead."""
+        return self.submit(decision, decided_at)()
+
+    def submit(self, decision: str, decided_at: float | None = None) -> Callable[[], bool]:
+        """Queue the signal and return at once (safe from a timer thread); the returned
+        function waits for the outcome and gives what :meth:`send` would have returned."""
         _check_decision(decision)
-        start = time.monotonic()
-        # another thread's send in progress counts against this one's budget too
-        if not self._lock.acquire(timeout=self.timeout):
-            self._state = f"NOT delivered {decision}: link busy for {self.timeout * 1000:.0f} ms"
-            logger.warning("PLC %s: %s", self.url, self._state)
-            return False
-        try:
-            self.sent += 1
-            try:
-                self._send(decision, start + self.timeout)
-            except Exception as error:  # noqa: BLE001 - a PLC problem must never stop inspection
-                try:
-                    self._drop()
-                except Exception:  # noqa: BLE001 - closing a broken socket may fail too
-                    pass
-                elapsed = (time.monotonic() - start) * 1000
-                why = str(error) or type(error).__name__
-                self._state = f"NOT delivered {decision} after {elapsed:.1f} ms: {why}"
-                logger.warning("PLC %s: %s", self.url, self._state)
+        start = time.monotonic() if decided_at is None else decided_at
+        signal = _Signal(decision, start + self.timeout)
+        with self._lock:
+            if self._closed:
+                self._state = f"NOT delivered {decision}: link closed"
                 self.last_delivered = False
+                return lambda: False
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._run, name=f"plc-{self.host}:{self.port}", daemon=True
+                )
+                self._worker.start()
+            self._queue.put(signal)
+        return lambda: self._outcome(signal)
+
+    def _outcome(self, signal: _Signal) -> bool:
+        if signal.done.wait(max(0.0, signal.deadline - time.monotonic()) + WAIT_SLACK_S):
+            return signal.delivered
+        with self._lock:  # the worker has not finished it in time
+            if not signal.started:
+                signal.abandoned = True  # it will not be sent late
                 return False
+        # being sent: _send respects the deadline, so this wait is short
+        signal.done.wait(self.timeout)
+        return signal.delivered
+
+    def _run(self) -> None:
+        while True:
+            signal = self._queue.get()
+            if signal is None:
+                return
+            with self._lock:
+                late = signal.abandoned or time.monotonic() >= signal.deadline
+                signal.started = not late
+            if late:
+                self._skip(signal)
+            else:
+                signal.delivered = self._deliver(signal.decision, signal.deadline)
+            signal.done.set()
+
+    def _skip(self, signal: _Signal) -> None:
+        over = (time.monotonic() - signal.deadline) * 1000
+        self.skipped_late += 1
+        self.last_delivered = False
+        self._state = (
+            f"NOT delivered {signal.decision}: its {self.timeout * 1000:.0f} ms budget ran out "
+            f"{over:.1f} ms before its turn (not sent late)"
+        )
+        logger.warning("PLC %s: %s", self.url, self._state)
+
+    def _deliver(self, decision: str, deadline: float) -> bool:
+        """Send one signal on the worker; ``True`` when confirmed before ``deadline``."""
+        start = time.monotonic()
+        self.sent += 1
+        try:
+            self._send(decision, deadline)
+        except Exception as error:  # noqa: BLE001 - a PLC problem must never stop inspection
+            try:
+                self._drop()
+            except Exception:  # noqa: BLE001 - closing a broken socket may fail too
+                pass
             elapsed = (time.monotonic() - start) * 1000
-            self.delivered += 1
-            self.last_delivered = True
-            self._state = f"delivered {decision} in {elapsed:.1f} ms"
-            return True
-        finally:
-            self._lock.release()
+            why = str(error) or type(error).__name__
+            self._state = f"NOT delivered {decision} after {elapsed:.1f} ms: {why}"
+            logger.warning("PLC %s: %s", self.url, self._state)
+            self.last_delivered = False
+            return False
+        elapsed = (time.monotonic() - start) * 1000
+        self.delivered += 1
+        self.last_delivered = True
+        self._state = f"delivered {decision} in {elapsed:.1f} ms"
+        return True
 
     @abstractmethod
     def _send(self, decision: str, deadline: float) -> None:
@@ -104,9 +186,14 @@ class PlcLink(ABC):
         """Forget the connection after a failure; the next send reconnects."""
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Stop the worker and close the connection (idempotent)."""
         with self._lock:
-            self._drop()
+            self._closed = True
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            self._queue.put(None)
+            worker.join(self.timeout + 1.0)
+        self._drop()
 
     def __enter__(self) -> PlcLink:
         return self

@@ -514,6 +514,8 @@ class Station:
         counts["yield"] = round(counts["pass"] / counts["total"], 4) if counts["total"] else None
         counts["since_utc"] = self.started_utc
         counts["pending"] = self.pending
+        # records that missed their deadline and wait in the ledger's queue (docs/ledger.md)
+        counts["records_queued"] = getattr(self._ledger, "pending_records", 0)
         return counts
 
     def plc_state(self) -> dict[str, Any]:
