@@ -354,18 +354,34 @@ def test_close_with_a_stuck_batch_fails_it_and_returns(tiny_bundle, monkeypatch)
     assert closed_in < SLACK_S
 
 
-def test_a_bad_image_in_a_batch_fails_alone(shared_inspector):
-    good, defect = normal_image(0), defect_image(1)
-    images = [good, b"not an image", defect, np.zeros((8, 8, 4), np.uint8)]
-    with BatchingInspector(shared_inspector, max_batch=4, max_wait_ms=60_000) as batcher:
-        results = inspect_together(batcher, images)
+def test_an_image_the_engine_fails_in_a_batch_fails_alone(tmp_path):
+    # the map head is sqrt(mean + 0.2): NaN for a dark image, finite for mid-grey
+    bundle = write_tiny_bundle(tmp_path / "nan", offset=-0.2)
+    dark = np.full((40, 40, 3), 20, np.uint8)
+    images = [normal_image(0), dark, defect_image(1), normal_image(2)]
+    with Inspector(bundle, threads=1) as inspector:
+        alone = [inspector.inspect(image) for image in images]
+        with BatchingInspector(inspector, max_batch=4, max_wait_ms=60_000) as batcher:
+            results = inspect_together(batcher, images)
+            stats = batcher.stats()
+    assert stats.batch_sizes == {4: 1}  # the dark image was inside the batch
+    assert results[1].decision == "FAIL" and "NaN/Inf" in results[1].error
+    for i in (0, 2, 3):
+        assert results[i].error is None and same_result(alone[i], results[i])
+
+
+def test_an_image_that_does_not_decode_fails_at_once_outside_any_batch(shared_inspector):
+    bad = [b"not an image", np.zeros((8, 8, 4), np.uint8), "/no/such/file.png"]
+    with BatchingInspector(shared_inspector, max_batch=8, max_wait_ms=60_000) as batcher:
+        start = time.monotonic()
+        results = inspect_together(batcher, bad)
+        elapsed = time.monotonic() - start
         stats = batcher.stats()
-    assert stats.batch_sizes == {4: 1}
-    assert same_result(shared_inspector.inspect(good), results[0])
-    assert same_result(shared_inspector.inspect(defect), results[2])
-    assert results[0].decision == "PASS" and results[2].decision == "FAIL"
-    for bad in (results[1], results[3]):
-        assert bad.decision == "FAIL" and bad.error
+    assert elapsed < SLACK_S  # not held for the 60 s deadline
+    assert stats.images == 0
+    for image, result in zip(bad, results, strict=True):
+        expected = shared_inspector.inspect(image)  # the very FAIL the Inspector gives
+        assert result.decision == "FAIL" and result.error == expected.error
 
 
 def test_an_exception_from_the_inspector_fails_its_batch_only(tiny_bundle, monkeypatch):

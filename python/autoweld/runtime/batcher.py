@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from autoweld.runtime.decode import image_for_inspection
 from autoweld.runtime.inspector import ImageInput, InspectionResult, Inspector, failed_result
 
 __all__ = ["BatchStats", "BatchingInspector", "gather_batch"]
@@ -184,17 +185,26 @@ class BatchingInspector:
             _checked_timeout(limit)
         except ValueError as error:
             return failed_result(str(error), self.threshold)
-        request = _Request(image, bool(keep_head_maps))
+        # Decode here, in the camera's own thread: the cameras decode in parallel and the worker
+        # gets arrays. An image that does not decode is failed by the Inspector itself, at once,
+        # with the very result it would give inside a batch.
+        start = time.perf_counter()
+        try:
+            decoded = image_for_inspection(image, self.inspector.decode_limits)
+        except Exception:  # noqa: BLE001 - the Inspector says why, as it would in a batch
+            return self.inspector.inspect(image, keep_head_maps=keep_head_maps)
+        decode_ms = (time.perf_counter() - start) * 1e3
+        request = _Request(decoded, bool(keep_head_maps))
         with self._lock:
             if self._closed:
                 return failed_result("batching inspector is closed", self.threshold)
             self._queue.put(request)
         if request.done.wait(limit):
             assert request.result is not None
-            return request.result
+            return _with_decode_time(request.result, decode_ms)
         with self._lock:
             if request.result is not None:  # it came just as the wait ended
-                return request.result
+                return _with_decode_time(request.result, decode_ms)
             request.abandoned = True
             self._timed_out += 1
         log.warning("inspection timed out after %s s waiting for its batch", limit)
@@ -286,6 +296,12 @@ class BatchingInspector:
             self._images += len(batch)
             self._settle(batch, [results[i] for i in range(len(batch))])
             self._in_hand = []
+
+
+def _with_decode_time(result: InspectionResult, decode_ms: float) -> InspectionResult:
+    """The caller's decode time added to the Inspector's (which only checked the array)."""
+    result.timings_ms["decode"] = result.timings_ms.get("decode", 0.0) + decode_ms
+    return result
 
 
 def _drain(source: queue.Queue[_Request | None]) -> list[_Request]:
