@@ -4,8 +4,10 @@
         [--threads 2] [--max-batch 8] [--max-wait-ms 2] [--wait-sweep 0,1,2,5]
         [--images DIR | --category weld] [--out bench/results]
 
-N camera threads each inspect the test images back to back (encoded bytes in memory, so decode
-is timed; nothing is recorded or signalled), in three ways on one Inspector:
+N camera threads inspect the test images (encoded bytes in memory, so decode is timed; nothing
+is recorded or signalled), triggered two ways: ``back_to_back`` (each camera free-running) and
+``together`` (all cameras fire at once for each part, the next part when all are done), and
+inspected three ways on one Inspector:
 
 * ``batched``: through :class:`autoweld.runtime.BatchingInspector` (one worker, batches of up
   to ``--max-batch`` closed ``--max-wait-ms`` after their first request);
@@ -16,7 +18,8 @@ Configurations are interleaved round by round (their order alternating) so that 
 on a shared machine hit all alike; each run records the load average. Per configuration: images
 per second (all cameras' images over the wall time), latency p50/p99 over all requests and the
 worst camera's p99, and the batch sizes formed. ``--wait-sweep`` also runs ``batched`` at those
-deadlines (for choosing the default). Before timing, every image is inspected alone and in
+deadlines with the cameras triggered together (for choosing the default); ``batch_cost`` is
+one ``inspect_batch`` per batch at sizes 1, 2, 4, 8 (wall and CPU ms per image). Before timing, every image is inspected alone and in
 batches of ``--max-batch`` and the results compared (``agreement``).
 
 Writes ``multicamera.json`` and ``multicamera.md`` into ``--out``; prints the Markdown.
@@ -42,6 +45,7 @@ from autoweld.bench.stats import ratio, summarize
 from autoweld.runtime import BatchingInspector, Inspector
 
 Inspect = Callable[[bytes], Any]
+TRIGGERS = ("back_to_back", "together")
 
 
 def load_average() -> list[float] | None:
@@ -51,16 +55,23 @@ def load_average() -> list[float] | None:
         return None
 
 
-def run_cameras(inspect: Inspect, images: list[bytes], cameras: int, frames: int) -> dict:
-    """``cameras`` threads, each inspecting ``frames`` images back to back (each camera starts
-    at its own offset in the image list); latencies per camera in ms and the wall time."""
+def run_cameras(
+    inspect: Inspect, images: list[bytes], cameras: int, frames: int, trigger: str
+) -> dict:
+    """``cameras`` threads, each inspecting ``frames`` images (each camera starts at its own
+    offset in the image list): ``back_to_back``, each camera free-running, or ``together``,
+    every camera triggered at once for each frame (several views of one part; the next part
+    comes when all are done). Latencies per camera in ms, wall and process CPU time."""
     latencies: list[list[float]] = [[] for _ in range(cameras)]
     failures = [0] * cameras
     barrier = threading.Barrier(cameras + 1)
+    part_trigger = threading.Barrier(cameras)
 
     def camera(index: int) -> None:
         barrier.wait()
         for frame in range(frames):
+            if trigger == "together":
+                part_trigger.wait()
             data = images[(index * 7 + frame) % len(images)]
             start = time.perf_counter()
             result = inspect(data)
@@ -166,8 +177,9 @@ def batch_cost(inspector: Inspector, images: list[bytes], sizes: list[int], roun
     images (what the batcher's worker runs), sizes interleaved round by round."""
     from autoweld.runtime.decode import image_for_inspection
 
-    arrays = [image_for_inspection(data) for data in images]
-    n = len(arrays) - len(arrays) % max(sizes)
+    decoded = [image_for_inspection(data) for data in images]
+    n = -(-len(decoded) // max(sizes)) * max(sizes)  # whole batches of every size
+    arrays = [decoded[i % len(decoded)] for i in range(n)]
     wall = {size: 0.0 for size in sizes}
     cpu = {size: 0.0 for size in sizes}
     for round_index in range(rounds):
@@ -187,76 +199,96 @@ def batch_cost(inspector: Inspector, images: list[bytes], sizes: list[int], roun
     }
 
 
+Config = tuple[str, str, int, float | None]  # (trigger, way, cameras, max_wait_ms)
+
+
+def configurations(args: argparse.Namespace) -> list[Config]:
+    configs: list[Config] = []
+    for trigger in TRIGGERS:
+        for cameras in args.cameras:
+            configs += [
+                (trigger, "shared", cameras, None),
+                (trigger, "batched", cameras, args.max_wait_ms),
+            ]
+    for wait in args.wait_sweep:  # the deadline matters where cameras fire together
+        for cameras in sorted({1, max(args.cameras)}):
+            if wait != args.max_wait_ms:
+                configs.append(("together", "batched", cameras, wait))
+    return configs
+
+
 def measure(args: argparse.Namespace, images: list[bytes]) -> dict[str, Any]:
     """Every configuration, interleaved over ``args.rounds`` rounds."""
-    configs: list[tuple[str, int, float | None]] = []  # (mode, cameras, max_wait_ms)
-    for cameras in args.cameras:
-        configs += [("shared", cameras, None), ("batched", cameras, args.max_wait_ms)]
-    for wait in args.wait_sweep:
-        for cameras in (1, max(args.cameras)):
-            if wait != args.max_wait_ms:
-                configs.append(("batched", cameras, wait))
+    configs = configurations(args)
     collected = {config: Collected() for config in configs}
     with Inspector(args.bundle, threads=args.threads) as inspector:
         found = agreement(inspector, images, args.max_batch)
         for data in images[: 2 * args.max_batch]:  # warm-up
             inspector.inspect(data)
-        sizes = sorted({1, 2, 4, 8, args.max_batch})
-        cost = batch_cost(inspector, images, sizes, args.rounds)
+        cost = batch_cost(inspector, images, sorted({1, 2, 4, 8, args.max_batch}), args.rounds)
         for round_index in range(args.rounds):
-            order = configs if round_index % 2 == 0 else configs[::-1]
-            for mode, cameras, wait in order:
-                print(f"round {round_index + 1}: {mode} x{cameras} wait={wait}", file=sys.stderr)
-                if mode == "shared":
-                    run = run_cameras(inspector.inspect, images, cameras, args.frames)
-                    sizes: dict[int, int] = {}
+            for config in configs if round_index % 2 == 0 else configs[::-1]:
+                trigger, way, cameras, wait = config
+                print(f"round {round_index + 1}: {config}", file=sys.stderr)
+                batch_sizes: dict[int, int] = {}
+                if way == "shared":
+                    run = run_cameras(inspector.inspect, images, cameras, args.frames, trigger)
                 else:
                     with BatchingInspector(
                         inspector, max_batch=args.max_batch, max_wait_ms=wait
                     ) as batcher:
-                        run = run_cameras(batcher.inspect, images, cameras, args.frames)
-                        sizes = batcher.stats().batch_sizes
-                collected[(mode, cameras, wait)].add(run, load_average(), sizes)
+                        run = run_cameras(batcher.inspect, images, cameras, args.frames, trigger)
+                        batch_sizes = batcher.stats().batch_sizes
+                collected[config].add(run, load_average(), batch_sizes)
     return {"agreement": found, "collected": collected, "batch_cost": cost}
 
 
-def report(args: argparse.Namespace, measured: dict[str, Any], start_load: Any) -> dict:
-    collected = measured["collected"]
-    runs: dict[str, dict[str, Any]] = {}
-    for cameras in args.cameras:
-        runs[str(cameras)] = {
-            "shared": collected[("shared", cameras, None)].to_json(),
-            "batched": collected[("batched", cameras, args.max_wait_ms)].to_json(),
-        }
-    alone = runs[str(min(args.cameras))]["shared"] if 1 in args.cameras else None
+def compare(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Batched against shared at each camera count, and both against one camera alone."""
+    alone = runs.get("1", {}).get("shared")
+    alone_rate = alone["images_per_s"] if alone else None
     ratios = {}
     for cameras, pair in runs.items():
         shared, batched = pair["shared"], pair["batched"]
         ratios[cameras] = {
             "batched_vs_shared_images_per_s": _r(batched["images_per_s"], shared["images_per_s"]),
+            "batched_vs_shared_cpu_per_image": _r(
+                batched["cpu_ms_per_image"], shared["cpu_ms_per_image"]
+            ),
             "batched_vs_shared_p99": _r(batched["latency"]["p99_ms"], shared["latency"]["p99_ms"]),
-            "batched_vs_alone_images_per_s": _r(
-                batched["images_per_s"], alone["images_per_s"] if alone else None
-            ),
-            "shared_vs_alone_images_per_s": _r(
-                shared["images_per_s"], alone["images_per_s"] if alone else None
-            ),
+            "batched_vs_alone_images_per_s": _r(batched["images_per_s"], alone_rate),
+            "shared_vs_alone_images_per_s": _r(shared["images_per_s"], alone_rate),
         }
+    return ratios
+
+
+def report(args: argparse.Namespace, measured: dict[str, Any], start_load: Any) -> dict:
+    collected = measured["collected"]
+    runs = {
+        trigger: {
+            str(cameras): {
+                "shared": collected[(trigger, "shared", cameras, None)].to_json(),
+                "batched": collected[(trigger, "batched", cameras, args.max_wait_ms)].to_json(),
+            }
+            for cameras in args.cameras
+        }
+        for trigger in TRIGGERS
+    }
     sweep = {
-        f"{cameras}@{wait:g}": collected[("batched", cameras, wait)].to_json()
-        for (mode, cameras, wait) in collected
-        if mode == "batched" and (wait in args.wait_sweep or wait == args.max_wait_ms)
-        and cameras in (1, max(args.cameras))
-    }  # fmt: skip
+        f"{cameras}@{wait:g}": run.to_json()
+        for (trigger, way, cameras, wait), run in collected.items()
+        if trigger == "together" and way == "batched" and cameras in (1, max(args.cameras))
+    }
     return {
         "runs": runs,
-        "ratios": ratios,
-        "wait_sweep": sweep,
+        "ratios": {trigger: compare(by_cameras) for trigger, by_cameras in runs.items()},
+        "wait_sweep_together": sweep,
         "batch_cost": measured["batch_cost"],
         "agreement": measured["agreement"],
         "config": {
             "bundle": str(args.bundle),
             "cameras": args.cameras,
+            "triggers": list(TRIGGERS),
             "frames_per_camera_per_round": args.frames,
             "rounds": args.rounds,
             "threads": args.threads,
@@ -287,35 +319,21 @@ def markdown(result: dict[str, Any]) -> str:
         f"{config['rounds']} rounds interleaved. {machine['cpu']}, {machine['usable_cores']} "
         f"usable cores, load average {result['load_average_start']} at start, "
         f"{result['load_average_end']} at end.",
-        "",
-        "| cameras | way | images/s | CPU ms/image | p50 ms | p99 ms | worst camera p99 ms | "
-        "mean batch |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for cameras, pair in result["runs"].items():
-        for way in ("shared", "batched"):
-            run = pair[way]
-            mean_batch = run.get("batches", {}).get("mean_size", "")
-            lines.append(
-                f"| {cameras} | {way} | {run['images_per_s']:.1f} | {run['cpu_ms_per_image']:.1f} | "
-                f"{run['latency']['p50_ms']:.1f} | {run['latency']['p99_ms']:.1f} | "
-                f"{run['worst_camera_p99_ms']:.1f} | {mean_batch} |"
-            )
-    lines += ["", "| cameras | batched ÷ shared images/s | batched ÷ shared p99 | "
-              "batched ÷ one camera alone images/s |", "|---|---|---|---|"]  # fmt: skip
-    for cameras, r in result["ratios"].items():
-        lines.append(
-            f"| {cameras} | {r['batched_vs_shared_images_per_s']} | "
-            f"{r['batched_vs_shared_p99']} | {r['batched_vs_alone_images_per_s']} |"
-        )
-    lines += ["", "Deadline sweep (batched):", "", "| cameras @ max_wait_ms | images/s | p50 ms | "
+    for trigger, title in (
+        ("back_to_back", "Cameras free-running, each inspecting back to back"),
+        ("together", "Cameras triggered together, one part after another"),
+    ):
+        lines += ["", f"### {title} (`{trigger}`)", ""]
+        lines += _run_table(result["runs"][trigger], result["ratios"][trigger])
+    lines += ["", "### Deadline sweep (batched, `together`)", "", "| cameras @ max_wait_ms | images/s | p50 ms | "
               "p99 ms | mean batch |", "|---|---|---|---|---|"]  # fmt: skip
-    for key, run in sorted(result["wait_sweep"].items(), key=lambda kv: _sweep_key(kv[0])):
+    for key, run in sorted(result["wait_sweep_together"].items(), key=lambda kv: _sweep_key(kv[0])):
         lines.append(
             f"| {key} | {run['images_per_s']:.1f} | {run['latency']['p50_ms']:.1f} | "
             f"{run['latency']['p99_ms']:.1f} | {run.get('batches', {}).get('mean_size', '')} |"
         )
-    lines += ["", "One `inspect_batch` call per batch, decoded images, per image:", "",
+    lines += ["", "### One `inspect_batch` call per batch (decoded images), per image", "",
               "| batch | wall ms | CPU ms |", "|---|---|---|"]  # fmt: skip
     for size, cost in result["batch_cost"].items():
         lines.append(
@@ -333,6 +351,31 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _run_table(runs: dict[str, Any], ratios: dict[str, Any]) -> list[str]:
+    lines = [
+        "| cameras | way | images/s | CPU ms/image | p50 ms | p99 ms | worst camera p99 ms | "
+        "mean batch | images/s ÷ shared | p99 ÷ shared | images/s ÷ one camera alone |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cameras, pair in runs.items():
+        r = ratios[cameras]
+        for way in ("shared", "batched"):
+            run = pair[way]
+            mean_batch = run.get("batches", {}).get("mean_size", "")
+            vs_shared = (
+                f"{r['batched_vs_shared_images_per_s']} | {r['batched_vs_shared_p99']}"
+                if way == "batched"
+                else " | "
+            )
+            vs_alone = r[f"{way}_vs_alone_images_per_s"]
+            lines.append(
+                f"| {cameras} | {way} | {run['images_per_s']:.1f} | {run['cpu_ms_per_image']:.1f} | "
+                f"{run['latency']['p50_ms']:.1f} | {run['latency']['p99_ms']:.1f} | "
+                f"{run['worst_camera_p99_ms']:.1f} | {mean_batch} | {vs_shared} | {vs_alone} |"
+            )
+    return lines
 
 
 def _sweep_key(key: str) -> tuple[int, float]:

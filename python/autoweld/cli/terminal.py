@@ -76,10 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _wait_ms(value: str) -> float:
     """An argparse type: milliseconds, a finite number >= 0."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    number = _args._number(value)
     if not 0.0 <= number < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
     return number
