@@ -6,11 +6,13 @@ keeps gathering until ``max_batch`` requests are in hand or ``max_wait_ms`` have
 the first was queued (a deadline: a lone camera waits at most that long), inspects them with one
 :meth:`Inspector.inspect_batch` call and hands each caller its own result.
 
-Why batches: one engine call and one kNN search over several images uses the cores better
-than several concurrent batch-1 calls fighting over the same two cores (ONNX Runtime's
-intra-op threads of each call then oversubscribe them). Results are those of
-:meth:`Inspector.inspect` on each image alone; tests/runtime/test_batcher.py checks the scores
-for equality.
+What a batch buys depends on the engine. On a GPU it spreads each engine call's fixed cost over
+its images. On two CPU cores the default weld bundle costs about as much CPU per image at batch 8
+as at batch 1 (bench/results/multicamera.md), so there the batcher gives no throughput beyond N
+threads sharing a plain Inspector; it gives one inspection at a time on all cores instead of N
+contending, bounded memory, and a deadline per caller. Results are those of
+:meth:`Inspector.inspect` on each image alone (bit for bit for the default bundle; see
+docs/runtime.md, "Several cameras on one station", for the one-ulp exception).
 """
 
 from __future__ import annotations
@@ -31,10 +33,14 @@ __all__ = ["BatchStats", "BatchingInspector", "gather_batch"]
 
 log = logging.getLogger(__name__)
 
-#: Default deadline: measured in bench/results/multicamera.md (2 ms costs a lone camera little
-#: against a ~20 ms inspection, and is long enough for cameras triggered together to meet).
+#: Default deadline, from the sweep in bench/results/multicamera.md: with four cameras triggered
+#: together batches grow with the wait (mean 2.2 at 0 ms, 2.3 at 2, 3.4 at 5) and images/s did
+#: not change beyond the noise, while a lone camera pays the wait on every image; 2 ms is about
+#: a tenth of an unloaded inspection (17.6 ms).
 DEFAULT_MAX_WAIT_MS = 2.0
-DEFAULT_MAX_BATCH = 8
+#: Default largest batch: on CPU the cost per image rises slightly with the batch (23.3 ms CPU
+#: at 1, 24.9 at 4, 25.4 at 8 in the same report), so no larger than a station's cameras need.
+DEFAULT_MAX_BATCH = 4
 #: How long a caller waits for its result by default before it gets a FAIL.
 DEFAULT_TIMEOUT_S = 30.0
 
