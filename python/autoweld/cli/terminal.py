@@ -70,8 +70,36 @@ def build_parser() -> argparse.ArgumentParser:
         "the page shows the backlog (docs/forwarding.md)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every inspection")
+    _add_batch_flags(parser)
     _add_access_flags(parser)
     return parser
+
+
+def _wait_ms(value: str) -> float:
+    """An argparse type: milliseconds, a finite number >= 0."""
+    number = _args._number(value)
+    if not 0.0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
+    return number
+
+
+def _add_batch_flags(parser: argparse.ArgumentParser) -> None:
+    """Several cameras on one station: queued images inspected together (docs/terminal.md)."""
+    from autoweld.runtime.batcher import DEFAULT_MAX_WAIT_MS
+
+    parser.add_argument(
+        "--max-batch",
+        type=_args.positive_int,
+        default=1,
+        help="inspect up to N queued images in one engine call (default 1: one at a time)",
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=_wait_ms,
+        default=DEFAULT_MAX_WAIT_MS,
+        help="with --max-batch > 1: how long to wait for more images once one is in hand "
+        f"(default {DEFAULT_MAX_WAIT_MS:g})",
+    )
 
 
 def _add_access_flags(parser: argparse.ArgumentParser) -> None:
@@ -176,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             require_signed=require_signed,
             server_url=args.server,
             server_timeout_s=args.server_timeout,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
         )
         station = Station(config)
     except Exception as error:  # noqa: BLE001 - missing key, bad URL, ... : say which

@@ -9,6 +9,11 @@ signed ledger record (:func:`autoweld.quality.record_inspection`, shared with
 corrected with a FAIL, and a refused record is replaced by a minimal FAIL record). An inspection
 without its record never counts as a pass.
 
+Several cameras (``max_batch`` > 1): once the worker has a job it also takes whatever else
+arrives within ``max_wait_ms`` (up to ``max_batch`` jobs, :func:`~autoweld.runtime.batcher.
+gather_batch`), inspects their images in one engine call, then signals and records each in
+arrival order, so the PLC still hears about parts in the order they came.
+
 Threads and the ledger: the worker owns the ledger connection that writes. Everything the web
 page reads (records, verify) goes through a second connection opened **read-only**, shared by the
 web server's threads (each call is serialised by the ledger's own lock). So no request served
@@ -36,6 +41,7 @@ from autoweld import __version__
 from autoweld.bundle import manifest_identity
 from autoweld.quality.dispatch import RecordedInspection, finite_or_none, record_inspection
 from autoweld.quality.record import check_part_id, check_station_id
+from autoweld.runtime.batcher import DEFAULT_MAX_WAIT_MS, gather_batch
 from autoweld.runtime.decode import DecodeLimits, decode_image
 from autoweld.runtime.heatmap import render_heatmap
 from autoweld.runtime.inspector import InspectionResult, Inspector, failed_result
@@ -69,6 +75,10 @@ class StationConfig:
     #: score through a Triton server (grpc://HOST:PORT[/MODEL]; docs/serving.md)
     server_url: str | None = None
     server_timeout_s: float = 5.0
+    #: several cameras: inspect up to this many queued images in one engine call (1: one by one)
+    max_batch: int = 1
+    #: how long the worker waits for more images once it has one, when max_batch > 1
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
 
 
 @dataclass(frozen=True)
@@ -245,7 +255,7 @@ class Station:
         self._times: collections.deque[float] = collections.deque()
         self._first_time: float | None = None
         self._latest: Outcome | None = None
-        self._busy = False
+        self._in_hand = 0  # jobs taken off the queue and not yet finished
         self._worker: threading.Thread | None = None
         self._closed = False
 
@@ -339,23 +349,35 @@ class Station:
     @property
     def pending(self) -> int:
         """Jobs waiting or being inspected."""
-        return self._queue.qsize() + (1 if self._busy else 0)
+        return self._queue.qsize() + self._in_hand
 
     def _run(self) -> None:
-        while True:
+        stop = False
+        while not stop:
             job = self._queue.get()
             if job is None:
                 return
-            self._busy = True
+            jobs = [job]
+            if self.config.max_batch > 1:  # several cameras: what else arrives before the deadline
+                deadline = time.monotonic() + self.config.max_wait_ms / 1e3
+                jobs, stop = gather_batch(self._queue, job, self.config.max_batch, deadline)
+            self._in_hand = len(jobs)
+            taken = time.perf_counter()
             try:
-                outcome = self._process(job)
+                inspected = self._inspect_jobs(jobs)
             except BaseException as error:  # noqa: BLE001 - the worker must survive anything
-                log.exception("job for part %s failed", job.part_id)
-                _settle(job.future, error=error)
-            else:
-                _settle(job.future, outcome)
-            finally:
-                self._busy = False
+                log.exception("batch of %d job(s) failed", len(jobs))
+                inspected = [(failed_result(f"inspection failed: {error}"), None) for _ in jobs]
+            for job, (result, image) in zip(jobs, inspected, strict=True):
+                try:  # in arrival order: the PLC gets its signals in the order parts came
+                    outcome = self._process(job, result, image, taken)
+                except BaseException as error:  # noqa: BLE001 - the worker must survive anything
+                    log.exception("job for part %s failed", job.part_id)
+                    _settle(job.future, error=error)
+                else:
+                    _settle(job.future, outcome)
+                finally:
+                    self._in_hand -= 1
 
     def _read(self, job: Job) -> bytes:
         if job.data is not None:
@@ -365,13 +387,32 @@ class Station:
         # camera file is refused at once instead of hanging the worker
         return read_regular(job.path, self.config.decode_limits.max_bytes)
 
-    def _process(self, job: Job) -> Outcome:
-        start = time.perf_counter()
-        image: np.ndarray | None = None
-        if job.error is not None:
-            result = failed_result(job.error, self._threshold())
+    def _inspect_jobs(self, jobs: list[Job]) -> list[tuple[InspectionResult, np.ndarray | None]]:
+        """Each job's result and decoded image; the images that decode go through the engine in
+        one call (``inspect`` for a lone one)."""
+        prepared = [self._read_and_decode(job) for job in jobs]
+        images = [image for image, failure, _ in prepared if failure is None]
+        inspector = self.inspector  # None only when no image decoded (no bundle, no images)
+        if not images or inspector is None:
+            found: list[InspectionResult] = []
+        elif len(images) == 1:
+            found = [inspector.inspect(images[0])]
         else:
-            result, image = self._read_and_inspect(job)
+            found = inspector.inspect_batch(images)
+        results = iter(found)
+        inspected = []
+        for image, failure, decode_ms in prepared:
+            if failure is None:
+                failure = next(results)
+                failure.timings_ms["decode"] = decode_ms
+            inspected.append((failure, image))
+        return inspected
+
+    def _process(
+        self, job: Job, result: InspectionResult, image: np.ndarray | None, start: float
+    ) -> Outcome:
+        """Overlay, heat-map, PLC signal and record for one inspected job (``start``: when the
+        worker took it off the queue, ``time.perf_counter()``)."""
         try:
             overlay = render_overlay(image, result)
         except Exception as error:  # noqa: BLE001 - a missing picture must not hide a result
@@ -426,32 +467,36 @@ class Station:
         )
         return outcome
 
-    def _read_and_inspect(self, job: Job) -> tuple[InspectionResult, np.ndarray | None]:
+    def _read_and_decode(
+        self, job: Job
+    ) -> tuple[np.ndarray | None, InspectionResult | None, float]:
+        """``(image, None, decode_ms)`` ready to inspect, or ``(None, FAIL result, decode_ms)``
+        for a job that cannot be: a reason given, an unreadable file, no bundle, no image."""
+        if job.error is not None:
+            return None, failed_result(job.error, self._threshold()), 0.0
         try:
             data = self._read(job)
         except FileRefused as error:
-            return failed_result(str(error), self._threshold()), None
+            return None, failed_result(str(error), self._threshold()), 0.0
         except OSError as error:
             reason = f"{job.path}: cannot be read ({error.strerror or error})"
-            return failed_result(reason, self._threshold()), None
-        return self._inspect(data)
+            return None, failed_result(reason, self._threshold()), 0.0
+        return self._decode(data)
 
     def _threshold(self) -> float:
         return self.inspector.threshold if self.inspector is not None else float("nan")
 
-    def _inspect(self, data: bytes) -> tuple[InspectionResult, np.ndarray | None]:
+    def _decode(self, data: bytes) -> tuple[np.ndarray | None, InspectionResult | None, float]:
         if self.inspector is None:
-            return failed_result(str(self.bundle.error)), None
+            return None, failed_result(str(self.bundle.error)), 0.0
         start = time.perf_counter()
         try:
             image = decode_image(data, self.config.decode_limits)
         except Exception as error:  # noqa: BLE001 - an undecodable image is a FAIL, not a crash
             decode_ms = (time.perf_counter() - start) * 1e3
-            return failed_result(str(error), self._threshold(), {"decode": decode_ms}), None
-        decode_ms = (time.perf_counter() - start) * 1e3
-        result = self.inspector.inspect(image)
-        result.timings_ms["decode"] = decode_ms
-        return result, image
+            failure = failed_result(str(error), self._threshold(), {"decode": decode_ms})
+            return None, failure, decode_ms
+        return image, None, (time.perf_counter() - start) * 1e3
 
     def _save_heatmap(self, job: Job, overlay: bytes) -> tuple[str | None, str | None]:
         folder = self.config.heatmap_dir
