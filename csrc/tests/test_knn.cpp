@@ -182,7 +182,9 @@ int main() {
     for (Isa path : paths) {
         struct Pruned { std::size_t nq, nb, dim, prefix, k; };
         for (const Pruned& s : {Pruned{1, 1, 2, 1, 1}, Pruned{17, 245, 40, 8, 9},
-                                Pruned{40, 1000, 152, 16, 1}, Pruned{5, 7, 9, 3, 7}}) {
+                                Pruned{40, 1000, 152, 16, 1}, Pruned{5, 7, 9, 3, 7},
+                                // deeper bases than the bundles' 16 axes
+                                Pruned{30, 600, 64, 24, 2}, Pruned{40, 1000, 152, 40, 3}}) {
             auto b = random_matrix(s.nb, s.dim, 21 + static_cast<unsigned>(s.nb));
             auto q = random_matrix(s.nq, s.dim, 22 + static_cast<unsigned>(s.nq));
             for (std::size_t r = 0; r < s.nb; ++r)

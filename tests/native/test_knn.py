@@ -265,6 +265,8 @@ PRUNED_SHAPES = [
     (50, 1500, 152, 16, 1),  # the weld shape, scaled down
     (33, 500, 64, 16, 16),
     (16, 481, 257, 8, 5),  # depth past 256
+    (20, 700, 96, 24, 2),  # deeper bases than the bundles' 16 axes
+    (40, 1200, 152, 40, 3),
 ]
 
 
@@ -284,6 +286,21 @@ def test_pruned_index_equals_brute_force(isa, q, m, d, p, k):
     d1, i1 = native._native.KnnIndex(bank, basis, 1).search(queries, k, 3, isa)
     np.testing.assert_array_equal(i1, indices)
     np.testing.assert_array_equal(d1, distances)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("p", [8, 16, 40])
+def test_pruned_index_is_the_brute_force_to_the_bit(isa, p):
+    # Whatever the depth of the bound, the neighbours and their float32 distances are the brute
+    # force's: the bound only decides which rows get the full distance, never its value.
+    bank = low_rank(2000, 152, rank=12, seed=5)
+    queries = np.concatenate([low_rank(60, 152, rank=12, seed=6), 4.0 * tie_free(8, 152, 9)])
+    queries = queries.astype(np.float32)
+    basis = native.principal_axes(bank).axes[:p].copy()
+    pruned = native._native.KnnIndex(bank, basis, 2).search(queries, 1, 2, isa)
+    brute = native._native.KnnIndex(bank, 2).search(queries, 1, 2, isa)
+    np.testing.assert_array_equal(pruned[1], brute[1])
+    np.testing.assert_array_equal(pruned[0], brute[0])
 
 
 def test_pruned_index_on_isotropic_data_is_still_exact():
