@@ -78,12 +78,14 @@ class MqttLink(ResultLink):
         self.counter = self.counter % (2**31 - 1) + 1
         now = _jsonable(datetime.now(timezone.utc))
         payload = {"Decision": decision, "Counter": self.counter, "Time": now}
-        self._deliver(f"{self.topic}/decision", json.dumps(payload, sort_keys=True), deadline)
+        self._publish_message(
+            f"{self.topic}/decision", json.dumps(payload, sort_keys=True), deadline
+        )
 
     def _publish(self, fields: dict[str, Any], deadline: float) -> None:
-        self._deliver(self.topic, result_json(fields), deadline)
+        self._publish_message(self.topic, result_json(fields), deadline)
 
-    def _deliver(self, topic: str, payload: str, deadline: float) -> None:
+    def _publish_message(self, topic: str, payload: str, deadline: float) -> None:
         if not self._client.is_connected():
             raise ConnectionError("not connected to the broker")
         message = self._client.publish(topic, payload, qos=1)
