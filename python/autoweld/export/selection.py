@@ -103,7 +103,9 @@ def apply_candidate(recipe: Recipe, candidate: dict[str, Any]) -> Recipe:
     if "image_size" in candidate:
         size = int(candidate["image_size"])
         if size < 32 or size % 8:
-            raise ValueError(f"candidate {candidate['name']}: image_size {size} not a multiple of 8")
+            raise ValueError(
+                f"candidate {candidate['name']}: image_size {size} not a multiple of 8"
+            )
         changes["image_size"] = size
     if "layers" in candidate:
         changes["layers"] = [str(v) for v in candidate["layers"]]
