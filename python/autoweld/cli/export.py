@@ -106,6 +106,15 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def _selection_line(selection: dict) -> str:
+    """The default export's choice: winner, why, and each candidate's validation score."""
+    tried = ", ".join(
+        f"{r['name']} {r['score']:.4f}" if r["score"] is not None else f"{r['name']} -"
+        for r in selection["results"]
+    )
+    return f"selection   {selection['chosen']} ({selection['reason']}); {tried}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -169,13 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"F1 {cal.f1:.3f}, false FAIL {cal.frr:.1%}, false PASS {cal.far:.1%}",
         f"onnx        max |onnx - torch| {result.onnx_max_abs_diff:.2e}",
     ]
-    selection = result.recipe.selection
-    if "chosen" in selection:
-        tried = ", ".join(
-            f"{r['name']} {r['score']:.4f}" if r["score"] is not None else f"{r['name']} -"
-            for r in selection["results"]
-        )
-        lines.append(f"selection   {selection['chosen']} ({selection['reason']}); {tried}")
+    if "chosen" in result.recipe.selection:
+        lines.append(_selection_line(result.recipe.selection))
     if result.reference_path is not None:
         lines.append(f"reference   {result.reference_path} (torch model, for parity and bench)")
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items() if k != "total")
