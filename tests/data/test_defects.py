@@ -124,3 +124,21 @@ def test_bad_arguments_are_named() -> None:
         synthesize_anomaly(image, rng, kind="smudge")
     with pytest.raises(ValueError, match="image"):
         synthesize_anomaly([[1, 2]], rng)
+
+
+def test_perlin_anomaly_changes_only_its_mask_and_varies() -> None:
+    from autoweld.data import synthesize_perlin_anomaly
+
+    rng = np.random.default_rng(0)
+    surface = rng.integers(60, 200, (96, 96, 3)).astype(np.uint8)
+    areas = []
+    for seed in range(6):
+        out, mask = synthesize_perlin_anomaly(surface, np.random.default_rng(seed))
+        assert mask.dtype == bool and mask.sum() >= 16 and mask.mean() < 0.4
+        changed = (out != surface).any(axis=2)
+        assert not (changed & ~mask).any()
+        assert changed[mask].mean() > 0.5
+        areas.append(int(mask.sum()))
+    assert len(set(areas)) > 3  # several sizes, not one stamp
+    again, _ = synthesize_perlin_anomaly(surface, np.random.default_rng(5))
+    assert (again == out).all()

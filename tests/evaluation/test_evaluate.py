@@ -1,3 +1,4 @@
+import pytest
 from evaldata import write_dataset
 
 from autoweld.evaluation import evaluate, format_table, spread_samples
@@ -32,3 +33,20 @@ def test_spread_keeps_every_type():
     picked = spread_samples(samples, 5)
     assert sorted(s.defect_type for s in picked) == ["a", "a", "b", "good", "good"]
     assert spread_samples(samples, 100) == samples
+
+
+def test_report_says_which_head_the_fusion_relies_on(tiny_bundle, tmp_path):
+    from autoweld.bundle import load_bundle
+
+    data_root = write_dataset(tmp_path / "data")
+    report = evaluate(tiny_bundle, data_root, threads=1, batch_size=5, progress=False)
+    weights = load_bundle(tiny_bundle).fusion_weights
+    fusion = report["fusion"]
+    assert fusion["weights"] == pytest.approx(weights)
+    assert fusion["relies_on"] == max(weights, key=weights.get)
+    aurocs = {n: m["image_auroc"] for n, m in report["models"].items()}
+    assert fusion["best_single_head"] == max(aurocs, key=aurocs.get)
+    best = aurocs[fusion["best_single_head"]]
+    gain = fusion["fused_minus_best_head_image_auroc"]
+    assert gain == pytest.approx(report["fused"]["image_auroc"] - best)
+    assert f"relies on {fusion['relies_on']}" in format_table(report)

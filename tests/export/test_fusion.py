@@ -280,3 +280,103 @@ def test_every_models_subset_exports_and_the_runtime_scores_it(tmp_path, models)
     assert sorted(manifest["models"]) == sorted(models)
     assert set(manifest["fusion"]["weights"]) == set(models)
     _check_runtime_matches_reference(result, category, models)
+
+
+# ---- the default export's choice among candidates -------------------------------------------------
+
+_SELECTION = """
+anomaly_sources = ["generic", "perlin"]
+[selection]
+time_budget_s = 600
+latency_budget_ms = {budget}
+candidates = [
+    {{ name = "small" }},
+    {{ name = "wider", image_size = 72, coreset_ratio = 0.3 }},
+    {{ name = "lite1", backbone = "efficientnet_lite1" }},
+]
+"""
+
+
+def _selection_recipe(path: Path, budget: float) -> Path:
+    text = _write_recipe(path).read_text(encoding="utf-8")
+    text = text.replace(
+        'models = ["patchcore", "student_teacher", "feature_ae"]', 'models = ["patchcore"]'
+    )
+    head, _, rest = text.partition("[efficientnet_lite0]")
+    calibration, _, after = head.partition("anomalies_per_image = 2\n")
+    selection = _SELECTION.format(budget=budget)
+    sources, _, table = selection.partition("[selection]")
+    head = (
+        calibration
+        + "anomalies_per_image = 2\n"
+        + sources.strip()
+        + "\n"
+        + after
+        + "[selection]"
+        + table
+    )
+    path.write_text(head + "[efficientnet_lite0]" + rest, encoding="utf-8")
+    return path
+
+
+@needs_data
+@needs_runtime
+def test_selection_scores_candidates_on_calibration_data_only(tmp_path, monkeypatch):
+    from autoweld.export.pipeline import ExportOptions, export_category
+
+    category = _write_category(tmp_path / "data").resolve()
+    options = ExportOptions(
+        category="plate",
+        data_root=tmp_path / "data",
+        out_dir=tmp_path / "out",
+        recipe=_selection_recipe(tmp_path / "plate.toml", budget=10_000),
+        save_reference=False,
+    )
+    with _OpenRecorder(monkeypatch) as opened:
+        result = export_category(options)
+    resolved = [Path(p).resolve() for p in opened]
+    assert sum(p.is_relative_to(category / "train") for p in resolved) >= 12
+    assert [
+        p
+        for p in resolved
+        if p.is_relative_to(category / "test") or p.is_relative_to(category / "ground_truth")
+    ] == []
+
+    manifest = json.loads((result.bundle_dir / "manifest.json").read_text())
+    selection = manifest["recipe"]["selection"]
+    results = {r["name"]: r for r in selection["results"]}
+    assert list(results) == ["small", "wider", "lite1"]
+    scored = {n: r["score"] for n, r in results.items()}
+    assert all(0.0 <= s <= 1.0 for s in scored.values())
+    best = max(scored, key=scored.get)  # max keeps the first of equals, as the choice does
+    assert selection["chosen"] == best and results[best]["status"] == "chosen"
+    assert results[best]["latency_ms"] > 0
+    chosen = results[best]["settings"]
+    assert manifest["preprocess"]["size"] == chosen.get("image_size", SIZE)
+    assert manifest["backbone"]["name"] == chosen.get("backbone", "efficientnet_lite0")
+    assert set(manifest["calibration_data"]["anomaly_kinds"]) == {"synthetic", "perlin"}
+
+
+@needs_data
+@needs_runtime
+def test_selection_respects_the_latency_budget_and_quick_skips_it(tmp_path):
+    from autoweld.export.pipeline import ExportOptions, export_category
+
+    _write_category(tmp_path / "data")
+    recipe = _selection_recipe(tmp_path / "plate.toml", budget=0.001)  # nothing is that fast
+    options = ExportOptions(
+        category="plate",
+        data_root=tmp_path / "data",
+        out_dir=tmp_path / "out",
+        recipe=recipe,
+        save_reference=False,
+    )
+    selection = export_category(options).recipe.selection
+    latencies = {r["name"]: r["latency_ms"] for r in selection["results"]}
+    assert all(v is not None for v in latencies.values())  # every candidate was timed
+    assert selection["chosen"] == min(latencies, key=latencies.get)
+    assert "no candidate within" in selection["reason"]
+
+    quick = export_category(ExportOptions(**{**options.__dict__, "quick": True}))
+    assert "chosen" not in quick.recipe.selection
+    assert quick.recipe.image_size == SIZE and quick.recipe.backbone == "efficientnet_lite0"

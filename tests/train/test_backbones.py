@@ -188,3 +188,20 @@ def test_other_taps_can_be_chosen_and_are_checked():
         build_backbone("efficientnet_lite0", layers=("blocks.3", "blocks.4"))
     with pytest.raises(ValueError, match="shallower tap first"):
         build_backbone("resnet18", random_weights=True, layers=("layer3", "layer2"))
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_lite1_and_lite2_weights_load_strictly_and_classify_chelsea(name):
+    """Lite1/Lite2: the stage table read off their packages' state dicts; every key loads and
+    the photo's top class is a cat (ImageNet 281-285) on [-1, 1] inputs, as for Lite0."""
+    from autoweld.train.backbones import _LITE_STAGES, lite_weights_path
+
+    model = EfficientNetLite0(stages=_LITE_STAGES[name])
+    state = torch.load(lite_weights_path(name), map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        probs = model.eval()(_chelsea([0.5] * 3, [0.5] * 3, size=240)).softmax(dim=1)[0]
+    assert 281 <= int(probs.argmax()) <= 285
+    extractor = build_backbone(name)
+    assert extractor.info.strides == (8, 16)
+    assert extractor.info.layers == ("blocks.6", "blocks.14")

@@ -27,10 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
         "read from DATA_ROOT/NAME in the MVTec AD layout. Flags override the category's recipe.",
     )
     parser.add_argument("--category", help="category name, e.g. weld or bottle")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the recipe's single profile only: skip the choice among the recipe's [selection] "
+        "candidates (also implied by --backbone, --image-size or --models)",
+    )
     parser.add_argument("--data-root", help="folder that holds NAME/ in the MVTec AD layout")
     parser.add_argument("--out", default="bundles", help="output folder (default: bundles/)")
     parser.add_argument(
-        "--backbone", help="efficientnet_lite0 (default), resnet18, resnet50, wide_resnet50_2"
+        "--backbone",
+        help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2, resnet18, "
+        "resnet50, wide_resnet50_2",
     )
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--weights", help="backbone weights: a torchvision .pth state dict")
@@ -98,6 +106,15 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def _selection_line(selection: dict) -> str:
+    """The default export's choice: winner, why, and each candidate's validation score."""
+    tried = ", ".join(
+        f"{r['name']} {r['score']:.4f}" if r["score"] is not None else f"{r['name']} -"
+        for r in selection["results"]
+    )
+    return f"selection   {selection['chosen']} ({selection['reason']}); {tried}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -134,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         coreset_ratio=args.coreset_ratio,
         coreset_max=args.coreset_max,
         recipe=args.recipe,
+        quick=args.quick,
     )
     try:
         result = export_category(options)
@@ -160,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"F1 {cal.f1:.3f}, false FAIL {cal.frr:.1%}, false PASS {cal.far:.1%}",
         f"onnx        max |onnx - torch| {result.onnx_max_abs_diff:.2e}",
     ]
+    if "chosen" in result.recipe.selection:
+        lines.append(_selection_line(result.recipe.selection))
     if result.reference_path is not None:
         lines.append(f"reference   {result.reference_path} (torch model, for parity and bench)")
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items() if k != "total")

@@ -15,6 +15,7 @@ from autoweld.data.defects import (
     estimate_bead,
     synthesize_anomaly,
     synthesize_defect,
+    synthesize_perlin_anomaly,
 )
 from autoweld.data.mvtec import (
     IMAGE_SUFFIXES,
@@ -47,6 +48,7 @@ __all__ = [
     "split_train",
     "synthesize_anomaly",
     "synthesize_defect",
+    "synthesize_perlin_anomaly",
 ]
 
 logger = logging.getLogger(__name__)

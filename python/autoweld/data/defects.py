@@ -22,6 +22,7 @@ __all__ = [
     "estimate_bead",
     "synthesize_anomaly",
     "synthesize_defect",
+    "synthesize_perlin_anomaly",
 ]
 
 WELD_DEFECT_TYPES: tuple[str, ...] = (
@@ -494,3 +495,58 @@ def synthesize_anomaly(
         if mask.sum() >= 4 and (out != image).any():
             return out, mask
     raise ValueError(f"could not paint a visible {kind} anomaly on this image")
+
+
+# ---- DRAEM-style anomalies: a thresholded smooth-noise mask blending a foreign texture --------
+
+
+def _fractal_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    """Smooth noise (about zero mean, unit spread): two octaves of bicubically upsampled random
+    grids, ``cells`` grid cells across the coarser octave."""
+    total = np.zeros((h, w), np.float32)
+    for octave, weight in ((cells, 1.0), (cells * 2, 0.5)):
+        grid = rng.standard_normal((octave + 1, octave + 1)).astype(np.float32)
+        total += weight * cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+    return (total - total.mean()) / max(float(total.std()), 1e-6)
+
+
+def _foreign_texture(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A texture that does not belong to the surface (float BGR in [0, 1]): the image itself
+    turned, rescaled and recoloured, or coloured noise of a random grain."""
+    h, w = image.shape[:2]
+    if rng.random() < 0.5:
+        zoom = rng.uniform(1.5, 3.0)
+        turned = np.rot90(image, int(rng.integers(1, 4)))
+        small = cv2.resize(np.ascontiguousarray(turned), None, fx=zoom, fy=zoom)
+        texture = small[:h, :w].astype(np.float32) / 255.0
+        texture = cv2.resize(texture, (w, h)) if texture.shape[:2] != (h, w) else texture
+        gain = rng.uniform(0.4, 1.6, 3).astype(np.float32)
+        return np.clip(texture * gain[None, None, :] + rng.uniform(-0.2, 0.2, 3), 0, 1)
+    grain = cv2.GaussianBlur(
+        rng.standard_normal((h, w, 3)).astype(np.float32), (0, 0), rng.uniform(0.8, 4.0)
+    )
+    colour = rng.uniform(0, 1, 3).astype(np.float32)
+    return np.clip(colour[None, None, :] + 0.4 * grain / max(float(grain.std()), 1e-6) * 0.5, 0, 1)
+
+
+def synthesize_perlin_anomaly(
+    image: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A DRAEM-style anomaly on a BGR uint8 image: smooth noise thresholded into one or more
+    irregular regions, where a foreign texture is blended in with opacity 0.3..1 (several sizes
+    and contrasts). Returns ``(image, mask)`` like :func:`synthesize_anomaly`."""
+    _check_image(image)
+    _check_rng(rng)
+    h, w = image.shape[:2]
+    for _ in range(8):
+        noise = _fractal_noise(rng, h, w, int(rng.integers(2, 7)))
+        region = noise > rng.uniform(1.2, 2.2)  # about 1-10 % of the image
+        if region.sum() < 16:
+            continue
+        soft = cv2.GaussianBlur(region.astype(np.float32), (0, 0), 1.0)
+        alpha = np.where(region, np.maximum(soft, _ALPHA_CUT + 0.01), 0.0) * rng.uniform(0.45, 1.0)
+        alpha = np.where(alpha > _ALPHA_CUT, alpha, 0.0).astype(np.float32)
+        out, mask = _compose(image, _foreign_texture(image, rng), alpha)
+        if mask.sum() >= 16 and (out != image).any():
+            return out, mask
+    raise ValueError("could not paint a visible perlin anomaly on this image")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from autoweld.evaluation.metrics import aupro, auroc, pixel_auroc
 
-__all__ = ["Metrics", "evaluate", "format_table", "spread_samples"]
+__all__ = ["Metrics", "evaluate", "format_table", "fusion_summary", "spread_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,28 @@ def evaluate(
         "failed": inspected.failed,
     }
     _add_metrics(report, inspected, progress)
+    report["fusion"] = fusion_summary(report, dict(inspector.bundle.fusion_weights))
     return report
+
+
+def fusion_summary(report: dict[str, Any], weights: dict[str, float]) -> dict[str, Any]:
+    """Which head the fusion relies on (the largest weight), the best single head by test image
+    AUROC, and how far the fused result is above (or below) it."""
+    relies_on = max(weights, key=lambda name: weights[name]) if weights else None
+    by_auroc = {
+        name: m["image_auroc"]
+        for name, m in report["models"].items()
+        if m["image_auroc"] is not None
+    }
+    best = max(by_auroc, key=lambda name: by_auroc[name]) if by_auroc else None
+    fused = report["fused"]["image_auroc"] if report["fused"] else None
+    gain = fused - by_auroc[best] if best is not None and fused is not None else None
+    return {
+        "weights": {name: float(w) for name, w in weights.items()},
+        "relies_on": relies_on,
+        "best_single_head": best,
+        "fused_minus_best_head_image_auroc": gain,
+    }
 
 
 def _add_metrics(report: dict[str, Any], inspected: _Inspected, progress: bool) -> None:
@@ -220,6 +241,15 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(
             f"{name:<{width}}{_fmt(m['image_auroc']):>12}{_fmt(m['pixel_auroc']):>13}"
             f"{_fmt(m['aupro']):>9}{m['n_images']:>8}"
+        )
+    fusion = report.get("fusion")
+    if fusion:
+        weights = ", ".join(f"{n} {w:.3f}" for n, w in fusion["weights"].items())
+        gain = fusion["fused_minus_best_head_image_auroc"]
+        lines.append(
+            f"fusion weights {weights}; relies on {fusion['relies_on']}; best single head "
+            f"{fusion['best_single_head']}"
+            + (f" (fused - best head image AUROC {gain:+.4f})" if gain is not None else "")
         )
     if report["failed"]:
         lines.append(f"{len(report['failed'])} image(s) could not be inspected:")

@@ -23,6 +23,7 @@ and outputs:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import importlib.metadata
 import logging
@@ -58,6 +59,14 @@ from autoweld.bundle import (
 )
 from autoweld.export.onnx_export import DEFAULT_OPSET, OnnxExport, export_onnx
 from autoweld.export.recipes import Recipe, resolve_recipe
+from autoweld.export.selection import (
+    CandidateScore,
+    SelectionSettings,
+    apply_candidate,
+    combined_score,
+    measure_latency_ms,
+    validation_score,
+)
 from autoweld.train.backbones import BackboneInfo, build_backbone
 from autoweld.train.calibration import CalibrationSummary, fit_calibration
 from autoweld.train.heads import (
@@ -82,6 +91,7 @@ __all__ = [
     "WrittenExport",
     "build_manifest",
     "calibrate",
+    "choose_recipe",
     "export_category",
     "fit_model",
     "load_export_data",
@@ -121,6 +131,7 @@ class ExportOptions:
     recipe: str | Path | None = None
     opset: int = DEFAULT_OPSET
     save_reference: bool = True
+    quick: bool = False  # today's single-model path: the recipe's profile, no [selection]
     weld_params: Any = None  # autoweld.data.WeldParams for the built-in weld set (tests: tiny)
 
 
@@ -160,6 +171,7 @@ class CalibrationSet:
     anomalies: list[np.ndarray]
     source: str  # "synthesised" or "val_root"
     anomaly_kinds: list[str]  # the synthesised defect kinds, one per anomaly ([] for val_root)
+    masks: list[np.ndarray] = field(default_factory=list)  # per anomaly when synthesised
 
 
 @dataclass(frozen=True)
@@ -267,33 +279,53 @@ def _read_val_root(val_root: Path, test_dir: Path) -> CalibrationSet:
 
 
 def _synthesise(
-    normals: list[np.ndarray], category: str, per_image: int, seed: int
+    normals: list[np.ndarray],
+    category: str,
+    per_image: int,
+    seed: int,
+    sources: Sequence[str] = ("generic",),
 ) -> CalibrationSet:
-    """``per_image`` anomalies synthesised from each held-out normal (seeded)."""
+    """``per_image`` anomalies synthesised from each held-out normal (seeded). Outside weld the
+    anomalies cycle through ``sources`` (``generic``: ``synthesize_anomaly``; ``perlin``:
+    ``synthesize_perlin_anomaly``), so calibration sees several kinds, sizes and contrasts."""
     rng = np.random.default_rng(seed + 7919)
     anomalies: list[np.ndarray] = []
     kinds: list[str] = []
+    masks: list[np.ndarray] = []
     weld_kinds = list(data.WELD_DEFECT_TYPES)
     for i, image in enumerate(tqdm(normals, desc="synthesise anomalies", unit="img", leave=False)):
         for j in range(per_image):
+            index = i * per_image + j
             if category == "weld":
-                kind = weld_kinds[(i * per_image + j) % len(weld_kinds)]
-                anomalous, _mask = data.synthesize_defect(image, kind, rng)
+                kind = weld_kinds[index % len(weld_kinds)]
+                anomalous, mask = data.synthesize_defect(image, kind, rng)
+            elif sources[index % len(sources)] == "perlin":
+                kind = "perlin"
+                anomalous, mask = data.synthesize_perlin_anomaly(image, rng)
             else:
                 kind = "synthetic"
-                anomalous, _mask = data.synthesize_anomaly(image, rng)
+                anomalous, mask = data.synthesize_anomaly(image, rng)
             anomalies.append(anomalous)
             kinds.append(kind)
-    return CalibrationSet(normals, anomalies, source="synthesised", anomaly_kinds=kinds)
+            masks.append(np.asarray(mask) > 0)
+    return CalibrationSet(normals, anomalies, "synthesised", kinds, masks)
 
 
-def _score(reference: TorchReference, batches: list[torch.Tensor]) -> dict[str, np.ndarray]:
+def _score(
+    reference: TorchReference, batches: list[torch.Tensor]
+) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    """Raw image scores and patch score maps ([N,h,w]) per head."""
     parts: dict[str, list[np.ndarray]] = {}
+    map_parts: dict[str, list[torch.Tensor]] = {}
     for batch in tqdm(batches, desc="calibration: scoring", unit="batch", leave=False):
-        scores, _ = reference.patch_scores(batch)
+        scores, patch_maps = reference.patch_scores(batch)
         for name, values in scores.items():
             parts.setdefault(name, []).append(values.numpy())
-    return {name: np.concatenate(v) for name, v in parts.items()}
+            map_parts.setdefault(name, []).append(patch_maps[name])
+    return (
+        {name: np.concatenate(v) for name, v in parts.items()},
+        {name: torch.cat(v) for name, v in map_parts.items()},
+    )
 
 
 def _dir_bytes(path: Path) -> int:
@@ -361,6 +393,7 @@ def load_export_data(options: ExportOptions, recipe: Recipe) -> tuple[FitSet, Ca
             options.category,
             recipe.calibration["anomalies_per_image"],
             recipe.seed,
+            recipe.calibration["anomaly_sources"],
         )
     if not fit_samples:
         raise ValueError(f"category {options.category!r}: no training images to fit on")
@@ -401,25 +434,48 @@ def fit_model(
     return FittedModel(InspectionGraph(extractor, heads), val_normals, fit_set.n_images)
 
 
-def calibrate(
+@dataclass(frozen=True)
+class _CalibrationScores:
+    """The torch reference's scores of the calibration data (normals first, then anomalies)."""
+
+    reference: TorchReference
+    raw: dict[str, np.ndarray]
+    patch_maps: dict[str, torch.Tensor]
+    labels: np.ndarray
+
+
+def _score_calibration(
     model: FittedModel, calibration_set: CalibrationSet, recipe: Recipe
-) -> CalibrationSummary:
-    """Score the calibration data with the torch reference, then fit Platt per head, the
-    fusion weights and the threshold on those scores."""
+) -> _CalibrationScores:
     reference = TorchReference.from_graph(model.graph, map_sigma=recipe.scoring["map_sigma"])
     anomalies = _preprocess_all(
         calibration_set.anomalies, recipe, "preprocess: calibration anomalies"
     )
     images = torch.cat([model.val_normals, anomalies])
     labels = np.array([0] * len(calibration_set.normals) + [1] * len(calibration_set.anomalies))
-    raw = _score(reference, _batches(images, recipe.batch_size))
+    raw, patch_maps = _score(reference, _batches(images, recipe.batch_size))
+    return _CalibrationScores(reference, raw, patch_maps, labels)
+
+
+def _fit_calibration(
+    model: FittedModel, scored: _CalibrationScores, recipe: Recipe, source: str
+) -> CalibrationSummary:
     return fit_calibration(
-        {name: raw[name] for name in model.graph.head_names},  # head order: fusion columns
-        labels,
+        {name: scored.raw[name] for name in model.graph.head_names},  # head order: fusion columns
+        scored.labels,
         method=recipe.calibration["threshold_method"],
         target_frr=recipe.calibration["target_frr"],
-        source=calibration_set.source,
+        source=source,
     )
+
+
+def calibrate(
+    model: FittedModel, calibration_set: CalibrationSet, recipe: Recipe
+) -> CalibrationSummary:
+    """Score the calibration data with the torch reference, then fit Platt per head, the
+    fusion weights and the threshold on those scores."""
+    scored = _score_calibration(model, calibration_set, recipe)
+    return _fit_calibration(model, scored, recipe, calibration_set.source)
 
 
 def _head_spec(head: ExportHead, calibration: Calibration, image_size: int) -> HeadSpec:
@@ -566,11 +622,123 @@ def write_export(
     return WrittenExport(bundle, bundle_dir, reference_path)
 
 
-def export_category(options: ExportOptions) -> ExportResult:
-    """Fit, calibrate and export the bundle of one category to ``OUT/CATEGORY/``."""
+@dataclass
+class _Candidate:
+    """A fitted and calibrated candidate recipe, and its score on the calibration data."""
+
+    recipe: Recipe
+    model: FittedModel
+    calibration: CalibrationSummary
+    calibration_set: CalibrationSet
+    score: CandidateScore
+
+
+def _fit_candidate(options: ExportOptions, recipe: Recipe, score: CandidateScore) -> _Candidate:
+    """Data, fit, calibrate, then the validation score on the calibration data."""
     started = time.perf_counter()
-    seconds: dict[str, float] = {}
-    recipe = resolve_export_recipe(options)
+    fit_set, calibration_set = load_export_data(options, recipe)
+    model = fit_model(fit_set, calibration_set, recipe, options)
+    del fit_set
+    scored = _score_calibration(model, calibration_set, recipe)
+    calibration = _fit_calibration(model, scored, recipe, calibration_set.source)
+    masks: list[np.ndarray] = []
+    if calibration_set.masks:
+        masks = [np.zeros(n.shape[:2], bool) for n in calibration_set.normals]
+        masks += calibration_set.masks
+    score.image_auroc, score.pixel_auroc = validation_score(
+        scored.reference,
+        {name: torch.from_numpy(v) for name, v in scored.raw.items()},
+        scored.patch_maps,
+        recipe.image_size,
+        scored.labels,
+        masks,
+        calibration,
+    )
+    score.score = combined_score(score.image_auroc, score.pixel_auroc)
+    score.fusion_weights = dict(calibration.fusion_weights)
+    score.seconds = time.perf_counter() - started
+    score.status = "scored"
+    logger.info("candidate %s: validation %s", score.name, score.score)
+    return _Candidate(recipe, model, calibration, calibration_set, score)
+
+
+def _try_candidates(
+    options: ExportOptions, recipe: Recipe, settings: SelectionSettings
+) -> tuple[list[_Candidate], list[CandidateScore]]:
+    """Fit every candidate while the time budget lasts (the first one always)."""
+    started = time.perf_counter()
+    fitted: list[_Candidate] = []
+    scores: list[CandidateScore] = []
+    for table in settings.candidates:
+        score = CandidateScore(str(table["name"]), {k: v for k, v in table.items() if k != "name"})
+        scores.append(score)
+        slowest = max((c.score.seconds for c in fitted), default=0.0)
+        if fitted and time.perf_counter() - started + slowest > settings.time_budget_s:
+            score.status = f"skipped: time budget {settings.time_budget_s:.0f} s"
+            continue
+        fitted.append(_fit_candidate(options, apply_candidate(recipe, table), score))
+    return fitted, scores
+
+
+def _latency_of(candidate: _Candidate, options: ExportOptions, threads: int) -> float:
+    """The candidate's bundle written to a scratch folder, timed through the runtime."""
+    with tempfile.TemporaryDirectory(prefix="autoweld-latency-") as scratch:
+        recipe = candidate.recipe
+        onnx = export_onnx(
+            candidate.model.graph, Path(scratch) / ONNX_FILE, recipe.image_size, opset=options.opset
+        )
+        content = build_manifest(
+            options, recipe, candidate.model, candidate.calibration, candidate.calibration_set, onnx
+        )
+        bundle_dir = Path(scratch) / "bundle"
+        write_bundle(bundle_dir, content.manifest, content.files)
+        return measure_latency_ms(bundle_dir, candidate.calibration_set.normals[0], threads)
+
+
+def choose_recipe(options: ExportOptions, recipe: Recipe) -> _Candidate:
+    """The default export's choice among the recipe's ``[selection]`` candidates, scored on the
+    calibration data only (docs/recipes.md, "Selection"); the winner's recipe records the
+    choice in ``selection`` (the manifest's ``provenance.recipe.selection``)."""
+    settings = SelectionSettings.from_mapping(recipe.selection, recipe.source)
+    fitted, scores = _try_candidates(options, recipe, settings)
+    ranked = sorted(fitted, key=lambda c: -(c.score.score or 0.0))  # stable: ties keep order
+    chosen = None
+    for candidate in ranked:
+        candidate.score.latency_ms = _latency_of(candidate, options, settings.latency_threads)
+        if candidate.score.latency_ms <= settings.latency_budget_ms:
+            chosen = candidate
+            break
+        candidate.score.status = "over latency budget"
+    if chosen is None:  # none fits: the fastest one, said so
+        chosen = min(ranked, key=lambda c: c.score.latency_ms or float("inf"))
+        reason = f"no candidate within {settings.latency_budget_ms} ms: the fastest"
+    else:
+        reason = (
+            f"highest validation score (mean of image and pixel AUROC on held-out normals + "
+            f"synthesised anomalies) within {settings.latency_budget_ms} ms"
+        )
+    chosen.score.status = "chosen"
+    report = {
+        **recipe.selection,
+        "chosen": chosen.score.name,
+        "reason": reason,
+        "results": [s.to_json() for s in scores],
+    }
+    logger.info("selection: %s (%s)", chosen.score.name, reason)
+    chosen.recipe = dataclasses.replace(chosen.recipe, selection=report)
+    return chosen
+
+
+def _fit_or_choose(
+    options: ExportOptions, recipe: Recipe, seconds: dict[str, float]
+) -> tuple[Recipe, FittedModel, CalibrationSummary, CalibrationSet]:
+    """Today's single path (``--quick``, a recipe without candidates, or flags that name the
+    backbone, size or heads themselves), or the choice among candidates."""
+    flags_chose = any(v is not None for v in (options.backbone, options.image_size, options.models))
+    if not (options.quick or flags_chose) and recipe.selection.get("candidates"):
+        with _timed(seconds, "select"):
+            chosen = choose_recipe(options, recipe)
+        return chosen.recipe, chosen.model, chosen.calibration, chosen.calibration_set
     with _timed(seconds, "data"):
         fit_set, calibration_set = load_export_data(options, recipe)
     with _timed(seconds, "fit"):
@@ -578,6 +746,15 @@ def export_category(options: ExportOptions) -> ExportResult:
     del fit_set  # the preprocessed fit images are not needed past fitting
     with _timed(seconds, "calibrate"):
         calibration = calibrate(model, calibration_set, recipe)
+    return recipe, model, calibration, calibration_set
+
+
+def export_category(options: ExportOptions) -> ExportResult:
+    """Fit, calibrate and export the bundle of one category to ``OUT/CATEGORY/``."""
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    recipe = resolve_export_recipe(options)
+    recipe, model, calibration, calibration_set = _fit_or_choose(options, recipe, seconds)
     with (
         _timed(seconds, "export"),
         tempfile.TemporaryDirectory(prefix="autoweld-export-") as scratch,

