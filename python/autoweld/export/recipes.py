@@ -22,7 +22,16 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Recipe", "list_recipes", "load_recipe", "recipe_dirs", "resolve_recipe"]
 
-_TOP_KEYS = {"category", "description", "profile", "seed", "preprocess", "calibration", "scoring"}
+_TOP_KEYS = {
+    "category",
+    "description",
+    "profile",
+    "seed",
+    "preprocess",
+    "calibration",
+    "scoring",
+    "engine",
+}
 _PROFILE_KEYS = {"backbone", "image_size", "mean", "std", "models", "batch_size", "layers"}
 _PREPROCESS_KEYS = {"clahe", "clip_limit", "tile_grid", "sigma"}
 _CALIBRATION_KEYS = {
@@ -32,6 +41,14 @@ _CALIBRATION_KEYS = {
     "anomalies_per_image",
 }
 _SCORING_KEYS = {"map_sigma"}
+#: ``[engine]``: the precision of the exported graph and, for INT8, how it is quantised.
+_ENGINE_KEYS = {
+    "precision",
+    "calibration_method",
+    "calibration_images",
+    "fp32_leading_convs",
+    "keep_fp32",
+}
 # Input normalisation each backbone's weights were trained with (used when --backbone swaps the
 # backbone of a profile that was written for another one).
 _NORMALISATION = {
@@ -102,6 +119,9 @@ class Recipe:
     calibration: dict[str, Any]
     scoring: dict[str, Any]
     head_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``[engine]`` with its defaults, or None: no table and no --int8, an FP32 graph (kept
+    #: out of :meth:`as_dict` then, so FP32 manifests read as they did before INT8 existed)
+    engine: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -120,7 +140,13 @@ class Recipe:
             "calibration": dict(self.calibration),
             "scoring": dict(self.scoring),
             "head_settings": copy.deepcopy(self.head_settings),
+            **({} if self.engine is None else {"engine": copy.deepcopy(self.engine)}),
         }
+
+    @property
+    def precision(self) -> str:
+        """``"fp32"`` or ``"int8"``: the graph the bundle serves."""
+        return "fp32" if self.engine is None else str(self.engine["precision"])
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -184,6 +210,26 @@ def _typed_sections(
     }
 
 
+def _engine_section(
+    raw: Mapping[str, Any], path: Path, precision: str | None
+) -> dict[str, Any] | None:
+    """``[engine]`` with its defaults, typed; ``precision`` (``--int8``) overrides the table's.
+    None when neither says anything (an FP32 graph, recorded as before)."""
+    if "engine" not in raw and precision is None:
+        return None
+    table = _section(raw, "engine", _ENGINE_KEYS, path)
+    chosen = str(precision if precision is not None else table.get("precision", "fp32"))
+    if chosen not in ("fp32", "int8"):
+        raise ValueError(f"{path} [engine] precision must be fp32 or int8, got {chosen!r}")
+    from autoweld.export.quantize import QuantizationSettings  # onnx: only when asked for
+
+    try:
+        settings = QuantizationSettings.from_mapping(table)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path} [engine] {error}") from None
+    return {"precision": chosen, **settings.to_recipe()}
+
+
 def resolve_recipe(
     category: str,
     *,
@@ -193,6 +239,7 @@ def resolve_recipe(
     models: list[str] | None = None,
     seed: int | None = None,
     head_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    precision: str | None = None,
 ) -> Recipe:
     """Load the recipe of ``category`` (or ``recipe``), pick the profile and apply overrides.
 
@@ -238,6 +285,7 @@ def resolve_recipe(
         seed=int(seed if seed is not None else raw.get("seed", 0)),
         **_typed_sections(preprocess, calibration, scoring),
         head_settings={name: heads.get(name, {}) for name in chosen_models},
+        engine=_engine_section(raw, path, precision),
     )
     if not 0.0 < result.calibration["val_fraction"] < 1.0:
         raise ValueError(
