@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from autoweld import data
+from autoweld import data, native
 from autoweld.bundle import BundleError, EngineSpec, load_bundle
 from autoweld.bundle.manifest import sha256_file
 from autoweld.export import quantize
@@ -130,6 +130,21 @@ def test_calibration_reads_only_fit_images(exports):
     assert all(image.tobytes() in fit_rows for image in handed_out)  # fit images, bit for bit
 
 
+def test_the_bank_is_made_of_the_int8_graphs_embeddings_of_fit_images(exports):
+    """The memory bank the INT8 bundle serves lives in the INT8 graph's space: every row is
+    an INT8 embedding of a fit patch (and so not the FP32 bank)."""
+    fp32, int8, seen = exports
+    (fit,) = seen["fit"]
+    bundle = load_bundle(int8.bundle_dir)
+    head = bundle.heads["patchcore"]
+    embeddings = quantize.engine_outputs(bundle.onnx_path, fit, [head.output])[head.output]
+    rows = {row.tobytes() for row in embeddings.reshape(-1, embeddings.shape[-1])}
+    bank = bundle.load_array(head.memory_bank)
+    assert bank.shape[0] == 60 and all(row.tobytes() in rows for row in bank)
+    fp32_bank = load_bundle(fp32.bundle_dir).load_array(head.memory_bank)
+    assert not any(row.tobytes() in rows for row in fp32_bank[:10])
+
+
 def _inspect_all(bundle_dir: Path, category) -> list:
     from autoweld.runtime.inspector import Inspector
 
@@ -139,12 +154,12 @@ def _inspect_all(bundle_dir: Path, category) -> list:
 
 
 def test_int8_scores_close_to_fp32(exports, tiny_weld):
-    """The tolerance: INT8 rounding moves each patch embedding by a few per cent (median
-    relative error ~2-4 % on weld, bench/int8_compare.py probe), and the bank is refitted in
-    the INT8 space, so image scores may move by that much plus coreset reshuffling; 15 %
-    mean relative difference and a rank correlation of at least 0.8 leave room for that while
-    a broken graph (wrong ranges, FP32 bank against INT8 embeddings gone wrong, a swapped
-    output) moves scores by far more and scrambles their order."""
+    """The tolerance: INT8 rounding moves patch embeddings by ~5 % (median, relative; weld at
+    256 px, bench/int8_compare.py probe) and the bank is refitted in the INT8 space, so image
+    scores move by a few per cent: on this tiny set 2.2 % on average, 5.6 % at most, rank
+    correlation 0.98 when measured. 8 % mean, 20 % max and rank correlation 0.8 leave room for
+    other float kernels; a graph with wrong ranges, a swapped output or a bank from another
+    space moves scores by far more and scrambles their order."""
     fp32, int8, _ = exports
     _, _, category = tiny_weld
     want = _inspect_all(fp32.bundle_dir, category)
@@ -153,9 +168,27 @@ def test_int8_scores_close_to_fp32(exports, tiny_weld):
     a = np.array([r.scores["patchcore"] for r in want])
     b = np.array([r.scores["patchcore"] for r in got])
     relative = np.abs(b - a) / np.abs(a)
-    assert float(relative.mean()) < 0.15, relative
+    assert float(relative.mean()) < 0.08 and float(relative.max()) < 0.2, relative
     rank_a, rank_b = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     assert np.corrcoef(rank_a, rank_b)[0, 1] >= 0.8
+
+
+def test_int8_embeddings_stay_close_to_fp32(exports, tiny_weld):
+    """Rounding, not wrong ranges: per patch, |INT8 - FP32| / |FP32| of the embeddings was
+    5.8 % median and 14 % at p99 here when measured; ranges calibrated on images scaled by
+    0.05 (a plant) gave 12 % and 30 %. The bounds sit between the two."""
+    fp32, int8, _ = exports
+    _, _, category = tiny_weld
+    spec = fp32.bundle.preprocess
+    images = np.stack(
+        [native.preprocess(s.load_image(), spec.size, **spec.as_kwargs()) for s in category.test]
+    )
+    output = fp32.bundle.heads["patchcore"].output
+    want = quantize.engine_outputs(fp32.bundle.onnx_path, images, [output])[output]
+    got = quantize.engine_outputs(int8.bundle.onnx_path, images, [output])[output]
+    want, got = want.reshape(-1, want.shape[-1]), got.reshape(-1, got.shape[-1])
+    error = np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)
+    assert float(np.median(error)) < 0.09 and float(np.percentile(error, 99)) < 0.22
 
 
 def test_the_torch_free_runtime_serves_the_int8_bundle(exports, tiny_weld, tmp_path):
