@@ -2,7 +2,9 @@
 
 ``timing``: both bundles' Inspectors on the same test images, interleaved (the order alternates
 image by image, so load on a shared machine hits both alike), decode -> decision from PNG bytes,
-batch 1; prints engine-stage and end-to-end p50/p99 per bundle and the INT8/FP32 ratios.
+batch 1; prints engine-stage and end-to-end p50/p99 per bundle and the INT8/FP32 ratios, and
+cold start (a new process loads the bundle and inspects one image: ``autoweld.bench.coldstart``)
+and its peak RSS, interleaved too, median of ``--cold-repeats``.
 
 ``probe``: how each quantisation choice distorts the graph, measured on held-out *validation*
 normals (never the test split): the FP32 bundle's graph is quantised with each calibration
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,7 +80,34 @@ def timing(args: argparse.Namespace) -> dict:
         for stage in ("engine", "e2e")
     }
     report["rounds"] = args.rounds
+    report["cold_start"] = _cold_starts(args, encoded[0])
     return report
+
+
+def _cold_starts(args: argparse.Namespace, image: bytes) -> dict:
+    samples: dict[str, list[dict]] = {"fp32": [], "int8": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "part.png"
+        path.write_bytes(image)
+        for i in range(args.cold_repeats):
+            for name in ("fp32", "int8") if i % 2 == 0 else ("int8", "fp32"):
+                command = [sys.executable, "-m", "autoweld.bench.coldstart", "--side", "ours"]
+                command += ["--bundle", getattr(args, name), "--image", str(path)]
+                done = subprocess.run(command, capture_output=True, text=True, check=True)
+                samples[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {
+        name: {
+            **{
+                key: float(np.median([r[key] for r in runs]))
+                for key in ("import_ms", "load_ms", "first_ms")
+            },
+            "import_load_first_ms": float(
+                np.median([r["import_ms"] + r["load_ms"] + r["first_ms"] for r in runs])
+            ),
+            "peak_rss_mb": float(np.median([r["peak_rss_kb"] for r in runs])) / 1024,
+        }
+        for name, runs in samples.items()
+    }
 
 
 def _preprocessed(images: list[np.ndarray], bundle) -> np.ndarray:
@@ -133,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=200, help="inspections per bundle")
     parser.add_argument("--images", type=int, default=60, help="test images cycled (timing)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cold-repeats", type=int, default=6, help="cold starts per bundle")
     parser.add_argument("--calibration-images", type=int, default=32)
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args(argv)
