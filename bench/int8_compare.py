@@ -125,17 +125,19 @@ def probe(args: argparse.Namespace) -> dict:
     output = next(iter(bundle.heads.values())).output
     want = engine_outputs(bundle.onnx_path, val_images, [output])[output]
     want = want.reshape(-1, want.shape[-1])
-    variants = [
-        ("minmax", ()),
-        ("minmax", ("stem",)),
-        ("minmax", ("embedding",)),
-        ("minmax", ("stem", "embedding")),
-        ("percentile", ()),
-        ("entropy", ()),
+    variants = [  # (calibration method, leading convolutions kept FP32, FP32 node groups)
+        ("minmax", 0, ()),
+        ("minmax", 1, ()),
+        ("minmax", 3, ()),
+        ("minmax", 6, ()),
+        ("minmax", 0, ("embedding",)),
+        ("minmax", 3, ("embedding",)),
+        ("percentile", 3, ()),
+        ("entropy", 3, ()),
     ]
     report = {}
-    for method, keep in variants:
-        settings = QuantizationSettings(method, args.calibration_images, keep)
+    for method, leading, keep in variants:
+        settings = QuantizationSettings(method, args.calibration_images, leading, keep)
         with tempfile.TemporaryDirectory() as scratch:
             quantized = quantize_onnx(
                 bundle.onnx_path, Path(scratch) / "q.onnx", fit_images, settings
@@ -143,7 +145,7 @@ def probe(args: argparse.Namespace) -> dict:
             got = engine_outputs(quantized.path, val_images, [output])[output]
         got = got.reshape(-1, got.shape[-1])
         error = np.linalg.norm(got - want, axis=1) / np.maximum(np.linalg.norm(want, axis=1), 1e-6)
-        key = f"{method}+{'+'.join(keep) or 'all-int8'}"
+        key = f"{method}+fp32_leading_convs={leading}+{'+'.join(keep) or '-'}"
         report[key] = {
             "rel_error_median": float(np.median(error)),
             "rel_error_p99": float(np.percentile(error, 99)),
