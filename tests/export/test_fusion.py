@@ -184,7 +184,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _export(tmp_path: Path, models: list[str]):
+def _export(tmp_path: Path, models: list[str], precision: str | None = None):
     from autoweld.export.pipeline import ExportOptions, export_category
 
     category = _write_category(tmp_path / "data")
@@ -196,6 +196,7 @@ def _export(tmp_path: Path, models: list[str]):
         recipe=recipe,
         models=models,
         save_reference=False,
+        precision=precision,
     )
     return category, export_category(options)
 
@@ -227,10 +228,13 @@ def _check_runtime_matches_reference(result, category: Path, models: list[str]) 
 
 
 @needs_data
-def test_export_never_opens_a_file_under_test(tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_export_never_opens_a_file_under_test(tmp_path, monkeypatch, precision):
+    """Also for an INT8 graph (issue 19): its ranges, bank and calibration come from the
+    training images only (tests/export/test_quantize.py checks the ranges come from fit ones)."""
     recorder = _OpenRecorder(monkeypatch)
     with recorder as opened:
-        category, result = _export(tmp_path, list(HEADS))
+        category, result = _export(tmp_path, list(HEADS), precision)
     category = category.resolve()
     resolved = [Path(p).resolve() for p in opened]
     train_reads = [p for p in resolved if p.is_relative_to(category / "train")]
@@ -244,6 +248,7 @@ def test_export_never_opens_a_file_under_test(tmp_path, monkeypatch):
     assert not any("/test/" in p for p in opened)
 
     manifest = json.loads((result.bundle_dir / "manifest.json").read_text())
+    assert manifest["engine"].get("precision", "fp32") == precision
     assert sorted(manifest["models"]) == sorted(HEADS)
     data = manifest["calibration_data"]
     assert data["source"] == "synthesised"

@@ -28,6 +28,7 @@ __all__ = [
     "BackboneSpec",
     "BundleError",
     "Calibration",
+    "ENGINE_PRECISIONS",
     "EngineSpec",
     "FileEntry",
     "FusionSpec",
@@ -37,6 +38,7 @@ __all__ = [
     "MapHeadSpec",
     "PreprocessSpec",
     "Provenance",
+    "QuantizationSpec",
     "ScoringSpec",
     "TensorRTSpec",
     "head_from_json",
@@ -270,26 +272,106 @@ class TensorRTSpec:
         return {**out, **_thawed(self.extras)}
 
 
+#: What ``engine.precision`` may say; a manifest without the key is ``"fp32"``.
+ENGINE_PRECISIONS = ("fp32", "int8")
+
+
+@dataclass(frozen=True)
+class QuantizationSpec:
+    """``engine.quantization``: how an INT8 graph was made from the FP32 one (docs/bundle.md,
+    "INT8 engines"). Recorded for audit; the runtime runs the QDQ graph as it is."""
+
+    format: str = "qdq"
+    calibration_method: str = "minmax"
+    calibration_images: int = 0
+    calibration_source: str = "fit"
+    per_channel: bool = True
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    fp32_nodes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> QuantizationSpec:
+        what = f"{where}: engine.quantization"
+        obj = _object(obj, what)
+        per_channel = obj.get("per_channel", True)
+        if not isinstance(per_channel, bool):
+            raise BundleError(f"{what}.per_channel must be true or false, got {per_channel!r}")
+        return cls(
+            format=_text(obj.get("format", "qdq"), f"{what}.format"),
+            calibration_method=_text(
+                obj.get("calibration_method", "minmax"), f"{what}.calibration_method"
+            ),
+            calibration_images=_positive_int(
+                obj.get("calibration_images"), f"{what}.calibration_images"
+            ),
+            calibration_source=_text(
+                obj.get("calibration_source", "fit"), f"{what}.calibration_source"
+            ),
+            activation_type=_text(obj.get("activation_type", "uint8"), f"{what}.activation_type"),
+            weight_type=_text(obj.get("weight_type", "int8"), f"{what}.weight_type"),
+            fp32_nodes=_texts(obj.get("fp32_nodes", ()), f"{what}.fp32_nodes"),
+            per_channel=per_channel,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "calibration_method": self.calibration_method,
+            "calibration_images": self.calibration_images,
+            "calibration_source": self.calibration_source,
+            "per_channel": self.per_channel,
+            "activation_type": self.activation_type,
+            "weight_type": self.weight_type,
+            "fp32_nodes": list(self.fp32_nodes),
+        }
+
+
 @dataclass(frozen=True)
 class EngineSpec:
-    """The graph every head's output comes from: ONNX file, input name, opset; maybe a plan."""
+    """The graph every head's output comes from: ONNX file, input name, opset; maybe a plan.
+
+    ``precision`` is ``"fp32"`` (the default, and what a manifest without the key means) or
+    ``"int8"``: a QDQ graph quantised at export, described by ``quantization``."""
 
     onnx: str
     input: str = "image"
     opset: int | None = None
     tensorrt: TensorRTSpec | None = None
+    precision: str = "fp32"
+    quantization: QuantizationSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in ENGINE_PRECISIONS:
+            raise BundleError(
+                f"engine.precision must be one of {', '.join(ENGINE_PRECISIONS)}, "
+                f"got {self.precision!r}"
+            )
+        if (self.precision == "int8") != (self.quantization is not None):
+            raise BundleError("engine.quantization is required with precision int8 and only there")
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> EngineSpec:
         obj = _object(obj, f"{where}: engine")
         plan = obj.get("tensorrt")
         opset = obj.get("opset")
-        return cls(
-            onnx=_text(obj.get("onnx"), f"{where}: engine.onnx"),
-            input=_text(obj.get("input", "image"), f"{where}: engine.input"),
-            opset=None if opset is None else _positive_int(opset, f"{where}: engine.opset"),
-            tensorrt=TensorRTSpec.from_json(plan, where) if plan else None,
-        )
+        quantization = obj.get("quantization")
+        try:
+            return cls(
+                onnx=_text(obj.get("onnx"), f"{where}: engine.onnx"),
+                input=_text(obj.get("input", "image"), f"{where}: engine.input"),
+                opset=None if opset is None else _positive_int(opset, f"{where}: engine.opset"),
+                tensorrt=TensorRTSpec.from_json(plan, where) if plan else None,
+                precision=obj.get("precision", "fp32"),
+                quantization=None
+                if quantization is None
+                else QuantizationSpec.from_json(quantization, where),
+            )
+        except BundleError as error:
+            message = str(error)
+            raise BundleError(
+                message if message.startswith(where) else f"{where}: {message}"
+            ) from None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"onnx": self.onnx, "input": self.input}
@@ -297,6 +379,10 @@ class EngineSpec:
             out["opset"] = self.opset
         if self.tensorrt is not None:
             out["tensorrt"] = self.tensorrt.to_json()
+        if self.precision != "fp32":  # FP32 manifests stay as they were written before INT8
+            out["precision"] = self.precision
+        if self.quantization is not None:
+            out["quantization"] = self.quantization.to_json()
         return out
 
 

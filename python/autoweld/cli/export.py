@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--coreset-max", type=_args.positive_int, help="PatchCore memory bank rows, at most"
     )
     parser.add_argument("--recipe", help="a recipe .toml file instead of the category's own")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="serve an INT8 graph: the ONNX graph quantised (QDQ, calibrated on the fit "
+        "images), memory bank and calibration refitted on it (recipe [engine] precision)",
+    )
     # --- GPU section: TensorRT engine (docs/gpu.md) ---
     trt = parser.add_argument_group("TensorRT engine (NVIDIA GPU + pip install '.[gpu]')")
     trt.add_argument(
@@ -152,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         coreset_max=args.coreset_max,
         recipe=args.recipe,
         quick=args.quick,
+        precision="int8" if args.int8 else None,
     )
     try:
         result = export_category(options)
@@ -180,6 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     if "chosen" in result.recipe.selection:
         lines.append(_selection_line(result.recipe.selection))
+    quantization = result.quantization
+    if quantization is not None:
+        lines.append(
+            f"int8        {result.bundle.manifest.engine.onnx}: QDQ, "
+            f"{quantization.calibration_method} ranges from {quantization.calibration_images} "
+            f"fit images, {len(quantization.fp32_nodes)} nodes kept FP32; bank and "
+            "calibration fitted on the INT8 graph"
+        )
     if result.reference_path is not None:
         lines.append(f"reference   {result.reference_path} (torch model, for parity and bench)")
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items() if k != "total")

@@ -15,6 +15,9 @@ and outputs:
 4. :func:`calibrate` -- the torch reference pipeline scores the calibration data;
    :func:`autoweld.train.calibration.fit_calibration` fits Platt per head, the fusion weights and
    the decision threshold (:class:`CalibrationSummary`).
+   With ``precision = "int8"`` (``--int8``), :func:`quantize_engine` then quantises the
+   verified ONNX graph (:mod:`autoweld.export.quantize`) and refits the banks and calibration on
+   the INT8 graph's outputs.
 5. :func:`build_manifest` -- the typed :class:`~autoweld.bundle.Manifest`, after the graph is
    exported to ONNX (verified against torch) and the bundle's files are collected.
 6. :func:`write_export` -- the bundle, written atomically, and the torch reference file.
@@ -57,7 +60,15 @@ from autoweld.bundle import (
     head_from_json,
     write_bundle,
 )
+from autoweld.bundle.schema import QuantizationSpec
 from autoweld.export.onnx_export import DEFAULT_OPSET, OnnxExport, export_onnx
+from autoweld.export.quantize import (
+    EngineScorer,
+    QuantizationSettings,
+    QuantizedOnnx,
+    quantize_onnx,
+    refit_banks,
+)
 from autoweld.export.recipes import Recipe, resolve_recipe
 from autoweld.export.selection import (
     CandidateScore,
@@ -88,6 +99,7 @@ __all__ = [
     "ExportResult",
     "FitSet",
     "FittedModel",
+    "QuantizedEngine",
     "WrittenExport",
     "build_manifest",
     "calibrate",
@@ -95,11 +107,13 @@ __all__ = [
     "export_category",
     "fit_model",
     "load_export_data",
+    "quantize_engine",
     "resolve_export_recipe",
     "write_export",
 ]
 
 ONNX_FILE = "model.onnx"
+INT8_ONNX_FILE = "model.int8.onnx"
 _PACKAGES = (
     "numpy",
     "torch",
@@ -132,6 +146,7 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     save_reference: bool = True
     quick: bool = False  # today's single-model path: the recipe's profile, no [selection]
+    precision: str | None = None  # "int8" (--int8) or "fp32"; None: as the recipe says
     weld_params: Any = None  # autoweld.data.WeldParams for the built-in weld set (tests: tiny)
 
 
@@ -150,6 +165,7 @@ class ExportResult:
     bank_sizes: dict[str, int]
     onnx_max_abs_diff: float
     seconds: dict[str, float] = field(default_factory=dict)
+    quantization: QuantizationSpec | None = None  # how the INT8 graph was made (None: FP32)
 
 
 @dataclass(frozen=True)
@@ -312,7 +328,7 @@ def _synthesise(
 
 
 def _score(
-    reference: TorchReference, batches: list[torch.Tensor]
+    reference: TorchReference | EngineScorer, batches: list[torch.Tensor]
 ) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
     """Raw image scores and patch score maps ([N,h,w]) per head."""
     parts: dict[str, list[np.ndarray]] = {}
@@ -358,6 +374,7 @@ def resolve_export_recipe(options: ExportOptions) -> Recipe:
         models=options.models,
         seed=options.seed,
         head_overrides=head_overrides,
+        precision=options.precision,
     )
     missing = [m for m in recipe.models if m not in available_heads()]
     if missing:
@@ -445,15 +462,21 @@ class _CalibrationScores:
 
 
 def _score_calibration(
-    model: FittedModel, calibration_set: CalibrationSet, recipe: Recipe
+    model: FittedModel,
+    calibration_set: CalibrationSet,
+    recipe: Recipe,
+    engine_path: Path | None = None,
 ) -> _CalibrationScores:
+    """Score the calibration data with the torch reference or, given ``engine_path``, with that
+    exported graph's outputs (an INT8 graph: its calibration must match the graph that serves)."""
     reference = TorchReference.from_graph(model.graph, map_sigma=recipe.scoring["map_sigma"])
+    scorer = reference if engine_path is None else EngineScorer(engine_path, reference)
     anomalies = _preprocess_all(
         calibration_set.anomalies, recipe, "preprocess: calibration anomalies"
     )
     images = torch.cat([model.val_normals, anomalies])
     labels = np.array([0] * len(calibration_set.normals) + [1] * len(calibration_set.anomalies))
-    raw, patch_maps = _score(reference, _batches(images, recipe.batch_size))
+    raw, patch_maps = _score(scorer, _batches(images, recipe.batch_size))
     return _CalibrationScores(reference, raw, patch_maps, labels)
 
 
@@ -470,11 +493,15 @@ def _fit_calibration(
 
 
 def calibrate(
-    model: FittedModel, calibration_set: CalibrationSet, recipe: Recipe
+    model: FittedModel,
+    calibration_set: CalibrationSet,
+    recipe: Recipe,
+    engine_path: Path | None = None,
 ) -> CalibrationSummary:
-    """Score the calibration data with the torch reference, then fit Platt per head, the
-    fusion weights and the threshold on those scores."""
-    scored = _score_calibration(model, calibration_set, recipe)
+    """Score the calibration data with the torch reference (or, given ``engine_path``, with
+    that exported graph's outputs), then fit Platt per head, the fusion weights and the
+    threshold on those scores."""
+    scored = _score_calibration(model, calibration_set, recipe, engine_path)
     return _fit_calibration(model, scored, recipe, calibration_set.source)
 
 
@@ -572,11 +599,12 @@ def build_manifest(
     calibration: CalibrationSummary,
     calibration_set: CalibrationSet,
     onnx: OnnxExport,
+    quantization: QuantizationSpec | None = None,
 ) -> BundleContent:
     """The typed manifest of the bundle and its files (the ONNX graph and the heads' arrays);
-    ``write_bundle`` fills in the file table."""
+    ``write_bundle`` fills in the file table. ``quantization``: the graph is INT8."""
     graph = model.graph
-    files = {**_head_files(graph), ONNX_FILE: onnx.path}
+    files = {**_head_files(graph), onnx.path.name: onnx.path}
     heads = {
         head.name: _head_spec(head, Calibration(*calibration.platt[head.name]), recipe.image_size)
         for head in graph.heads
@@ -584,7 +612,13 @@ def build_manifest(
     manifest = Manifest(
         category=options.category,
         preprocess=_preprocess_spec(recipe),
-        engine=EngineSpec(onnx=ONNX_FILE, input=onnx.input_name, opset=onnx.opset),
+        engine=EngineSpec(
+            onnx=onnx.path.name,
+            input=onnx.input_name,
+            opset=onnx.opset,
+            precision="fp32" if quantization is None else "int8",
+            quantization=quantization,
+        ),
         heads=heads,
         fusion=FusionSpec(
             weights=dict(calibration.fusion_weights),
@@ -597,6 +631,42 @@ def build_manifest(
         provenance=_provenance(options, recipe, calibration, calibration_set, model.n_fit),
     )
     return BundleContent(manifest, files)
+
+
+@dataclass(frozen=True)
+class QuantizedEngine:
+    """The INT8 graph (``onnx.max_abs_diff`` is the FP32 graph's check against torch) and the
+    calibration fitted on its scores."""
+
+    onnx: OnnxExport
+    calibration: CalibrationSummary
+    spec: QuantizationSpec
+
+
+def quantize_engine(
+    onnx: OnnxExport,
+    model: FittedModel,
+    fit_images: torch.Tensor,
+    calibration_set: CalibrationSet,
+    recipe: Recipe,
+) -> QuantizedEngine:
+    """Quantise the verified FP32 graph to INT8 (QDQ, ranges from the fit images), rebuild the
+    kNN heads' banks from the INT8 graph's embeddings of the fit images and fit the calibration
+    again on the INT8 graph's scores: the bundle's bank and thresholds match the graph that
+    serves."""
+    settings = QuantizationSettings.from_mapping(recipe.engine or {})
+    images = fit_images.numpy()
+    quantized: QuantizedOnnx = quantize_onnx(
+        onnx.path, onnx.path.with_name(INT8_ONNX_FILE), images, settings, onnx.input_name
+    )
+    refit_banks(model.graph, quantized.path, images, recipe.batch_size)
+    calibration = calibrate(model, calibration_set, recipe, engine_path=quantized.path)
+    spec = QuantizationSpec(
+        calibration_method=settings.calibration_method,
+        calibration_images=quantized.n_calibration_images,
+        fp32_nodes=quantized.fp32_nodes,
+    )
+    return QuantizedEngine(dataclasses.replace(onnx, path=quantized.path), calibration, spec)
 
 
 def write_export(
@@ -731,22 +801,28 @@ def choose_recipe(options: ExportOptions, recipe: Recipe) -> _Candidate:
 
 def _fit_or_choose(
     options: ExportOptions, recipe: Recipe, seconds: dict[str, float]
-) -> tuple[Recipe, FittedModel, CalibrationSummary, CalibrationSet]:
+) -> tuple[Recipe, FittedModel, CalibrationSummary, CalibrationSet, torch.Tensor | None]:
     """Today's single path (``--quick``, a recipe without candidates, or flags that name the
-    backbone, size or heads themselves), or the choice among candidates."""
+    backbone, size or heads themselves), or the choice among candidates. The last item: the
+    preprocessed fit images, kept only for an INT8 graph's ranges and bank (else None)."""
     flags_chose = any(v is not None for v in (options.backbone, options.image_size, options.models))
     if not (options.quick or flags_chose) and recipe.selection.get("candidates"):
         with _timed(seconds, "select"):
             chosen = choose_recipe(options, recipe)
-        return chosen.recipe, chosen.model, chosen.calibration, chosen.calibration_set
+        fit_images = None
+        if chosen.recipe.precision == "int8":  # the chosen candidate's own size and split
+            with _timed(seconds, "data"):
+                fit_images = load_export_data(options, chosen.recipe)[0].images
+        return chosen.recipe, chosen.model, chosen.calibration, chosen.calibration_set, fit_images
     with _timed(seconds, "data"):
         fit_set, calibration_set = load_export_data(options, recipe)
     with _timed(seconds, "fit"):
         model = fit_model(fit_set, calibration_set, recipe, options)
-    del fit_set  # the preprocessed fit images are not needed past fitting
+    fit_images = fit_set.images if recipe.precision == "int8" else None
+    del fit_set  # the preprocessed fit images are not needed past fitting (but by INT8)
     with _timed(seconds, "calibrate"):
         calibration = calibrate(model, calibration_set, recipe)
-    return recipe, model, calibration, calibration_set
+    return recipe, model, calibration, calibration_set, fit_images
 
 
 def export_category(options: ExportOptions) -> ExportResult:
@@ -754,7 +830,9 @@ def export_category(options: ExportOptions) -> ExportResult:
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     recipe = resolve_export_recipe(options)
-    recipe, model, calibration, calibration_set = _fit_or_choose(options, recipe, seconds)
+    recipe, model, calibration, calibration_set, fit_images = _fit_or_choose(
+        options, recipe, seconds
+    )
     with (
         _timed(seconds, "export"),
         tempfile.TemporaryDirectory(prefix="autoweld-export-") as scratch,
@@ -762,7 +840,14 @@ def export_category(options: ExportOptions) -> ExportResult:
         onnx = export_onnx(
             model.graph, Path(scratch) / ONNX_FILE, recipe.image_size, opset=options.opset
         )
-        content = build_manifest(options, recipe, model, calibration, calibration_set, onnx)
+        quantization = None
+        if fit_images is not None:
+            with _timed(seconds, "quantize"):
+                int8 = quantize_engine(onnx, model, fit_images, calibration_set, recipe)
+            onnx, calibration, quantization = int8.onnx, int8.calibration, int8.spec
+        content = build_manifest(
+            options, recipe, model, calibration, calibration_set, onnx, quantization
+        )
         written = write_export(options, recipe, model, content)
     seconds["total"] = time.perf_counter() - started
     return ExportResult(
@@ -777,4 +862,5 @@ def export_category(options: ExportOptions) -> ExportResult:
         bank_sizes=content.bank_sizes,
         onnx_max_abs_diff=onnx.max_abs_diff,
         seconds=seconds,
+        quantization=quantization,
     )

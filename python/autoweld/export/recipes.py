@@ -31,6 +31,7 @@ _TOP_KEYS = {
     "calibration",
     "scoring",
     "selection",
+    "engine",
 }
 _PROFILE_KEYS = {"backbone", "image_size", "mean", "std", "models", "batch_size", "layers"}
 _PREPROCESS_KEYS = {"clahe", "clip_limit", "tile_grid", "sigma"}
@@ -44,6 +45,14 @@ _CALIBRATION_KEYS = {
 #: generators of calibration anomalies for categories other than weld (docs/recipes.md)
 ANOMALY_SOURCES = ("generic", "perlin")
 _SCORING_KEYS = {"map_sigma"}
+#: ``[engine]``: the precision of the exported graph and, for INT8, how it is quantised.
+_ENGINE_KEYS = {
+    "precision",
+    "calibration_method",
+    "calibration_images",
+    "fp32_leading_convs",
+    "keep_fp32",
+}
 # Input normalisation each backbone's weights were trained with (used when --backbone swaps the
 # backbone of a profile that was written for another one).
 _NORMALISATION = {
@@ -122,6 +131,9 @@ class Recipe:
     scoring: dict[str, Any]
     head_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     selection: dict[str, Any] = field(default_factory=dict)  # the raw [selection] table
+    #: ``[engine]`` with its defaults, or None: no table and no --int8, an FP32 graph (kept
+    #: out of :meth:`as_dict` then, so FP32 manifests read as they did before INT8 existed)
+    engine: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as the manifest records it. Keys added since format 1 (``selection``,
@@ -148,7 +160,13 @@ class Recipe:
             "scoring": dict(self.scoring),
             "head_settings": copy.deepcopy(self.head_settings),
             **extra,
+            **({} if self.engine is None else {"engine": copy.deepcopy(self.engine)}),
         }
+
+    @property
+    def precision(self) -> str:
+        """``"fp32"`` or ``"int8"``: the graph the bundle serves."""
+        return "fp32" if self.engine is None else str(self.engine["precision"])
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -213,6 +231,26 @@ def _typed_sections(
     }
 
 
+def _engine_section(
+    raw: Mapping[str, Any], path: Path, precision: str | None
+) -> dict[str, Any] | None:
+    """``[engine]`` with its defaults, typed; ``precision`` (``--int8``) overrides the table's.
+    None when neither says anything (an FP32 graph, recorded as before)."""
+    if "engine" not in raw and precision is None:
+        return None
+    table = _section(raw, "engine", _ENGINE_KEYS, path)
+    chosen = str(precision if precision is not None else table.get("precision", "fp32"))
+    if chosen not in ("fp32", "int8"):
+        raise ValueError(f"{path} [engine] precision must be fp32 or int8, got {chosen!r}")
+    from autoweld.export.quantize import QuantizationSettings  # onnx: only when asked for
+
+    try:
+        settings = QuantizationSettings.from_mapping(table)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path} [engine] {error}") from None
+    return {"precision": chosen, **settings.to_recipe()}
+
+
 def resolve_recipe(
     category: str,
     *,
@@ -222,6 +260,7 @@ def resolve_recipe(
     models: list[str] | None = None,
     seed: int | None = None,
     head_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    precision: str | None = None,
 ) -> Recipe:
     """Load the recipe of ``category`` (or ``recipe``), pick the profile and apply overrides.
 
@@ -268,6 +307,7 @@ def resolve_recipe(
         **_typed_sections(preprocess, calibration, scoring),
         head_settings={name: heads.get(name, {}) for name in chosen_models},
         selection=dict(raw.get("selection", {})),
+        engine=_engine_section(raw, path, precision),
     )
     bad_sources = set(result.calibration["anomaly_sources"]) - set(ANOMALY_SOURCES)
     if bad_sources or not result.calibration["anomaly_sources"]:

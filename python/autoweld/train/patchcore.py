@@ -147,7 +147,17 @@ class PatchCoreHead(ExportHead):
         return (h, w)
 
     def fit(self, extractor: FeatureExtractor, batches: Sequence[Tensor]) -> None:
-        embeddings = self.embed(extractor, batches)
+        self.fit_embeddings(self.embed(extractor, batches))
+
+    def fit_embeddings(self, embeddings: np.ndarray) -> None:
+        """Coreset memory bank and bank neighbours from patch embeddings ``[n*h*w, D]`` (from
+        :meth:`embed`, or from an exported engine's output: an INT8 bundle's bank is made from
+        the INT8 graph's embeddings)."""
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"embeddings: expected (n, {self.embedding_dim}), got {embeddings.shape}"
+            )
         total = embeddings.shape[0]
         n = int(min(max(round(total * self.settings.coreset_ratio), 1), self.settings.coreset_max))
         n = min(n, total)
