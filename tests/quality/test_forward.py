@@ -193,6 +193,23 @@ def test_background_forwarder_follows_and_reports_status(station_url, central_ur
     assert forwarder.status()["state"] == "stopped"
 
 
+def test_a_forwarder_thread_that_cannot_go_on_says_so(tmp_path, central_url, keys, monkeypatch):
+    """An error no retry can fix, outside the ledger's own errors, ends the thread: the
+    status must then say stopped, with the reason, not "starting" for ever."""
+    forwarder = Forwarder(f"sqlite:///{tmp_path / 'station.db'}", central_url, keys, poll_s=0.02)
+
+    def broken() -> None:
+        raise ValueError("planted: the local ledger cannot be read")
+
+    monkeypatch.setattr(forwarder, "run_once", broken)
+    forwarder.start()
+    try:
+        _wait(lambda: forwarder.status()["state"] == "stopped")
+        assert "planted" in forwarder.status()["last_error"]
+    finally:
+        forwarder.close()
+
+
 def test_unreachable_central_is_retried_with_backoff(station_url, keys, caplog):
     url = "postgresql://autoweld:hunter2secret@127.0.0.1:1/central"  # nothing listens on port 1
     forwarder = Forwarder(station_url, url, keys, poll_s=0.01, max_backoff_s=0.05)

@@ -199,3 +199,41 @@ def test_camera_entries_that_cannot_be_inspected_are_recorded_fails_signalled_an
     while len(echo_plc.received) < 5 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert sorted(echo_plc.received) == [0x00, 0x01, 0x01, 0x01, 0x01]  # one PASS, four FAIL
+
+
+def test_the_plc_budget_runs_from_the_decision_not_from_the_overlay(
+    key_env, tiny_bundle, tmp_path, echo_plc, monkeypatch
+):
+    """Work between the decision and the signal (here an overlay that takes longer than the PLC
+    timeout) uses up the signal's budget: the PASS byte is not sent late, where the PLC would
+    take it for the next part's result (perhaps a defective one). What reaches the PLC is the
+    corrective FAIL, and the part's FAIL record is written."""
+    from autoweld.terminal import service
+
+    real_render = service.render_overlay
+
+    def slow_render(image, result):
+        time.sleep(0.3)  # far beyond the 50 ms PLC timeout
+        return real_render(image, result)
+
+    db = tmp_path / "l.db"
+    config = StationConfig(
+        bundle_dir=tiny_bundle,
+        ledger_url=f"sqlite:///{db}",
+        station_id="st-9",
+        plc_url=echo_plc.url,
+        plc_timeout_s=0.05,
+        threads=1,
+    )
+    with Station(config) as station:
+        monkeypatch.setattr(service, "render_overlay", slow_render)
+        outcome = station.submit("VIN-LATE", data=_png(normal_image(1))).result(60)
+    assert outcome.decision == "FAIL" and "corrective FAIL" in outcome.error
+    time.sleep(0.2)
+    assert 0x00 not in echo_plc.received  # the PASS never reached the PLC after its budget
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT part_id, decision FROM ledger_records ORDER BY seq").fetchall()
+    conn.close()
+    # the FAIL that stands is the part's last record (a PASS record that became durable after
+    # its deadline may stand before it, named in the FAIL's error)
+    assert rows[-1] == ("VIN-LATE", "FAIL") and set(rows) <= {("VIN-LATE", "PASS"), rows[-1]}

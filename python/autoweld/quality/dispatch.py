@@ -129,9 +129,9 @@ def _signal_then_append(
         # durable, but after the PLC was told FAIL at the deadline: that FAIL is what stands
         if guard is not None and guard.fired():
             raise LedgerTimeout(
-                f"record of part {record.part_id} became durable "
-                f"{(time.monotonic() - deadline) * 1000:.0f} ms after its deadline; the PLC "
-                "was sent a corrective FAIL"
+                f"the PASS record of part {record.part_id} (seq {stored.seq}, record "
+                f"{stored.record_id}) became durable {(time.monotonic() - deadline) * 1000:.0f} ms "
+                "after its deadline; the PLC was sent a corrective FAIL, which stands"
             )
     except Exception as failure:  # any failure to store: the PASS must not stand unrecorded
         if record.decision == "PASS":  # what is queued is the FAIL that now stands

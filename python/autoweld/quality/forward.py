@@ -316,6 +316,10 @@ class Forwarder:
             self.run()
         except RecordPlaceError:
             pass  # logged and in status(); the station keeps inspecting and recording locally
+        except Exception as error:  # noqa: BLE001 - e.g. a ledger that cannot be opened at all
+            # the page must not go on showing "starting"/"retrying" for a thread that has ended
+            self._record_failure("stopped", error)
+            logger.error("forwarding stopped: %s", redact_url(str(error)))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the loop to stop and wait up to ``timeout`` seconds for the thread."""

@@ -24,6 +24,7 @@ a write with the link's deadline; a dead or slow server costs at most that deadl
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 import os
@@ -260,8 +261,8 @@ class _LoopThread:
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            future.cancel()
+        except (TimeoutError, concurrent.futures.TimeoutError):  # distinct classes on 3.10
+            future.cancel()  # a late write must not land after the next part's
             raise TimeoutError("no answer before the deadline") from None
 
     def submit(self, coro: Coroutine[Any, Any, Any]) -> None:

@@ -368,9 +368,13 @@ class Station:
             except BaseException as error:  # noqa: BLE001 - the worker must survive anything
                 log.exception("batch of %d job(s) failed", len(jobs))
                 inspected = [(failed_result(f"inspection failed: {error}"), None) for _ in jobs]
+            # The parts are decided now: each PLC signal's budget runs from here, not from when
+            # its turn comes after the overlays and records of the parts before it. A signal
+            # whose budget ran out is not sent late (a late byte would count for the next part).
+            decided_at = time.monotonic()
             for job, (result, image) in zip(jobs, inspected, strict=True):
                 try:  # in arrival order: the PLC gets its signals in the order parts came
-                    outcome = self._process(job, result, image, taken)
+                    outcome = self._process(job, result, image, taken, decided_at)
                 except BaseException as error:  # noqa: BLE001 - the worker must survive anything
                     log.exception("job for part %s failed", job.part_id)
                     _settle(job.future, error=error)
@@ -409,17 +413,23 @@ class Station:
         return inspected
 
     def _process(
-        self, job: Job, result: InspectionResult, image: np.ndarray | None, start: float
+        self,
+        job: Job,
+        result: InspectionResult,
+        image: np.ndarray | None,
+        start: float,
+        decided_at: float | None = None,
     ) -> Outcome:
         """Overlay, heat-map, PLC signal and record for one inspected job (``start``: when the
-        worker took it off the queue, ``time.perf_counter()``)."""
+        worker took it off the queue, ``time.perf_counter()``; ``decided_at``: when its result
+        was known, ``time.monotonic()``, the start of the PLC signal's budget)."""
         try:
             overlay = render_overlay(image, result)
         except Exception as error:  # noqa: BLE001 - a missing picture must not hide a result
             log.warning("overlay not rendered for %s: %s", job.part_id, error)
             overlay = b""
         heatmap_sha256, heatmap_path = self._save_heatmap(job, overlay)
-        recorded = self._signal_and_record(job, result, heatmap_sha256, heatmap_path)
+        recorded = self._signal_and_record(job, result, heatmap_sha256, heatmap_path, decided_at)
         result, record_seq, delivered = recorded.result, recorded.record_seq, recorded.plc_delivered
         if record_seq is None and overlay:
             # the banner was drawn before the record: redraw it, the result may now be a FAIL
@@ -519,6 +529,7 @@ class Station:
         result: InspectionResult,
         heatmap_sha256: str | None,
         heatmap_path: str | None,
+        decided_at: float | None = None,
     ) -> RecordedInspection[InspectionResult]:
         """PLC and ledger through :func:`autoweld.quality.record_inspection`; its ``result`` is
         the final one: a record that cannot be written makes it a FAIL with the reason (a PASS
@@ -535,6 +546,7 @@ class Station:
             heatmap_sha256=heatmap_sha256,
             heatmap_path=heatmap_path,
             bundle_signed=self.inspector.bundle_signed if self.inspector is not None else None,
+            decided_at=decided_at,
         )
 
     # ---- what the page reads ----------------------------------------------------------------
