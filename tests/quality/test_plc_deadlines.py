@@ -86,7 +86,9 @@ def test_a_burst_of_inspections_keeps_the_plc_budget_from_the_decision():
     assert all(began < deadline for began, deadline in begun)
     assert len(begun) + skipped == inspections
     arrivals = [t for t, _ in plc.stamps[1:]]
-    assert len(arrivals) == len(begun)
+    # every byte the PLC got was a send begun in its budget; a begun send may still give up
+    # before its byte is written when the budget runs out under it (not sent late either)
+    assert len(arrivals) <= len(begun)
     # when the bytes arrived is a timing (bench/fault_injection.py measures it): here only
     # "not grossly late" on a loaded CI machine
     last_decision = max(decided for decided, _, _ in returned)
