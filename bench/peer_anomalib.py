@@ -466,8 +466,9 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(scratch)
         peer = (reuse_fit if args.reuse_fit else fit_anomalib)(args, manifest, work)
         ours_fit = _ours_fit_seconds(args)
+        ours = Ours(args.bundle, args.threads)
         sides = [
-            Ours(args.bundle, args.threads),
+            ours,
             AnomalibOpenVINO(Path(peer["openvino"]), args.threads),
             AnomalibOnnx(Path(peer["onnx"]), args.threads),
         ]
@@ -483,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         "n": args.n,
         "warmup": args.warmup,
         "threads": args.threads,
-        "bundle_sha256": None,
+        "bundle_sha256": ours.inspector.bundle.sha256,
         "sides": _summary(run, labels),
         "fit": {
             "anomalib_fit_s": peer["fit_s"],
