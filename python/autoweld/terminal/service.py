@@ -418,7 +418,7 @@ class Station:
         result: InspectionResult,
         image: np.ndarray | None,
         start: float,
-        decided_at: float | None = None,
+        decided_at: float,
     ) -> Outcome:
         """Overlay, heat-map, PLC signal and record for one inspected job (``start``: when the
         worker took it off the queue, ``time.perf_counter()``; ``decided_at``: when its result
@@ -529,7 +529,7 @@ class Station:
         result: InspectionResult,
         heatmap_sha256: str | None,
         heatmap_path: str | None,
-        decided_at: float | None = None,
+        decided_at: float,
     ) -> RecordedInspection[InspectionResult]:
         """PLC and ledger through :func:`autoweld.quality.record_inspection`; its ``result`` is
         the final one: a record that cannot be written makes it a FAIL with the reason (a PASS
