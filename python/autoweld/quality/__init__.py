@@ -8,7 +8,7 @@ from autoweld.quality.dispatch import (
     signal_and_record,
 )
 from autoweld.quality.keys import KeyRing, MissingKeyError, load_keyring
-from autoweld.quality.ledger import Ledger, LedgerError, VerifyReport, open_ledger
+from autoweld.quality.ledger import Ledger, LedgerError, LedgerTimeout, VerifyReport, open_ledger
 from autoweld.quality.plc import PlcLink, open_plc
 from autoweld.quality.record import (
     GENESIS_MAC,
@@ -24,6 +24,7 @@ __all__ = [
     "KeyRing",
     "Ledger",
     "LedgerError",
+    "LedgerTimeout",
     "MissingKeyError",
     "PlcLink",
     "RecordedInspection",
