@@ -142,3 +142,28 @@ def test_perlin_anomaly_changes_only_its_mask_and_varies() -> None:
     assert len(set(areas)) > 3  # several sizes, not one stamp
     again, _ = synthesize_perlin_anomaly(surface, np.random.default_rng(5))
     assert (again == out).all()
+
+
+@pytest.mark.parametrize("kind", ["speck", "hairline"])
+def test_subtle_anomaly_is_small_in_the_surfaces_tones_and_only_in_its_mask(kind) -> None:
+    from autoweld.data import synthesize_subtle_anomaly
+
+    rng = np.random.default_rng(0)
+    surface = rng.integers(90, 170, (128, 128, 3)).astype(np.uint8)
+    areas = []
+    for seed in range(6):
+        out, mask = synthesize_subtle_anomaly(surface, np.random.default_rng(seed), kind=kind)
+        assert mask.dtype == bool and mask.sum() >= 4
+        assert mask.mean() < 0.05  # small or thin: the hard end, not another blob
+        changed = (out != surface).any(axis=2)
+        assert not (changed & ~mask).any()
+        assert changed[mask].mean() > 0.5
+        # a grey surface stays grey: the tone is the surface's own, darker or brighter
+        spread = out[mask].astype(int).max(axis=1) - out[mask].astype(int).min(axis=1)
+        assert np.median(spread) <= 40
+        areas.append(int(mask.sum()))
+    assert len(set(areas)) > 3
+    again, _ = synthesize_subtle_anomaly(surface, np.random.default_rng(5), kind=kind)
+    assert (again == out).all()
+    with pytest.raises(ValueError, match="kind"):
+        synthesize_subtle_anomaly(surface, rng, kind="faint")

@@ -29,7 +29,15 @@ def test_devsets_are_mvtec_categories_and_reproducible(tmp_path):
     tune = read_mvtec(tmp_path / "a" / "tune" / "grass")
     held = read_mvtec(tmp_path / "a" / "heldout" / "grass")
     assert len(tune.train) == 3
-    assert {s.defect_type for s in tune.test} == {"good", "cut_paste", "scratch", "blob", "perlin"}
+    assert {s.defect_type for s in tune.test} == {
+        "good",
+        "cut_paste",
+        "scratch",
+        "blob",
+        "perlin",
+        "speck",
+        "hairline",
+    }
     assert {s.defect_type for s in held.test} == {"good", *DRAWN_KINDS}
     for sample in held.test:
         if sample.label:

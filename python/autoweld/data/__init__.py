@@ -16,6 +16,7 @@ from autoweld.data.defects import (
     synthesize_anomaly,
     synthesize_defect,
     synthesize_perlin_anomaly,
+    synthesize_subtle_anomaly,
 )
 from autoweld.data.mvtec import (
     IMAGE_SUFFIXES,
@@ -49,6 +50,7 @@ __all__ = [
     "synthesize_anomaly",
     "synthesize_defect",
     "synthesize_perlin_anomaly",
+    "synthesize_subtle_anomaly",
 ]
 
 logger = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ __all__ = [
     "synthesize_anomaly",
     "synthesize_defect",
     "synthesize_perlin_anomaly",
+    "synthesize_subtle_anomaly",
 ]
 
 WELD_DEFECT_TYPES: tuple[str, ...] = (
@@ -550,3 +551,99 @@ def synthesize_perlin_anomaly(
         if mask.sum() >= 16 and (out != image).any():
             return out, mask
     raise ValueError("could not paint a visible perlin anomaly on this image")
+
+
+# ---- subtle anomalies: small or thin, in the surface's own tones, shifted ---------------------
+
+
+def _local_tone(image: np.ndarray, x: float, y: float, radius: float) -> np.ndarray:
+    """Mean BGR colour (float, [0, 1]) of the image around (x, y)."""
+    h, w = image.shape[:2]
+    r = max(2, int(radius * 2))
+    x0, x1 = max(0, int(x) - r), min(w, int(x) + r + 1)
+    y0, y1 = max(0, int(y) - r), min(h, int(y) + r + 1)
+    return image[y0:y1, x0:x1].reshape(-1, 3).mean(axis=0).astype(np.float32) / 255.0
+
+
+def _shift_tone(tone: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The tone darkened or brightened by a moderate factor: a defect that differs from its
+    surroundings by contrast, not by a colour the surface never has."""
+    if rng.random() < 0.7:
+        return tone * rng.uniform(0.15, 0.6)
+    return np.clip(tone + (1.0 - tone) * rng.uniform(0.35, 0.8), 0, 1)
+
+
+def _speck(image, rng):
+    """One to three small soft spots (radius 2.5-6 % of the side): pits, pores, dust."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    paint = image.astype(np.float32) / 255.0
+    alpha = np.zeros((h, w), np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cx, cy = rng.uniform(0.1 * w, 0.9 * w), rng.uniform(0.1 * h, 0.9 * h)
+    for _ in range(int(rng.integers(1, 4))):
+        radius = rng.uniform(0.025, 0.06) * side
+        x = float(np.clip(cx + rng.normal(0, 0.05 * side), radius, w - radius))
+        y = float(np.clip(cy + rng.normal(0, 0.05 * side), radius, h - radius))
+        spot = _disk_alpha(xx, yy, x, y, radius)
+        spot = cv2.GaussianBlur(spot, (0, 0), max(0.6, radius / 4)) * rng.uniform(0.7, 1.0)
+        paint = np.where(
+            spot[..., None] > alpha[..., None],
+            _shift_tone(_local_tone(image, x, y, radius), rng)[None, None, :],
+            paint,
+        )
+        alpha = np.maximum(alpha, np.clip(spot * 1.4, 0, 1))
+    return paint, alpha
+
+
+def _hairline(image, rng):
+    """A thin (1-3 px), wandering line whose tone is the surface's own, shifted."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    start = rng.uniform([0.15 * w, 0.15 * h], [0.85 * w, 0.85 * h])
+    pts = _polyline(
+        rng,
+        start,
+        rng.uniform(0, 2 * math.pi),
+        rng.uniform(0.12, 0.35) * side,
+        max(2.0, side / 48),
+        0.25,
+    )
+    pts = np.clip(pts, 0, [w - 1, h - 1])
+    canvas = np.zeros((h, w), np.uint8)
+    cv2.polylines(
+        canvas,
+        [np.round(pts * 4).astype(np.int32)],
+        False,
+        255,
+        int(rng.integers(1, 4)),
+        cv2.LINE_AA,
+        2,
+    )
+    tone = _shift_tone(_local_tone(image, *start, side * 0.1), rng)
+    alpha = np.clip(canvas.astype(np.float32) / 255.0 * 1.5, 0, 1) * rng.uniform(0.75, 1.0)
+    return np.broadcast_to(tone, (h, w, 3)).astype(np.float32), alpha
+
+
+_SUBTLE = {"speck": _speck, "hairline": _hairline}
+SUBTLE_KINDS: tuple[str, ...] = tuple(sorted(_SUBTLE))
+
+
+def synthesize_subtle_anomaly(
+    image: np.ndarray, rng: np.random.Generator, *, kind: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A small or thin anomaly (``speck`` or ``hairline``; random when ``kind`` is None) in tones taken from the image itself: the hard end of what a textured
+    surface's defects look like, for calibration and choice. Returns ``(image, mask)`` like
+    :func:`synthesize_anomaly`."""
+    _check_image(image)
+    _check_rng(rng)
+    if kind is None:
+        kind = str(rng.choice(SUBTLE_KINDS))
+    if kind not in _SUBTLE:
+        raise ValueError(f"kind must be one of {', '.join(SUBTLE_KINDS)} or None; got {kind!r}")
+    for _ in range(8):
+        paint, alpha = _SUBTLE[kind](image, rng)
+        out, mask = _compose(image, paint, alpha)
+        if mask.sum() >= 4 and (out != image).any():
+            return out, mask
+    raise ValueError(f"could not paint a visible {kind} anomaly on this image")

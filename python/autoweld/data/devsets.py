@@ -7,9 +7,9 @@ no pixel of a held-out image was ever seen while tuning.
 
 Defects come from sources that differ between the two sets:
 
-* tune: ``generic`` (:func:`autoweld.data.synthesize_anomaly`: cut-paste, scratch, blob) and
-  ``perlin`` (:func:`autoweld.data.synthesize_perlin_anomaly`, DRAEM-style blends). Both are
-  also what export may use to make calibration anomalies.
+* tune: ``generic`` (:func:`autoweld.data.synthesize_anomaly`: cut-paste, scratch, blob),
+  ``perlin`` (:func:`autoweld.data.synthesize_perlin_anomaly`, DRAEM-style blends) and
+  ``subtle`` (:func:`autoweld.data.synthesize_subtle_anomaly`: specks and hairlines). All three are also what export may use to make calibration anomalies.
 * held-out: ``drawn`` -- written here only and used by nothing else: holes, stains, cracks and
   patches of *other* photographs pasted in. No fit, calibration or choice ever sees them.
 
@@ -27,7 +27,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from autoweld.data.defects import synthesize_anomaly, synthesize_perlin_anomaly
+from autoweld.data.defects import (
+    SUBTLE_KINDS,
+    synthesize_anomaly,
+    synthesize_perlin_anomaly,
+    synthesize_subtle_anomaly,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +46,7 @@ SURFACES: dict[str, tuple[str, bool]] = {
 }
 DEVSET_SPLITS = ("tune", "heldout")
 DRAWN_KINDS = ("hole", "stain", "crack", "foreign")
-_TUNE_KINDS = ("cut_paste", "scratch", "blob", "perlin")
+_TUNE_KINDS = ("cut_paste", "scratch", "blob", "perlin", *SUBTLE_KINDS)
 # photographs whose patches are pasted as foreign matter in the held-out set (never a surface)
 _FOREIGN_SOURCES = ("camera", "coffee", "rocket", "astronaut", "chelsea", "moon")
 
@@ -150,6 +155,8 @@ def _defect(image, kind, rng, foreign):
         return paint_drawn(image, kind, rng, foreign)
     if kind == "perlin":
         out, mask = synthesize_perlin_anomaly(image, rng)
+    elif kind in SUBTLE_KINDS:
+        out, mask = synthesize_subtle_anomaly(image, rng, kind=kind)
     else:
         out, mask = synthesize_anomaly(image, rng, kind=kind)
     return out, ((mask > 0) * 255).astype(np.uint8)

@@ -43,7 +43,7 @@ _CALIBRATION_KEYS = {
     "anomaly_sources",
 }
 #: generators of calibration anomalies for categories other than weld (docs/recipes.md)
-ANOMALY_SOURCES = ("generic", "perlin")
+ANOMALY_SOURCES = ("generic", "perlin", "subtle")
 _SCORING_KEYS = {"map_sigma"}
 #: ``[engine]``: the precision of the exported graph and, for INT8, how it is quantised.
 _ENGINE_KEYS = {
