@@ -337,8 +337,20 @@ def test_selection_scores_candidates_on_calibration_data_only(tmp_path, monkeypa
         recipe=_selection_recipe(tmp_path / "plate.toml", budget=10_000),
         save_reference=False,
     )
+    from autoweld.export import pipeline
+
+    exported = []
+    real_export_onnx = pipeline.export_onnx
+
+    def counting_export_onnx(*args, **kwargs):
+        exported.append(args[1])
+        return real_export_onnx(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "export_onnx", counting_export_onnx)
     with _OpenRecorder(monkeypatch) as opened:
         result = export_category(options)
+    # one graph per candidate, for its timing; the winner's is reused, not exported again
+    assert len(exported) == 3
     resolved = [Path(p).resolve() for p in opened]
     assert sum(p.is_relative_to(category / "train") for p in resolved) >= 12
     assert [
@@ -356,6 +368,8 @@ def test_selection_scores_candidates_on_calibration_data_only(tmp_path, monkeypa
     best = max(scored, key=scored.get)  # max keeps the first of equals, as the choice does
     assert selection["chosen"] == best and results[best]["status"] == "chosen"
     assert results[best]["latency_ms"] > 0
+    assert all(r["latency_ms"] > 0 for r in results.values())  # each timed after its fit
+    assert selection["seconds"] >= sum(r["seconds"] for r in results.values()) - 0.1
     chosen = results[best]["settings"]
     assert manifest["preprocess"]["size"] == chosen.get("image_size", SIZE)
     assert manifest["backbone"]["name"] == chosen.get("backbone", "efficientnet_lite0")
@@ -385,3 +399,48 @@ def test_selection_respects_the_latency_budget_and_quick_skips_it(tmp_path):
     quick = export_category(ExportOptions(**{**options.__dict__, "quick": True}))
     assert "chosen" not in quick.recipe.selection
     assert quick.recipe.image_size == SIZE and quick.recipe.backbone == "efficientnet_lite0"
+
+
+def test_selection_skips_a_candidate_its_expected_time_would_carry_past_the_budget(monkeypatch):
+    """The budget check looks ahead: a candidate is skipped when the time so far plus the
+    slowest candidate yet, scaled by input pixels, passes the budget (the first always runs)."""
+    from autoweld.export import pipeline
+    from autoweld.export.recipes import resolve_recipe
+    from autoweld.export.selection import CandidateScore, SelectionSettings
+
+    clock = [0.0]
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return clock[0]
+
+    def fake_fit(options, recipe, score: CandidateScore):
+        spent = 50.0 * (recipe.image_size / 224) ** 2  # 224 px: 50 s, 448 px: 200 s
+        clock[0] += spent
+        score.seconds, score.score, score.status = spent, 0.5, "scored"
+        return pipeline._Candidate(recipe, None, None, None, score)
+
+    def fake_time(candidate, options, threads, scratch):
+        candidate.score.latency_ms = 1.0
+
+    monkeypatch.setattr(pipeline, "time", FakeTime)
+    monkeypatch.setattr(pipeline, "_fit_candidate", fake_fit)
+    monkeypatch.setattr(pipeline, "_time_candidate", fake_time)
+    recipe = resolve_recipe("default")
+    settings = SelectionSettings(
+        candidates=(
+            {"name": "a"},  # 224: 50 s
+            {"name": "b", "image_size": 224},  # expected 50 s: 100 s <= 160
+            {"name": "c", "image_size": 448},  # expected 4 x 50 = 200 s (unscaled: 50): skipped
+            {"name": "d", "image_size": 160},  # expected 25.5 s: 125.5 s <= 160, runs
+            {"name": "e", "image_size": 224},  # expected 50 s: 175.5 s > 160, skipped
+        ),
+        time_budget_s=160.0,
+    )
+    fitted, scores = pipeline._try_candidates(None, recipe, settings, Path("unused"))
+    assert [c.score.name for c in fitted] == ["a", "b", "d"]
+    status = {s.name: s.status for s in scores}
+    assert status["a"] == status["b"] == status["d"] == "scored"
+    assert status["c"] == "skipped: time budget 160 s (100 s spent, about 200 s more needed)"
+    assert status["e"].startswith("skipped: time budget 160 s (126 s spent, about 50 s")
