@@ -444,3 +444,48 @@ def test_selection_skips_a_candidate_its_expected_time_would_carry_past_the_budg
     assert status["a"] == status["b"] == status["d"] == "scored"
     assert status["c"] == "skipped: time budget 160 s (100 s spent, about 200 s more needed)"
     assert status["e"].startswith("skipped: time budget 160 s (126 s spent, about 50 s")
+
+
+def test_latency_probe_is_the_median_over_the_images_it_is_given(monkeypatch):
+    """The probe answers what autoweld-bench reports as p50: the median of its runs, not the
+    fastest one, over several images in turn; no image is a clear error."""
+    import numpy as np
+
+    import autoweld.runtime.inspector as inspector_module
+    from autoweld.export import selection
+
+    clock = [0.0]
+    durations = iter([5.0, 5.0] + [0.010, 0.030, 0.020, 0.030, 0.040] * 3)  # 2 warm-up calls
+    seen = []
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return clock[0]
+
+    class FakeInspector:
+        def __init__(self, bundle_dir, threads):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def inspect(self, image):
+            seen.append(int(image[0, 0, 0]))
+            clock[0] += next(durations)
+
+            class Result:
+                error = None
+
+            return Result()
+
+    monkeypatch.setattr(selection, "time", FakeTime)
+    monkeypatch.setattr(inspector_module, "Inspector", FakeInspector)
+    images = [np.full((8, 8, 3), v, np.uint8) for v in (1, 2, 3)]
+    assert selection.measure_latency_ms(Path("b"), images, threads=2) == pytest.approx(30.0)
+    assert set(seen) == {1, 2, 3}
+    with pytest.raises(ValueError, match="no image"):
+        selection.measure_latency_ms(Path("b"), [], threads=2)
