@@ -290,7 +290,7 @@ def test_every_models_subset_exports_and_the_runtime_scores_it(tmp_path, models)
 # ---- the default export's choice among candidates -------------------------------------------------
 
 _SELECTION = """
-anomaly_sources = ["generic", "perlin"]
+anomaly_sources = ["generic", "perlin", "subtle"]
 [selection]
 time_budget_s = 600
 latency_budget_ms = {budget}
@@ -373,7 +373,7 @@ def test_selection_scores_candidates_on_calibration_data_only(tmp_path, monkeypa
     chosen = results[best]["settings"]
     assert manifest["preprocess"]["size"] == chosen.get("image_size", SIZE)
     assert manifest["backbone"]["name"] == chosen.get("backbone", "efficientnet_lite0")
-    assert set(manifest["calibration_data"]["anomaly_kinds"]) == {"synthetic", "perlin"}
+    assert set(manifest["calibration_data"]["anomaly_kinds"]) == {"synthetic", "perlin", "subtle"}
 
 
 @needs_data
