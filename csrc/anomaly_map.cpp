@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <string>
 
+#include "anomaly_map_kernels.hpp"
 #include "common.hpp"
 #include "thread_pool.hpp"
 
@@ -39,6 +40,28 @@ LinearAxis linear_axis(int in, int out) {
 
 }  // namespace
 
+// Blocks of outputs summed in registers: a tap costs one load and one multiply-add per output,
+// not a load and a store of the running sum.
+void weighted_rows_portable(const float* kernel, std::size_t taps, const float* const* rows,
+                            int width, float* dst) {
+    constexpr int kBlock = 16;
+    int x = 0;
+    for (; x + kBlock <= width; x += kBlock) {
+        float acc[kBlock] = {};
+        for (std::size_t t = 0; t < taps; ++t) {
+            const float k = kernel[t];
+            const float* p = rows[t] + x;
+            for (int j = 0; j < kBlock; ++j) acc[j] += k * p[j];
+        }
+        for (int j = 0; j < kBlock; ++j) dst[x + j] = acc[j];
+    }
+    for (; x < width; ++x) {
+        float acc = 0.f;
+        for (std::size_t t = 0; t < taps; ++t) acc += kernel[t] * rows[t][x];
+        dst[x] = acc;
+    }
+}
+
 std::vector<float> anomaly_gaussian_kernel(double sigma) {
     require_sigma(sigma);
     if (sigma == 0.0) return {1.0f};
@@ -57,7 +80,9 @@ std::vector<float> anomaly_gaussian_kernel(double sigma) {
 }
 
 void anomaly_map(const float* scores, int count, int height, int width, int out_height,
-                 int out_width, double sigma, float* out, int threads) {
+                 int out_width, double sigma, float* out, int threads, Isa isa) {
+    require_isa(isa);
+    const auto weighted_rows = isa >= Isa::avx2 ? weighted_rows_avx2 : weighted_rows_portable;
     require(scores != nullptr && out != nullptr, "patch_scores and out must not be null");
     require(count >= 1 && height >= 1 && width >= 1, "patch_scores must not be empty");
     require(out_height >= 1 && out_width >= 1, "out_size must be >= 1 in each direction");
@@ -73,10 +98,14 @@ void anomaly_map(const float* scores, int count, int height, int width, int out_
     std::vector<float> up(blur ? static_cast<std::size_t>(count) * plane : 0);
     float* stage = blur ? up.data() : out;
 
-    // Upsample, then blur each row horizontally (into `stage`).
+    // Upsample, then blur each row horizontally (into `stage`). The upsampled row is written
+    // with `radius` reflected pixels on each side, so every output reads its taps from one
+    // contiguous run (weighted_rows: blocks of outputs summed in registers).
     const std::size_t rows = static_cast<std::size_t>(count) * out_height;
     pool::parallel_for_static(rows, threads, [&](std::size_t b, std::size_t e) {
-        std::vector<float> row(out_width);
+        std::vector<float> padded(static_cast<std::size_t>(out_width) + 2 * radius);
+        std::vector<const float*> taps(kernel.size());
+        for (std::size_t t = 0; t < taps.size(); ++t) taps[t] = padded.data() + t;
         for (std::size_t r = b; r < e; ++r) {
             const int n = static_cast<int>(r / out_height), y = static_cast<int>(r % out_height);
             const float* src = scores + static_cast<std::size_t>(n) * height * width;
@@ -84,40 +113,34 @@ void anomaly_map(const float* scores, int count, int height, int width, int out_
             const float* r1 = src + static_cast<std::size_t>(ay.i1[y]) * width;
             const float wy0 = ay.w0[y], wy1 = ay.w1[y];
             float* dst = stage + r * out_width;
-            float* target = blur ? row.data() : dst;
+            float* target = blur ? padded.data() + radius : dst;
             for (int x = 0; x < out_width; ++x) {
                 const int x0 = ax.i0[x], x1 = ax.i1[x];
                 target[x] = wy0 * (ax.w0[x] * r0[x0] + ax.w1[x] * r0[x1]) +
                             wy1 * (ax.w0[x] * r1[x0] + ax.w1[x] * r1[x1]);
             }
             if (!blur) continue;
-            for (int x = 0; x < out_width; ++x) {
-                float acc = 0.f;
-                if (x >= radius && x + radius < out_width) {
-                    const float* p = row.data() + x - radius;
-                    for (std::size_t t = 0; t < kernel.size(); ++t) acc += kernel[t] * p[t];
-                } else {
-                    for (int t = -radius; t <= radius; ++t)
-                        acc += kernel[t + radius] * row[reflect101(x + t, out_width)];
-                }
-                dst[x] = acc;
+            for (int t = 1; t <= radius; ++t) {
+                target[-t] = target[reflect101(-t, out_width)];
+                target[out_width - 1 + t] = target[reflect101(out_width - 1 + t, out_width)];
             }
+            weighted_rows(kernel.data(), kernel.size(), taps.data(), out_width, dst);
         }
     });
     if (!blur) return;
 
     // Vertical blur, `stage` -> `out`, row by row so the inner loop runs along contiguous x.
     pool::parallel_for_static(rows, threads, [&](std::size_t b, std::size_t e) {
+        std::vector<const float*> taps(kernel.size());
         for (std::size_t r = b; r < e; ++r) {
             const int n = static_cast<int>(r / out_height), y = static_cast<int>(r % out_height);
             const float* src = stage + static_cast<std::size_t>(n) * plane;
-            float* dst = out + r * out_width;
-            std::fill(dst, dst + out_width, 0.f);
-            for (int t = -radius; t <= radius; ++t) {
-                const float k = kernel[t + radius];
-                const float* s = src + static_cast<std::size_t>(reflect101(y + t, out_height)) * out_width;
-                for (int x = 0; x < out_width; ++x) dst[x] += k * s[x];
+            for (std::size_t t = 0; t < taps.size(); ++t) {
+                const int source = reflect101(y + static_cast<int>(t) - radius, out_height);
+                taps[t] = src + static_cast<std::size_t>(source) * out_width;
             }
+            weighted_rows(kernel.data(), kernel.size(), taps.data(), out_width,
+                          out + r * out_width);
         }
     });
 }

@@ -6,6 +6,8 @@
 
 #include <vector>
 
+#include "isa.hpp"
+
 namespace autoweld {
 
 // The normalised 1-D Gaussian of anomalib (size 2*int(4*sigma+0.5)+1); {1} when sigma == 0.
@@ -13,7 +15,8 @@ std::vector<float> anomaly_gaussian_kernel(double sigma);
 
 // scores: count maps of height x width (float32, finite); out: count maps of out_height x
 // out_width, caller-allocated. sigma == 0 means no blur. threads <= 0: all hardware threads.
+// isa: the blur's instruction set (the same bits from each; for tests).
 void anomaly_map(const float* scores, int count, int height, int width, int out_height,
-                 int out_width, double sigma, float* out, int threads);
+                 int out_width, double sigma, float* out, int threads, Isa isa = best_isa());
 
 }  // namespace autoweld

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <tuple>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
@@ -177,6 +178,58 @@ int main() {
         s[3] = std::nanf("");
         CHECK_THROWS(autoweld::anomaly_map(s.data(), 2, 4, 5, 30, 31, 4.0, out.data(), 2),
                      std::invalid_argument);
+    }
+    // Anomaly map blur: every instruction set gives the same bits, and they are those of the
+    // plain definition (upsample, then each axis's taps summed in order, multiply then add).
+    {
+        struct MapCase { int n, h, w, out_h, out_w; double sigma; };
+        const MapCase cases[] = {{1, 44, 44, 352, 352, 4.0}, {2, 7, 5, 61, 45, 2.5},
+                                 {1, 3, 3, 8, 8, 4.0},       {1, 36, 36, 288, 288, 1.0},
+                                 {1, 28, 28, 224, 224, 0.0}};
+        for (const MapCase& k : cases) {
+            std::vector<float> s(static_cast<std::size_t>(k.n) * k.h * k.w);
+            for (std::size_t p = 0; p < s.size(); ++p)
+                s[p] = static_cast<float>((p * 2654435761u >> 9) % 1000) / 250.f;
+            const std::size_t plane = static_cast<std::size_t>(k.out_h) * k.out_w;
+            std::vector<float> best(k.n * plane), portable(k.n * plane), up(k.n * plane);
+            autoweld::anomaly_map(s.data(), k.n, k.h, k.w, k.out_h, k.out_w, k.sigma, best.data(),
+                                  2);
+            autoweld::anomaly_map(s.data(), k.n, k.h, k.w, k.out_h, k.out_w, k.sigma,
+                                  portable.data(), 1, autoweld::Isa::portable);
+            CHECK(std::memcmp(best.data(), portable.data(), best.size() * sizeof(float)) == 0);
+            // the plain definition, written out here
+            autoweld::anomaly_map(s.data(), k.n, k.h, k.w, k.out_h, k.out_w, 0.0, up.data(), 1);
+            const std::vector<float> g = autoweld::anomaly_gaussian_kernel(k.sigma);
+            const int r = static_cast<int>(g.size() / 2);
+            std::vector<float> horizontal(up.size()), plain(up.size());
+            for (int i = 0; i < k.n; ++i)
+                for (int y = 0; y < k.out_h; ++y)
+                    for (int x = 0; x < k.out_w; ++x) {
+                        float acc = 0.f;
+                        for (int t = -r; t <= r; ++t) {
+                            const float term =
+                                g[t + r] * up[i * plane + y * k.out_w +
+                                              autoweld::reflect101(x + t, k.out_w)];
+                            acc += term;
+                        }
+                        horizontal[i * plane + y * k.out_w + x] = acc;
+                    }
+            for (int i = 0; i < k.n; ++i)
+                for (int y = 0; y < k.out_h; ++y)
+                    for (int x = 0; x < k.out_w; ++x) {
+                        float acc = 0.f;
+                        for (int t = -r; t <= r; ++t) {
+                            const float term =
+                                g[t + r] * horizontal[i * plane +
+                                                      autoweld::reflect101(y + t, k.out_h) *
+                                                          k.out_w +
+                                                      x];
+                            acc += term;
+                        }
+                        plain[i * plane + y * k.out_w + x] = acc;
+                    }
+            CHECK(std::memcmp(best.data(), plain.data(), best.size() * sizeof(float)) == 0);
+        }
     }
     return autoweld_test::finish("test_preprocess");
 }
