@@ -201,33 +201,24 @@ int main() {
             autoweld::anomaly_map(s.data(), k.n, k.h, k.w, k.out_h, k.out_w, 0.0, up.data(), 1);
             const std::vector<float> g = autoweld::anomaly_gaussian_kernel(k.sigma);
             const int r = static_cast<int>(g.size() / 2);
-            std::vector<float> horizontal(up.size()), plain(up.size());
-            for (int i = 0; i < k.n; ++i)
-                for (int y = 0; y < k.out_h; ++y)
-                    for (int x = 0; x < k.out_w; ++x) {
-                        float acc = 0.f;
-                        for (int t = -r; t <= r; ++t) {
-                            const float term =
-                                g[t + r] * up[i * plane + y * k.out_w +
-                                              autoweld::reflect101(x + t, k.out_w)];
-                            acc += term;
+            // out(y, x) = sum over t in order of g[t] * in(reflected position), one axis at a time
+            const auto blur_axis = [&](const std::vector<float>& in, bool along_x) {
+                std::vector<float> blurred(in.size());
+                for (int i = 0; i < k.n; ++i)
+                    for (int y = 0; y < k.out_h; ++y)
+                        for (int x = 0; x < k.out_w; ++x) {
+                            float acc = 0.f;
+                            for (int t = -r; t <= r; ++t) {
+                                const int sy = along_x ? y : autoweld::reflect101(y + t, k.out_h);
+                                const int sx = along_x ? autoweld::reflect101(x + t, k.out_w) : x;
+                                const float term = g[t + r] * in[i * plane + sy * k.out_w + sx];
+                                acc += term;
+                            }
+                            blurred[i * plane + y * k.out_w + x] = acc;
                         }
-                        horizontal[i * plane + y * k.out_w + x] = acc;
-                    }
-            for (int i = 0; i < k.n; ++i)
-                for (int y = 0; y < k.out_h; ++y)
-                    for (int x = 0; x < k.out_w; ++x) {
-                        float acc = 0.f;
-                        for (int t = -r; t <= r; ++t) {
-                            const float term =
-                                g[t + r] * horizontal[i * plane +
-                                                      autoweld::reflect101(y + t, k.out_h) *
-                                                          k.out_w +
-                                                      x];
-                            acc += term;
-                        }
-                        plain[i * plane + y * k.out_w + x] = acc;
-                    }
+                return blurred;
+            };
+            const std::vector<float> plain = blur_axis(blur_axis(up, true), false);
             CHECK(std::memcmp(best.data(), plain.data(), best.size() * sizeof(float)) == 0);
         }
     }

@@ -478,24 +478,33 @@ def _blob(image, rng):
 _GENERIC = {"cut_paste": _cut_paste, "scratch": _scratch, "blob": _blob}
 
 
+def _paint_one_of(
+    painters: dict, image: np.ndarray, rng: np.random.Generator, kind: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One anomaly from ``painters`` (``kind``, or one drawn at random from the sorted names),
+    retried until it is visible: ``(image, mask)``."""
+    _check_image(image)
+    _check_rng(rng)
+    names = sorted(painters)
+    if kind is None:
+        kind = str(rng.choice(names))
+    if kind not in painters:
+        raise ValueError(f"kind must be one of {', '.join(names)} or None; got {kind!r}")
+    for _ in range(8):
+        paint, alpha = painters[kind](image, rng)
+        out, mask = _compose(image, paint, alpha)
+        if mask.sum() >= 4 and (out != image).any():
+            return out, mask
+    raise ValueError(f"could not paint a visible {kind} anomaly on this image")
+
+
 def synthesize_anomaly(
     image: np.ndarray, rng: np.random.Generator, *, kind: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Paint a generic anomaly (``cut_paste``, ``scratch`` or ``blob``; random when ``kind`` is
     None) onto a BGR uint8 image of any surface. Returns ``(image, mask)`` like
     ``synthesize_defect``."""
-    _check_image(image)
-    _check_rng(rng)
-    if kind is None:
-        kind = str(rng.choice(sorted(_GENERIC)))
-    if kind not in _GENERIC:
-        raise ValueError(f"kind must be one of {', '.join(sorted(_GENERIC))} or None; got {kind!r}")
-    for _ in range(8):
-        paint, alpha = _GENERIC[kind](image, rng)
-        out, mask = _compose(image, paint, alpha)
-        if mask.sum() >= 4 and (out != image).any():
-            return out, mask
-    raise ValueError(f"could not paint a visible {kind} anomaly on this image")
+    return _paint_one_of(_GENERIC, image, rng, kind)
 
 
 # ---- DRAEM-style anomalies: a thresholded smooth-noise mask blending a foreign texture --------
@@ -632,18 +641,7 @@ SUBTLE_KINDS: tuple[str, ...] = tuple(sorted(_SUBTLE))
 def synthesize_subtle_anomaly(
     image: np.ndarray, rng: np.random.Generator, *, kind: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A small or thin anomaly (``speck`` or ``hairline``; random when ``kind`` is None) in tones taken from the image itself: the hard end of what a textured
-    surface's defects look like, for calibration and choice. Returns ``(image, mask)`` like
-    :func:`synthesize_anomaly`."""
-    _check_image(image)
-    _check_rng(rng)
-    if kind is None:
-        kind = str(rng.choice(SUBTLE_KINDS))
-    if kind not in _SUBTLE:
-        raise ValueError(f"kind must be one of {', '.join(SUBTLE_KINDS)} or None; got {kind!r}")
-    for _ in range(8):
-        paint, alpha = _SUBTLE[kind](image, rng)
-        out, mask = _compose(image, paint, alpha)
-        if mask.sum() >= 4 and (out != image).any():
-            return out, mask
-    raise ValueError(f"could not paint a visible {kind} anomaly on this image")
+    """A small or thin anomaly (``speck`` or ``hairline``; random when ``kind`` is None) in tones
+    taken from the image itself: the hard end of what a textured surface's defects look like, for
+    calibration and choice. Returns ``(image, mask)`` like :func:`synthesize_anomaly`."""
+    return _paint_one_of(_SUBTLE, image, rng, kind)
