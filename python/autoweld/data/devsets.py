@@ -9,7 +9,8 @@ Defects come from sources that differ between the two sets:
 
 * tune: ``generic`` (:func:`autoweld.data.synthesize_anomaly`: cut-paste, scratch, blob),
   ``perlin`` (:func:`autoweld.data.synthesize_perlin_anomaly`, DRAEM-style blends) and
-  ``subtle`` (:func:`autoweld.data.synthesize_subtle_anomaly`: specks and hairlines). All three are also what export may use to make calibration anomalies.
+  ``subtle`` (:func:`autoweld.data.synthesize_subtle_anomaly`: specks and hairlines). All
+  three are also what export may use to make calibration anomalies.
 * held-out: ``drawn`` -- written here only and used by nothing else: holes, stains, cracks and
   patches of *other* photographs pasted in. No fit, calibration or choice ever sees them.
 

@@ -295,6 +295,14 @@ def _read_val_root(val_root: Path, test_dir: Path) -> CalibrationSet:
     return CalibrationSet(normals, anomalies, source="val_root", anomaly_kinds=[])
 
 
+#: calibration anomaly source (recipe ``anomaly_sources``) -> (kind recorded, painter)
+_SOURCE_PAINTERS = {
+    "generic": ("synthetic", data.synthesize_anomaly),
+    "perlin": ("perlin", data.synthesize_perlin_anomaly),
+    "subtle": ("subtle", data.synthesize_subtle_anomaly),
+}
+
+
 def _synthesise(
     normals: list[np.ndarray],
     category: str,
@@ -317,15 +325,9 @@ def _synthesise(
             if category == "weld":
                 kind = weld_kinds[index % len(weld_kinds)]
                 anomalous, mask = data.synthesize_defect(image, kind, rng)
-            elif sources[index % len(sources)] == "perlin":
-                kind = "perlin"
-                anomalous, mask = data.synthesize_perlin_anomaly(image, rng)
-            elif sources[index % len(sources)] == "subtle":
-                kind = "subtle"
-                anomalous, mask = data.synthesize_subtle_anomaly(image, rng)
             else:
-                kind = "synthetic"
-                anomalous, mask = data.synthesize_anomaly(image, rng)
+                kind, paint = _SOURCE_PAINTERS[sources[index % len(sources)]]
+                anomalous, mask = paint(image, rng)
             anomalies.append(anomalous)
             kinds.append(kind)
             masks.append(np.asarray(mask) > 0)
@@ -743,7 +745,8 @@ def _time_candidate(
     candidate: _Candidate, options: ExportOptions, threads: int, scratch: Path
 ) -> None:
     """Export the candidate's graph (kept for the final export), write its bundle to a scratch
-    folder and time one image through the runtime; the seconds count to the candidate."""
+    folder and time it through the runtime (``measure_latency_ms`` on up to 4 held-out normals);
+    the seconds count to the candidate."""
     started = time.perf_counter()
     recipe = candidate.recipe
     folder = scratch / candidate.score.name
@@ -888,8 +891,8 @@ def export_category(options: ExportOptions) -> ExportResult:
         recipe, model, calibration = fitted.recipe, fitted.model, fitted.calibration
         calibration_set = fitted.calibration_set
         with _timed(seconds, "export"):
-            onnx = fitted.onnx
-            if onnx is None or not onnx.path.is_file():
+            onnx = fitted.onnx  # the chosen candidate's graph, still in the scratch folder
+            if onnx is None:
                 onnx = export_onnx(
                     model.graph, Path(scratch) / ONNX_FILE, recipe.image_size, opset=options.opset
                 )
