@@ -90,9 +90,12 @@ void check_bank_dims(std::size_t nb, std::size_t dim) {
 
 KnnKernels knn_kernels(Isa cap) {
     return pick_kernels(
-        cap, KnnKernels{panel_dots_portable, panel_rows_dots_portable, bound_rows_portable},
-        KnnKernels{panel_dots_avx2, panel_rows_dots_avx2, bound_rows_avx2},
-        KnnKernels{panel_dots_avx512, panel_rows_dots_avx512, bound_rows_avx512});
+        cap,
+        KnnKernels{panel_dots_portable, panel_rows_dots_portable, bound_rows_portable,
+                   box_bounds_portable},
+        KnnKernels{panel_dots_avx2, panel_rows_dots_avx2, bound_rows_avx2, box_bounds_avx2},
+        KnnKernels{panel_dots_avx512, panel_rows_dots_avx512, bound_rows_avx512,
+                   box_bounds_avx512});
 }
 
 void rows_in_fours(FourRows four_rows, const float* qt, const float* const* rows,
@@ -132,6 +135,24 @@ std::size_t bound_rows_portable(const float* dots, const float* norms, std::size
         count += mask != 0;
     }
     return count;
+}
+
+void box_bounds_portable(const float* ppack, const float* boxes, std::size_t count,
+                         std::size_t m, float* out, float* nearest) {
+    for (std::size_t t = 0; t < count; ++t) {
+        const float* lo = boxes + t * 2 * m;
+        const float* hi = lo + m;
+        float acc[kPanel] = {};
+        for (std::size_t d = 0; d < m; ++d) {
+            const float* x = ppack + d * kPanel;
+            for (std::size_t l = 0; l < kPanel; ++l) {
+                const float g = std::max(std::max(lo[d] - x[l], x[l] - hi[d]), 0.0f);
+                acc[l] += g * g;
+            }
+        }
+        std::copy(acc, acc + kPanel, out + t * kPanel);
+        nearest[t] = *std::min_element(acc, acc + kPanel);
+    }
 }
 
 void finish_row(float qn, const float* value, const std::int64_t* index, std::size_t k,

@@ -47,8 +47,13 @@ void knn_search(const float* queries, std::size_t nq, const float* bank, std::si
 // above, and computes the full distance (|q|^2 + |b|^2 - 2 q.b on the original features, as
 // the brute force does) only for rows whose bound, less a round-off margin, does not exceed
 // the k-th nearest found so far. Same neighbours and distances as the brute force. A query the
-// bound cannot serve (a non-finite projected norm) is searched in full. Each search thread
-// needs 64 bytes per bank row of workspace (the bound of 16 queries against every row).
+// bound cannot serve (a non-finite projected norm) is searched in full.
+// The pruned index also keeps its rows in tiles of 24 that are close in the projection (the
+// leaves of a k-d tree on it) with each tile's bounding box there: a search first bounds each
+// query's distance to every box, seeds each query from its nearest tile, and then skips every
+// tile whose box is farther than the k-th nearest found so far (plus a round-off margin) for all
+// 16 queries of a panel; only the other tiles get the per-row bound and, where it passes, the
+// full distance. Each search thread needs about 3 bytes per bank row of workspace.
 class KnnIndex {
 public:
     KnnIndex(const float* bank, std::size_t nb, std::size_t dim, int threads);
@@ -80,7 +85,12 @@ private:
     std::vector<float> basis_;          // prefix x dim
     std::vector<float> bound_norms_;    // |Ub|^2 less the row's round-off margin, +Inf-padded
                                         // to whole 24-row kernel tiles
-    std::vector<float> packed_prefix_;  // the projected rows in the kernel's tiles
+    std::vector<float> packed_prefix_;  // the projected rows in the kernel's tiles, tile order
+    // Tile order: bank row at each position (rows 24t..24t+23 form tile t); bound_norms_ and
+    // packed_prefix_ follow it, bank_ and norms_ keep the caller's order.
+    std::vector<std::uint32_t> order_;
+    std::vector<float> boxes_;          // per tile: prefix lower corners, then prefix upper ones
+    float max_norm_ = 0.0f;             // largest squared row norm
     float margin_rate_ = 0.0f;          // round-off margin per unit of squared norm
     float basis_error_ = 0.0f;          // max |U U^T - I|
 };

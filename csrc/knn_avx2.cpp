@@ -180,5 +180,33 @@ std::size_t bound_rows_avx2(const float* dots, const float* norms, std::size_t r
     return count;
 }
 
+void box_bounds_avx2(const float* ppack, const float* boxes, std::size_t count, std::size_t m,
+                     float* out, float* nearest) {
+    const __m256 zero = _mm256_setzero_ps();
+    for (std::size_t t = 0; t < count; ++t) {
+        const float* lo = boxes + t * 2 * m;
+        const float* hi = lo + m;
+        __m256 a0 = zero, a1 = zero;  // lanes 0-7 and 8-15
+        for (std::size_t d = 0; d < m; ++d) {
+            const __m256 l = _mm256_broadcast_ss(lo + d), h = _mm256_broadcast_ss(hi + d);
+            const __m256 x0 = _mm256_loadu_ps(ppack + d * kPanel);
+            const __m256 x1 = _mm256_loadu_ps(ppack + d * kPanel + 8);
+            const __m256 g0 =
+                _mm256_max_ps(_mm256_max_ps(_mm256_sub_ps(l, x0), _mm256_sub_ps(x0, h)), zero);
+            const __m256 g1 =
+                _mm256_max_ps(_mm256_max_ps(_mm256_sub_ps(l, x1), _mm256_sub_ps(x1, h)), zero);
+            a0 = _mm256_fmadd_ps(g0, g0, a0);
+            a1 = _mm256_fmadd_ps(g1, g1, a1);
+        }
+        _mm256_storeu_ps(out + t * kPanel, a0);
+        _mm256_storeu_ps(out + t * kPanel + 8, a1);
+        __m256 v = _mm256_min_ps(a0, a1);
+        v = _mm256_min_ps(v, _mm256_permute2f128_ps(v, v, 1));
+        v = _mm256_min_ps(v, _mm256_shuffle_ps(v, v, 0x4e));
+        v = _mm256_min_ps(v, _mm256_shuffle_ps(v, v, 0xb1));
+        nearest[t] = _mm256_cvtss_f32(v);
+    }
+}
+
 }  // namespace detail
 }  // namespace autoweld

@@ -135,6 +135,40 @@ std::size_t bound_rows_avx512(const float* dots, const float* norms, std::size_t
     return count;
 }
 
+void box_bounds_avx512(const float* ppack, const float* boxes, std::size_t count, std::size_t m,
+                       float* out, float* nearest) {
+    const __m512 zero = _mm512_setzero_ps();
+    for (std::size_t t = 0; t < count; ++t) {
+        const float* lo = boxes + t * 2 * m;
+        const float* hi = lo + m;
+        __m512 a0 = zero, a1 = zero;  // two chains: odd and even coordinates
+        std::size_t d = 0;
+        for (; d + 2 <= m; d += 2) {
+            const __m512 x0 = _mm512_loadu_ps(ppack + d * kPanel);
+            const __m512 x1 = _mm512_loadu_ps(ppack + (d + 1) * kPanel);
+            const __m512 g0 = _mm512_max_ps(_mm512_max_ps(_mm512_sub_ps(_mm512_set1_ps(lo[d]), x0),
+                                                          _mm512_sub_ps(x0, _mm512_set1_ps(hi[d]))),
+                                            zero);
+            const __m512 g1 = _mm512_max_ps(
+                _mm512_max_ps(_mm512_sub_ps(_mm512_set1_ps(lo[d + 1]), x1),
+                              _mm512_sub_ps(x1, _mm512_set1_ps(hi[d + 1]))),
+                zero);
+            a0 = _mm512_fmadd_ps(g0, g0, a0);
+            a1 = _mm512_fmadd_ps(g1, g1, a1);
+        }
+        if (d < m) {
+            const __m512 x = _mm512_loadu_ps(ppack + d * kPanel);
+            const __m512 g = _mm512_max_ps(_mm512_max_ps(_mm512_sub_ps(_mm512_set1_ps(lo[d]), x),
+                                                         _mm512_sub_ps(x, _mm512_set1_ps(hi[d]))),
+                                           zero);
+            a0 = _mm512_fmadd_ps(g, g, a0);
+        }
+        const __m512 sum = _mm512_add_ps(a0, a1);
+        _mm512_storeu_ps(out + t * kPanel, sum);
+        nearest[t] = _mm512_reduce_min_ps(sum);
+    }
+}
+
 #else
 // Built by a compiler without AVX-512 support: the avx512 flavour is the portable kernels (so
 // the symbols exist and an AVX-512 CPU still gets correct results).
@@ -151,6 +185,10 @@ std::size_t bound_rows_avx512(const float* dots, const float* norms, std::size_t
                               const float* thr, std::uint32_t* hit_rows,
                               std::uint16_t* hit_lanes) {
     return bound_rows_portable(dots, norms, rows, thr, hit_rows, hit_lanes);
+}
+void box_bounds_avx512(const float* ppack, const float* boxes, std::size_t count, std::size_t m,
+                       float* out, float* nearest) {
+    box_bounds_portable(ppack, boxes, count, m, out, nearest);
 }
 #endif
 

@@ -10,8 +10,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <memory>
+#include <numeric>
 #include <string>
+#include <utility>
 
 #include "common.hpp"
 #include "knn.hpp"
@@ -30,10 +31,67 @@ using detail::kPanel;
 constexpr std::size_t kChunk = 240;
 // Whole tiles of the AVX-512 kernel: the padding of the per-row arrays it reads.
 constexpr std::size_t kTileRows = 24;
+// Pending rows the pruned search gathers before computing their full values (a multiple of the
+// four rows the row-dots kernels take at once).
+constexpr std::size_t kFlush = 32;
+// Tiles the pruned search visits first, nearest first, before it drops those out of reach.
+constexpr std::size_t kHead = 16;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr double kEps = std::numeric_limits<float>::epsilon();
 // Largest packed copy of the bank a brute-force index keeps (beyond it: packed per search).
 constexpr std::size_t kMaxPackedBytes = std::size_t{256} << 20;
+
+// The float nearest x at or below it / at or above it.
+float round_down(double x) {
+    const auto f = static_cast<float>(x);
+    return static_cast<double>(f) > x ? std::nextafter(f, -kInf) : f;
+}
+float round_up_float(double x) {
+    const auto f = static_cast<float>(x);
+    return static_cast<double>(f) < x ? std::nextafter(f, kInf) : f;
+}
+
+// An order of the n rows of x (n x m) in which each run of kTileRows rows is compact: the
+// leaves of a k-d tree, each node split at a multiple of kTileRows along its widest coordinate.
+// Any order gives the same search results; this one only makes the tiles' boxes small.
+std::vector<std::uint32_t> tile_order(const float* x, std::size_t n, std::size_t m) {
+    require(n <= std::numeric_limits<std::uint32_t>::max(), "bank: too many rows for the index");
+    std::vector<std::uint32_t> order(n);
+    std::iota(order.begin(), order.end(), 0u);
+    std::vector<std::pair<std::size_t, std::size_t>> todo{{0, n}};
+    std::vector<float> mn(m), mx(m);
+    std::vector<std::pair<float, std::uint32_t>> keyed;  // a node's rows by the split coordinate
+    while (!todo.empty()) {
+        const auto [b, e] = todo.back();
+        todo.pop_back();
+        if (e - b <= kTileRows) continue;
+        std::fill(mn.begin(), mn.end(), kInf);
+        std::fill(mx.begin(), mx.end(), -kInf);
+        // The spread of the node's coordinates, judged on at most about 256 of its rows.
+        const std::size_t step = std::max<std::size_t>(1, (e - b) / 256);
+        for (std::size_t i = b; i < e; i += step) {
+            const float* row = x + std::size_t{order[i]} * m;
+            for (std::size_t d = 0; d < m; ++d) {
+                mn[d] = std::min(mn[d], row[d]);
+                mx[d] = std::max(mx[d], row[d]);
+            }
+        }
+        std::size_t axis = 0;
+        for (std::size_t d = 1; d < m; ++d)
+            if (mx[d] - mn[d] > mx[axis] - mn[axis]) axis = d;
+        const std::size_t h = b + detail::round_up((e - b) / 2, kTileRows);
+        keyed.resize(e - b);
+        for (std::size_t i = b; i < e; ++i)
+            keyed[i - b] = {x[std::size_t{order[i]} * m + axis], order[i]};
+        std::nth_element(keyed.begin(), keyed.begin() + static_cast<std::ptrdiff_t>(h - b),
+                         keyed.end());
+        for (std::size_t i = b; i < e; ++i) order[i] = keyed[i - b].second;
+        todo.emplace_back(b, h);
+        todo.emplace_back(h, e);
+    }
+    return order;
+}
 
 }  // namespace
 
@@ -86,8 +144,14 @@ KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, const flo
     basis_.assign(basis, basis + prefix * dim);
     std::vector<float> projected(nb * prefix);
     matmul_abt(bank_.data(), nb, basis_.data(), prefix, dim, projected.data(), {threads});
+    order_ = tile_order(projected.data(), nb, prefix);
+    std::vector<float> sorted(nb * prefix);  // the projected rows in tile order
+    for (std::size_t p = 0; p < nb; ++p)
+        std::copy_n(projected.data() + std::size_t{order_[p]} * prefix, prefix,
+                    sorted.data() + p * prefix);
+    projected = {};
     bound_norms_.assign(detail::round_up(nb, kTileRows), kInf);
-    squared_norms(projected.data(), nb, prefix, bound_norms_.data(), threads);
+    squared_norms(sorted.data(), nb, prefix, bound_norms_.data(), threads);
     require_finite(bound_norms_.data(), nb, "bank (projected squared norms overflow float32)");
     // Round-off: each value compared in the search is a float sum of at most dim products, off
     // by at most dim * eps * (|q|^2 + |b|^2) from the exact one, and a basis orthonormal only to
@@ -97,9 +161,35 @@ KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, const flo
     // margin is taken off its bound here, the query's share is added to its threshold.
     margin_rate_ = 2.0f * static_cast<float>(dim) * std::numeric_limits<float>::epsilon() +
                    2.0f * static_cast<float>(prefix) * basis_error_;
-    for (std::size_t j = 0; j < nb; ++j) bound_norms_[j] -= margin_rate_ * norms_[j];
+    for (std::size_t p = 0; p < nb; ++p) bound_norms_[p] -= margin_rate_ * norms_[order_[p]];
     packed_prefix_.resize(detail::round_up(nb, kBankTile) * prefix);
-    detail::pack_bank_block(projected.data(), prefix, 0, prefix, 0, nb, packed_prefix_.data());
+    detail::pack_bank_block(sorted.data(), prefix, 0, prefix, 0, nb, packed_prefix_.data());
+    // The tiles' boxes, widened by how far a float projection of a row may be from the exact
+    // one (dim * eps * |b| * |u| per coordinate), so that each box holds its rows' exact
+    // projections.
+    const std::size_t tiles = (nb + kTileRows - 1) / kTileRows;
+    boxes_.resize(tiles * 2 * prefix);
+    const double widen = (static_cast<double>(dim) + 2.0) * kEps * std::sqrt(1.0 + basis_error_);
+    for (std::size_t t = 0; t < tiles; ++t) {
+        float* lo = boxes_.data() + t * 2 * prefix;
+        float* hi = lo + prefix;
+        std::fill(lo, lo + prefix, kInf);
+        std::fill(hi, hi + prefix, -kInf);
+        float reach = 0.0f;  // the tile's largest squared row norm
+        for (std::size_t p = t * kTileRows; p < std::min(nb, (t + 1) * kTileRows); ++p) {
+            reach = std::max(reach, norms_[order_[p]]);
+            for (std::size_t d = 0; d < prefix; ++d) {
+                lo[d] = std::min(lo[d], sorted[p * prefix + d]);
+                hi[d] = std::max(hi[d], sorted[p * prefix + d]);
+            }
+        }
+        const double w = widen * std::sqrt(static_cast<double>(reach));
+        for (std::size_t d = 0; d < prefix; ++d) {
+            lo[d] = round_down(static_cast<double>(lo[d]) - w);
+            hi[d] = round_up_float(static_cast<double>(hi[d]) + w);
+        }
+    }
+    max_norm_ = *std::max_element(norms_.begin(), norms_.end());
 }
 
 void KnnIndex::search(const float* queries, std::size_t nq, std::size_t k, float* distances,
@@ -121,10 +211,12 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
     const detail::PanelDots dots = kernels.dots;
     const detail::PanelRowsDots rows_dots = kernels.rows_dots;
     const detail::BoundRows bound_rows = kernels.bound_rows;
+    const detail::BoxBounds box_bounds = kernels.box_bounds;
     if (nq == 0) return;
     require_finite(queries, nq * dim_, "queries");
     const int threads = options.threads;
     const std::size_t dim = dim_, m = prefix_, nb = nb_;
+    const std::size_t tiles = (nb + kTileRows - 1) / kTileRows;
     std::vector<float> qn(nq);
     squared_norms(queries, nq, dim, qn.data(), threads);
     require_finite(qn.data(), nq, "queries (squared row norms overflow float32)");
@@ -134,97 +226,146 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
     squared_norms(projected.data(), nq, m, pqn.data(), threads);
     const float* pnorms = bound_norms_.data();
     const std::size_t panels = (nq + kPanel - 1) / kPanel;
+    // The tile test, in exact arithmetic: a row b of a tile can be nearer than the k-th nearest
+    // found so far (squared distance D, as computed) only if the distance from the query's
+    // exact projection to the tile's box is at most sqrt(D'), D' = (D + the computed full
+    // value's round-off) times the basis' stretch. The float projection of the query is off by
+    // at most `shift` = sqrt(m) (dim + 2) eps |q| |u| (the box distance moves by no more than
+    // the point does), and the box distance's own float sum by (m + 4) eps of itself: a tile is
+    // out of reach when its computed box distance exceeds (sqrt(D') + shift)^2, so widened.
+    const double stretch = (1.0 + static_cast<double>(m) * basis_error_) * (1.0 + 4.0 * kEps);
+    const double shift_rate = std::sqrt(static_cast<double>(m)) *
+                              (static_cast<double>(dim) + 2.0) * kEps *
+                              std::sqrt(1.0 + basis_error_);
+    const double sum_error = 1.0 / (1.0 - (static_cast<double>(m) + 4.0) * kEps);
+    const double value_error = 4.0 * static_cast<double>(dim) * kEps;
 
     pool::parallel_for_static(panels, threads, [&](std::size_t p0, std::size_t p1) {
         detail::AlignedFloats ppack(kPanel * m);    // projected panel, column by column
         detail::AlignedFloats qpack(kPanel * dim);  // the panel itself, column by column
-        // The projected dots of every row, written by pass 1 before pass 2 reads them: not
-        // zero-filled (that would be a serial pass over 64 bytes a row on every search).
-        std::unique_ptr<float[]> block(new float[detail::round_up(nb, kTileRows) * kPanel]);
-        std::vector<std::uint8_t> hits(detail::round_up(nb, kTileRows) / kBankTile);
-        std::vector<float> seed_v(kPanel * k), heap_v(kPanel * k);
-        std::vector<std::int64_t> seed_i(kPanel * k), heap_i(kPanel * k);
-        const std::size_t max_rows = std::max(kChunk, k);
+        std::vector<float> reach(tiles * kPanel);   // squared distances to the tiles' boxes
+        std::vector<float> nearest(tiles);           // per tile: the smallest of its 16
+        std::vector<std::pair<float, std::uint32_t>> visit(tiles);
+        alignas(64) float block[kTileRows * kPanel];  // projected dots of one tile's rows
+        std::vector<float> heap_v(kPanel * k);
+        std::vector<std::int64_t> heap_i(kPanel * k);
+        // Rows waiting for their full values (at most kFlush - 1 + one tile).
+        const std::size_t max_rows = std::max(kFlush + kTileRows, kChunk);
         std::vector<const float*> row_ptr(max_rows);
+        std::vector<std::uint32_t> pending(max_rows);
+        std::vector<std::uint16_t> pending_lanes(max_rows);
         std::vector<float> row_dots(max_rows * kPanel);  // 16 dot products per bank row
-        std::uint32_t hit_rows[kChunk];
-        std::uint16_t hit_lanes[kChunk];
+        std::uint32_t hit_rows[kTileRows];
+        std::uint16_t hit_lanes[kTileRows];
         alignas(64) float thr[kPanel];
-        float upper[kPanel], slack[kPanel];
+        float slack[kPanel], limit[kPanel];
         for (std::size_t p = p0; p < p1; ++p) {
             const std::size_t row0 = p * kPanel;
             const std::size_t lanes = std::min(kPanel, nq - row0);
             detail::pack_panel(projected.data(), row0, lanes, m, ppack.data);
             detail::pack_panel(queries, row0, lanes, dim, qpack.data);
-            auto seeds = [&](std::size_t l) {
-                return detail::TopK{seed_v.data() + l * k, seed_i.data() + l * k, k};
-            };
             auto heap = [&](std::size_t l) {
                 return detail::TopK{heap_v.data() + l * k, heap_i.data() + l * k, k};
             };
-            // Lanes the bound cannot serve are searched in full at the end.
+            // Until a lane holds k rows every row passes its bound (thr = +Inf) and every tile
+            // is in its reach (limit = +Inf). Lanes the bound cannot serve (their projection
+            // overflows) and padding lanes never pass (-Inf); the former are searched in full
+            // at the end.
             bool exhaustive[kPanel] = {};
             for (std::size_t l = 0; l < kPanel; ++l) {
-                seeds(l).reset();
                 heap(l).reset();
-                thr[l] = l < lanes ? kInf : -kInf;  // padding lanes never pass
-            }
-            // Pass 1: the projected part |Ub|^2 - 2 Uq.Ub of every row (its dot kept in
-            // `block`), and per query the k rows where it is smallest.
-            for (std::size_t j0 = 0; j0 < nb; j0 += kChunk) {
-                const std::size_t j1 = std::min(nb, j0 + kChunk);
-                dots(ppack.data, packed_prefix_.data() + j0 * m, m, j1 - j0,
-                     block.get() + j0 * kPanel, false, pnorms + j0, thr, hits.data());
-                detail::merge_hits(hits.data(), j0, j1, block.get() + j0 * kPanel, pnorms, lanes,
-                                   thr, seeds);
-            }
-            // The seeds' full values |b|^2 - 2 q.b bound the k-th nearest from above: a row can
-            // beat that bound only if |Ub|^2 - 2 Uq.Ub <= upper + |q|^2 - |Uq|^2.
-            for (std::size_t l = 0; l < lanes; ++l) {
+                thr[l] = limit[l] = l < lanes ? kInf : -kInf;
+                if (l >= lanes) continue;
                 const float qn_l = qn[row0 + l];
                 slack[l] = qn_l - pqn[row0 + l] + margin_rate_ * qn_l;
-                if (!seeds(l).full() || !std::isfinite(slack[l])) {
-                    exhaustive[l] = true;  // no bound for this query (its projection overflows)
-                    thr[l] = -kInf;
-                    continue;
+                if (!std::isfinite(slack[l])) {
+                    exhaustive[l] = true;
+                    thr[l] = limit[l] = -kInf;
                 }
-                const std::int64_t* lane_seeds = seed_i.data() + l * k;
-                for (std::size_t t = 0; t < k; ++t)
-                    row_ptr[t] = bank_.data() + static_cast<std::size_t>(lane_seeds[t]) * dim;
-                rows_dots(qpack.data, row_ptr.data(), k, dim, row_dots.data());
-                float tau = -kInf;
-                for (std::size_t t = 0; t < k; ++t)
-                    tau = std::max(tau, norms_[static_cast<std::size_t>(lane_seeds[t])] -
-                                            2.0f * row_dots[t * kPanel + l]);
-                upper[l] = tau;
-                thr[l] = tau + slack[l];
             }
-            // Pass 2: full values for the rows that pass the bound for some query of the panel,
-            // chunk by chunk, the bound tightening as nearer rows are found.
-            for (std::size_t j0 = 0; j0 < nb; j0 += kChunk) {
-                const std::size_t j1 = std::min(nb, j0 + kChunk);
-                const std::size_t count = bound_rows(block.get() + j0 * kPanel, pnorms + j0,
-                                                     j1 - j0, thr, hit_rows, hit_lanes);
-                if (count == 0) continue;
-                for (std::size_t r = 0; r < count; ++r)
-                    row_ptr[r] = bank_.data() + (j0 + hit_rows[r]) * dim;
-                rows_dots(qpack.data, row_ptr.data(), count, dim, row_dots.data());
-                for (std::size_t r = 0; r < count; ++r) {
-                    const std::size_t j = j0 + hit_rows[r];
-                    for (unsigned mask = hit_lanes[r]; mask != 0; mask &= mask - 1) {
+            // The box distance beyond which a lane needs no row of a tile, once its k-th
+            // nearest so far has the value kth (|b|^2 - 2 q.b).
+            auto set_limit = [&](std::size_t l, float kth) {
+                const double q = qn[row0 + l];
+                const double reachable = std::max(
+                    0.0, (static_cast<double>(kth) + q + value_error * (q + max_norm_)) * stretch);
+                const double r = std::sqrt(reachable) + shift_rate * std::sqrt(q);
+                limit[l] = round_up_float(r * r * sum_error * (1.0 + 8.0 * kEps));
+            };
+            // Full values for the pending rows; each lane's bounds follow its k-th nearest.
+            std::size_t waiting = 0;
+            auto flush = [&] {
+                for (std::size_t r = 0; r < waiting; ++r)
+                    row_ptr[r] = bank_.data() + std::size_t{pending[r]} * dim;
+                rows_dots(qpack.data, row_ptr.data(), waiting, dim, row_dots.data());
+                unsigned changed = 0;
+                for (std::size_t r = 0; r < waiting; ++r) {
+                    const std::size_t j = pending[r];
+                    for (unsigned mask = pending_lanes[r]; mask != 0; mask &= mask - 1) {
                         const auto l = static_cast<std::size_t>(__builtin_ctz(mask));
                         auto h = heap(l);
                         h.push(norms_[j] - 2.0f * row_dots[r * kPanel + l],
                                static_cast<std::int64_t>(j));
-                        if (h.full()) thr[l] = std::min(upper[l], h.threshold()) + slack[l];
+                        if (h.full()) changed |= 1u << l;
                     }
                 }
-            }
+                for (unsigned mask = changed; mask != 0; mask &= mask - 1) {
+                    const auto l = static_cast<std::size_t>(__builtin_ctz(mask));
+                    const float kth = heap(l).threshold();
+                    thr[l] = kth + slack[l];
+                    set_limit(l, kth);
+                }
+                waiting = 0;
+            };
+            // Tiles nearest the panel first (by the smallest box distance of any of its
+            // queries), so that the bounds tighten early: the kHead nearest in order, then the
+            // ones still in reach after them, sorted.
+            box_bounds(ppack.data, boxes_.data(), tiles, m, reach.data(), nearest.data());
+            for (std::size_t t = 0; t < tiles; ++t)
+                visit[t] = {nearest[t], static_cast<std::uint32_t>(t)};
+            const std::size_t head = std::min(tiles, kHead);
+            std::partial_sort(visit.begin(), visit.begin() + static_cast<std::ptrdiff_t>(head),
+                              visit.end());
+            auto in_reach = [&](std::uint32_t t) {
+                const float* r = reach.data() + std::size_t{t} * kPanel;
+                unsigned any = 0;
+                for (std::size_t l = 0; l < kPanel; ++l) any |= r[l] <= limit[l];
+                return any != 0;
+            };
+            auto scan = [&](std::size_t v0, std::size_t v1) {
+                for (std::size_t v = v0; v < v1; ++v) {
+                    const std::uint32_t t = visit[v].second;
+                    if (!in_reach(t)) continue;
+                    // The rows of the tile whose bound |Ub|^2 - 2 Uq.Ub passes some lane's
+                    // threshold: a row can beat the k-th nearest only if it is at most
+                    // (k-th value) + |q|^2 - |Uq|^2.
+                    const std::size_t j0 = std::size_t{t} * kTileRows;
+                    const std::size_t rows = std::min(nb, j0 + kTileRows) - j0;
+                    dots(ppack.data, packed_prefix_.data() + j0 * m, m, rows, block, false,
+                         nullptr, nullptr, nullptr);
+                    const std::size_t count =
+                        bound_rows(block, pnorms + j0, rows, thr, hit_rows, hit_lanes);
+                    for (std::size_t i = 0; i < count; ++i) {
+                        pending[waiting] = order_[j0 + hit_rows[i]];
+                        pending_lanes[waiting++] = hit_lanes[i];
+                    }
+                    if (waiting >= kFlush) flush();
+                }
+            };
+            scan(0, head);
+            flush();
+            std::size_t rest = head;
+            for (std::size_t v = head; v < tiles; ++v)
+                if (in_reach(visit[v].second)) visit[rest++] = visit[v];
+            std::sort(visit.begin() + static_cast<std::ptrdiff_t>(head),
+                      visit.begin() + static_cast<std::ptrdiff_t>(rest));
+            scan(head, rest);
+            flush();
             for (std::size_t l = 0; l < lanes; ++l) {
                 auto h = heap(l);
                 const std::size_t q = row0 + l;
                 if (exhaustive[l] || !h.full()) {
-                    // No bound for this query, or round-off beyond the margin kept a seed out:
+                    // No bound for this query, or round-off beyond the margin kept a row out:
                     // search it in full (from an empty heap: no row may enter twice).
                     h.reset();
                     for (std::size_t j0 = 0; j0 < nb; j0 += kChunk) {

@@ -21,13 +21,16 @@ using PanelRowsDots = void (*)(const float*, const float* const*, std::size_t, s
                                float*);
 using BoundRows = std::size_t (*)(const float*, const float*, std::size_t, const float*,
                                   std::uint32_t*, std::uint16_t*);
+using BoxBounds = void (*)(const float*, const float*, std::size_t, std::size_t, float*,
+                           float*);
 
 // The kNN kernel family: the panel product (brute force, A·Bᵀ, the pruned search's bound) and
-// the pruned search's row dots and bound filter, all of one ISA.
+// the pruned search's row dots, bound filter and tile boxes, all of one ISA.
 struct KnnKernels {
     PanelDots dots;
     PanelRowsDots rows_dots;
     BoundRows bound_rows;
+    BoxBounds box_bounds;
 };
 // The best flavour at or below `cap` (pick_kernels: throws when this CPU does not run cap).
 KnnKernels knn_kernels(Isa cap);

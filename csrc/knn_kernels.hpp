@@ -61,4 +61,17 @@ std::size_t bound_rows_avx512(const float* dots, const float* norms, std::size_t
                               const float* thr, std::uint32_t* hit_rows,
                               std::uint16_t* hit_lanes);
 
+// out[t * 16 + l] = sum over d < m of g * g, g = max(lo[d] - x, x - hi[d], 0) with x = the
+// lane's coordinate ppack[d * 16 + l]: the squared distance of each of the 16 projected queries
+// of a panel to each of `count` axis-aligned boxes (box t is m lower corners, then m upper
+// ones: boxes[t * 2m ...]), and nearest[t] = the smallest of out[t * 16 ...] (all 16 lanes).
+// The pruned search skips the bank tiles whose box is out of reach; its margins take the
+// rounding of these sums into account, so the flavours may differ in it.
+void box_bounds_portable(const float* ppack, const float* boxes, std::size_t count,
+                         std::size_t m, float* out, float* nearest);
+void box_bounds_avx2(const float* ppack, const float* boxes, std::size_t count, std::size_t m,
+                     float* out, float* nearest);
+void box_bounds_avx512(const float* ppack, const float* boxes, std::size_t count, std::size_t m,
+                       float* out, float* nearest);
+
 }  // namespace autoweld::detail

@@ -15,6 +15,7 @@
 #include "check.hpp"
 #include "common.hpp"
 #include "knn.hpp"
+#include "knn_kernels.hpp"
 
 using autoweld::Isa;
 
@@ -231,6 +232,55 @@ int main() {
             // The huge query is equally far from every row in float (|q|^2 swamps the rest):
             // ties, lower index first. The other: (2, 0), then (1, 0).
             CHECK(i1[0] == 0 && i1[1] == 1 && i1[2] == 1 && i1[3] == 0);
+        }
+    }
+    // The tile boxes' kernel: each flavour's squared distances from the 16 lanes of a panel to
+    // each box are the definition's (computed here in double) up to float round-off, zero for
+    // a lane inside a box, and `nearest` is the smallest of each box's 16.
+    {
+        using BoxFn = void (*)(const float*, const float*, std::size_t, std::size_t, float*,
+                               float*);
+        std::vector<std::pair<Isa, BoxFn>> flavours{{Isa::portable, autoweld::detail::box_bounds_portable}};
+        if (autoweld::isa_available(Isa::avx2))
+            flavours.emplace_back(Isa::avx2, autoweld::detail::box_bounds_avx2);
+        if (autoweld::isa_available(Isa::avx512))
+            flavours.emplace_back(Isa::avx512, autoweld::detail::box_bounds_avx512);
+        for (std::size_t m : {1, 2, 7, 16, 33}) {
+            const std::size_t boxes = 9;
+            auto x = random_matrix(m, 16, 40 + static_cast<unsigned>(m));  // ppack[m][16]
+            auto corners = random_matrix(boxes * 2, m, 41 + static_cast<unsigned>(m));
+            std::vector<float> box(boxes * 2 * m);
+            for (std::size_t t = 0; t < boxes; ++t)
+                for (std::size_t d = 0; d < m; ++d) {
+                    const float a = corners[(2 * t) * m + d], c = corners[(2 * t + 1) * m + d];
+                    box[t * 2 * m + d] = std::min(a, c) * (t == 0 ? 4.0f : 1.0f);
+                    box[t * 2 * m + m + d] = std::max(a, c) * (t == 0 ? 4.0f : 1.0f);
+                }
+            // Lane 3 sits inside box 0 (the widened one): distance 0 there.
+            for (std::size_t d = 0; d < m; ++d)
+                x[d * 16 + 3] = 0.5f * (box[d] + box[m + d]);
+            for (const auto& [isa, fn] : flavours) {
+                std::vector<float> out(boxes * 16), nearest(boxes);
+                fn(x.data(), box.data(), boxes, m, out.data(), nearest.data());
+                bool ok = out[3] == 0.0f;
+                for (std::size_t t = 0; t < boxes; ++t) {
+                    float low = out[t * 16];
+                    for (std::size_t l = 0; l < 16; ++l) {
+                        double ref = 0;
+                        for (std::size_t d = 0; d < m; ++d) {
+                            const double v = x[d * 16 + l], lo = box[t * 2 * m + d],
+                                         hi = box[t * 2 * m + m + d];
+                            const double g = std::max({lo - v, v - hi, 0.0});
+                            ref += g * g;
+                        }
+                        ok = ok && std::fabs(out[t * 16 + l] - ref) <= 1e-5 * (1.0 + ref);
+                        low = std::min(low, out[t * 16 + l]);
+                    }
+                    ok = ok && nearest[t] == low;
+                }
+                if (!ok) std::fprintf(stderr, "box bounds mismatch m=%zu isa=%d\n", m, int(isa));
+                CHECK(ok);
+            }
         }
     }
     // Pruned KnnIndex: bad bases and prefixes.

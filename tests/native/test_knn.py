@@ -346,6 +346,50 @@ def test_pruned_index_breaks_ties_between_equal_rows_as_the_brute_force(isa):
             np.testing.assert_array_equal(d1, d2)
 
 
+def clustered(clusters: int, per: int, dim: int, seed: int, spread: float = 4.0) -> np.ndarray:
+    """Tight clusters far apart, as the patches of a few kinds of surface are: most bank tiles
+    are out of reach of a query, so the pruned search skips them."""
+    rng = np.random.default_rng(seed)
+    centres = spread * rng.standard_normal((clusters, dim)) * np.linspace(3.0, 0.2, dim)
+    rows_ = np.repeat(centres, per, axis=0) + 0.1 * rng.standard_normal((clusters * per, dim))
+    return rng.permutation(rows_).astype(np.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("k", [1, 5, 30, 60])  # 30, 60: more rows than one 24-row tile
+def test_pruned_index_skipping_tiles_keeps_the_brute_force_answer(isa, k):
+    bank = clustered(40, 75, 48, seed=3)
+    rng = np.random.default_rng(4)
+    near = bank[rng.integers(0, len(bank), 40)] + 0.05 * rng.standard_normal((40, 48))
+    between = 0.5 * (bank[rng.integers(0, len(bank), 20)] + bank[rng.integers(0, len(bank), 20)])
+    far = 20.0 * tie_free(6, 48, 5)  # anomalies: no tile is near
+    exact = bank[rng.integers(0, len(bank), 10)]  # on a row: distance 0, inside its box
+    queries = np.concatenate([near, between, far, exact]).astype(np.float32)
+    basis = native.principal_axes(bank).axes[:8].copy()
+    d1, i1 = native._native.KnnIndex(bank, basis, 2).search(queries, k, 2, isa)
+    d2, i2 = native._native.KnnIndex(bank, 2).search(queries, k, 2, isa)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(d1, d2)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_pruned_index_tile_margins_hold_far_from_the_origin(isa):
+    # Rows and queries share a large offset, so |q|^2 + |b|^2 - 2 q.b loses most of its digits:
+    # the computed values of near rows differ by round-off alone, and a tile test without its
+    # round-off margins drops rows the brute force keeps.
+    rng = np.random.default_rng(8)
+    offset = 300.0 * rng.standard_normal(32)
+    bank = (offset + clustered(30, 40, 32, seed=9, spread=0.02)).astype(np.float32)
+    queries = (bank[rng.integers(0, len(bank), 64)] + 1e-3 * rng.standard_normal((64, 32)))
+    queries = queries.astype(np.float32)
+    basis = native.principal_axes(bank).axes[:8].copy()
+    for k in (1, 4):
+        d1, i1 = native._native.KnnIndex(bank, basis, 2).search(queries, k, 2, isa)
+        d2, i2 = native._native.KnnIndex(bank, 2).search(queries, k, 2, isa)
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_array_equal(d1, d2)
+
+
 def test_absurd_k_is_a_value_error_not_a_memory_error():
     bank, queries = tie_free(50, 8, 1), tie_free(3, 8, 2)
     for search in (
