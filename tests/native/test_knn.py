@@ -380,7 +380,7 @@ def test_pruned_index_tile_margins_hold_far_from_the_origin(isa):
     rng = np.random.default_rng(8)
     offset = 300.0 * rng.standard_normal(32)
     bank = (offset + clustered(30, 40, 32, seed=9, spread=0.02)).astype(np.float32)
-    queries = (bank[rng.integers(0, len(bank), 64)] + 1e-3 * rng.standard_normal((64, 32)))
+    queries = bank[rng.integers(0, len(bank), 64)] + 1e-3 * rng.standard_normal((64, 32))
     queries = queries.astype(np.float32)
     basis = native.principal_axes(bank).axes[:8].copy()
     for k in (1, 4):
