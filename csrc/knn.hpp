@@ -53,7 +53,10 @@ void knn_search(const float* queries, std::size_t nq, const float* bank, std::si
 // query's distance to every box, seeds each query from its nearest tile, and then skips every
 // tile whose box is farther than the k-th nearest found so far (plus a round-off margin) for all
 // 16 queries of a panel; only the other tiles get the per-row bound and, where it passes, the
-// full distance. Each search thread needs about 3 bytes per bank row of workspace.
+// full distance. A query that still has more than half the tiles in reach after the nearest
+// ones (an anomalous patch) leaves its panel, so that its neighbours do not pay for its search,
+// and is searched afterwards in panels of such queries. Each search thread needs about 5 bytes
+// per bank row of workspace.
 class KnnIndex {
 public:
     KnnIndex(const float* bank, std::size_t nb, std::size_t dim, int threads);

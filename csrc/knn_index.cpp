@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <mutex>
 #include <numeric>
 #include <string>
 #include <utility>
@@ -225,7 +226,6 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
     std::vector<float> pqn(nq);
     squared_norms(projected.data(), nq, m, pqn.data(), threads);
     const float* pnorms = bound_norms_.data();
-    const std::size_t panels = (nq + kPanel - 1) / kPanel;
     // The tile test, in exact arithmetic: a row b of a tile can be nearer than the k-th nearest
     // found so far (squared distance D, as computed) only if the distance from the query's
     // exact projection to the tile's box is at most sqrt(D'), D' = (D + the computed full
@@ -240,7 +240,26 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
     const double sum_error = 1.0 / (1.0 - (static_cast<double>(m) + 4.0) * kEps);
     const double value_error = 4.0 * static_cast<double>(dim) * kEps;
 
+    // Queries searched in panels of 16 consecutive rows of `src` (the rows of an image's patch
+    // grid in raster order: neighbours are alike, so their panel's tiles and rows overlap).
+    // With `evict`, a query that keeps more than half the bank's tiles in reach after the
+    // nearest ones (an anomalous patch) leaves its panel, whose other queries would otherwise
+    // pay for its search, and goes to `hard`; the hard queries are searched together after.
+    struct Source {
+        const float* rows;         // count x dim
+        const float* projected;    // count x m
+        const float* qn;           // squared norms
+        const float* pqn;          // squared norms of the projections
+        const std::uint32_t* ids;  // the query each row is (nullptr: the row number)
+        std::size_t count;
+    };
+    std::mutex hard_lock;
+    std::vector<std::uint32_t> hard;
+    auto run = [&](const Source& src, bool evict) {
+    const std::size_t panels = (src.count + kPanel - 1) / kPanel;
     pool::parallel_for_static(panels, threads, [&](std::size_t p0, std::size_t p1) {
+        std::vector<std::uint32_t> evicted_rows;
+        std::vector<std::uint16_t> masks(tiles);    // per kept tile: the lanes it is in reach of
         detail::AlignedFloats ppack(kPanel * m);    // projected panel, column by column
         detail::AlignedFloats qpack(kPanel * dim);  // the panel itself, column by column
         std::vector<float> reach(tiles * kPanel);   // squared distances to the tiles' boxes
@@ -261,9 +280,9 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
         float slack[kPanel], limit[kPanel];
         for (std::size_t p = p0; p < p1; ++p) {
             const std::size_t row0 = p * kPanel;
-            const std::size_t lanes = std::min(kPanel, nq - row0);
-            detail::pack_panel(projected.data(), row0, lanes, m, ppack.data);
-            detail::pack_panel(queries, row0, lanes, dim, qpack.data);
+            const std::size_t lanes = std::min(kPanel, src.count - row0);
+            detail::pack_panel(src.projected, row0, lanes, m, ppack.data);
+            detail::pack_panel(src.rows, row0, lanes, dim, qpack.data);
             auto heap = [&](std::size_t l) {
                 return detail::TopK{heap_v.data() + l * k, heap_i.data() + l * k, k};
             };
@@ -276,8 +295,8 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
                 heap(l).reset();
                 thr[l] = limit[l] = l < lanes ? kInf : -kInf;
                 if (l >= lanes) continue;
-                const float qn_l = qn[row0 + l];
-                slack[l] = qn_l - pqn[row0 + l] + margin_rate_ * qn_l;
+                const float qn_l = src.qn[row0 + l];
+                slack[l] = qn_l - src.pqn[row0 + l] + margin_rate_ * qn_l;
                 if (!std::isfinite(slack[l])) {
                     exhaustive[l] = true;
                     thr[l] = limit[l] = -kInf;
@@ -286,7 +305,7 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
             // The box distance beyond which a lane needs no row of a tile, once its k-th
             // nearest so far has the value kth (|b|^2 - 2 q.b).
             auto set_limit = [&](std::size_t l, float kth) {
-                const double q = qn[row0 + l];
+                const double q = src.qn[row0 + l];
                 const double reachable = std::max(
                     0.0, (static_cast<double>(kth) + q + value_error * (q + max_norm_)) * stretch);
                 const double r = std::sqrt(reachable) + shift_rate * std::sqrt(q);
@@ -326,16 +345,17 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
             const std::size_t head = std::min(tiles, kHead);
             std::partial_sort(visit.begin(), visit.begin() + static_cast<std::ptrdiff_t>(head),
                               visit.end());
-            auto in_reach = [&](std::uint32_t t) {
+            auto lanes_in_reach = [&](std::uint32_t t) {
                 const float* r = reach.data() + std::size_t{t} * kPanel;
-                unsigned any = 0;
-                for (std::size_t l = 0; l < kPanel; ++l) any |= r[l] <= limit[l];
-                return any != 0;
+                unsigned lanes_mask = 0;
+                for (std::size_t l = 0; l < kPanel; ++l)
+                    lanes_mask |= static_cast<unsigned>(r[l] <= limit[l]) << l;
+                return lanes_mask;
             };
             auto scan = [&](std::size_t v0, std::size_t v1) {
                 for (std::size_t v = v0; v < v1; ++v) {
                     const std::uint32_t t = visit[v].second;
-                    if (!in_reach(t)) continue;
+                    if (lanes_in_reach(t) == 0) continue;
                     // The rows of the tile whose bound |Ub|^2 - 2 Uq.Ub passes some lane's
                     // threshold: a row can beat the k-th nearest only if it is at most
                     // (k-th value) + |q|^2 - |Uq|^2.
@@ -355,15 +375,41 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
             scan(0, head);
             flush();
             std::size_t rest = head;
-            for (std::size_t v = head; v < tiles; ++v)
-                if (in_reach(visit[v].second)) visit[rest++] = visit[v];
+            std::size_t kept_by[kPanel] = {};
+            for (std::size_t v = head; v < tiles; ++v) {
+                const unsigned mask = lanes_in_reach(visit[v].second);
+                if (mask == 0) continue;
+                masks[rest] = static_cast<std::uint16_t>(mask);
+                visit[rest++] = visit[v];
+                for (unsigned b = mask; b != 0; b &= b - 1) ++kept_by[__builtin_ctz(b)];
+            }
+            unsigned evicted = 0;
+            if (evict && tiles >= 4 * kHead) {
+                for (std::size_t l = 0; l < lanes; ++l)
+                    if (!exhaustive[l] && 2 * kept_by[l] > tiles) evicted |= 1u << l;
+                // A panel most of whose queries are hard is a hard panel already.
+                if (static_cast<std::size_t>(__builtin_popcount(evicted)) > kPanel / 2)
+                    evicted = 0;
+            }
+            if (evicted != 0) {
+                for (unsigned b = evicted; b != 0; b &= b - 1) {
+                    const auto l = static_cast<std::size_t>(__builtin_ctz(b));
+                    thr[l] = limit[l] = -kInf;
+                    evicted_rows.push_back(static_cast<std::uint32_t>(row0 + l));
+                }
+                std::size_t still = head;
+                for (std::size_t v = head; v < rest; ++v)
+                    if ((masks[v] & ~evicted) != 0) visit[still++] = visit[v];
+                rest = still;
+            }
             std::sort(visit.begin() + static_cast<std::ptrdiff_t>(head),
                       visit.begin() + static_cast<std::ptrdiff_t>(rest));
             scan(head, rest);
             flush();
             for (std::size_t l = 0; l < lanes; ++l) {
+                if ((evicted >> l) & 1u) continue;
                 auto h = heap(l);
-                const std::size_t q = row0 + l;
+                const std::size_t q = src.ids ? src.ids[row0 + l] : row0 + l;
                 if (exhaustive[l] || !h.full()) {
                     // No bound for this query, or round-off beyond the margin kept a row out:
                     // search it in full (from an empty heap: no row may enter twice).
@@ -378,11 +424,30 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
                                    static_cast<std::int64_t>(j0 + r));
                     }
                 }
-                detail::finish_row(qn[q], h.value, h.index, k, distances + q * k,
+                detail::finish_row(src.qn[row0 + l], h.value, h.index, k, distances + q * k,
                                    indices + q * k);
             }
         }
+        if (!evicted_rows.empty()) {
+            std::lock_guard<std::mutex> guard(hard_lock);
+            hard.insert(hard.end(), evicted_rows.begin(), evicted_rows.end());
+        }
     });
+    };
+    run({queries, projected.data(), qn.data(), pqn.data(), nullptr, nq}, true);
+    if (hard.empty()) return;
+    // The hard queries, in raster order, gathered into panels of their own.
+    std::sort(hard.begin(), hard.end());
+    const std::size_t nh = hard.size();
+    std::vector<float> hq(nh * dim), hp(nh * m), hqn(nh), hpqn(nh);
+    for (std::size_t i = 0; i < nh; ++i) {
+        const std::size_t q = hard[i];
+        std::copy_n(queries + q * dim, dim, hq.data() + i * dim);
+        std::copy_n(projected.data() + q * m, m, hp.data() + i * m);
+        hqn[i] = qn[q];
+        hpqn[i] = pqn[q];
+    }
+    run({hq.data(), hp.data(), hqn.data(), hpqn.data(), hard.data(), nh}, false);
 }
 
 }  // namespace autoweld

@@ -210,6 +210,28 @@ int main() {
             CHECK(ok);
         }
     }
+    // Pruned KnnIndex on a bank of many tiles, with queries far from every row among normal
+    // ones (they leave their panels and are searched apart): the brute force's answer to the
+    // bit, on every path.
+    for (Isa path : paths) {
+        const std::size_t nb = 3000, dim = 32, prefix = 8, nq = 70, k = 3;
+        auto b = random_matrix(nb, dim, 31);
+        auto q = random_matrix(nq, dim, 32);
+        for (std::size_t r = 0; r < nb; ++r)
+            for (std::size_t d = 0; d < dim; ++d) b[r * dim + d] /= float(1 + d);
+        for (std::size_t r = 0; r < nq; ++r)
+            for (std::size_t d = 0; d < dim; ++d)
+                q[r * dim + d] *= (r % 16 == 5 || r % 23 == 0 ? 20.0f : 1.0f) / float(1 + d);
+        std::vector<float> basis(prefix * dim, 0.0f);
+        for (std::size_t p = 0; p < prefix; ++p) basis[p * dim + p] = 1.0f;
+        autoweld::KnnIndex pruned(b.data(), nb, dim, basis.data(), prefix, 2);
+        std::vector<float> d1(nq * k), d2(nq * k);
+        std::vector<std::int64_t> i1(nq * k), i2(nq * k);
+        pruned.search(q.data(), nq, k, d1.data(), i1.data(), {2, path});
+        autoweld::knn_search(q.data(), nq, b.data(), nb, dim, k, d2.data(), i2.data(),
+                             {1, path});
+        CHECK(d1 == d2 && i1 == i2);
+    }
     // Pruned KnnIndex at the edge of float32: a bank whose projection overflows is refused (its
     // bound would be NaN), and a query whose projection overflows is searched in full.
     {
