@@ -75,6 +75,10 @@ private:
     void search_pruned(const float* queries, std::size_t nq, std::size_t k, float* distances,
                        std::int64_t* indices, const KernelOptions& options) const;
     void copy_bank(const float* bank, int threads);
+    struct PanelSource;
+    void search_panels(const PanelSource& src, std::size_t k, float* distances,
+                       std::int64_t* indices, const KernelOptions& options,
+                       std::vector<std::uint32_t>* hard) const;
 
     std::size_t nb_;
     std::size_t dim_;

@@ -204,27 +204,33 @@ void KnnIndex::search(const float* queries, std::size_t nq, std::size_t k, float
     search_pruned(queries, nq, k, distances, indices, options);
 }
 
-void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k,
-                             float* distances, std::int64_t* indices,
-                             const KernelOptions& options) const {
-    check_k(k, nb_);
+// Queries for search_panels: `count` rows, their projections and squared norms, and the query
+// each row is (nullptr: the row number).
+struct KnnIndex::PanelSource {
+    const float* rows;         // count x dim
+    const float* projected;    // count x prefix
+    const float* qn;           // squared norms
+    const float* pqn;          // squared norms of the projections
+    const std::uint32_t* ids;  // output row of each (nullptr: the same row)
+    std::size_t count;
+};
+
+// One pass of the pruned search over panels of 16 consecutive rows of `src` (the rows of an
+// image's patch grid in raster order: neighbours are alike, so their panel's tiles and rows
+// overlap). With `hard`, a query that keeps more than half the bank's tiles in reach after the
+// nearest ones (an anomalous patch) leaves its panel, whose other queries would otherwise pay
+// for its search: its row goes to `hard` and its result is not written.
+void KnnIndex::search_panels(const PanelSource& src, std::size_t k, float* distances,
+                             std::int64_t* indices, const KernelOptions& options,
+                             std::vector<std::uint32_t>* hard) const {
     const detail::KnnKernels kernels = detail::knn_kernels(options.isa);
     const detail::PanelDots dots = kernels.dots;
     const detail::PanelRowsDots rows_dots = kernels.rows_dots;
     const detail::BoundRows bound_rows = kernels.bound_rows;
     const detail::BoxBounds box_bounds = kernels.box_bounds;
-    if (nq == 0) return;
-    require_finite(queries, nq * dim_, "queries");
     const int threads = options.threads;
     const std::size_t dim = dim_, m = prefix_, nb = nb_;
     const std::size_t tiles = (nb + kTileRows - 1) / kTileRows;
-    std::vector<float> qn(nq);
-    squared_norms(queries, nq, dim, qn.data(), threads);
-    require_finite(qn.data(), nq, "queries (squared row norms overflow float32)");
-    std::vector<float> projected(nq * m);  // the queries on the basis
-    matmul_abt(queries, nq, basis_.data(), m, dim, projected.data(), options);
-    std::vector<float> pqn(nq);
-    squared_norms(projected.data(), nq, m, pqn.data(), threads);
     const float* pnorms = bound_norms_.data();
     // The tile test, in exact arithmetic: a row b of a tile can be nearer than the k-th nearest
     // found so far (squared distance D, as computed) only if the distance from the query's
@@ -240,23 +246,8 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
     const double sum_error = 1.0 / (1.0 - (static_cast<double>(m) + 4.0) * kEps);
     const double value_error = 4.0 * static_cast<double>(dim) * kEps;
 
-    // Queries searched in panels of 16 consecutive rows of `src` (the rows of an image's patch
-    // grid in raster order: neighbours are alike, so their panel's tiles and rows overlap).
-    // With `evict`, a query that keeps more than half the bank's tiles in reach after the
-    // nearest ones (an anomalous patch) leaves its panel, whose other queries would otherwise
-    // pay for its search, and goes to `hard`; the hard queries are searched together after.
-    struct Source {
-        const float* rows;         // count x dim
-        const float* projected;    // count x m
-        const float* qn;           // squared norms
-        const float* pqn;          // squared norms of the projections
-        const std::uint32_t* ids;  // the query each row is (nullptr: the row number)
-        std::size_t count;
-    };
-    std::mutex hard_lock;
-    std::vector<std::uint32_t> hard;
-    auto run = [&](const Source& src, bool evict) {
     const std::size_t panels = (src.count + kPanel - 1) / kPanel;
+    std::mutex hard_lock;
     pool::parallel_for_static(panels, threads, [&](std::size_t p0, std::size_t p1) {
         std::vector<std::uint32_t> evicted_rows;
         std::vector<std::uint16_t> masks(tiles);    // per kept tile: the lanes it is in reach of
@@ -384,7 +375,7 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
                 for (unsigned b = mask; b != 0; b &= b - 1) ++kept_by[__builtin_ctz(b)];
             }
             unsigned evicted = 0;
-            if (evict && tiles >= 4 * kHead) {
+            if (hard != nullptr && tiles >= 4 * kHead) {
                 for (std::size_t l = 0; l < lanes; ++l)
                     if (!exhaustive[l] && 2 * kept_by[l] > tiles) evicted |= 1u << l;
                 // A panel most of whose queries are hard is a hard panel already.
@@ -430,11 +421,29 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
         }
         if (!evicted_rows.empty()) {
             std::lock_guard<std::mutex> guard(hard_lock);
-            hard.insert(hard.end(), evicted_rows.begin(), evicted_rows.end());
+            hard->insert(hard->end(), evicted_rows.begin(), evicted_rows.end());
         }
     });
-    };
-    run({queries, projected.data(), qn.data(), pqn.data(), nullptr, nq}, true);
+}
+
+void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k,
+                             float* distances, std::int64_t* indices,
+                             const KernelOptions& options) const {
+    check_k(k, nb_);
+    if (nq == 0) return;
+    require_finite(queries, nq * dim_, "queries");
+    const int threads = options.threads;
+    const std::size_t dim = dim_, m = prefix_;
+    std::vector<float> qn(nq);
+    squared_norms(queries, nq, dim, qn.data(), threads);
+    require_finite(qn.data(), nq, "queries (squared row norms overflow float32)");
+    std::vector<float> projected(nq * m);  // the queries on the basis
+    matmul_abt(queries, nq, basis_.data(), m, dim, projected.data(), options);
+    std::vector<float> pqn(nq);
+    squared_norms(projected.data(), nq, m, pqn.data(), threads);
+    std::vector<std::uint32_t> hard;
+    search_panels({queries, projected.data(), qn.data(), pqn.data(), nullptr, nq}, k, distances,
+                  indices, options, &hard);
     if (hard.empty()) return;
     // The hard queries, in raster order, gathered into panels of their own.
     std::sort(hard.begin(), hard.end());
@@ -447,7 +456,8 @@ void KnnIndex::search_pruned(const float* queries, std::size_t nq, std::size_t k
         hqn[i] = qn[q];
         hpqn[i] = pqn[q];
     }
-    run({hq.data(), hp.data(), hqn.data(), hpqn.data(), hard.data(), nh}, false);
+    search_panels({hq.data(), hp.data(), hqn.data(), hpqn.data(), hard.data(), nh}, k, distances,
+                  indices, options, nullptr);
 }
 
 }  // namespace autoweld
