@@ -21,9 +21,14 @@ bool detect_vbmi() {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512vbmi");
 }
+bool detect_bf16() {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16");
+}
 #else
 Isa detect_isa() { return Isa::portable; }
 bool detect_vbmi() { return false; }
+bool detect_bf16() { return false; }
 #endif
 
 }  // namespace
@@ -35,6 +40,11 @@ Isa best_isa() {
 
 bool cpu_has_avx512_vbmi() {
     static const bool has = best_isa() == Isa::avx512 && detect_vbmi();
+    return has;
+}
+
+bool cpu_has_avx512_bf16() {
+    static const bool has = best_isa() == Isa::avx512 && detect_bf16();
     return has;
 }
 

@@ -25,6 +25,9 @@ inline bool isa_available(Isa isa) { return isa <= best_isa(); }
 // AVX-512 VBMI (byte permutes) on top of Isa::avx512: the CLAHE row and Lab kernels' AVX-512
 // flavours need it; on an avx512 CPU without it those families run their AVX2 flavour.
 bool cpu_has_avx512_vbmi();
+// AVX-512 BF16 (bf16 dot products) on top of Isa::avx512: the brute-force kNN index's first
+// pass uses it where the CPU has it (knn_bf16_avx512.cpp).
+bool cpu_has_avx512_bf16();
 
 // "portable", "avx2", "avx512".
 const char* isa_name(Isa isa);

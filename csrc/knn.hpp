@@ -75,6 +75,8 @@ private:
     void search_pruned(const float* queries, std::size_t nq, std::size_t k, float* distances,
                        std::int64_t* indices, const KernelOptions& options) const;
     void copy_bank(const float* bank, int threads);
+    void search_bf16(const float* queries, std::size_t nq, float* distances,
+                     std::int64_t* indices, const KernelOptions& options) const;
     struct PanelSource;
     void search_panels(const PanelSource& src, std::size_t k, float* distances,
                        std::int64_t* indices, const KernelOptions& options,
@@ -87,6 +89,11 @@ private:
     // Brute force: the bank packed for the blocked kernel once (not per search), when that
     // copy is at most kMaxPackedBytes; empty otherwise.
     std::vector<float> packed_bank_;
+    // Brute force on a CPU with AVX-512 BF16 (k = 1): the bank as bf16 pairs in the kernel's
+    // tiles, and its squared norms stretched up / shrunk by bf16_rate_ (see search_bf16).
+    std::vector<std::uint32_t> packed_bf16_;
+    std::vector<float> bf16_upper_, bf16_lower_;
+    double bf16_rate_ = 0.0;
     // Pruned form only.
     std::size_t prefix_ = 0;
     std::vector<float> basis_;          // prefix x dim

@@ -9,7 +9,9 @@
 // (bench/knn_pruning_probe.py measures that share on a bundle).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <string>
@@ -40,6 +42,12 @@ constexpr std::size_t kHead = 16;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr double kEps = std::numeric_limits<float>::epsilon();
+// The bf16 first pass: rounding a float to bf16 moves it by at most 2^-8 of itself, so a product
+// of two by at most (2 + 2^-8) 2^-8 of the exact one; the rest of the rate is float round-off.
+constexpr double kBf16Rate = 0.0078125 + 0.0000305;
+// Rows and queries with larger squared norms stay off the bf16 path (no bf16 overflow, and far
+// from the denormals the bf16 kernels flush: see search_bf16).
+constexpr float kBf16MaxNorm = 1e30f;
 // Largest packed copy of the bank a brute-force index keeps (beyond it: packed per search).
 constexpr std::size_t kMaxPackedBytes = std::size_t{256} << 20;
 
@@ -51,6 +59,21 @@ float round_down(double x) {
 float round_up_float(double x) {
     const auto f = static_cast<float>(x);
     return static_cast<double>(f) < x ? std::nextafter(f, kInf) : f;
+}
+
+// x rounded to bf16 (to nearest, ties to even), as the upper 16 bits of a float; x finite.
+std::uint32_t to_bf16(float x) {
+    std::uint32_t u;
+    std::memcpy(&u, &x, sizeof u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return u >> 16;
+}
+
+// Coordinates 2p and 2p + 1 of row (dim long) as a bf16 pair: low half, high half, 0 past dim.
+std::uint32_t bf16_pair(const float* row, std::size_t dim, std::size_t p) {
+    const std::uint32_t lo = 2 * p < dim ? to_bf16(row[2 * p]) : 0u;
+    const std::uint32_t hi = 2 * p + 1 < dim ? to_bf16(row[2 * p + 1]) : 0u;
+    return lo | hi << 16;
 }
 
 // An order of the n rows of x (n x m) in which each run of kTileRows rows is compact: the
@@ -116,6 +139,24 @@ KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, int threa
     if (detail::packed_bank_floats(nb, dim) * sizeof(float) <= kMaxPackedBytes) {
         packed_bank_.resize(detail::packed_bank_floats(nb, dim));
         detail::pack_bank(bank_.data(), nb, dim, packed_bank_.data(), threads);
+    }
+    // The bf16 first pass (search_bf16), where the CPU has it and no value can overflow bf16.
+    const std::size_t pairs = (dim + 1) / 2;
+    if (cpu_has_avx512_bf16() && detail::bf16_kernels_built() &&
+        *std::max_element(norms_.begin(), norms_.end()) <= kBf16MaxNorm &&
+        detail::round_up(nb, kBankTile) * pairs * sizeof(std::uint32_t) <= kMaxPackedBytes) {
+        bf16_rate_ = kBf16Rate + 4.0 * (static_cast<double>(dim) + 8.0) * kEps;
+        packed_bf16_.assign(detail::round_up(nb, kBankTile) * pairs, 0u);
+        for (std::size_t j = 0; j < nb; ++j)
+            for (std::size_t p = 0; p < pairs; ++p)
+                packed_bf16_[((j / kBankTile) * pairs + p) * kBankTile + j % kBankTile] =
+                    bf16_pair(bank_.data() + j * dim, dim, p);
+        bf16_upper_.resize(nb);
+        bf16_lower_.resize(nb);
+        for (std::size_t j = 0; j < nb; ++j) {
+            bf16_upper_[j] = round_up_float((1.0 + bf16_rate_) * norms_[j]);
+            bf16_lower_[j] = round_down((1.0 - bf16_rate_) * norms_[j]);
+        }
     }
 }
 
@@ -195,6 +236,11 @@ KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, const flo
 
 void KnnIndex::search(const float* queries, std::size_t nq, std::size_t k, float* distances,
                       std::int64_t* indices, const KernelOptions& options) const {
+    if (prefix_ == 0 && k == 1 && !packed_bf16_.empty() && options.isa == Isa::avx512) {
+        check_k(k, nb_);
+        search_bf16(queries, nq, distances, indices, options);
+        return;
+    }
     if (prefix_ == 0) {
         const float* packed = packed_bank_.empty() ? nullptr : packed_bank_.data();
         detail::knn_search_prepared({bank_.data(), nb_, dim_, norms_.data(), packed}, queries, nq,
@@ -202,6 +248,93 @@ void KnnIndex::search(const float* queries, std::size_t nq, std::size_t k, float
         return;
     }
     search_pruned(queries, nq, k, distances, indices, options);
+}
+
+// Brute force, k = 1, with a bf16 first pass. The approximate value a = |b|^2 - 2 q~.b~ (q~, b~
+// the bf16 roundings, summed in float) is within r (|q|^2 + |b|^2) of the value v = |b|^2 - 2 q.b
+// the FP32 brute force computes, r = bf16_rate_ (|q.b - q~.b~| <= (2^-7 + 2^-16) sum |q_i b_i| <=
+// that times (|q|^2 + |b|^2) / 2, plus the float sums' round-off on both sides). So the smallest
+// a + r (|q|^2 + |b|^2) over the bank bounds the nearest v from above, and only rows with
+// a - r (|q|^2 + |b|^2) at or below that bound can be the nearest: those get v exactly as the
+// brute force sums it (rows_dots), and the nearest of them is the brute force's answer, ties
+// to the lower index included. On patch features the candidates are a few rows per query.
+void KnnIndex::search_bf16(const float* queries, std::size_t nq, float* distances,
+                           std::int64_t* indices, const KernelOptions& options) const {
+    if (nq == 0) return;
+    require_finite(queries, nq * dim_, "queries");
+    const int threads = options.threads;
+    const std::size_t dim = dim_, nb = nb_, pairs = (dim + 1) / 2;
+    std::vector<float> qn(nq);
+    squared_norms(queries, nq, dim, qn.data(), threads);
+    require_finite(qn.data(), nq, "queries (squared row norms overflow float32)");
+    if (*std::max_element(qn.begin(), qn.end()) > kBf16MaxNorm) {
+        const float* packed = packed_bank_.empty() ? nullptr : packed_bank_.data();
+        detail::knn_search_prepared({bank_.data(), nb_, dim_, norms_.data(), packed}, queries, nq,
+                                    1, distances, indices, options);
+        return;
+    }
+    const detail::KnnKernels kernels = detail::knn_kernels(options.isa);
+    const detail::PanelRowsDots rows_dots = kernels.rows_dots;
+    const std::size_t panels = (nq + kPanel - 1) / kPanel;
+    pool::parallel_for_static(panels, threads, [&](std::size_t p0, std::size_t p1) {
+        std::vector<std::uint32_t> qbf(pairs * kPanel);
+        detail::AlignedFloats qpack(kPanel * dim);
+        std::vector<const float*> row_ptr(kChunk);
+        std::vector<float> row_dots(kChunk * kPanel);
+        std::uint32_t hit_rows[kChunk];
+        std::uint16_t hit_lanes[kChunk];
+        alignas(64) float slack[kPanel];
+        alignas(64) float minima[kPanel];
+        float best_v[kPanel];
+        std::int64_t best_i[kPanel];
+        for (std::size_t p = p0; p < p1; ++p) {
+            const std::size_t row0 = p * kPanel;
+            const std::size_t lanes = std::min(kPanel, nq - row0);
+            for (std::size_t pr = 0; pr < pairs; ++pr)
+                for (std::size_t l = 0; l < kPanel; ++l)
+                    qbf[pr * kPanel + l] =
+                        l < lanes ? bf16_pair(queries + (row0 + l) * dim, dim, pr) : 0u;
+            detail::pack_panel(queries, row0, lanes, dim, qpack.data);
+            for (std::size_t l = 0; l < kPanel; ++l) {
+                minima[l] = kInf;
+                best_v[l] = kInf;
+                best_i[l] = std::numeric_limits<std::int64_t>::max();
+                // Both margins' query share, rounded up, with an absolute 1e-30 for the
+                // products of denormal bf16 values the kernel flushes to zero; padding lanes
+                // never pass.
+                slack[l] = l < lanes ? round_up_float(2.0 * bf16_rate_ * qn[row0 + l] + 1e-30)
+                                     : -kInf;
+            }
+            // One pass: the candidates of each chunk against the bound so far (a bound that
+            // only tightens, so no row that can be the nearest is missed), then their values.
+            for (std::size_t j0 = 0; j0 < nb; j0 += kChunk) {
+                const std::size_t j1 = std::min(nb, j0 + kChunk);
+                const std::size_t count = detail::panel_scan_bf16(
+                    qbf.data(), packed_bf16_.data() + j0 * pairs, pairs, j1 - j0,
+                    bf16_upper_.data() + j0, bf16_lower_.data() + j0, slack, minima, hit_rows,
+                    hit_lanes);
+                if (count == 0) continue;
+                for (std::size_t r = 0; r < count; ++r)
+                    row_ptr[r] = bank_.data() + (j0 + hit_rows[r]) * dim;
+                rows_dots(qpack.data, row_ptr.data(), count, dim, row_dots.data());
+                for (std::size_t r = 0; r < count; ++r) {
+                    const auto j = static_cast<std::int64_t>(j0 + hit_rows[r]);
+                    for (unsigned mask = hit_lanes[r]; mask != 0; mask &= mask - 1) {
+                        const auto l = static_cast<std::size_t>(__builtin_ctz(mask));
+                        detail::TopK{best_v + l, best_i + l, 1}.push(
+                            norms_[static_cast<std::size_t>(j)] - 2.0f * row_dots[r * kPanel + l],
+                            j);
+                    }
+                }
+            }
+            for (std::size_t l = 0; l < lanes; ++l) {
+                const std::size_t q = row0 + l;
+                require(best_i[l] != std::numeric_limits<std::int64_t>::max(),
+                        "kNN bf16 pass kept no row for a query (internal error)");
+                detail::finish_row(qn[q], best_v + l, best_i + l, 1, distances + q, indices + q);
+            }
+        }
+    });
 }
 
 // Queries for search_panels: `count` rows, their projections and squared norms, and the query

@@ -74,4 +74,18 @@ void box_bounds_avx2(const float* ppack, const float* boxes, std::size_t count, 
 void box_bounds_avx512(const float* ppack, const float* boxes, std::size_t count, std::size_t m,
                        float* out, float* nearest);
 
+// The brute-force index's bf16 first pass (knn_bf16_avx512.cpp; call only when
+// cpu_has_avx512_bf16() and bf16_kernels_built()). Queries and bank rows as pairs of bf16, one
+// 32-bit word per pair (coordinate 2p in the low half, 2p + 1 in the high half, zero past the
+// end): qpack[pair][16], bpack[tile][pair][6] (tiles of 6 rows, the last zero-padded).
+// panel_scan_bf16 takes `rows` bank rows from the first of bpack: with a = a lane's approximate
+// dot product with row j, minima[l] follows the smallest upper[j] - 2 a so far, and the rows j
+// where some lane has lower[j] - 2 a <= minima[l] + slack[l] (its minimum after row j) go to
+// hit_rows (their numbers) and hit_lanes (those lanes as bits); returns how many.
+bool bf16_kernels_built();
+std::size_t panel_scan_bf16(const std::uint32_t* qpack, const std::uint32_t* bpack,
+                            std::size_t pairs, std::size_t rows, const float* upper,
+                            const float* lower, const float* slack, float* minima,
+                            std::uint32_t* hit_rows, std::uint16_t* hit_lanes);
+
 }  // namespace autoweld::detail

@@ -117,6 +117,28 @@ int main() {
             CHECK(owner->bank() != b.data() && owner->bank()[40] != 1e6f);
         }
     }
+    // The brute-force index's k = 1 search (a bf16 first pass on CPUs with AVX-512 BF16, see
+    // KnnIndex::search_bf16) is the FP32 brute force of the same ISA, to the bit: odd and deep
+    // dimensions, exact duplicate rows (ties to the lower index), queries on rows and far away.
+    std::printf("bf16 kNN pass: %s\n", autoweld::cpu_has_avx512_bf16() ? "yes" : "not on this CPU");
+    for (Isa path : paths)
+        for (std::size_t dim : {1, 3, 64, 301}) {
+            const std::size_t nb = 500, nq = 40;
+            auto b = random_matrix(nb, dim, 50 + static_cast<unsigned>(dim));
+            for (std::size_t r = nb / 2; r < nb; ++r)  // the second half repeats the first
+                std::copy_n(b.data() + (r - nb / 2) * dim, dim, b.data() + r * dim);
+            auto q = random_matrix(nq, dim, 51 + static_cast<unsigned>(dim));
+            std::copy_n(b.data() + 7 * dim, dim, q.data());  // on a row (and on its twin)
+            for (std::size_t d = 0; d < dim; ++d) q[dim + d] *= 40.0f;  // far from the bank
+            autoweld::KnnIndex index(b.data(), nb, dim, 2);
+            std::vector<float> d1(nq), d2(nq);
+            std::vector<std::int64_t> i1(nq), i2(nq);
+            index.search(q.data(), nq, 1, d1.data(), i1.data(), {2, path});
+            autoweld::knn_search(q.data(), nq, b.data(), nb, dim, 1, d2.data(), i2.data(),
+                                 {1, path});
+            CHECK(i1 == i2 && d1 == d2);
+            CHECK(i1[0] == 7);
+        }
     // matmul_abt against a direct product.
     for (Isa path : paths) {
         auto a = random_matrix(37, 300, 7);

@@ -390,6 +390,38 @@ def test_pruned_index_tile_margins_hold_far_from_the_origin(isa):
         np.testing.assert_array_equal(d1, d2)
 
 
+BF16_CASES = {
+    # name: (bank, queries); dims odd and even, past 256, ties and near-ties
+    "random": (tie_free(700, 64, 21), tie_free(50, 64, 22)),
+    "odd_dim": (tie_free(300, 3, 23), tie_free(33, 3, 24)),
+    "one_dim": (tie_free(100, 1, 25), tie_free(17, 1, 26)),
+    "deep": (tie_free(500, 301, 27), tie_free(20, 301, 28)),
+    "clustered": (clustered(30, 40, 64, seed=29), clustered(4, 10, 64, seed=29)),
+    "far_from_origin": (
+        (100.0 + clustered(20, 30, 32, seed=30, spread=0.01)).astype(np.float32),
+        (100.0 + clustered(2, 20, 32, seed=30, spread=0.01)).astype(np.float32),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BF16_CASES))
+def test_brute_force_index_is_the_brute_force_to_the_bit_on_every_isa(case):
+    # On a CPU with AVX-512 BF16 the brute-force index's k = 1 search takes a bf16 first pass
+    # and computes exact values only for the rows that pass its bound: the neighbours and
+    # distances must still be the FP32 brute force's, to the bit (ties to the lower index).
+    bank, queries = BF16_CASES[case]
+    rng = np.random.default_rng(31)
+    dup = bank[rng.integers(0, len(bank), len(bank) // 4)]
+    bank = np.concatenate([bank, dup, bank[:5]]).astype(np.float32)  # exact duplicates: ties
+    queries = np.concatenate([queries, bank[:7], 30.0 * queries[:3]]).astype(np.float32)
+    index = native._native.KnnIndex(bank, 2)
+    for isa in ISAS:
+        reference = native._native.knn(queries, bank, 1, 2, isa)  # the FP32 GEMM of that ISA
+        d, i = index.search(queries, 1, 2, isa)
+        np.testing.assert_array_equal(i, reference[1])
+        np.testing.assert_array_equal(d, reference[0])
+
+
 def test_absurd_k_is_a_value_error_not_a_memory_error():
     bank, queries = tie_free(50, 8, 1), tie_free(3, 8, 2)
     for search in (
