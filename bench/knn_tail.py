@@ -7,7 +7,10 @@ Defective parts are the slow tail of ``KnnIndex.search``: their anomalous patche
 every bank row, so the lower bound prunes fewer rows. This takes the bank and pruning basis of the
 bundle's kNN head and the real patch embeddings of ``--images`` good and as many defective test
 images (the engine's output, computed once and cached in ``--cache``), and times one search per
-image (all its patches, k=1, ``--threads``), as ``KnnHeadScorer`` does.
+image (all its patches, k=1, ``--threads``), as ``KnnHeadScorer`` does. A bundle without a basis
+(``knn_basis: null``) times the brute force, with its bf16 first pass where the CPU has AVX-512
+BF16. ``--data-root`` points at the bundle's category in the MVTec layout when it is not built-in
+(e.g. a dev-set surface: ``--data-root /tmp/devsets2/tune``).
 
 Each extension under test (``--native LABEL=PATH`` to a built ``_native`` module, repeatable; the
 working tree's own module is always ``this tree``) runs in a worker process of its own, and the
@@ -50,7 +53,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("good", "defective")
 
 
-def embed_test_images(bundle_dir: Path, per_kind: int, cache: Path) -> None:
+def embed_test_images(
+    bundle_dir: Path, per_kind: int, cache: Path, data_root: Path | None = None
+) -> None:
     """The kNN head's bank, basis and the patch embeddings of good and defective test images."""
     from autoweld import native
     from autoweld.bundle import load_bundle
@@ -60,7 +65,7 @@ def embed_test_images(bundle_dir: Path, per_kind: int, cache: Path) -> None:
 
     bundle = load_bundle(bundle_dir)
     head = next(h for h in bundle.heads.values() if h.kind == "knn")
-    samples = load_category(bundle.category).test
+    samples = load_category(bundle.category, data_root).test
     chosen = [s for s in samples if s.label == 0][:per_kind]
     chosen += [s for s in samples if s.label == 1][:per_kind]
     spec = bundle.preprocess
@@ -236,7 +241,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--isa", default="best", help="portable, avx2, avx512 or best")
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/knn_tail_embeddings.npz"))
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        help="folder holding the bundle's category in the MVTec layout (default: built-in data)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("/tmp/knn_tail_embeddings.npz"),
+        help="embeddings computed once and reused while the file exists: one per bundle",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "knn_tail")
     parser.add_argument("--worker", metavar="PATH", help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -250,7 +265,7 @@ def main() -> None:
     if args.bundle is None:
         raise SystemExit("--bundle is required")
     if not args.cache.exists():
-        embed_test_images(args.bundle, args.images, args.cache)
+        embed_test_images(args.bundle, args.images, args.cache, args.data_root)
     from autoweld import _native
 
     paths = [item.split("=", 1) for item in args.native]
