@@ -395,12 +395,17 @@ class KnnIndex:
     same results:
 
     * brute force: every query against every bank row, the bank's squared norms precomputed.
+      On a CPU with AVX-512 BF16, ``k = 1`` scans the bank in bf16 first and computes the
+      float32 distance only for the rows whose bf16 value, less a proven error bound, can still
+      be the nearest (a few per query on patch features).
     * pruned: a ``basis`` of ``P`` orthonormal rows (the bank's leading principal axes)
       projects bank and queries; the distance between projections is a lower bound of the true
-      one, computed for every row at ``P / D`` of the brute-force cost, and only rows whose bound
-      can beat the k-th nearest found get the true distance, computed as the brute force does.
-      Patch features of one product put most of their variance on a few axes, so few rows do
-      (weld bundle: 16 of 152 axes; about 2 % of the bank gets the full distance).
+      one. The bank is kept in tiles of 24 rows that are close on those axes; a search skips
+      every tile whose bounding box is out of reach of a panel of 16 queries, computes the bound
+      for the rows of the others, and only rows whose bound can beat the k-th nearest found get
+      the true distance, computed as the brute force does. Patch features of one product put
+      most of their variance on a few axes, so few rows do (weld bundle: 16 of 152 axes; a
+      fifth to a third of the tiles in reach, about 2 % of the bank gets the full distance).
 
     Args:
         bank: float32 ``(M, D)`` memory bank.
