@@ -2,6 +2,10 @@
 
 #include <stdexcept>
 
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+
 namespace autoweld {
 
 namespace {
@@ -21,9 +25,12 @@ bool detect_vbmi() {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512vbmi");
 }
+// CPUID leaf 7, subleaf 1, EAX bit 5 (read directly: older compilers' __builtin_cpu_supports
+// does not know the name); the zmm state is checked by detect_isa.
 bool detect_bf16() {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16");
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) == 0) return false;
+    return (eax >> 5) & 1u;
 }
 #else
 Isa detect_isa() { return Isa::portable; }
