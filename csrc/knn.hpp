@@ -37,26 +37,26 @@ void knn_search(const float* queries, std::size_t nq, const float* bank, std::si
 // changes the results, plus what it computed from them.
 //
 // Brute force (first constructor): the bank's squared norms (and the bank packed for the
-// blocked kernel); search() gives knn_search()'s result.
+// blocked kernel); search() gives knn_search()'s result. On a CPU with AVX-512 BF16 a k = 1
+// search scans the bank in bf16 first and computes the FP32 value only for the rows whose bf16
+// value, less a proven error bound, can still be the nearest (search_bf16 in knn_index.cpp).
 //
 // Pruned (second constructor): `basis` (prefix x dim, row-major) has orthonormal rows - in
 // practice the bank's leading principal axes. For orthonormal rows U, |U(q - b)| <= |q - b|:
-// the distance between the projections is a lower bound of the full one. search() computes
-// that bound for every bank row with the blocked kernel (prefix/dim of the brute-force work),
-// takes the k rows with the smallest bound, whose full distances bound the k-th nearest from
-// above, and computes the full distance (|q|^2 + |b|^2 - 2 q.b on the original features, as
-// the brute force does) only for rows whose bound, less a round-off margin, does not exceed
-// the k-th nearest found so far. Same neighbours and distances as the brute force. A query the
-// bound cannot serve (a non-finite projected norm) is searched in full.
-// The pruned index also keeps its rows in tiles of 24 that are close in the projection (the
-// leaves of a k-d tree on it) with each tile's bounding box there: a search first bounds each
-// query's distance to every box, seeds each query from its nearest tile, and then skips every
-// tile whose box is farther than the k-th nearest found so far (plus a round-off margin) for all
-// 16 queries of a panel; only the other tiles get the per-row bound and, where it passes, the
-// full distance. A query that still has more than half the tiles in reach after the nearest
-// ones (an anomalous patch) leaves its panel, so that its neighbours do not pay for its search,
-// and is searched afterwards in panels of such queries. Each search thread needs about 5 bytes
-// per bank row of workspace.
+// the distance between the projections is a lower bound of the full one. The index keeps its
+// rows in tiles of 24 that are close in the projection (the leaves of a k-d tree on it), with
+// each tile's bounding box there. search() takes the queries in panels of 16: it bounds each
+// query's distance to every box, visits the tiles nearest the panel first, and skips every tile
+// whose box is farther than the k-th nearest found so far (plus a round-off margin) for all 16
+// queries; for the rows of the other tiles it computes the projected bound, and the full
+// distance (|q|^2 + |b|^2 - 2 q.b on the original features, as the brute force does) only where
+// that bound, less a round-off margin, does not exceed the k-th nearest found so far. A query
+// that still has more than half the tiles in reach after the nearest ones (an anomalous patch)
+// leaves its panel, so that its neighbours do not pay for its search, and is searched
+// afterwards in panels of such queries. Same neighbours and distances as the brute force. A
+// query the bound cannot serve (a non-finite projected norm) is searched in full. Each search
+// thread needs about 3.3 bytes per bank row of workspace (per 24-row tile: 16 box distances,
+// the nearest of them, its place in the visiting order and a lane mask).
 class KnnIndex {
 public:
     KnnIndex(const float* bank, std::size_t nb, std::size_t dim, int threads);
@@ -75,7 +75,7 @@ private:
     void search_pruned(const float* queries, std::size_t nq, std::size_t k, float* distances,
                        std::int64_t* indices, const KernelOptions& options) const;
     void copy_bank(const float* bank, int threads);
-    void search_bf16(const float* queries, std::size_t nq, float* distances,
+    bool search_bf16(const float* queries, std::size_t nq, float* distances,
                      std::int64_t* indices, const KernelOptions& options) const;
     struct PanelSource;
     void search_panels(const PanelSource& src, std::size_t k, float* distances,
@@ -86,6 +86,7 @@ private:
     std::size_t dim_;
     std::vector<float> bank_;   // nb x dim, the caller's rows as they were at construction
     std::vector<float> norms_;  // squared row norms
+    float max_norm_ = 0.0f;     // the largest of them
     // Brute force: the bank packed for the blocked kernel once (not per search), when that
     // copy is at most kMaxPackedBytes; empty otherwise.
     std::vector<float> packed_bank_;
@@ -104,7 +105,6 @@ private:
     // packed_prefix_ follow it, bank_ and norms_ keep the caller's order.
     std::vector<std::uint32_t> order_;
     std::vector<float> boxes_;          // per tile: prefix lower corners, then prefix upper ones
-    float max_norm_ = 0.0f;             // largest squared row norm
     float margin_rate_ = 0.0f;          // round-off margin per unit of squared norm
     float basis_error_ = 0.0f;          // max |U U^T - I|
 };

@@ -141,28 +141,21 @@ void box_bounds_avx512(const float* ppack, const float* boxes, std::size_t count
     for (std::size_t t = 0; t < count; ++t) {
         const float* lo = boxes + t * 2 * m;
         const float* hi = lo + m;
-        __m512 a0 = zero, a1 = zero;  // two chains: odd and even coordinates
-        std::size_t d = 0;
-        for (; d + 2 <= m; d += 2) {
-            const __m512 x0 = _mm512_loadu_ps(ppack + d * kPanel);
-            const __m512 x1 = _mm512_loadu_ps(ppack + (d + 1) * kPanel);
-            const __m512 g0 = _mm512_max_ps(_mm512_max_ps(_mm512_sub_ps(_mm512_set1_ps(lo[d]), x0),
-                                                          _mm512_sub_ps(x0, _mm512_set1_ps(hi[d]))),
-                                            zero);
-            const __m512 g1 = _mm512_max_ps(
-                _mm512_max_ps(_mm512_sub_ps(_mm512_set1_ps(lo[d + 1]), x1),
-                              _mm512_sub_ps(x1, _mm512_set1_ps(hi[d + 1]))),
-                zero);
-            a0 = _mm512_fmadd_ps(g0, g0, a0);
-            a1 = _mm512_fmadd_ps(g1, g1, a1);
-        }
-        if (d < m) {
+        // Coordinate d's squared gap to the box, added to acc.
+        auto add_gap = [&](std::size_t d, __m512 acc) {
             const __m512 x = _mm512_loadu_ps(ppack + d * kPanel);
             const __m512 g = _mm512_max_ps(_mm512_max_ps(_mm512_sub_ps(_mm512_set1_ps(lo[d]), x),
                                                          _mm512_sub_ps(x, _mm512_set1_ps(hi[d]))),
                                            zero);
-            a0 = _mm512_fmadd_ps(g, g, a0);
+            return _mm512_fmadd_ps(g, g, acc);
+        };
+        __m512 a0 = zero, a1 = zero;  // two chains: even and odd coordinates
+        std::size_t d = 0;
+        for (; d + 2 <= m; d += 2) {
+            a0 = add_gap(d, a0);
+            a1 = add_gap(d + 1, a1);
         }
+        if (d < m) a0 = add_gap(d, a0);
         const __m512 sum = _mm512_add_ps(a0, a1);
         _mm512_storeu_ps(out + t * kPanel, sum);
         nearest[t] = _mm512_reduce_min_ps(sum);

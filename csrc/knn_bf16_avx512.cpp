@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "knn_kernels.hpp"
 
@@ -74,21 +75,18 @@ std::size_t panel_scan_bf16(const std::uint32_t* qpack, const std::uint32_t* bpa
     const __m512 s = _mm512_loadu_ps(slack);
     __m512 m = _mm512_loadu_ps(minima);
     std::size_t count = 0, t = 0;
-    for (; t + 4 <= tiles; t += 4)
-        count += micro_bf16<4>(qpack, bpack + t * pairs * kBankTile, pairs, t * kBankTile, rows,
-                               upper, lower, s, m, hit_rows + count, hit_lanes + count);
-    const std::size_t rest = tiles - t;
-    const std::uint32_t* b = bpack + t * pairs * kBankTile;
-    const std::size_t r0 = t * kBankTile;
-    if (rest == 3)
-        count += micro_bf16<3>(qpack, b, pairs, r0, rows, upper, lower, s, m, hit_rows + count,
-                               hit_lanes + count);
-    else if (rest == 2)
-        count += micro_bf16<2>(qpack, b, pairs, r0, rows, upper, lower, s, m, hit_rows + count,
-                               hit_lanes + count);
-    else if (rest == 1)
-        count += micro_bf16<1>(qpack, b, pairs, r0, rows, upper, lower, s, m, hit_rows + count,
-                               hit_lanes + count);
+    // `Tiles` tiles (of 6 rows) from tile t on, through the micro-kernel of that width.
+    auto step = [&](auto width) {
+        constexpr int kTiles = decltype(width)::value;
+        count += micro_bf16<kTiles>(qpack, bpack + t * pairs * kBankTile, pairs, t * kBankTile,
+                                    rows, upper, lower, s, m, hit_rows + count,
+                                    hit_lanes + count);
+        t += kTiles;
+    };
+    while (t + 4 <= tiles) step(std::integral_constant<int, 4>{});
+    if (tiles - t == 3) step(std::integral_constant<int, 3>{});
+    if (tiles - t == 2) step(std::integral_constant<int, 2>{});
+    if (tiles - t == 1) step(std::integral_constant<int, 1>{});
     _mm512_storeu_ps(minima, m);
     return count;
 }

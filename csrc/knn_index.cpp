@@ -52,11 +52,11 @@ constexpr float kBf16MaxNorm = 1e30f;
 constexpr std::size_t kMaxPackedBytes = std::size_t{256} << 20;
 
 // The float nearest x at or below it / at or above it.
-float round_down(double x) {
+float float_below(double x) {
     const auto f = static_cast<float>(x);
     return static_cast<double>(f) > x ? std::nextafter(f, -kInf) : f;
 }
-float round_up_float(double x) {
+float float_above(double x) {
     const auto f = static_cast<float>(x);
     return static_cast<double>(f) < x ? std::nextafter(f, kInf) : f;
 }
@@ -131,6 +131,7 @@ void KnnIndex::copy_bank(const float* bank, int threads) {
         squared_norms(bank_.data() + b * dim_, e - b, dim_, norms_.data() + b, 1);
     });
     require_finite(norms_.data(), nb_, "bank (squared row norms overflow float32)");
+    max_norm_ = *std::max_element(norms_.begin(), norms_.end());
 }
 
 KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, int threads)
@@ -143,7 +144,7 @@ KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, int threa
     // The bf16 first pass (search_bf16), where the CPU has it and no value can overflow bf16.
     const std::size_t pairs = (dim + 1) / 2;
     if (cpu_has_avx512_bf16() && detail::bf16_kernels_built() &&
-        *std::max_element(norms_.begin(), norms_.end()) <= kBf16MaxNorm &&
+        max_norm_ <= kBf16MaxNorm &&
         detail::round_up(nb, kBankTile) * pairs * sizeof(std::uint32_t) <= kMaxPackedBytes) {
         bf16_rate_ = kBf16Rate + 4.0 * (static_cast<double>(dim) + 8.0) * kEps;
         packed_bf16_.assign(detail::round_up(nb, kBankTile) * pairs, 0u);
@@ -154,8 +155,8 @@ KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, int threa
         bf16_upper_.resize(nb);
         bf16_lower_.resize(nb);
         for (std::size_t j = 0; j < nb; ++j) {
-            bf16_upper_[j] = round_up_float((1.0 + bf16_rate_) * norms_[j]);
-            bf16_lower_[j] = round_down((1.0 - bf16_rate_) * norms_[j]);
+            bf16_upper_[j] = float_above((1.0 + bf16_rate_) * norms_[j]);
+            bf16_lower_[j] = float_below((1.0 - bf16_rate_) * norms_[j]);
         }
     }
 }
@@ -227,20 +228,17 @@ KnnIndex::KnnIndex(const float* bank, std::size_t nb, std::size_t dim, const flo
         }
         const double w = widen * std::sqrt(static_cast<double>(reach));
         for (std::size_t d = 0; d < prefix; ++d) {
-            lo[d] = round_down(static_cast<double>(lo[d]) - w);
-            hi[d] = round_up_float(static_cast<double>(hi[d]) + w);
+            lo[d] = float_below(static_cast<double>(lo[d]) - w);
+            hi[d] = float_above(static_cast<double>(hi[d]) + w);
         }
     }
-    max_norm_ = *std::max_element(norms_.begin(), norms_.end());
 }
 
 void KnnIndex::search(const float* queries, std::size_t nq, std::size_t k, float* distances,
                       std::int64_t* indices, const KernelOptions& options) const {
-    if (prefix_ == 0 && k == 1 && !packed_bf16_.empty() && options.isa == Isa::avx512) {
-        check_k(k, nb_);
-        search_bf16(queries, nq, distances, indices, options);
+    if (prefix_ == 0 && k == 1 && !packed_bf16_.empty() && options.isa == Isa::avx512 &&
+        search_bf16(queries, nq, distances, indices, options))
         return;
-    }
     if (prefix_ == 0) {
         const float* packed = packed_bank_.empty() ? nullptr : packed_bank_.data();
         detail::knn_search_prepared({bank_.data(), nb_, dim_, norms_.data(), packed}, queries, nq,
@@ -258,21 +256,18 @@ void KnnIndex::search(const float* queries, std::size_t nq, std::size_t k, float
 // a - r (|q|^2 + |b|^2) at or below that bound can be the nearest: those get v exactly as the
 // brute force sums it (rows_dots), and the nearest of them is the brute force's answer, ties
 // to the lower index included. On patch features the candidates are a few rows per query.
-void KnnIndex::search_bf16(const float* queries, std::size_t nq, float* distances,
+// Returns false, having written nothing, for queries too large for bf16 (the FP32 path serves
+// them).
+bool KnnIndex::search_bf16(const float* queries, std::size_t nq, float* distances,
                            std::int64_t* indices, const KernelOptions& options) const {
-    if (nq == 0) return;
+    if (nq == 0) return true;
     require_finite(queries, nq * dim_, "queries");
     const int threads = options.threads;
     const std::size_t dim = dim_, nb = nb_, pairs = (dim + 1) / 2;
     std::vector<float> qn(nq);
     squared_norms(queries, nq, dim, qn.data(), threads);
     require_finite(qn.data(), nq, "queries (squared row norms overflow float32)");
-    if (*std::max_element(qn.begin(), qn.end()) > kBf16MaxNorm) {
-        const float* packed = packed_bank_.empty() ? nullptr : packed_bank_.data();
-        detail::knn_search_prepared({bank_.data(), nb_, dim_, norms_.data(), packed}, queries, nq,
-                                    1, distances, indices, options);
-        return;
-    }
+    if (*std::max_element(qn.begin(), qn.end()) > kBf16MaxNorm) return false;
     const detail::KnnKernels kernels = detail::knn_kernels(options.isa);
     const detail::PanelRowsDots rows_dots = kernels.rows_dots;
     const std::size_t panels = (nq + kPanel - 1) / kPanel;
@@ -302,7 +297,7 @@ void KnnIndex::search_bf16(const float* queries, std::size_t nq, float* distance
                 // Both margins' query share, rounded up, with an absolute 1e-30 for the
                 // products of denormal bf16 values the kernel flushes to zero; padding lanes
                 // never pass.
-                slack[l] = l < lanes ? round_up_float(2.0 * bf16_rate_ * qn[row0 + l] + 1e-30)
+                slack[l] = l < lanes ? float_above(2.0 * bf16_rate_ * qn[row0 + l] + 1e-30)
                                      : -kInf;
             }
             // One pass: the candidates of each chunk against the bound so far (a bound that
@@ -335,6 +330,7 @@ void KnnIndex::search_bf16(const float* queries, std::size_t nq, float* distance
             }
         }
     });
+    return true;
 }
 
 // Queries for search_panels: `count` rows, their projections and squared norms, and the query
@@ -433,7 +429,7 @@ void KnnIndex::search_panels(const PanelSource& src, std::size_t k, float* dista
                 const double reachable = std::max(
                     0.0, (static_cast<double>(kth) + q + value_error * (q + max_norm_)) * stretch);
                 const double r = std::sqrt(reachable) + shift_rate * std::sqrt(q);
-                limit[l] = round_up_float(r * r * sum_error * (1.0 + 8.0 * kEps));
+                limit[l] = float_above(r * r * sum_error * (1.0 + 8.0 * kEps));
             };
             // Full values for the pending rows; each lane's bounds follow its k-th nearest.
             std::size_t waiting = 0;
