@@ -18,6 +18,7 @@
 #include "coreset.hpp"
 #include "isa.hpp"
 #include "knn.hpp"
+#include "png_filter.hpp"
 #include "preprocess.hpp"
 #include "scoring.hpp"
 #include "thread_pool.hpp"
@@ -106,6 +107,28 @@ static void bind_image_kernels(py::module_& m) {
         },
         py::arg("scores"), py::arg("out_h"), py::arg("out_w"), py::arg("sigma"),
         py::arg("threads"));
+    m.def(
+        "png_unfilter",
+        [](const py::buffer& scanlines, int height, int width, int channels, bool swap_rgb) {
+            const py::buffer_info info = scanlines.request();
+            autoweld::require(info.ndim == 1 && info.itemsize == 1,
+                              "scanlines must be a 1-D byte buffer");
+            autoweld::require(height >= 1 && width >= 1, "height and width must be >= 1");
+            autoweld::require(channels == 1 || channels == 3, "channels must be 1 or 3");
+            std::vector<py::ssize_t> shape = {py::ssize_t{height}, py::ssize_t{width}};
+            if (channels == 3) shape.push_back(3);
+            U8Array out(shape);
+            const auto* src = static_cast<const std::uint8_t*>(info.ptr);
+            const auto size = static_cast<std::size_t>(info.size);
+            std::uint8_t* dst = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                autoweld::png_unfilter(src, size, height, width, channels, swap_rgb, dst);
+            }
+            return out;
+        },
+        py::arg("scanlines"), py::arg("height"), py::arg("width"), py::arg("channels"),
+        py::arg("swap_rgb") = true);
 }
 
 // ---- numeric kernels: knn, coreset, scoring --------------------------------------------

@@ -177,6 +177,32 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
     const int size = c.size;
     const std::size_t pixels = static_cast<std::size_t>(height) * width;
 
+    float scale[3], bias[3];  // per output (RGB) channel
+    for (int k = 0; k < 3; ++k) {
+        scale[k] = static_cast<float>(1.0 / (255.0 * c.std[k]));
+        bias[k] = static_cast<float>(-c.mean[k] / c.std[k]);
+    }
+    const std::size_t plane = static_cast<std::size_t>(size) * size;
+
+    // A camera frame already at the engine's size, without CLAHE or blur: the resampling below
+    // would weight each pixel by exactly 1 (INTER_AREA at scale 1), so normalise directly —
+    // the same float expression as the general path's last step, hence the same bits.
+    if (!c.clahe && c.sigma == 0.0 && size == width && size == height) {
+        pool::parallel_for_static(static_cast<std::size_t>(height), threads,
+                                  [&](std::size_t b, std::size_t e) {
+            for (int k = 0; k < 3; ++k) {
+                const int src_ch = channels == 1 ? 0 : 2 - k;  // BGR source, RGB planes
+                for (std::size_t y = b; y < e; ++y) {
+                    const std::uint8_t* row = image + y * width * channels + src_ch;
+                    float* dst = out + k * plane + y * size;
+                    for (int x = 0; x < width; ++x)
+                        dst[x] = static_cast<float>(row[x * channels]) * scale[k] + bias[k];
+                }
+            }
+        });
+        return;
+    }
+
     // OpenCV takes INTER_AREA's averaging branch only when neither axis upscales.
     const bool area = size <= width && size <= height;
     // Upscaling: OpenCV's bilinear branch truncates in fixed point, so smoothing is done apart
@@ -273,12 +299,6 @@ void preprocess(const std::uint8_t* image, int height, int width, int channels,
     const bool in_place = !use_clahe && channels == 1;
     // Stage 2, per output row: vertical filter over whole source rows (contiguous, vectorised),
     // then the horizontal filter of that one row, normalised and written as RGB planes.
-    float scale[3], bias[3];  // per output (RGB) channel
-    for (int k = 0; k < 3; ++k) {
-        scale[k] = static_cast<float>(1.0 / (255.0 * c.std[k]));
-        bias[k] = static_cast<float>(-c.mean[k] / c.std[k]);
-    }
-    const std::size_t plane = static_cast<std::size_t>(size) * size;
     // Horizontal weights padded to a multiple of 8 taps (zeros) for the vector kernel.
     const int x_stride = (fx.max_taps + 7) / 8 * 8;
     std::vector<float> x_weight(static_cast<std::size_t>(size) * x_stride, 0.f);

@@ -22,6 +22,7 @@ __all__ = [
     "hardware_threads",
     "has_avx2_fma",
     "has_avx512",
+    "png_unfilter",
     "preprocess",
     "preprocess_batch",
 ]
@@ -239,6 +240,28 @@ def anomaly_map(
     batched = scores.reshape((-1, *scores.shape[-2:]))
     result = _native.anomaly_map(batched, out_h, out_w, _sigma(sigma), _threads(threads))
     return result if scores.ndim == 3 else result[0]
+
+
+def png_unfilter(
+    scanlines: bytes | bytearray | memoryview, height: int, width: int, channels: int
+) -> np.ndarray:
+    """Reconstructs the pixels of an 8-bit, non-interlaced grey (``channels=1``) or RGB
+    (``channels=3``) PNG from its inflated IDAT stream: ``height`` scanlines of one filter-type
+    byte and ``width * channels`` bytes each. Returns uint8 ``(H, W)`` grey or ``(H, W, 3)``
+    **BGR** (as OpenCV decodes colour). Raises ValueError for a stream of the wrong length or a
+    filter-type byte above 4.
+    """
+    if not isinstance(scanlines, (bytes, bytearray, memoryview)):
+        raise ValueError(f"scanlines must be bytes, got {type(scanlines).__name__}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if value > 2**31 - 1:
+            raise ValueError(f"{name} must be below 2**31, got {value!r}")
+    view = memoryview(scanlines).cast("B")
+    return _native.png_unfilter(view, int(height), int(width), channels, True)
 
 
 # ---- numeric kernels: knn, coreset, scoring -------------------------------------------

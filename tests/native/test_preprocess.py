@@ -83,6 +83,30 @@ def test_gray_replicated_to_three_channels():
     assert np.allclose(out[0], out[1]) and np.allclose(out[1], out[2])
 
 
+@pytest.mark.parametrize("shape", [(64, 64, 3), (64, 64), (1, 1, 3), (300, 300, 3)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_frame_at_engine_size_is_normalised_exactly(shape, threads):
+    """No CLAHE, no blur, already at the engine's size: each output is the float32 expression
+    pixel * (1 / (255 std)) - mean / std of its own pixel (the resampling weights are exactly 1),
+    with the bits of numpy's float32 arithmetic."""
+    image = np.random.default_rng(shape[0]).integers(0, 256, shape, dtype=np.uint8)
+    out = native.preprocess(
+        image, shape[0], clahe=False, sigma=0.0, mean=MEAN, std=STD, threads=threads
+    )
+    rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., ::-1]
+    scale = (1.0 / (255.0 * STD)).astype(np.float32)
+    bias = (-MEAN / STD).astype(np.float32)
+    expected = rgb.astype(np.float32) * scale + bias
+    np.testing.assert_array_equal(out, np.ascontiguousarray(expected.transpose(2, 0, 1)))
+    # a frame one pixel wider resamples and so differs somewhere: the case above is the shortcut
+    if shape[0] > 1:
+        wider = np.concatenate([image, image[:, :1]], axis=1)
+        resampled = native.preprocess(
+            wider, shape[0], clahe=False, sigma=0.0, mean=MEAN, std=STD, threads=threads
+        )
+        assert not np.array_equal(resampled, out)
+
+
 def test_thread_count_does_not_change_result():
     image = textured(6, (333, 517, 3))
     one = native.preprocess(image, 224, sigma=1.2, threads=1)

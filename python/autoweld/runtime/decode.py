@@ -23,6 +23,11 @@ A station must never be taken down by one bad file, so every way an image can be
   bundle was fitted on 8-bit images and any 16 → 8 mapping (shift, window, gamma) is an exposure
   choice the station must make explicitly before handing the image over.
 
+Plain PNGs (8-bit grey or RGB, not interlaced, no chunk outside ``_PNG_PLAIN_CHUNKS``) are
+inflated with libdeflate and their scanlines rebuilt by ``native.png_unfilter``: OpenCV's bytes
+in about a third of its time. Everything else, and any stream that path cannot rebuild, is
+decoded (or refused) by OpenCV.
+
 Decoded images are ``uint8`` arrays, ``(H, W)`` grey or ``(H, W, 3)`` BGR, C-contiguous.
 
 **EXIF orientation is ignored, here and in training** (``autoweld.data.mvtec`` reads with
@@ -41,7 +46,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from autoweld import native
 from autoweld.safe_files import FileRefused, read_regular
+
+try:  # libdeflate's inflate for the PNG fast path; zlib's when the package is missing
+    import deflate as _deflate
+except ImportError:  # pragma: no cover - a dependency; the fallback is tested by monkeypatching
+    _deflate = None
 
 __all__ = [
     "DecodeLimits",
@@ -263,32 +274,91 @@ def _check_header(header: ImageHeader, limits: DecodeLimits, name: str) -> None:
         )
 
 
-def _check_structure(data: bytes, header: ImageHeader, name: str) -> None:
-    """Catch truncation that decoders would paper over (libjpeg pads a cut file with grey)."""
+def _png_chunks(data: bytes, name: str) -> list[tuple[bytes, int, int]]:
+    """Every chunk of a PNG as (type, first data byte, end), CRCs checked, up to ``IEND``."""
+    chunks = []
+    pos = len(_PNG_SIGNATURE)
+    while True:
+        if pos + 12 > len(data):
+            raise ImageError(f"{name}: truncated PNG (ends inside a chunk, no IEND)")
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        chunk_type = data[pos + 4 : pos + 8]
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            raise ImageError(
+                f"{name}: truncated PNG ({chunk_type.decode('latin-1')} chunk cut short)"
+            )
+        (crc,) = struct.unpack(">I", data[end : end + 4])
+        if zlib.crc32(data[pos + 4 : end]) != crc:
+            raise ImageError(
+                f"{name}: corrupt PNG (CRC mismatch in {chunk_type.decode('latin-1')} chunk)"
+            )
+        chunks.append((chunk_type, pos + 8, end))
+        if chunk_type == b"IEND":
+            return chunks
+        pos = end + 4
+
+
+def _check_structure(data: bytes, header: ImageHeader, name: str) -> list[tuple[bytes, int, int]]:
+    """Catch truncation that decoders would paper over (libjpeg pads a cut file with grey).
+    Returns a PNG's chunks (see :func:`_png_chunks`), an empty list for other formats."""
     if header.format == "PNG":
-        pos = len(_PNG_SIGNATURE)
-        while True:
-            if pos + 12 > len(data):
-                raise ImageError(f"{name}: truncated PNG (ends inside a chunk, no IEND)")
-            (length,) = struct.unpack(">I", data[pos : pos + 4])
-            chunk_type = data[pos + 4 : pos + 8]
-            end = pos + 8 + length
-            if end + 4 > len(data):
-                raise ImageError(
-                    f"{name}: truncated PNG ({chunk_type.decode('latin-1')} chunk cut short)"
-                )
-            (crc,) = struct.unpack(">I", data[end : end + 4])
-            if zlib.crc32(data[pos + 4 : end]) != crc:
-                raise ImageError(
-                    f"{name}: corrupt PNG (CRC mismatch in {chunk_type.decode('latin-1')} chunk)"
-                )
-            if chunk_type == b"IEND":
-                return
-            pos = end + 4
+        return _png_chunks(data, name)
     if header.format == "JPEG":
         # The end-of-image marker may be followed by padding or trailer bytes, not by nothing.
         if data.rfind(b"\xff\xd9") < 0:
             raise ImageError(f"{name}: truncated JPEG (no end-of-image marker)")
+    return []
+
+
+# Chunks that do not change what libpng hands OpenCV for an 8-bit grey or RGB image (text,
+# time, physical pixel size). Any other ancillary chunk (gamma, colour profile, transparency,
+# significant bits, ...) sends the file to OpenCV's decoder, so the fast path never has to know
+# what OpenCV makes of it.
+_PNG_PLAIN_CHUNKS = frozenset(
+    {b"IHDR", b"IDAT", b"IEND", b"tEXt", b"zTXt", b"iTXt", b"tIME", b"pHYs"}
+)
+
+
+def _inflate(stream: bytes, size: int) -> bytes | None:
+    """The zlib stream inflated to exactly ``size`` bytes, or None (corrupt, short or long).
+    libdeflate (the ``deflate`` package) when installed: about 3x zlib's speed."""
+    if _deflate is not None:
+        try:
+            out = _deflate.zlib_decompress(stream, size)
+        except _deflate.DeflateError:
+            return None
+        return out if len(out) == size else None
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(stream, size)
+    except zlib.error:
+        return None
+    return out if len(out) == size and inflater.eof else None
+
+
+def _decode_png_fast(data: bytes, chunks: list[tuple[bytes, int, int]]) -> np.ndarray | None:
+    """Decode a plain PNG (8-bit grey or RGB, not interlaced, no chunk outside
+    ``_PNG_PLAIN_CHUNKS``) by inflating its IDAT stream and reconstructing the scanlines in
+    ``_native``: the bytes OpenCV's decoder returns, in about a third of its time. None for any
+    other PNG and for any stream the fast path cannot reconstruct exactly (corrupt, short, a bad
+    filter byte): OpenCV then decodes it, or says why not, as before."""
+    if any(kind not in _PNG_PLAIN_CHUNKS for kind, _, _ in chunks):
+        return None
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(
+        ">IIBBBBB", data[16:29]
+    )
+    if depth != 8 or colour not in (0, 2) or (compression, filtering, interlace) != (0, 0, 0):
+        return None
+    channels = 1 if colour == 0 else 3
+    stream = b"".join(data[start:end] for kind, start, end in chunks if kind == b"IDAT")
+    scanlines = _inflate(stream, height * (1 + width * channels))
+    if scanlines is None:
+        return None
+    try:
+        return native.png_unfilter(scanlines, height, width, channels)
+    except ValueError:  # a filter-type byte above 4
+        return None
 
 
 def check_array(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -351,7 +421,11 @@ def decode_image(
 
     header = read_header(data, name)
     _check_header(header, limits, name)
-    _check_structure(data, header, name)
+    chunks = _check_structure(data, header, name)
+    if chunks:
+        image = _decode_png_fast(data, chunks)
+        if image is not None:
+            return image
     # Grey stays grey; colour (and palette) becomes BGR. EXIF orientation is ignored so the
     # pixels are the sensor's, as they were when the bundle was fitted.
     if header.channels == 1:
