@@ -1,6 +1,8 @@
 #include "thread_pool.hpp"
 
+#include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -28,6 +30,46 @@ struct RegionGuard {
     RegionGuard& operator=(const RegionGuard&) = delete;
 };
 
+// How long a thread busy-waits for a hand-off (a worker for its next task, a caller for its
+// loop's last chunk) before it sleeps on a condition variable: waking a sleeping thread costs
+// tens of microseconds on a busy two-core machine, and an inspection hands work over a dozen
+// times. AUTOWELD_POOL_SPIN_US overrides it (0: always sleep at once); read once.
+std::chrono::nanoseconds spin_budget() {
+    static const std::chrono::nanoseconds budget = [] {
+        long us = 50;
+        if (const char* env = std::getenv("AUTOWELD_POOL_SPIN_US")) {
+            char* end = nullptr;
+            const long v = std::strtol(env, &end, 10);
+            if (end != env && *end == '\0' && v >= 0 && v <= 100000) us = v;
+        }
+        return std::chrono::nanoseconds(us * 1000);
+    }();
+    return budget;
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+
+// Busy-waits until done() or the spin budget is spent; returns done().
+template <class Done>
+bool spin_until(Done done) {
+    const auto budget = spin_budget();
+    if (budget.count() == 0) return done();
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+        for (int i = 0; i < 64; ++i) {
+            if (done()) return true;
+            cpu_relax();
+        }
+        if (std::chrono::steady_clock::now() - start >= budget) return done();
+    }
+}
+
 class Pool;
 
 // One worker thread and its mailbox. Never destroyed (the thread sleeps until process exit).
@@ -36,6 +78,7 @@ struct Worker {
     std::condition_variable wake;
     std::function<void()> task;
     bool has_task = false;
+    std::atomic<bool> posted{false};  // has_task, readable without the mutex (for spin_until)
 };
 
 class Pool {
@@ -75,6 +118,7 @@ public:
             std::lock_guard<std::mutex> lock(worker->mutex);
             worker->task = std::move(task);
             worker->has_task = true;
+            worker->posted.store(true, std::memory_order_release);
         }
         worker->wake.notify_one();
     }
@@ -97,12 +141,14 @@ private:
         region_depth = 1;  // anything a task calls runs inline on this thread
         for (;;) {
             std::function<void()> task;
+            spin_until([worker] { return worker->posted.load(std::memory_order_acquire); });
             {
                 std::unique_lock<std::mutex> lock(worker->mutex);
                 worker->wake.wait(lock, [worker] { return worker->has_task; });
                 task = std::move(worker->task);
                 worker->task = nullptr;
                 worker->has_task = false;
+                worker->posted.store(false, std::memory_order_relaxed);
             }
             task();           // never throws: jobs catch their own exceptions
             task = nullptr;   // drop the job before becoming available again
@@ -241,6 +287,7 @@ void run_team(std::size_t wanted, const std::function<void(std::size_t, std::siz
     }
     for (std::size_t w = 0; w < workers.size(); ++w) Pool::assign(workers[w], std::move(tasks[w]));
     job->member(0);
+    spin_until([&] { return job->remaining.load(std::memory_order_acquire) == 0; });
     {
         std::unique_lock<std::mutex> lock(job->mutex);
         job->finished.wait(lock, [&] { return job->remaining.load(std::memory_order_acquire) == 0; });
@@ -283,6 +330,7 @@ void parallel_for_dynamic(std::size_t n, int threads, std::size_t grain,
     }
     for (std::size_t w = 0; w < workers.size(); ++w) Pool::assign(workers[w], std::move(tasks[w]));
     job->work();
+    spin_until([&] { return job->done.load(std::memory_order_acquire) == job->chunks; });
     {
         std::unique_lock<std::mutex> lock(job->mutex);
         job->finished.wait(

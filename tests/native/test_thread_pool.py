@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import subprocess
 import sys
 
@@ -58,3 +59,29 @@ def test_interpreter_exits_cleanly_with_pool_started() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+_SPIN_CHILD = """
+import numpy as np
+from autoweld import native
+rng = np.random.default_rng(5)
+bank = rng.standard_normal((3000, 24)).astype(np.float32)
+queries = rng.standard_normal((400, 24)).astype(np.float32)
+_, indices = native.knn(queries, bank, 3, threads=2)
+reference = np.argsort(((queries[:, None, :] - bank[None]) ** 2).sum(-1), axis=1)[:, :3]
+picked = native.coreset(rng.standard_normal((20000, 8)).astype(np.float32), 5, threads=2)
+print(bool((indices == reference).all()) and len(set(picked.tolist())) == 5)
+"""
+
+
+@pytest.mark.parametrize("spin", ["0", "50", "100000", "not-a-number", "-3"])
+def test_every_spin_setting_hands_work_over_correctly(spin: str) -> None:
+    """AUTOWELD_POOL_SPIN_US: 0 sleeps at once (the condition-variable path alone), a number
+    busy-waits that long first, anything else keeps the default; loops and teams finish with
+    the right answer under each."""
+    env = {**os.environ, "AUTOWELD_POOL_SPIN_US": spin}
+    done = subprocess.run(
+        [sys.executable, "-c", _SPIN_CHILD], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
