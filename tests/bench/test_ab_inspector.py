@@ -22,11 +22,12 @@ def load_bench():
 
 def test_side_syntax():
     parse = load_bench().parse_side
-    assert parse("new") == ("new", None, {})
-    assert parse("old=/tmp/old/python") == ("old", "/tmp/old/python", {})
+    assert parse("new") == ("new", None, {}, None)
+    assert parse("old=/tmp/old/python") == ("old", "/tmp/old/python", {}, None)
     assert parse("s0:AUTOWELD_POOL_SPIN_US=0,X=1") == (
-        "s0", None, {"AUTOWELD_POOL_SPIN_US": "0", "X": "1"}
+        "s0", None, {"AUTOWELD_POOL_SPIN_US": "0", "X": "1"}, None
     )  # fmt: skip
+    assert parse("q=/t/python@/b/int8:X=1") == ("q", "/t/python", {"X": "1"}, "/b/int8")
     with pytest.raises(argparse.ArgumentTypeError, match="no name"):
         parse("=/tmp/x")
     with pytest.raises(argparse.ArgumentTypeError, match="not VAR=VALUE"):
