@@ -133,6 +133,12 @@ def test_other_pngs_go_to_opencv():
     text = _png(image, [2], extra_chunks=[(b"tEXt", b"Software\x00test"), (b"pHYs", bytes(9))])
     np.testing.assert_array_equal(_fast(text), image)
     assert _fast(_png(image, [0], interlace=1)) is None
+    # IDAT chunks split by another chunk break the PNG rules: OpenCV's verdict stands
+    plain = _png(image, [0])
+    first_idat = plain.index(b"IDAT") - 4
+    split = plain[:first_idat] + _chunk(b"IDAT", b"") + _chunk(b"tEXt", b"a\x00b")
+    split += plain[first_idat:]
+    assert _fast(split) is None
     ok, deep = cv2.imencode(".png", np.full((4, 4), 4000, np.uint16))
     with pytest.raises(ImageError, match="16-bit"):
         decode_image(deep.tobytes())

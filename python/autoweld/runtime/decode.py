@@ -351,7 +351,10 @@ def _decode_png_fast(data: bytes, chunks: list[tuple[bytes, int, int]]) -> np.nd
     if depth != 8 or colour not in (0, 2) or (compression, filtering, interlace) != (0, 0, 0):
         return None
     channels = 1 if colour == 0 else 3
-    stream = b"".join(data[start:end] for kind, start, end in chunks if kind == b"IDAT")
+    idat = [i for i, (kind, _, _) in enumerate(chunks) if kind == b"IDAT"]
+    if not idat or idat[-1] - idat[0] + 1 != len(idat):  # PNG wants them consecutive; libpng too
+        return None
+    stream = b"".join(data[chunks[i][1] : chunks[i][2]] for i in idat)
     scanlines = _inflate(stream, height * (1 + width * channels))
     if scanlines is None:
         return None
