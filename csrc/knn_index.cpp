@@ -377,7 +377,11 @@ void KnnIndex::search_panels(const PanelSource& src, std::size_t k, float* dista
 
     const std::size_t panels = (src.count + kPanel - 1) / kPanel;
     std::mutex hard_lock;
-    pool::parallel_for_static(panels, threads, [&](std::size_t p0, std::size_t p1) {
+    // Panels are handed out a few at a time, not split in halves: a defect makes the panels of
+    // its image rows slow, and with a static split one thread would get all of them.
+    const std::size_t workers = static_cast<std::size_t>(std::max(1, resolve_threads(threads)));
+    const std::size_t grain = std::max<std::size_t>(1, panels / (8 * workers));
+    pool::parallel_for_dynamic(panels, threads, grain, [&](std::size_t p0, std::size_t p1) {
         std::vector<std::uint32_t> evicted_rows;
         std::vector<std::uint16_t> masks(tiles);    // per kept tile: the lanes it is in reach of
         detail::AlignedFloats ppack(kPanel * m);    // projected panel, column by column
