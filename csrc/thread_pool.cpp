@@ -77,8 +77,9 @@ struct Worker {
     std::mutex mutex;
     std::condition_variable wake;
     std::function<void()> task;
-    bool has_task = false;
-    std::atomic<bool> posted{false};  // has_task, readable without the mutex (for spin_until)
+    // Set (under the mutex) when a task is assigned, cleared when it is taken; atomic so that
+    // spin_until can watch it without the mutex.
+    std::atomic<bool> has_task{false};
 };
 
 class Pool {
@@ -117,8 +118,7 @@ public:
         {
             std::lock_guard<std::mutex> lock(worker->mutex);
             worker->task = std::move(task);
-            worker->has_task = true;
-            worker->posted.store(true, std::memory_order_release);
+            worker->has_task.store(true, std::memory_order_release);
         }
         worker->wake.notify_one();
     }
@@ -141,14 +141,13 @@ private:
         region_depth = 1;  // anything a task calls runs inline on this thread
         for (;;) {
             std::function<void()> task;
-            spin_until([worker] { return worker->posted.load(std::memory_order_acquire); });
+            spin_until([worker] { return worker->has_task.load(std::memory_order_acquire); });
             {
                 std::unique_lock<std::mutex> lock(worker->mutex);
-                worker->wake.wait(lock, [worker] { return worker->has_task; });
+                worker->wake.wait(lock, [worker] { return worker->has_task.load(); });
                 task = std::move(worker->task);
                 worker->task = nullptr;
-                worker->has_task = false;
-                worker->posted.store(false, std::memory_order_relaxed);
+                worker->has_task.store(false, std::memory_order_relaxed);
             }
             task();           // never throws: jobs catch their own exceptions
             task = nullptr;   // drop the job before becoming available again
