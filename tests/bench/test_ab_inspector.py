@@ -42,6 +42,12 @@ def test_sides_run_and_must_agree(tiny_bundle, image_dir, capsys):
     out = capsys.readouterr().out
     assert "| a |" in out and "| b |" in out and "same decisions on every side" in out
     runs = {"a": {"decisions": ["PASS", "FAIL"]}, "b": {"decisions": ["PASS", "FAIL"]}}
-    assert bench.disagreeing(runs) == []
+    bundles = {"a": "fp32", "b": "fp32", "c": "fp32", "q": "int8", "r": "int8"}
+    assert bench.disagreeing(runs, bundles) == []
     runs["c"] = {"decisions": ["PASS", "PASS"]}
-    assert bench.disagreeing(runs) == ["c"]
+    assert bench.disagreeing(runs, bundles) == ["c"]
+    # a side on another bundle may decide otherwise; a disagreement on one bundle still counts
+    runs["q"] = {"decisions": ["FAIL", "FAIL"]}
+    assert bench.disagreeing(runs, bundles) == ["c"]
+    runs["r"] = {"decisions": ["FAIL", "PASS"]}
+    assert bench.disagreeing(runs, bundles) == ["c", "r"]
