@@ -3,6 +3,7 @@ test folders)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import cv2
@@ -17,3 +18,17 @@ def write_images(folder: Path, n_normal: int = 3, n_defect: int = 2, size: int =
     for i in range(n_defect):
         cv2.imwrite(str(folder / f"defect_{i:02d}.png"), defect_image(20 + i, size=size))
     return folder
+
+
+def slow_first_append(ledger, delay_s: float) -> None:
+    """Make the ledger's first append of a PASS durable only after ``delay_s`` (a stalled
+    fsync). A FAIL has no deadline to miss (nothing is corrected), so FAILs are not slowed."""
+    real, slowed = ledger.append, []
+
+    def append(record, **kwargs):
+        if record.decision == "PASS" and not slowed:
+            slowed.append(record.part_id)
+            time.sleep(delay_s)
+        return real(record, **kwargs)
+
+    ledger.append = append

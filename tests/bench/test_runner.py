@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from bench_helpers import slow_first_append
 
 from autoweld.bench.runner import STAGES, BenchConfig, load_images, measure_side, run_bench
 from autoweld.bench.sink import StationSink
@@ -183,3 +184,21 @@ def test_bench_package_import_loads_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_a_late_record_is_counted_and_reported(tiny_bundle, image_dir):
+    """A record past its deadline (a stalled disk) is a measurement: counted, shown in the
+    report, the run goes on (it once ended a CI run)."""
+    from autoweld.bench.report import _late_records
+
+    images = load_images(BenchConfig(bundle=tiny_bundle, images=image_dir))
+    with Inspector(tiny_bundle, threads=1) as inspector, StationSink("d" * 64) as station:
+        slow_first_append(station.ledger, 0.15)
+        run = measure_side("ours", inspector.inspect_batch, station, images, 4, 0, 2, False)
+    assert run.records_late == 1 and run.records == 4 + 4
+    assert max(run.stage_ms["record"]) >= 100
+    ours = run.to_json()
+    assert ours["records_late"] == 1
+    report = {"inspections": ours, "reference": {"inspections": {**ours, "records_late": 0}}}
+    assert "ours 1 of 8, torch way 0 of 8" in _late_records(report)
+    assert _late_records({"inspections": {**ours, "records_late": 0}, "reference": None}) == ""

@@ -1,7 +1,9 @@
 import socket
+import time
 from pathlib import Path
 
 import pytest
+from bench_helpers import slow_first_append
 
 from autoweld.bench.sink import LoopbackPlc, StationSink
 from autoweld.runtime.inspector import InspectionResult, failed_result
@@ -62,3 +64,58 @@ def test_sink_with_an_unreachable_plc_records_not_delivered():
 def test_sink_refuses_a_bad_plc_url():
     with pytest.raises(ValueError, match="plc url"):
         StationSink("c" * 64, plc_url="serial:///dev/ttyS0")
+
+
+def test_a_record_past_its_deadline_is_measured_as_late_not_an_error():
+    with StationSink("d" * 64) as sink:
+        slow_first_append(sink.ledger, 0.15)
+        late = sink.deliver(_result())
+        assert late.late is True and late.seq is None
+        assert late.record_ms >= 100  # the whole wait, not only building the record
+        normal = sink.deliver(_result())
+        assert normal.late is False and normal.seq is not None
+        assert sink.records_late == 1
+        deadline = time.monotonic() + 10
+        while sink.ledger.pending_records and time.monotonic() < deadline:
+            time.sleep(0.01)
+        records = list(sink.ledger.iter_records())
+        first = [r for r in records if r.part_id == "bench-000001"]
+        # the PASS became durable late; the corrective FAIL that stands was queued and written
+        assert sorted(r.decision for r in first) == ["FAIL", "PASS"]
+        assert "PASS corrected with a FAIL" in next(r.error for r in first if r.decision == "FAIL")
+        assert sink.plc_received == 3  # PASS, corrective FAIL, PASS
+        assert sink.ledger.verify().ok
+
+
+def test_a_record_neither_written_nor_queued_raises(monkeypatch):
+    from autoweld.quality.ledger import LedgerError
+
+    with StationSink("e" * 64) as sink:
+
+        def down(record, **kwargs):
+            raise LedgerError("database is down")
+
+        def full(record):
+            raise LedgerError("ledger is closing: nothing more is queued")
+
+        sink.ledger.append = down
+        sink.ledger.append_later = full
+        with pytest.raises(RuntimeError, match="bench record not written"):
+            sink.deliver(_result())
+
+
+def test_close_raises_when_a_late_record_is_never_written(monkeypatch):
+    from autoweld.bench import sink as sink_module
+    from autoweld.quality.ledger import LedgerError
+
+    monkeypatch.setattr(sink_module, "BACKLOG_DRAIN_S", 0.3)
+    sink = StationSink("f" * 64)
+
+    def down(record, **kwargs):
+        raise LedgerError("database is down")
+
+    sink.ledger.append = down
+    timings = sink.deliver(_result())
+    assert timings.late is True and sink.records_late == 1
+    with pytest.raises(RuntimeError, match="1 bench record.*never written"):
+        sink.close()

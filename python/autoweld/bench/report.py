@@ -139,12 +139,30 @@ def _notes(report: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
         f"{', '.join(bundle['heads'])}), sha256 `{bundle['sha256']}`.",
         "",
         f"Station stages: {report['quality']['ledger']}; PLC: {report['quality']['plc']}. Both "
-        "sides use the same station code.",
+        "sides use the same station code." + _late_records(report),
         "",
         f"Slowest stage of ours at p50: {labels.get(report['bottleneck'], report['bottleneck'])}.",
         "",
     ]
     return lines
+
+
+def _late_records(report: Mapping[str, Any]) -> str:
+    """Records that missed their deadline (a stalled disk), per side; empty when none did."""
+    sides = {
+        "ours": report.get("inspections"),
+        "torch way": (report.get("reference") or {}).get("inspections"),
+    }
+    late = {name: side.get("records_late", 0) for name, side in sides.items() if side}
+    if not any(late.values()):
+        return ""
+    counts = ", ".join(
+        f"{name} {n} of {sides[name]['records_written']}" for name, n in late.items()
+    )
+    return (
+        f" Records that missed their deadline (PLC sent a corrective FAIL, record queued and "
+        f"written later): {counts}."
+    )
 
 
 def _box(ax: Any, data: list[float], position: float, colour: str, horizontal: dict) -> None:

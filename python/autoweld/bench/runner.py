@@ -120,6 +120,7 @@ class SideRun:
     errors: list[str] = field(default_factory=list)
     plc_delivered: int = 0
     records: int = 0
+    records_late: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -130,6 +131,7 @@ class SideRun:
             "errors": sorted(set(self.errors))[:5],
             "plc_delivered": self.plc_delivered,
             "records_written": self.records,
+            "records_late": self.records_late,
         }
 
 
@@ -161,6 +163,7 @@ def load_images(config: BenchConfig) -> ImageList:
 def _record(run: SideRun, result: Any, station: Any) -> dict[str, float]:
     timings = station.deliver(result)
     run.records += 1
+    run.records_late += timings.late
     run.plc_delivered += bool(timings.delivered)
     if result.error is not None:
         run.failed += 1

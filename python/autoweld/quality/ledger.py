@@ -452,6 +452,7 @@ class Ledger:
         self._backlog_thread: threading.Thread | None = None
         self._closing = False
         self._drain_until = 0.0
+        self._queued_total = 0
 
     # ---- backend primitives -------------------------------------------------------------
     def _append_locked(
@@ -582,6 +583,7 @@ class Ledger:
             if self._closing:
                 raise LedgerError(f"ledger {self.url!r} is closing: nothing more is queued")
             self._backlog.append((record, time.monotonic()))
+            self._queued_total += 1
             logger.error(
                 "ledger %s: record of part %r (%s) queued; %d waiting",
                 self.url, record.part_id, record.decision, len(self._backlog),
@@ -598,6 +600,13 @@ class Ledger:
         """Records queued by :meth:`append_later` and not yet written."""
         with self._backlog_cond:
             return len(self._backlog)
+
+    @property
+    def queued_records(self) -> int:
+        """Records queued by :meth:`append_later` since this ledger was opened, written or not
+        (:attr:`pending_records` is what still waits)."""
+        with self._backlog_cond:
+            return self._queued_total
 
     def _write_backlog(self) -> None:
         backoff, tries = 0.02, 0
