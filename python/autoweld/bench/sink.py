@@ -102,9 +102,10 @@ class LoopbackPlc:
 class StationTimings:
     """Milliseconds of the two station stages of one inspection, and what happened.
 
-    ``late``: the record missed its deadline, as on a station whose disk stalls: the PLC was
-    sent a corrective FAIL and the record was queued on the ledger, to be written when the
-    database allows (``record_ms`` is then the whole wait, ``seq`` is ``None``)."""
+    ``late``: the record was not written in time — its deadline passed, as on a station whose
+    disk stalls, or the write failed — and was queued on the ledger, to be written when the
+    database allows; a PASS was corrected with a FAIL at the PLC (``record_ms`` is then the
+    whole wait, ``seq`` is ``None``)."""
 
     record_ms: float
     plc_ms: float
