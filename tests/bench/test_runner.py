@@ -202,3 +202,26 @@ def test_a_late_record_is_counted_and_reported(tiny_bundle, image_dir):
     report = {"inspections": ours, "reference": {"inspections": {**ours, "records_late": 0}}}
     assert "ours 1 of 8, torch way 0 of 8" in _late_records(report)
     assert _late_records({"inspections": {**ours, "records_late": 0}, "reference": None}) == ""
+
+
+def test_cold_start_children_may_use_cached_bytecode(monkeypatch, tmp_path):
+    """A station's installed package has compiled bytecode; the cold start must not pay for
+    compiling autoweld's sources because the developer's shell says PYTHONDONTWRITEBYTECODE."""
+    import subprocess
+
+    from autoweld.bench import runner
+
+    seen = []
+
+    def fake_run(command, **kwargs):
+        seen.append(kwargs.get("env"))
+        return subprocess.CompletedProcess(command, 0, '{"first_result_monotonic": 1e12}\n', "")
+
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setenv("AUTOWELD_MARKER", "kept")
+    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    reports = runner.cold_start("ours", tmp_path, "image.png", 2, 2, progress=False)
+    assert len(reports) == 2 and len(seen) == 2
+    for env in seen:
+        assert env is not None and "PYTHONDONTWRITEBYTECODE" not in env
+        assert env["AUTOWELD_MARKER"] == "kept"  # the rest of the environment is passed on

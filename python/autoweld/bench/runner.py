@@ -241,7 +241,11 @@ def cold_start(
 ) -> list[dict[str, Any]]:
     """Start ``repeats`` new processes (:mod:`autoweld.bench.coldstart`) for ``side``; each
     report gets ``cold_start_ms``: from just before the process was started to its first
-    result."""
+    result.
+
+    The children run without ``PYTHONDONTWRITEBYTECODE``: an installed package has its
+    bytecode compiled at install time, so a station never compiles autoweld's sources at start;
+    a source checkout with that variable set would (30-40 ms of every cold start here)."""
     command = [
         sys.executable,
         "-m",
@@ -257,10 +261,13 @@ def cold_start(
     ]
     if reference_file is not None:
         command += ["--reference", str(reference_file)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     reports = []
     for _ in tqdm(range(repeats), desc=f"{side}: cold start", unit="proc", disable=not progress):
         started = time.monotonic()
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=600, check=False, env=env
+        )
         if done.returncode != 0:
             raise RuntimeError(
                 f"cold start of {side} failed (exit {done.returncode}): {done.stderr[-2000:]}"

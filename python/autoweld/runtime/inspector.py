@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import cv2
 import numpy as np
 
 from autoweld import native
@@ -507,11 +506,22 @@ def assemble_result(
         scores=scores,
         probabilities=probabilities,
         threshold=threshold,
-        anomaly_map=cv2.resize(fused_map, (width, height), interpolation=cv2.INTER_LINEAR),
+        anomaly_map=resize_map(fused_map, width, height),
         error=None,
         image_shape=tuple(image_shape),
         head_maps={
-            name: cv2.resize(head_map, (width, height), interpolation=cv2.INTER_LINEAR)
-            for name, head_map in head_maps.items()
+            name: resize_map(head_map, width, height) for name, head_map in head_maps.items()
         },
     )
+
+
+def resize_map(anomaly_map: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``anomaly_map`` bilinearly resized to ``height x width`` (``cv2.resize``, INTER_LINEAR),
+    always a new array. A map already at that size is copied, which is what ``cv2.resize`` does
+    for it; OpenCV is imported only when a map really changes size, so a station whose frames
+    are at the engine's size never loads it."""
+    if anomaly_map.shape[:2] == (height, width):
+        return np.array(anomaly_map, copy=True, order="C")
+    import cv2
+
+    return cv2.resize(anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
