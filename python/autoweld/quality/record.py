@@ -15,7 +15,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 #: prev_mac of the first record of every station.
@@ -150,8 +150,10 @@ class InspectionRecord:
             raise ValueError(f"seq must be a positive integer, got {self.seq!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields as plain JSON-ready values (scores/probabilities as dicts)."""
-        data = asdict(self)
+        """All fields as plain JSON-ready values (scores/probabilities as dicts). Every other
+        field is a str, number, bool or None, so a shallow copy is what ``dataclasses.asdict``
+        gives, without its recursive deep copy (a third of the cost of signing a record)."""
+        data = {name: getattr(self, name) for name in _FIELD_NAMES}
         data["scores"] = dict(self.scores)
         data["probabilities"] = dict(self.probabilities)
         return data
@@ -164,6 +166,9 @@ class InspectionRecord:
         if unknown:
             raise ValueError(f"unknown record fields: {sorted(unknown)}")
         return cls(**dict(data))
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(InspectionRecord))
 
 
 def canonical_bytes(record: InspectionRecord) -> bytes:
