@@ -170,3 +170,35 @@ def test_bundle_signed_is_signed_when_stated_and_absent_from_old_records(make_re
         )
     with pytest.raises(ValueError, match="bundle_signed"):
         make_record(bundle_signed="no")
+
+
+def test_canonical_form_of_a_known_record_never_changes():
+    """Known answer: records signed by earlier versions must verify with this one, so the
+    canonical bytes (and so the MAC) of a fixed record are pinned here, written out by hand."""
+    record = InspectionRecord(
+        station_id="cell-7", part_id="VIN-42", bundle_sha256="ab" * 32,
+        package_version="0.1.0", decision="FAIL",
+        scores={"patchcore": 1.25, "ae": 0.5}, probabilities={"patchcore": 0.75, "ae": 0.125},
+        fused_probability=0.625, threshold=0.5, plc_delivered=True, error="engine timeout",
+        bundle_signed=False, seq=9, record_id="rec-9", utc_time="2026-12-08T00:00:00.000000Z",
+        key_id="k1", prev_mac="cd" * 32,
+    )  # fmt: skip
+    body = (
+        '{"bundle_sha256":"' + "ab" * 32 + '","bundle_signed":false,"decision":"FAIL",'
+        '"error":"engine timeout","fused_probability":0.625,"heatmap_path":null,'
+        '"heatmap_sha256":null,"key_id":"k1","package_version":"0.1.0","part_id":"VIN-42",'
+        '"plc_delivered":true,"prev_mac":"' + "cd" * 32 + '",'
+        '"probabilities":{"ae":0.125,"patchcore":0.75},"record_id":"rec-9",'
+        '"scores":{"ae":0.5,"patchcore":1.25},"seq":9,"station_id":"cell-7","threshold":0.5,'
+        '"utc_time":"2026-12-08T00:00:00.000000Z"}'
+    )
+    assert canonical_bytes(record) == b"autoweld-ledger-record-v1\n" + body.encode()
+    expected = "07000a402bd84ae7645b1cd8c4a32ed87ee9481e5b921bc5889568cab3355e6c"
+    assert compute_mac(b"k" * 32, record) == expected
+    # to_dict is every field, as given (the ledger stores and exports it)
+    assert record.to_dict() == {
+        **{name: getattr(record, name) for name in record.__dataclass_fields__},
+        "scores": {"patchcore": 1.25, "ae": 0.5},
+        "probabilities": {"patchcore": 0.75, "ae": 0.125},
+    }
+    assert record.to_dict()["scores"] is not record.scores  # a copy the caller may change
