@@ -64,18 +64,43 @@ def test_runner_rejects_bad_threads():
             OnnxRunner(make_graph(), threads=bad)
 
 
-def test_runner_workers_do_not_spin_unless_asked():
-    """Idle ORT workers must not busy-wait: they would take the cores from the Inspector's own
-    kNN and preprocessing threads (see autoweld-bench)."""
+def test_runner_workers_spin_only_while_a_run_is_in_flight_unless_asked(monkeypatch):
+    """ORT's workers busy-wait between the operators of a run and sleep after it by default:
+    spinning after the run would take the cores from the Inspector's own kNN and
+    preprocessing threads (see autoweld-bench); sleeping between operators costs the engine
+    a wake-up per operator. The other modes are there to be chosen, by argument or env."""
 
-    def spinning(runner: OnnxRunner) -> str:
-        options = runner._session.get_session_options()
-        return options.get_session_config_entry("session.intra_op.allow_spinning")
+    def entry(runner: OnnxRunner, key: str) -> str | None:
+        try:
+            return runner._session.get_session_options().get_session_config_entry(key)
+        except RuntimeError as missing:  # ORT's answer for a key that was never set
+            assert "does not have configuration" in str(missing)
+            return None
 
-    with OnnxRunner(make_graph(), threads=1) as runner:
-        assert spinning(runner) == "0"
-    with OnnxRunner(make_graph(), threads=1, spinning=True) as runner:
-        assert spinning(runner) == "1"
+    def config(runner: OnnxRunner) -> tuple[str | None, str | None]:
+        return (
+            entry(runner, "session.intra_op.allow_spinning"),
+            entry(runner, "session.force_spinning_stop"),
+        )
+
+    monkeypatch.delenv("AUTOWELD_ORT_SPINNING", raising=False)
+    expected = {"during-run": ("1", "1"), "off": ("0", None), "always": ("1", None)}
+    for argument, mode in ((None, "during-run"), ("during-run", "during-run"), ("off", "off"),
+                           (False, "off"), ("always", "always"), (True, "always")):  # fmt: skip
+        with OnnxRunner(make_graph(), threads=2, spinning=argument) as runner:
+            assert runner.spinning == mode
+            assert config(runner) == expected[mode]
+    for mode in ("off", "always"):
+        monkeypatch.setenv("AUTOWELD_ORT_SPINNING", mode)
+        with OnnxRunner(make_graph(), threads=2) as runner:
+            assert runner.spinning == mode and config(runner) == expected[mode]
+    with OnnxRunner(make_graph(), threads=2, spinning="during-run") as runner:
+        assert config(runner) == expected["during-run"]  # an argument wins over the env
+    monkeypatch.setenv("AUTOWELD_ORT_SPINNING", "sometimes")
+    with pytest.raises(ValueError, match="AUTOWELD_ORT_SPINNING must be one of"):
+        OnnxRunner(make_graph(), threads=2)
+    with pytest.raises(ValueError, match="spinning must be one of"):
+        OnnxRunner(make_graph(), threads=2, spinning="yes")
 
 
 def test_open_engine_for_bundle(tiny_bundle):
