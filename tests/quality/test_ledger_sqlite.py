@@ -467,3 +467,63 @@ def test_unknown_schema_version_is_refused(db, keys):
     for read_only in (False, True):
         with pytest.raises(LedgerError, match="schema version"):
             open_ledger(db, keys, read_only=read_only)
+
+
+def test_busy_timeout_follows_each_call_and_is_set_only_when_it_changes(db, keys, make_record):
+    """Appends with a deadline never wait in SQLite's busy handler (busy timeout 0); a call
+    without one waits for a lock another connection holds, as before. The PRAGMA runs only
+    when the kind of call changes, not twice per record."""
+    with open_ledger(f"sqlite:///{db}", keys) as ledger:
+        statements = []
+        ledger._conn.set_trace_callback(statements.append)
+        for i in range(3):
+            ledger.append(make_record(i), timeout=5.0)
+        assert [s for s in statements if "busy_timeout" in s] == ["PRAGMA busy_timeout = 0"]
+        # another writer holds the lock for 0.3 s: a call without a deadline waits it out
+        other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.3, lambda: other.execute("COMMIT")).start()
+        started = time.monotonic()
+        stored = ledger.append(make_record(3))  # no deadline
+        assert stored.seq == 4 and time.monotonic() - started >= 0.25
+        assert [s for s in statements if "busy_timeout" in s][-1] == "PRAGMA busy_timeout = 30000"
+        # and a call with a deadline gives up at it instead of waiting 30 s
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(LedgerError, match="deadline"):
+            ledger.append(make_record(4), timeout=0.1)
+        assert time.monotonic() - started < 1.0
+        other.execute("COMMIT")
+        other.close()
+        assert ledger.append(make_record(5), timeout=5.0).seq == 5
+        assert ledger.verify().ok
+
+
+def test_watchdog_fires_every_deadline_on_time_in_any_order():
+    """The watchdog thread is woken only for a deadline earlier than all it holds; a later
+    one must still fire on time, after the earlier ones (disarmed or not)."""
+    from autoweld.quality.ledger import _Watchdog
+
+    dog = _Watchdog()
+    fired: dict[str, float] = {}
+    start = time.monotonic()
+
+    def at(name):
+        return lambda: fired.setdefault(name, time.monotonic() - start)
+
+    first = dog.arm(start + 0.25, at("first"))
+    time.sleep(0.02)  # the thread now sleeps until the 0.25 s deadline
+    dog.arm(start + 0.45, at("later"))  # later than the earliest: no wake-up
+    dog.arm(start + 0.05, at("earlier"))  # earlier: the thread must wake and re-plan
+    dropped = dog.arm(start + 0.35, at("dropped"))
+    assert dog.disarm(dropped) is False
+    time.sleep(0.7)
+    assert dog.disarm(first) is True
+    assert set(fired) == {"earlier", "first", "later"}
+    assert 0.05 <= fired["earlier"] < 0.2  # not held back to the 0.25 s one
+    assert fired["earlier"] < fired["first"] < fired["later"]
+    assert fired["first"] >= 0.25 and fired["later"] >= 0.45
+    # an idle watchdog (empty heap) is woken for a new deadline
+    dog.arm(time.monotonic() + 0.03, at("after_idle"))
+    time.sleep(0.3)
+    assert "after_idle" in fired

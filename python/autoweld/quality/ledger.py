@@ -245,13 +245,20 @@ class _Watchdog:
     def arm(self, deadline: float, action: Callable[[], None]) -> int:
         with self._cond:
             self._next += 1
+            # The thread sleeps until the earliest deadline in the heap (a disarmed one
+            # included) and looks again then: it need not wake for a later one. One record
+            # arms two (the dispatcher's corrective FAIL, the ledger's interrupt), each about
+            # when the previous record's were; waking the thread for each cost the station a
+            # thread switch and the GIL.
+            earliest = self._heap[0][0] if self._heap else None
             heapq.heappush(self._heap, (deadline, self._next, action))
             self._armed[self._next] = False
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ledger-watchdog",
                                                 daemon=True)  # fmt: skip
                 self._thread.start()
-            self._cond.notify()
+            if earliest is None or deadline < earliest:
+                self._cond.notify()
             return self._next
 
     def disarm(self, token: int) -> bool:
@@ -510,6 +517,7 @@ class Ledger:
             self._check_open()
             self._deadline = deadline
             try:
+                self._prepare_call(deadline)
                 return fn(*args)
             except self.db_errors as error:
                 why = redact_url(str(error))
@@ -528,6 +536,10 @@ class Ledger:
     def _is_timeout(error: BaseException) -> bool:
         """A backend error that means "gave up at the deadline" before the clock shows it."""
         return False
+
+    def _prepare_call(self, deadline: float | None) -> None:
+        """Set the backend up for a call with or without a deadline (under the lock, before
+        the call; nothing to do by default)."""
 
     def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return self._guarded("query", lambda: list(self._query(self._sql(sql), params)))
@@ -1052,6 +1064,7 @@ class SQLiteLedger(Ledger):
 
     def __init__(self, path: Path, keys: KeyRing, url: str, read_only: bool = False) -> None:
         super().__init__(keys, url, read_only)
+        self._busy_zero = False  # the connection's busy timeout is SQLITE_BUSY_TIMEOUT_S
         if read_only:
             self._open_read_only(path)
             return
@@ -1135,19 +1148,22 @@ class SQLiteLedger(Ledger):
         if self._deadline is None:
             yield
             return
-        self._conn.execute("PRAGMA busy_timeout = 0")
         token = _WATCHDOG.arm(self._deadline, self._conn.interrupt)
         try:
             yield
         finally:
-            fired = _WATCHDOG.disarm(token)
-            for attempt in range(2):  # an interrupt that came as the call ended may hit this
-                try:
-                    self._conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000:.0f}")
-                    break
-                except sqlite3.OperationalError:
-                    if not fired or attempt:
-                        raise
+            _WATCHDOG.disarm(token)
+
+    def _prepare_call(self, deadline: float | None) -> None:
+        """The busy timeout a call needs: 0 with a deadline (see :meth:`_bounded`),
+        :data:`SQLITE_BUSY_TIMEOUT_S` without. Set only when it changes — a station's appends
+        all have deadlines, and two PRAGMAs per record cost it 0.1 ms — and before the
+        watchdog is armed, so no interrupt can hit it."""
+        zero = deadline is not None
+        if zero != self._busy_zero:
+            ms = 0 if zero else round(SQLITE_BUSY_TIMEOUT_S * 1000)
+            self._conn.execute(f"PRAGMA busy_timeout = {ms}")
+            self._busy_zero = zero
 
     def _begin_immediate(self) -> None:
         """Take the write lock; with a deadline, poll for it every millisecond or two until
