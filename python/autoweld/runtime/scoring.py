@@ -220,10 +220,14 @@ class Fusion:
     def fused_map(self, batch: BatchScores, i: int) -> np.ndarray:
         """Image ``i``'s fused anomaly map float32 ``(S, S)``: Σ weight · Platt(map) per pixel
         (step 6, in float32: a map needs no more)."""
-        fused_map = np.zeros((self.size, self.size), dtype=np.float32)
+        fused_map: np.ndarray | None = None
         for weight, name in zip(self.weights, self.fused_heads, strict=True):
-            calibration = self.heads[name].calibration
-            fused_map += np.float32(weight) * calibration.probability(
-                batch.maps[name][i], np.float32
-            )
+            term = self.heads[name].calibration.probability(batch.maps[name][i], np.float32)
+            term *= np.float32(weight)  # a fresh array: weighted in place
+            if fused_map is None:
+                fused_map = term  # 0 + w·p is w·p exactly (w > 0, p >= +0)
+            else:
+                fused_map += term
+        if fused_map is None:
+            return np.zeros((self.size, self.size), dtype=np.float32)
         return fused_map
