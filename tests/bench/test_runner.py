@@ -25,7 +25,10 @@ def _check_summary(summary: dict, n: int) -> None:
 def test_measure_side_times_every_stage_inside_end_to_end(tiny_bundle, image_dir):
     images = load_images(BenchConfig(bundle=tiny_bundle, images=image_dir))
     assert len(images) == 5 and all(data[:4] == b"\x89PNG" for _, data in images)
-    with Inspector(tiny_bundle, threads=1) as inspector, StationSink("d" * 64) as station:
+    # a 1 s PLC timeout (0.6 s per record): the exact counts below hold even where a commit
+    # stalls past the 50 ms default's 30 ms (a late record is written twice: PASS, then FAIL)
+    sink = StationSink("d" * 64, plc_timeout_s=1.0)
+    with Inspector(tiny_bundle, threads=1) as inspector, sink as station:
         run = measure_side("ours", inspector.inspect_batch, station, images, 7, 2, 3, False)
         written = station.ledger.count()
     assert set(run.stage_ms) == set(STAGES)
@@ -192,11 +195,13 @@ def test_a_late_record_is_counted_and_reported(tiny_bundle, image_dir):
     from autoweld.bench.report import _late_records
 
     images = load_images(BenchConfig(bundle=tiny_bundle, images=image_dir))
-    with Inspector(tiny_bundle, threads=1) as inspector, StationSink("d" * 64) as station:
-        slow_first_append(station.ledger, 0.15)
+    # 1 s PLC timeout: 0.6 s per record, which only the slowed one misses
+    sink = StationSink("d" * 64, plc_timeout_s=1.0)
+    with Inspector(tiny_bundle, threads=1) as inspector, sink as station:
+        slow_first_append(station.ledger, 1.0)
         run = measure_side("ours", inspector.inspect_batch, station, images, 4, 0, 2, False)
     assert run.records_late == 1 and run.records == 4 + 4
-    assert max(run.stage_ms["record"]) >= 100
+    assert max(run.stage_ms["record"]) >= 900
     ours = run.to_json()
     assert ours["records_late"] == 1
     report = {"inspections": ours, "reference": {"inspections": {**ours, "records_late": 0}}}

@@ -22,8 +22,12 @@ class Result:
 
 
 def inspect(link, ledger, part_id="VIN-7", result=None):
-    """One inspection recorded in ``ledger`` and signalled (and published) on ``link``."""
+    """One inspection recorded in ``ledger`` and signalled (and published) on ``link``.
+
+    The record gets 5 s: these tests are about the link's deadline and what is published, and
+    a CI disk whose commit stalls past the record's own deadline (tested in
+    test_dispatch_deadlines.py) must not fail them."""
     return record_inspection(
         result or Result(), part_id=part_id, station_id="cell-1", bundle_sha256="ab" * 32,
-        package_version="0.1.0", ledger=ledger, link=link,
+        package_version="0.1.0", ledger=ledger, link=link, record_deadline_s=5.0,
     )  # fmt: skip
