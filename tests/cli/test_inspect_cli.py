@@ -180,7 +180,9 @@ def test_ledger_record_and_plc_signal(capsys, tiny_bundle, tmp_path, monkeypatch
     empty.write_bytes(b"")
     heatmap = tmp_path / "good_map.png"
     try:
-        common = ["--bundle", tiny_bundle, "--ledger", ledger_url, "--plc", plc_url]
+        # a 1 s PLC timeout: the records' deadline (0.6 s) cannot be missed by a slow CI disk
+        common = ["--bundle", tiny_bundle, "--ledger", ledger_url, "--plc", plc_url,
+                  "--plc-timeout", "1"]  # fmt: skip
         status, first = _run_json(
             capsys, *common, "--image", good, "--part-id", "G1", "--heatmap", heatmap
         )
@@ -221,6 +223,8 @@ def test_unreachable_plc_is_recorded_not_delivered(capsys, tiny_bundle, tmp_path
         f"sqlite:///{tmp_path / 'l.db'}",
         "--plc",
         f"tcp://127.0.0.1:{port}",
+        "--plc-timeout",
+        "1",
     )
     assert status == 0 and payload["plc_delivered"] is False and payload["record_seq"] == 1
 
