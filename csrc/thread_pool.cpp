@@ -70,6 +70,18 @@ bool spin_until(Done done) {
     }
 }
 
+// Waits until ready(): spins first (without the mutex, so the thread that makes it true is
+// not held up), then sleeps on `cv` under `m`. Returns with `m` held, for a caller that takes
+// what it waited for under the lock.
+template <class Ready>
+std::unique_lock<std::mutex> await_ready(std::mutex& m, std::condition_variable& cv,
+                                         Ready ready) {
+    spin_until(ready);
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, ready);
+    return lock;
+}
+
 class Pool;
 
 // One worker thread and its mailbox. Never destroyed (the thread sleeps until process exit).
@@ -141,10 +153,10 @@ private:
         region_depth = 1;  // anything a task calls runs inline on this thread
         for (;;) {
             std::function<void()> task;
-            spin_until([worker] { return worker->has_task.load(std::memory_order_acquire); });
             {
-                std::unique_lock<std::mutex> lock(worker->mutex);
-                worker->wake.wait(lock, [worker] { return worker->has_task.load(); });
+                const auto lock = await_ready(worker->mutex, worker->wake, [worker] {
+                    return worker->has_task.load(std::memory_order_acquire);
+                });
                 task = std::move(worker->task);
                 worker->task = nullptr;
                 worker->has_task.store(false, std::memory_order_relaxed);
@@ -286,11 +298,8 @@ void run_team(std::size_t wanted, const std::function<void(std::size_t, std::siz
     }
     for (std::size_t w = 0; w < workers.size(); ++w) Pool::assign(workers[w], std::move(tasks[w]));
     job->member(0);
-    spin_until([&] { return job->remaining.load(std::memory_order_acquire) == 0; });
-    {
-        std::unique_lock<std::mutex> lock(job->mutex);
-        job->finished.wait(lock, [&] { return job->remaining.load(std::memory_order_acquire) == 0; });
-    }
+    await_ready(job->mutex, job->finished,
+                [&] { return job->remaining.load(std::memory_order_acquire) == 0; });
     if (job->error) std::rethrow_exception(job->error);
 }
 
@@ -329,12 +338,8 @@ void parallel_for_dynamic(std::size_t n, int threads, std::size_t grain,
     }
     for (std::size_t w = 0; w < workers.size(); ++w) Pool::assign(workers[w], std::move(tasks[w]));
     job->work();
-    spin_until([&] { return job->done.load(std::memory_order_acquire) == job->chunks; });
-    {
-        std::unique_lock<std::mutex> lock(job->mutex);
-        job->finished.wait(
-            lock, [&] { return job->done.load(std::memory_order_acquire) == job->chunks; });
-    }
+    await_ready(job->mutex, job->finished,
+                [&] { return job->done.load(std::memory_order_acquire) == job->chunks; });
     if (job->error) std::rethrow_exception(job->error);
 }
 
