@@ -28,7 +28,7 @@ from autoweld.quality import (
     open_plc,
     record_inspection,
 )
-from autoweld.quality.ledger import BACKLOG_DRAIN_S, redact_url
+from autoweld.quality.ledger import redact_url
 
 __all__ = ["LoopbackPlc", "StationSink", "StationTimings"]
 
@@ -218,16 +218,8 @@ class StationSink:
         link = getattr(self, "link", None)
         if link is not None:
             link.close()
-        unwritten = 0
         ledger = getattr(self, "ledger", None)
-        if ledger is not None:
-            # late records are written by the ledger's queue thread: give them the time the
-            # ledger's own close gives them (it clears its queue when done, so count first)
-            until = time.monotonic() + BACKLOG_DRAIN_S
-            while ledger.pending_records and time.monotonic() < until:
-                time.sleep(0.01)
-            unwritten = ledger.pending_records
-            ledger.close()
+        unwritten = ledger.close() if ledger is not None else 0  # waits for late records
         if self._plc_server is not None:
             self._plc_server.stop()
             self._plc_server = None

@@ -661,8 +661,9 @@ class Ledger:
             )  # fmt: skip
             backoff, tries = 0.02, 0
 
-    def _drain_backlog(self, timeout: float) -> None:
-        """At close: give queued records ``timeout`` seconds, then log what is left CRITICAL."""
+    def _drain_backlog(self, timeout: float) -> int:
+        """At close: give queued records ``timeout`` seconds, then log what is left CRITICAL;
+        returns how many were left."""
         with self._backlog_cond:
             self._closing = True
             self._drain_until = time.monotonic() + timeout
@@ -683,6 +684,7 @@ class Ledger:
             )  # fmt: skip
         if thread is not None:
             thread.join(BACKLOG_TRY_S + 1.0)
+        return len(left_over)
 
     def heads(self) -> dict[str, Head]:
         """Latest ``(seq, mac)`` of every station."""
@@ -1037,17 +1039,20 @@ class Ledger:
             )
         return len(fresh), len(stored)
 
-    def close(self, drain_timeout: float = BACKLOG_DRAIN_S) -> None:
+    def close(self, drain_timeout: float = BACKLOG_DRAIN_S) -> int:
         """Close the database connection (idempotent). Records queued by
-        :meth:`append_later` get ``drain_timeout`` seconds to be written first."""
+        :meth:`append_later` get ``drain_timeout`` seconds to be written first; returns how
+        many were not (each logged CRITICAL with its content; 0 on a second close)."""
+        unwritten = 0
         if self._backlog_thread is not None and not self._closed:
-            self._drain_backlog(drain_timeout)
+            unwritten = self._drain_backlog(drain_timeout)
         with self._lock:
             if not self._closed:
                 self._closed = True
                 self._close()
         with self._backlog_cond:
             self._backlog_cond.notify_all()
+        return unwritten
 
     def __enter__(self) -> Ledger:
         return self
