@@ -2,6 +2,7 @@
 ledger and a real TCP PLC on loopback."""
 
 import sqlite3
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -77,7 +78,7 @@ class Result:
     error: str | None = None
 
 
-def _record(result, ledger, link=None, part_id="VIN-1", station_id="cell-1"):
+def _record(result, ledger, link=None, part_id="VIN-1", station_id="cell-1", **options):
     return record_inspection(
         result,
         part_id=part_id,
@@ -86,6 +87,7 @@ def _record(result, ledger, link=None, part_id="VIN-1", station_id="cell-1"):
         package_version="0.1.0",
         ledger=ledger,
         link=link,
+        **options,
     )
 
 
@@ -163,8 +165,51 @@ def test_unwritable_record_is_a_fail_and_corrected_on_the_plc(db, byte_server_fa
         received = plc.wait_received(2)
     assert outcome.decision == "FAIL" and outcome.record is None
     assert outcome.error.startswith("ledger write failed")
+    assert "the PASS was corrected with a FAIL to the PLC (delivered)" in outcome.error
     assert outcome.plc_delivered is True  # the FAIL that now stands was delivered
     assert received == [PASS, FAIL]
+
+
+def test_a_pass_record_durable_after_its_deadline_is_reported_as_corrected(
+    db, byte_server_factory, monkeypatch
+):
+    """The other way a PASS record misses its deadline: the append is not cut off but returns
+    after the watchdog sent the corrective FAIL. The record is stored, the FAIL stands, and the
+    outcome names the correction as it does for an append that failed."""
+    plc = byte_server_factory("echo")
+    with open_ledger(db) as ledger, open_plc(f"tcp://127.0.0.1:{plc.port}", timeout=1.0) as link:
+        real_append = ledger.append
+
+        def late_append(record, timeout=None):
+            time.sleep(0.3)  # past the 50 ms deadline below, and not interrupted by it
+            return real_append(record)
+
+        monkeypatch.setattr(ledger, "append", late_append)
+        outcome = _record(Result(), ledger, link, part_id="VIN-LATE", record_deadline_s=0.05)
+        received = plc.wait_received(2)
+        monkeypatch.undo()
+        waited = time.monotonic() + 10
+        while ledger.pending_records and time.monotonic() < waited:
+            time.sleep(0.02)
+        # the late PASS record stands in the chain, the queued FAIL after it
+        late = sorted(ledger.records(part_id="VIN-LATE"), key=lambda r: r.seq)
+        assert [r.decision for r in late] == ["PASS", "FAIL"]
+        assert ledger.verify().ok
+    assert outcome.decision == "FAIL" and outcome.record is None
+    assert "became durable" in outcome.error
+    assert "the PASS was corrected with a FAIL to the PLC (delivered)" in outcome.error
+    assert received == [PASS, FAIL]
+
+
+def test_an_unwritable_fail_record_claims_no_correction(db, byte_server_factory):
+    plc = byte_server_factory("echo")
+    with open_ledger(db) as ledger, open_plc(f"tcp://127.0.0.1:{plc.port}", timeout=1.0) as link:
+        break_ledger(db)
+        outcome = _record(Result(probability=0.9, decision="FAIL"), ledger, link)
+        received = plc.wait_received(1)
+    assert outcome.decision == "FAIL" and outcome.error.startswith("ledger write failed")
+    assert "corrected" not in outcome.error
+    assert received == [FAIL]
 
 
 def test_the_caller_result_is_left_alone_and_a_new_one_returned(db):

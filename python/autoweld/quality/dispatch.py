@@ -131,7 +131,7 @@ def _signal_then_append(
             raise LedgerTimeout(
                 f"the PASS record of part {record.part_id} (seq {stored.seq}, record "
                 f"{stored.record_id}) became durable {(time.monotonic() - deadline) * 1000:.0f} ms "
-                "after its deadline; the PLC was sent a corrective FAIL, which stands"
+                "after its deadline"
             )
     except Exception as failure:  # any failure to store: the PASS must not stand unrecorded
         if record.decision == "PASS":  # what is queued is the FAIL that now stands
@@ -353,6 +353,9 @@ def record_inspection(
         delivered = link.last_delivered if link is not None else None
         queued = f"; record queued ({ledger.pending_records} waiting)" if ledger else ""
         why = f"ledger write failed: {failure}{queued}"
+        if link is not None and record.decision == "PASS":  # _signal_then_append corrected it
+            sent = "delivered" if delivered else "NOT delivered"
+            why += f"; the PASS was corrected with a FAIL to the PLC ({sent})"
         return outcome("FAIL", _joined(why, error), None, delivered)
     kept = stored if ledger is not None else None
     # OPC UA / MQTT links: the full result, with the record's seq and MAC (docs/plant.md)
