@@ -239,6 +239,7 @@ class ByteServer:
     port: int = 0
     received: list[int] = field(default_factory=list)
     connections: int = 0
+    closed_by_server: int = 0
 
     def __post_init__(self) -> None:
         self._sock = socket.socket()
@@ -278,6 +279,7 @@ class ByteServer:
             conn.sendall(data)
             if self.mode == "close":
                 conn.close()
+                self.closed_by_server += 1
                 return
 
     def wait_received(self, n: int, timeout: float = 2.0) -> list[int]:

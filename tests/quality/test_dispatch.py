@@ -181,7 +181,9 @@ def test_a_pass_record_durable_after_its_deadline_is_reported_as_corrected(
         real_append = ledger.append
 
         def late_append(record, timeout=None):
-            time.sleep(0.3)  # past the 50 ms deadline below, and not interrupted by it
+            # returns only once the watchdog's corrective FAIL (50 ms deadline below) is at
+            # the PLC, and is not interrupted by it
+            plc.wait_received(2, timeout=10.0)
             return real_append(record)
 
         monkeypatch.setattr(ledger, "append", late_append)

@@ -29,6 +29,9 @@ pytestmark = pytest.mark.skipif(
 )
 BUDGET_S = 0.5  # generous for a loaded CI machine: this checks "bounded", not speed
 DEADLINE_S = 0.05
+#: the link budget where delivery must succeed and its deadline is not the subject: a stalled
+#: CI machine can spend 50 ms on one TLS write or PUBACK
+CALM_S = 1.0
 PASSED = Result(
     decision="PASS", probability=0.125, scores={"patchcore": 0.5, "student": 0.25},
     probabilities={"patchcore": 0.1, "student": 0.2}, timings_ms={"decode": 2.0, "engine": 3.0},
@@ -96,7 +99,7 @@ def test_result_json_equals_the_record(broker, tmp_path, keys):
     _, port = broker
     dashboard = Subscriber(port, "plant/cell-2/#")
     try:
-        with open_plc(f"mqtt://127.0.0.1:{port}/plant/cell-2", timeout=DEADLINE_S) as link:
+        with open_plc(f"mqtt://127.0.0.1:{port}/plant/cell-2", timeout=CALM_S) as link:
             assert isinstance(link, MqttLink)
             wait_connected(link)
             with open_ledger(tmp_path / "ledger.db", keys) as ledger:

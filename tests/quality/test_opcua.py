@@ -34,6 +34,9 @@ from .plant_results import inspect
 
 BUDGET_S = 0.5  # generous for a loaded CI machine: this checks "bounded", not speed
 DEADLINE_S = 0.05
+#: the link budget where delivery must succeed and its deadline is not the subject: a stalled
+#: CI machine can spend 50 ms on one TLS write or PUBACK
+CALM_S = 1.0
 
 
 class Loop:
@@ -83,7 +86,7 @@ def station_url(pki, port, extra=""):
 def station(pki):
     """The station's own OPC UA server (Basic256Sha256 SignAndEncrypt, mes trusted)."""
     port = free_port()
-    link = open_plc(station_url(pki, port), timeout=DEADLINE_S)
+    link = open_plc(station_url(pki, port), timeout=CALM_S)
     yield link, f"opc.tcp://127.0.0.1:{port}/autoweld"
     link.close()
 
@@ -217,7 +220,7 @@ def test_anonymous_is_refused_by_default(station, pki, ua_loop):
 def test_anonymous_and_simulation_only_when_asked_for(pki, ua_loop, tmp_path, keys):
     port = free_port()
     url = f"opcua+server://127.0.0.1:{port}/open?security=none&allow_anonymous=1&simulated=1"
-    with open_plc(url, timeout=DEADLINE_S) as link, open_ledger(tmp_path / "l.db", keys) as ledger:
+    with open_plc(url, timeout=CALM_S) as link, open_ledger(tmp_path / "l.db", keys) as ledger:
         record = inspect(link, ledger).record
         client = ua_loop.run(
             connect(f"opc.tcp://127.0.0.1:{port}/open", pki, "", anonymous_none=True)
@@ -304,7 +307,7 @@ def wait_connected(link, timeout=20.0):
 
 def test_client_mode_writes_the_record_in_one_request(plc_server, pki, ua_loop, tmp_path, keys):
     server, port = plc_server
-    with open_plc(client_url(pki, port), timeout=DEADLINE_S) as link:
+    with open_plc(client_url(pki, port), timeout=CALM_S) as link:
         assert isinstance(link, OpcUaClientLink)
         wait_connected(link)
         with open_ledger(tmp_path / "ledger.db", keys) as ledger:

@@ -31,11 +31,19 @@ def test_tcp_byte_is_read_by_the_plc(byte_server_factory):
     assert server.connections == 1  # the connection is kept between inspections
 
 
+def _wait_closed_by_server(server, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not server.closed_by_server and time.monotonic() < end:
+        time.sleep(0.005)
+    assert server.closed_by_server == 1
+    time.sleep(0.01)  # the FIN is on loopback: here at once
+
+
 def test_tcp_reconnects_after_the_plc_dropped_the_connection(byte_server_factory):
     server = byte_server_factory("close")
-    with open_plc(f"tcp://127.0.0.1:{server.port}", timeout=0.2) as link:
+    with open_plc(f"tcp://127.0.0.1:{server.port}", timeout=1.0) as link:
         assert link.send("FAIL") is True
-        time.sleep(0.1)  # the PLC has closed its end by now
+        _wait_closed_by_server(server)
         assert link.send("PASS") is True
     assert server.wait_received(2) == [0x01, 0x00]
     assert server.connections == 2
@@ -46,8 +54,11 @@ def test_tcp_plc_down_is_not_delivered_and_does_not_block():
         for decision in ("PASS", "FAIL"):
             delivered, elapsed = timed_send(link, decision)
             assert delivered is False and elapsed < BUDGET_S
-        assert "NOT delivered FAIL" in link.state and "0/2" in link.state
-        assert link.last_delivered is False
+    # read after close, which lets the worker finish: a caller gives up 5 ms after the budget,
+    # the worker may note the outcome later (a signal whose turn came too late is skipped, not
+    # counted as sent)
+    assert "NOT delivered FAIL" in link.state and link.delivered == 0
+    assert link.last_delivered is False
 
 
 def test_tcp_plc_that_never_reads_is_not_delivered_within_the_timeout(byte_server_factory):
@@ -99,7 +110,7 @@ def test_modbus_plc_down_is_not_delivered_and_does_not_block():
         for decision in ("FAIL", "PASS"):
             delivered, elapsed = timed_send(link, decision)
             assert delivered is False and elapsed < BUDGET_S
-        assert "NOT delivered" in link.state
+    assert "NOT delivered" in link.state and link.delivered == 0  # after close, as above
 
 
 def test_modbus_plc_that_never_answers_is_not_delivered_within_the_timeout(byte_server_factory):

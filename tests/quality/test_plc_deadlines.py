@@ -35,10 +35,23 @@ class _StampedLink(TcpByteLink):
         link = open_plc(url, timeout=TIMEOUT_S)
         super().__init__(url, link.host, link.port, TIMEOUT_S, ack=True)
         self.begun: list[tuple[float, float]] = []
+        self.begun_late_and_sent = 0
 
     def _send(self, decision: str, deadline: float) -> None:
-        self.begun.append((time.monotonic(), deadline))
+        began = time.monotonic()
+        self.begun.append((began, deadline))
         super()._send(decision, deadline)
+        # the worker started it in time, but this thread ran only after its deadline (not
+        # scheduled in between): the send must have given up instead of getting here
+        self.begun_late_and_sent += began >= deadline
+
+
+def _wait_for(condition, timeout: float = 5.0) -> None:
+    """Polls ``condition`` until it holds or ``timeout`` passes (a synchronisation, not a
+    timing: the assertion after it says what must hold)."""
+    end = time.monotonic() + timeout
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.005)
 
 
 def test_a_burst_of_inspections_keeps_the_plc_budget_from_the_decision():
@@ -52,7 +65,11 @@ def test_a_burst_of_inspections_keeps_the_plc_budget_from_the_decision():
     tails = [rng.uniform(0.0, 0.04) for _ in range(inspections)]
     try:
         with _StampedLink(f"tcp://127.0.0.1:{plc.port}") as link:
-            assert link.send("FAIL")  # connected before the burst
+            # connected before the burst; the first try may miss its 50 ms on a stalled machine
+            # (acknowledged, so every byte of the tries before it has arrived too)
+            assert any(link.send("FAIL") for _ in range(20))
+            warm_stamps, warm_begun = len(plc.stamps), len(link.begun)
+            warm_skipped = link.skipped_late
 
             def inspection(i: int) -> None:
                 barrier.wait()
@@ -70,11 +87,13 @@ def test_a_burst_of_inspections_keeps_the_plc_budget_from_the_decision():
                 thread.join()
         # read after close: closing lets the worker reach every queued signal (a caller that
         # gave up waiting leaves its signal queued, to be skipped, not sent late)
-        skipped, begun = link.skipped_late, link.begun[1:]
+        skipped, begun = link.skipped_late - warm_skipped, link.begun[warm_begun:]
+        begun_late_and_sent = link.begun_late_and_sent
     finally:
         stop.set()
         for spinner in spinners:
-            spinner.join()
+            if spinner.ident is not None:  # started
+                spinner.join()
         plc.stop()
     assert len(returned) == inspections
     # every deadline is the decision's + 50 ms, and no send began after its deadline: what
@@ -83,12 +102,12 @@ def test_a_burst_of_inspections_keeps_the_plc_budget_from_the_decision():
     assert all(
         min(abs(deadline - TIMEOUT_S - d) for d in decisions) < 1e-6 for _, deadline in begun
     )
-    assert all(began < deadline for began, deadline in begun)
+    assert begun_late_and_sent == 0
     assert len(begun) + skipped == inspections
-    arrivals = [t for t, _ in plc.stamps[1:]]
+    arrivals = [t for t, _ in plc.stamps[warm_stamps:]]
     # every byte the PLC got was a send begun in its budget; a begun send may still give up
     # before its byte is written when the budget runs out under it (not sent late either)
-    assert len(arrivals) <= len(begun)
+    assert len(arrivals) <= sum(began < deadline for began, deadline in begun)
     # when the bytes arrived is a timing (bench/fault_injection.py measures it): here only
     # "not grossly late" on a loaded CI machine
     last_decision = max(decided for decided, _, _ in returned)
@@ -101,14 +120,18 @@ def test_a_burst_of_inspections_keeps_the_plc_budget_from_the_decision():
 def test_a_signal_whose_budget_is_spent_is_not_sent_late():
     plc = FI.StampingPlc()
     try:
-        with open_plc(f"tcp://127.0.0.1:{plc.port}", timeout=TIMEOUT_S) as link:
+        # a 1 s budget, so that the fresh FAIL below is delivered however slow the machine
+        with open_plc(f"tcp://127.0.0.1:{plc.port}", timeout=1.0) as link:
             start = time.monotonic()
-            assert link.send("PASS", decided_at=start - 2 * TIMEOUT_S) is False
-            assert time.monotonic() - start < TIMEOUT_S
+            assert link.send("PASS", decided_at=start - 2.0) is False
+            assert time.monotonic() - start < 1.0  # the caller did not wait out a budget
+            # the worker notes the skip when it reaches the signal, perhaps after the caller
+            # gave up waiting for it (5 ms after its deadline)
+            _wait_for(lambda: link.skipped_late == 1)
             assert link.skipped_late == 1 and link.last_delivered is False
             assert "not sent late" in link.state
             assert link.send("FAIL") is True  # a fresh decision still goes out
-        time.sleep(0.05)
+        _wait_for(lambda: len(plc.stamps) >= 1)
         assert [code for _, code in plc.stamps] == [FI.FAIL_CODE]
     finally:
         plc.stop()

@@ -213,7 +213,7 @@ def test_the_plc_budget_runs_from_the_decision_not_from_the_overlay(
     real_render = service.render_overlay
 
     def slow_render(image, result):
-        time.sleep(0.3)  # far beyond the 50 ms PLC timeout
+        time.sleep(1.5)  # far beyond the PLC timeout
         return real_render(image, result)
 
     db = tmp_path / "l.db"
@@ -222,7 +222,7 @@ def test_the_plc_budget_runs_from_the_decision_not_from_the_overlay(
         ledger_url=f"sqlite:///{db}",
         station_id="st-9",
         plc_url=echo_plc.url,
-        plc_timeout_s=0.05,
+        plc_timeout_s=0.5,  # so the corrective FAIL (a first connect) is delivered under load
         threads=1,
     )
     with Station(config) as station:
