@@ -26,6 +26,25 @@ OLD_SECRET = "older-secret-0123456789abcdef-ghijklmnop"
 BUNDLE_SHA = "ab" * 32
 
 
+def wait_until(condition, timeout: float = 5.0, interval: float = 0.005) -> bool:
+    """Polls ``condition`` until it holds or ``timeout`` seconds pass; returns whether it holds.
+    A synchronisation with a background thread, not a timing: the caller asserts what must
+    hold."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def wait_written(ledger, timeout: float = 10.0) -> int:
+    """Waits for the ledger's queued records to be written; how many still wait after
+    ``timeout`` seconds (0: all written)."""
+    wait_until(lambda: not ledger.pending_records, timeout, 0.02)
+    return ledger.pending_records
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -283,9 +302,7 @@ class ByteServer:
                 return
 
     def wait_received(self, n: int, timeout: float = 2.0) -> list[int]:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < n and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_until(lambda: len(self.received) >= n, timeout)
         return list(self.received)
 
     def stop(self) -> None:

@@ -17,7 +17,7 @@ from autoweld.quality import open_ledger, open_plc, record_inspection
 from autoweld.quality.ledger import LedgerTimeout
 
 from . import fault_tools
-from .conftest import make_record
+from .conftest import make_record, wait_written
 
 FI = fault_tools.load()
 PLC_TIMEOUT_S = 0.05
@@ -34,13 +34,6 @@ HELD_S = 1.0
 
 def _inspect(ledger, link, part):
     return FI.inspect_once(ledger, link, part)
-
-
-def _wait_written(ledger, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while ledger.pending_records and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return ledger.pending_records
 
 
 @pytest.fixture
@@ -73,9 +66,8 @@ def test_locked_sqlite_shows_pass_without_record_at_most_the_plc_timeout(tmp_pat
         codes = [code for _, code in plc.stamps]
         # the PLC never ends on the unrecorded PASS; normally it saw PASS then the FAIL (on a
         # stalled machine the PASS may miss its budget and not be sent, or a FAIL be retried)
-        assert FI.FAIL_CODE in codes or FI.PASS_CODE not in codes
         assert not codes or codes[-1] == FI.FAIL_CODE
-        assert _wait_written(ledger) == 0  # the FAIL's record was queued, then written
+        assert wait_written(ledger) == 0  # the FAIL's record was queued, then written
         last = ledger.records(part_id="VIN-LOCKED")
         assert [r.decision for r in last] == ["FAIL"] and "PASS corrected" in last[0].error
         # the record says whether the corrective FAIL reached the PLC, and it says the truth
@@ -136,7 +128,7 @@ def test_stopped_postgres_gives_a_fail_within_the_deadline_then_recovers(pg_url,
         # under test), then an inspection's record is written, in time or from the queue.
         ledger.append(make_record(0, station="fault-bench"), timeout=10.0)
         before = _inspect(ledger, link, "VIN-BEFORE")
-        assert before.stored or _wait_written(ledger, 10) == 0
+        assert before.stored or wait_written(ledger, 10) == 0
         pids = _server_processes(ledger)
         _signal(pids, signal.SIGSTOP)
         resume = threading.Timer(5.0, _signal, (pids, signal.SIGCONT))  # main hung until this
@@ -158,7 +150,7 @@ def test_stopped_postgres_gives_a_fail_within_the_deadline_then_recovers(pg_url,
             assert FI.pass_without_record_s(plc, inspected) <= LIMIT_S
             assert inspected.decision == "FAIL" and not inspected.stored
         assert direct < 1.0
-        assert _wait_written(ledger, 30) == 0  # the queued FAIL records reach the server
+        assert wait_written(ledger, 30) == 0  # the queued FAIL records reach the server
         # recovered: a PASS is recorded again (with a calm budget: the first append after
         # SIGCONT is not what is tested, and 30 ms is short for it on a loaded machine)
         with open_plc(f"tcp://127.0.0.1:{plc.port}", timeout=1.0) as calm:
@@ -184,7 +176,7 @@ def test_killed_postgres_is_a_fast_fail_and_nothing_is_lost_once_it_is_back(pg_u
         item = _inspect(ledger, link, "VIN-DROPPED")
         assert item.decision == "FAIL" and item.returned_at - item.decided_at < 1.0
         assert FI.pass_without_record_s(plc, item) <= LIMIT_S
-        assert _wait_written(ledger) == 0
+        assert wait_written(ledger) == 0
         assert [r.decision for r in ledger.records(part_id="VIN-DROPPED")] == ["FAIL"]
         assert ledger.verify().ok
 
@@ -215,4 +207,4 @@ def test_record_inspection_without_a_plc_still_has_a_deadline(tmp_path, keys):
             assert time.monotonic() - start < 1.0
         assert outcome.decision == "FAIL" and "deadline" in outcome.error
         assert "record queued" in outcome.error
-        assert _wait_written(ledger) == 0
+        assert wait_written(ledger) == 0

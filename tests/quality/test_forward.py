@@ -21,7 +21,7 @@ from autoweld.quality.forward import (
 )
 from autoweld.quality.ledger import UnreadableRecord, signed_equal
 
-from .conftest import OLD_SECRET, SECRET, _pg_bindir, free_port, make_record
+from .conftest import OLD_SECRET, SECRET, _pg_bindir, free_port, make_record, wait_until
 from .ledger_tamper import tamper
 
 
@@ -239,10 +239,7 @@ def test_signed_equal(keys, tmp_path):
 
 
 def _wait(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+    assert wait_until(condition, timeout, 0.01), "condition not met in time"
 
 
 # ---- against a real PostgreSQL server -------------------------------------------------------

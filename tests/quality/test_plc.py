@@ -5,7 +5,7 @@ import pytest
 from autoweld.quality import open_plc
 from autoweld.quality.plc import ModbusLink, TcpByteLink
 
-from .conftest import free_port
+from .conftest import free_port, wait_until
 
 BUDGET_S = 0.5  # generous for a loaded CI machine: this checks "bounded", not speed
 
@@ -31,19 +31,13 @@ def test_tcp_byte_is_read_by_the_plc(byte_server_factory):
     assert server.connections == 1  # the connection is kept between inspections
 
 
-def _wait_closed_by_server(server, timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not server.closed_by_server and time.monotonic() < end:
-        time.sleep(0.005)
-    assert server.closed_by_server == 1
-    time.sleep(0.01)  # the FIN is on loopback: here at once
-
-
 def test_tcp_reconnects_after_the_plc_dropped_the_connection(byte_server_factory):
     server = byte_server_factory("close")
     with open_plc(f"tcp://127.0.0.1:{server.port}", timeout=1.0) as link:
         assert link.send("FAIL") is True
-        _wait_closed_by_server(server)
+        wait_until(lambda: server.closed_by_server, 5.0)
+        assert server.closed_by_server == 1
+        time.sleep(0.01)  # the FIN is on loopback: here at once
         assert link.send("PASS") is True
     assert server.wait_received(2) == [0x01, 0x00]
     assert server.connections == 2

@@ -11,6 +11,7 @@ from autoweld.quality import open_plc
 from autoweld.quality.plc import TcpByteLink
 
 from . import fault_tools
+from .conftest import wait_until
 
 FI = fault_tools.load()
 TIMEOUT_S = 0.05
@@ -44,14 +45,6 @@ class _StampedLink(TcpByteLink):
         # the worker started it in time, but this thread ran only after its deadline (not
         # scheduled in between): the send must have given up instead of getting here
         self.begun_late_and_sent += began >= deadline
-
-
-def _wait_for(condition, timeout: float = 5.0) -> None:
-    """Polls ``condition`` until it holds or ``timeout`` passes (a synchronisation, not a
-    timing: the assertion after it says what must hold)."""
-    end = time.monotonic() + timeout
-    while not condition() and time.monotonic() < end:
-        time.sleep(0.005)
 
 
 def test_a_burst_of_inspections_keeps_the_plc_budget_from_the_decision():
@@ -127,11 +120,11 @@ def test_a_signal_whose_budget_is_spent_is_not_sent_late():
             assert time.monotonic() - start < 1.0  # the caller did not wait out a budget
             # the worker notes the skip when it reaches the signal, perhaps after the caller
             # gave up waiting for it (5 ms after its deadline)
-            _wait_for(lambda: link.skipped_late == 1)
+            wait_until(lambda: link.skipped_late == 1)
             assert link.skipped_late == 1 and link.last_delivered is False
             assert "not sent late" in link.state
             assert link.send("FAIL") is True  # a fresh decision still goes out
-        _wait_for(lambda: len(plc.stamps) >= 1)
+        wait_until(lambda: len(plc.stamps) >= 1)
         assert [code for _, code in plc.stamps] == [FI.FAIL_CODE]
     finally:
         plc.stop()
